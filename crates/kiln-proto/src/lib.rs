@@ -1,0 +1,48 @@
+//! Buildbot's `msgpack_experimental_v7` worker protocol, as both sides speak it.
+//!
+//! One WebSocket binary message carries one msgpack map: a request
+//! (`{"op", "seq_number", ...}`) or a response (`{"op": "response", ...}`).
+//! This crate turns bytes into [`Message`]s and back, with a hard size cap, and
+//! gives typed views of every command's arguments ([`args`]) and of the
+//! `update` payload ([`update`]). It does no I/O: the worker and the master
+//! bring their own sockets.
+//!
+//! The encoder writes map keys in the order the Python implementation does, so a
+//! message decoded from a real Buildbot peer re-encodes to the same bytes
+//! (checked against golden vectors captured from Python's `msgpack`).
+//!
+//! See `shared/spec/worker-protocol.md` for the protocol itself.
+
+pub mod args;
+mod codec;
+pub mod info;
+mod message;
+pub mod update;
+mod value;
+
+pub use codec::{DecodeError, Limits, decode, encode, encode_into};
+pub use message::{Message, Op, Response};
+pub use rmpv::Value;
+pub use value::{Map, MapExt, text_of};
+
+/// The only protocol name Buildbot 4.3 accepts for msgpack workers.
+pub const PROTOCOL_NAME: &str = "msgpack_experimental_v7";
+
+/// The version string every command reports in `worker_commands`; "3.3" keeps
+/// the master off all its legacy code paths.
+pub const COMMAND_VERSION: &str = "3.3";
+
+/// Default TCP port of a Buildbot master when `MASTER` has no `:port`.
+pub const DEFAULT_MASTER_PORT: u16 = 9989;
+
+/// The default `set_worker_settings` values (identical to the worker's built-in defaults).
+pub mod defaults {
+    /// Max bytes of buffered output before an `update` is sent.
+    pub const BUFFER_SIZE: usize = 64 * 1024;
+    /// Max seconds output may wait in the buffer.
+    pub const BUFFER_TIMEOUT: f64 = 5.0;
+    /// Lines longer than this (in characters) are split.
+    pub const MAX_LINE_LENGTH: usize = 4096;
+    /// The newline regex the 4.3 master sends, as Python source.
+    pub const NEWLINE_RE: &str = r"(\r\n|\r(?=.)|\033\[u|\033\[[0-9]+;[0-9]+[Hf]|\033\[2J|\x08+)";
+}
