@@ -3,4 +3,5 @@
 //! The binary's `main.rs` only parses the command line; everything lives here.
 
 pub mod commands;
+pub mod config;
 pub mod link;
