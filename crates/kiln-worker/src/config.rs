@@ -113,3 +113,34 @@ fn default_log_size() -> u64 {
 fn default_log_count() -> u32 {
     10
 }
+
+impl WorkerConfig {
+    /// A configuration with every default, for tests and tools.
+    #[doc(hidden)]
+    pub fn for_tests(basedir: &std::path::Path) -> WorkerConfig {
+        WorkerConfig {
+            basedir: basedir.to_path_buf(),
+            master_host: "127.0.0.1".to_owned(),
+            master_port: kiln_proto::DEFAULT_MASTER_PORT,
+            name: "test-worker".to_owned(),
+            password: "pass".to_owned(),
+            password_file: None,
+            use_tls: false,
+            ca_file: None,
+            protocol: default_protocol(),
+            keepalive: default_keepalive(),
+            umask: None,
+            maxretries: None,
+            disconnect_grace: default_grace(),
+            delete_leftover_dirs: false,
+            run_as: None,
+            allow_root: false,
+            sandbox: None,
+            sandbox_network: true,
+            limits: Limits::default(),
+            log_size: default_log_size(),
+            log_count: default_log_count(),
+            doctor_targets: Vec::new(),
+        }
+    }
+}

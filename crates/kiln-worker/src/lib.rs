@@ -4,4 +4,8 @@
 
 pub mod commands;
 pub mod config;
+pub mod connection;
+pub mod info;
 pub mod link;
+pub mod policy;
+pub mod tls;

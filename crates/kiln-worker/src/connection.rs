@@ -1,0 +1,576 @@
+//! The worker's side of the connection: connect out to the master, keep the
+//! session alive, answer the master's requests and run its commands, and come
+//! back by itself when the connection drops.
+//!
+//! One session = one WebSocket connection. A reader task decodes what the
+//! master sends; a writer task owns the socket's sending half, numbers our
+//! requests and routes the master's responses back to whoever waits for them.
+//! Commands outlive a lost session only for `disconnect_grace` seconds, and
+//! never into the next session: an orphan must not write into a builder
+//! directory that the master's retried build is using.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use kiln_proto::args::WorkerSettings;
+use kiln_proto::{DecodeError, Limits, Message, Op, Response, Value};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, timeout};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::{debug, error, info, warn};
+
+use crate::commands::{self, CommandCtx, ExecPolicy, Interrupt, InterruptHandle, Output};
+use crate::config::WorkerConfig;
+use crate::link::{MasterLink, Outgoing};
+
+/// What the process asks of the connection loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    /// Keep serving.
+    Running,
+    /// Stop now: interrupt running commands and exit.
+    Now,
+    /// Stop once no build has run for a short quiet period.
+    Graceful,
+}
+
+/// The longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A session that lasted this long resets the backoff: the master was really there.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// With a graceful stop, the worker leaves once no command has run for this long
+/// (steps of one build follow each other within a second).
+const GRACEFUL_QUIET: Duration = Duration::from_secs(5);
+/// Handshake and TLS must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the worker until stopped, the master shuts it down, or `maxretries` is exhausted.
+pub async fn serve(config: WorkerConfig, stop: watch::Receiver<StopRequest>) -> anyhow::Result<()> {
+    let policy = Arc::new(crate::policy::from_config(&config)?);
+    serve_with_policy(config, policy, stop).await
+}
+
+/// [`serve`] with an already built execution policy.
+pub async fn serve_with_policy(config: WorkerConfig, policy: Arc<ExecPolicy>, mut stop: watch::Receiver<StopRequest>) -> anyhow::Result<()> {
+    let password = config.password()?;
+    if config.name.contains(':') {
+        anyhow::bail!("worker name {:?} contains ':', which HTTP Basic auth cannot carry; rename the worker", config.name);
+    }
+    let state = Arc::new(WorkerState {
+        settings: Mutex::new(WorkerSettings::default()),
+        policy,
+        orphans: Mutex::new(Vec::new()),
+        last_busy: Mutex::new(Instant::now()),
+        kiln_extra: Mutex::new(None),
+        config,
+    });
+    let url = state.config.master_url();
+    let mut backoff = Backoff::default();
+    let mut failures: u32 = 0;
+    loop {
+        if *stop.borrow() == StopRequest::Now {
+            break;
+        }
+        info!("connecting to {url}");
+        let attempt = tokio::select! {
+            r = connect(&state.config, &password) => r,
+            _ = stop_requested(&mut stop) => break,
+        };
+        match attempt {
+            Ok(ws) => {
+                info!("connected to {url}");
+                let began = Instant::now();
+                let end = run_session(ws, &state, &mut stop).await;
+                match end {
+                    SessionEnd::Shutdown => {
+                        info!("the master asked this worker to shut down");
+                        break;
+                    }
+                    SessionEnd::Stop => break,
+                    SessionEnd::Lost(why) => warn!("lost the connection to the master: {why}"),
+                }
+                if began.elapsed() >= STABLE_SESSION {
+                    backoff.reset();
+                    failures = 0;
+                }
+            }
+            Err(ConnectError::Unauthorized) => {
+                error!(
+                    "the master at {url} refused worker {:?}: wrong name or password (HTTP 401); \
+                     check `name` and the password in {}",
+                    state.config.name,
+                    state.config.basedir.join(crate::config::CONFIG_FILE).display()
+                );
+            }
+            Err(e) => warn!("cannot connect to {url}: {e}"),
+        }
+        failures += 1;
+        if let Some(max) = state.config.maxretries
+            && failures >= max
+        {
+            state.kill_orphans("worker is exiting").await;
+            anyhow::bail!("gave up after {failures} failed connection attempts to {url} (maxretries = {max})");
+        }
+        let delay = backoff.next_delay();
+        info!("retrying in {:.1} s", delay.as_secs_f64());
+        tokio::select! {
+            _ = sleep(delay) => {}
+            _ = stop_requested(&mut stop) => break,
+        }
+    }
+    state.kill_orphans("worker is stopping").await;
+    Ok(())
+}
+
+/// Resolves when a stop (of either kind) that should end the connection loop is asked for.
+async fn stop_requested(stop: &mut watch::Receiver<StopRequest>) {
+    loop {
+        if *stop.borrow_and_update() != StopRequest::Running {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// State kept across sessions.
+struct WorkerState {
+    config: WorkerConfig,
+    settings: Mutex<WorkerSettings>,
+    policy: Arc<ExecPolicy>,
+    /// Commands of lost sessions, in their grace period.
+    orphans: Mutex<Vec<RunningCommand>>,
+    /// When a command last ran (for graceful stop).
+    last_busy: Mutex<Instant>,
+    /// Extra entries for the `kiln` worker-info key (doctor results).
+    kiln_extra: Mutex<Option<Value>>,
+}
+
+struct RunningCommand {
+    id: String,
+    interrupt: InterruptHandle,
+    task: JoinHandle<()>,
+}
+
+impl WorkerState {
+    /// Interrupts every orphan and waits (bounded) for them to finish.
+    async fn kill_orphans(&self, why: &str) {
+        let orphans: Vec<RunningCommand> = std::mem::take(&mut *self.orphans.lock().unwrap());
+        for c in &orphans {
+            debug!("interrupting command {} of an earlier session: {why}", c.id);
+            c.interrupt.interrupt(why);
+        }
+        for c in orphans {
+            // The kill procedure escalates within a few seconds; don't hang on a stuck one.
+            let _ = timeout(Duration::from_secs(15), c.task).await;
+        }
+    }
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    Lost(String),
+    Shutdown,
+    Stop,
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("wrong worker name or password (HTTP 401)")]
+    Unauthorized,
+    #[error("{0}")]
+    Other(String),
+}
+
+async fn connect(config: &WorkerConfig, password: &str) -> Result<Ws, ConnectError> {
+    let url = config.master_url();
+    let mut request = url.as_str().into_client_request().map_err(|e| ConnectError::Other(format!("bad master address {url}: {e}")))?;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", config.name));
+    request
+        .headers_mut()
+        .insert("Authorization", HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| ConnectError::Other(e.to_string()))?);
+    let limits = Limits::default();
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(limits.max_message))
+        .max_frame_size(Some(limits.max_message))
+        .write_buffer_size(128 * 1024);
+    let connector = if config.use_tls {
+        Some(tokio_tungstenite::Connector::Rustls(crate::tls::client_config(config.ca_file.as_deref()).map_err(|e| ConnectError::Other(format!("{e:#}")))?))
+    } else {
+        None
+    };
+    let fut = tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, connector);
+    match timeout(CONNECT_TIMEOUT, fut).await {
+        Err(_) => Err(ConnectError::Other(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))),
+        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Err(tungstenite::Error::Http(resp))) if resp.status() == StatusCode::UNAUTHORIZED => Err(ConnectError::Unauthorized),
+        Ok(Err(tungstenite::Error::Http(resp))) => Err(ConnectError::Other(format!("the master answered HTTP {}", resp.status()))),
+        Ok(Err(e)) => Err(ConnectError::Other(e.to_string())),
+    }
+}
+
+/// Exponential backoff with jitter: 1.5^n seconds, capped at [`MAX_BACKOFF`],
+/// each delay drawn from the upper half of its step so many workers spread out.
+#[derive(Default)]
+struct Backoff {
+    attempts: u32,
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        self.attempts = self.attempts.saturating_add(1);
+        let base = 1.5f64.powi(self.attempts.min(32) as i32).min(MAX_BACKOFF.as_secs_f64());
+        let jittered = base * rand::random_range(0.5..=1.0);
+        Duration::from_secs_f64(jittered.max(1.0))
+    }
+    fn reset(&mut self) {
+        self.attempts = 0;
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<i64, oneshot::Sender<Response>>>>;
+
+async fn run_session(ws: Ws, state: &Arc<WorkerState>, stop: &mut watch::Receiver<StopRequest>) -> SessionEnd {
+    let (sink, mut stream) = ws.split();
+    let (link, out_rx) = MasterLink::channel(64);
+    let pending: Pending = Arc::default();
+    let keepalive = Duration::from_secs(state.config.keepalive.max(1));
+    let mut writer = tokio::spawn(write_loop(sink, out_rx, pending.clone(), keepalive));
+    let limits = Limits::default();
+    let mut commands: HashMap<String, RunningCommand> = HashMap::new();
+    let mut first_command = true;
+    // A peer silent for three ping intervals (no message, no pong) is dead.
+    let dead_after = keepalive * 3;
+    let mut last_heard = Instant::now();
+    let mut graceful_check = tokio::time::interval(Duration::from_secs(1));
+
+    let end = loop {
+        tokio::select! {
+            frame = timeout(dead_after.saturating_sub(last_heard.elapsed()), stream.next()) => {
+                let frame = match frame {
+                    Err(_) => break SessionEnd::Lost(format!("nothing heard from the master for {} s", dead_after.as_secs())),
+                    Ok(None) => break SessionEnd::Lost("connection closed".into()),
+                    Ok(Some(Err(e))) => break SessionEnd::Lost(e.to_string()),
+                    Ok(Some(Ok(f))) => f,
+                };
+                last_heard = Instant::now();
+                let bytes = match frame {
+                    WsMessage::Binary(b) => b,
+                    WsMessage::Text(t) => {
+                        warn!("ignoring a text message from the master ({} bytes)", t.len());
+                        continue;
+                    }
+                    WsMessage::Close(c) => break SessionEnd::Lost(format!("master closed the connection ({c:?})")),
+                    // Pongs only prove liveness; tungstenite answers pings itself.
+                    _ => continue,
+                };
+                let message = match kiln_proto::decode(&bytes, &limits) {
+                    Ok(m) => m,
+                    Err(DecodeError::NoEnvelope(key)) => {
+                        warn!("dropping a message without {key:?} from the master");
+                        continue;
+                    }
+                    Err(DecodeError::BadRequest { seq_number, op, reason }) => {
+                        warn!("bad {op} request from the master: {reason}");
+                        if link.respond(Response::error(seq_number, reason)).await.is_err() {
+                            break SessionEnd::Lost("writer stopped".into());
+                        }
+                        continue;
+                    }
+                    Err(DecodeError::BadResponse(why)) => {
+                        warn!("ignoring a bad response from the master: {why}");
+                        continue;
+                    }
+                    Err(e) => break SessionEnd::Lost(format!("undecodable message from the master: {e}")),
+                };
+                match message {
+                    Message::Response(r) => {
+                        let waiter = pending.lock().unwrap().remove(&r.seq_number);
+                        match waiter {
+                            Some(tx) => { let _ = tx.send(r); }
+                            None => debug!("response to request {} that nobody waits for", r.seq_number),
+                        }
+                    }
+                    Message::Request { seq_number, op } => {
+                        commands.retain(|_, c| !c.task.is_finished());
+                        match handle_request(seq_number, op, state, &link, &mut commands, &mut first_command).await {
+                            Ok(Flow::Continue) => {}
+                            Ok(Flow::Shutdown) => break SessionEnd::Shutdown,
+                            Err(_) => break SessionEnd::Lost("writer stopped".into()),
+                        }
+                    }
+                }
+            }
+            r = &mut writer => {
+                break SessionEnd::Lost(match r {
+                    Ok(Ok(())) => "writer finished".into(),
+                    Ok(Err(e)) => e,
+                    Err(e) => format!("writer task failed: {e}"),
+                });
+            }
+            _ = stop.changed() => {
+                if *stop.borrow() == StopRequest::Now {
+                    break SessionEnd::Stop;
+                }
+            }
+            _ = graceful_check.tick() => {
+                commands.retain(|_, c| !c.task.is_finished());
+                if !commands.is_empty() {
+                    *state.last_busy.lock().unwrap() = Instant::now();
+                } else if *stop.borrow() == StopRequest::Graceful
+                    && state.last_busy.lock().unwrap().elapsed() >= GRACEFUL_QUIET
+                {
+                    info!("no build running; stopping as asked");
+                    break SessionEnd::Stop;
+                }
+            }
+        }
+    };
+
+    // Commands still running belong to a session that is over.
+    {
+        let mut orphans = state.orphans.lock().unwrap();
+        for (_, c) in commands.drain() {
+            if !c.task.is_finished() {
+                orphans.push(c);
+            }
+        }
+    }
+    arm_grace_period(state);
+    drop(link);
+    writer.abort();
+    pending.lock().unwrap().clear();
+    end
+}
+
+/// After `disconnect_grace` seconds, interrupts the orphans still running.
+fn arm_grace_period(state: &Arc<WorkerState>) {
+    let ids: Vec<String> = state.orphans.lock().unwrap().iter().map(|c| c.id.clone()).collect();
+    if ids.is_empty() {
+        return;
+    }
+    let grace = Duration::from_secs_f64(state.config.disconnect_grace.max(0.0));
+    warn!("{} command(s) still running after the connection dropped; they are killed in {:.0} s unless they end", ids.len(), grace.as_secs_f64());
+    let state = state.clone();
+    tokio::spawn(async move {
+        sleep(grace).await;
+        for c in state.orphans.lock().unwrap().iter().filter(|c| ids.contains(&c.id)) {
+            c.interrupt.interrupt("connection to the master lost");
+        }
+    });
+}
+
+enum Flow {
+    Continue,
+    Shutdown,
+}
+
+async fn handle_request(
+    seq: i64,
+    op: Op,
+    state: &Arc<WorkerState>,
+    link: &MasterLink,
+    commands: &mut HashMap<String, RunningCommand>,
+    first_command: &mut bool,
+) -> Result<Flow, crate::link::LinkClosed> {
+    match op {
+        Op::Print { message } => {
+            // `kiln-worker start` waits for this exact text in the log.
+            info!("message from master: {message}");
+            link.respond(Response::ok(seq)).await?;
+        }
+        Op::Keepalive => {
+            debug!("keepalive from master");
+            link.respond(Response::ok(seq)).await?;
+        }
+        Op::GetWorkerInfo => {
+            let extra = state.kiln_extra.lock().unwrap().clone();
+            let config = state.config.clone();
+            let info = tokio::task::spawn_blocking(move || crate::info::gather(&config, extra)).await;
+            match info {
+                Ok(info) => link.respond(Response::with_result(seq, info.into_value())).await?,
+                Err(e) => link.respond(Response::error(seq, format!("cannot gather worker info: {e}"))).await?,
+            }
+        }
+        Op::SetWorkerSettings(s) => {
+            debug!("worker settings from master: {s:?}");
+            *state.settings.lock().unwrap() = s;
+            link.respond(Response::ok(seq)).await?;
+        }
+        Op::StartCommand { command_id, command_name, args, builder_name } => {
+            if *first_command {
+                // Nothing of an earlier session may run beside this session's commands.
+                *first_command = false;
+                state.kill_orphans("a new session with the master started").await;
+            }
+            if commands.contains_key(&command_id) {
+                link.respond(Response::error(seq, format!("command id {command_id:?} is already running"))).await?;
+                return Ok(Flow::Continue);
+            }
+            let prepared = match commands::prepare(&command_id, &command_name, &args) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!("refusing command {command_id} ({command_name}): {e}");
+                    link.respond(Response::error(seq, e)).await?;
+                    return Ok(Flow::Continue);
+                }
+            };
+            debug!("starting command {command_id}: {command_name} for builder {builder_name:?}");
+            let settings = state.settings.lock().unwrap().clone();
+            let (handle, interrupt) = Interrupt::new();
+            let ctx = CommandCtx {
+                out: Output::new(command_id.clone(), link.clone(), settings.buffer_size, settings.buffer_timeout),
+                command_id: command_id.clone(),
+                link: link.clone(),
+                settings,
+                policy: state.policy.clone(),
+                basedir: state.config.basedir.clone(),
+                interrupt,
+                started: std::time::Instant::now(),
+            };
+            link.respond(Response::ok(seq)).await?;
+            *state.last_busy.lock().unwrap() = Instant::now();
+            let task = tokio::spawn(commands::run(ctx, prepared));
+            commands.insert(command_id.clone(), RunningCommand { id: command_id, interrupt: handle, task });
+        }
+        Op::InterruptCommand { command_id, why, .. } => {
+            match commands.get(&command_id) {
+                Some(c) if !c.task.is_finished() => {
+                    info!("interrupting command {command_id}: {why}");
+                    c.interrupt.interrupt(&why);
+                }
+                _ => info!("asked to interrupt command {command_id} ({why}), but none was running"),
+            }
+            link.respond(Response::ok(seq)).await?;
+        }
+        Op::Shutdown => {
+            link.respond(Response::ok(seq)).await?;
+            // Let the writer put the response on the wire before the session ends.
+            sleep(Duration::from_millis(200)).await;
+            for c in commands.values() {
+                c.interrupt.interrupt("the master shut this worker down");
+            }
+            return Ok(Flow::Shutdown);
+        }
+        Op::Unknown { op } => {
+            warn!("the master sent an unknown op {op:?}");
+            link.respond(Response::error(seq, Op::unknown_error(&op))).await?;
+        }
+        other => {
+            // A worker→master op sent to us: unknown to a worker, like Buildbot answers.
+            warn!("the master sent {:?}, which only workers send", other.name());
+            link.respond(Response::error(seq, Op::unknown_error(other.name()))).await?;
+        }
+    }
+    Ok(Flow::Continue)
+}
+
+/// Owns the sending half: numbers requests, registers response waiters, sends pings.
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<Ws, WsMessage>,
+    mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
+    pending: Pending,
+    keepalive: Duration,
+) -> Result<(), String> {
+    let mut next_seq: i64 = 0;
+    let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
+    let mut size_hint = 256;
+    loop {
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            _ = ping.tick() => {
+                sink.send(WsMessage::Ping(Vec::new().into())).await.map_err(|e| e.to_string())?;
+                continue;
+            }
+        };
+        let Some(item) = item else { return Ok(()) };
+        let message = match item {
+            Outgoing::Response(r) => Message::Response(r),
+            Outgoing::Request { op, reply } => {
+                let seq = next_seq;
+                next_seq += 1;
+                if let Some(reply) = reply {
+                    pending.lock().unwrap().insert(seq, reply);
+                }
+                Message::Request { seq_number: seq, op }
+            }
+        };
+        let mut buf = Vec::with_capacity(size_hint);
+        kiln_proto::encode_into(&message, &mut buf);
+        size_hint = buf.len().clamp(256, 256 * 1024);
+        // Batch what is already queued into one flush.
+        sink.feed(WsMessage::Binary(buf.into())).await.map_err(|e| e.to_string())?;
+        if rx.is_empty() {
+            sink.flush().await.map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// `ws://host:port/` or `wss://…`; IPv6 literals get brackets.
+    pub fn master_url(&self) -> String {
+        let scheme = if self.use_tls { "wss" } else { "ws" };
+        let host = if self.master_host.contains(':') && !self.master_host.starts_with('[') {
+            format!("[{}]", self.master_host)
+        } else {
+            self.master_host.clone()
+        };
+        format!("{scheme}://{host}:{}/", self.master_port)
+    }
+
+    /// The password, from the config or its password file.
+    pub fn password(&self) -> anyhow::Result<String> {
+        match &self.password_file {
+            Some(path) => {
+                let path = if path.is_absolute() { path.clone() } else { self.basedir.join(path) };
+                let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read the password file {}", path.display()))?;
+                Ok(text.lines().next().unwrap_or("").to_owned())
+            }
+            None => Ok(self.password.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_resets() {
+        let mut b = Backoff::default();
+        let first = b.next_delay();
+        assert!(first >= Duration::from_secs(1) && first <= Duration::from_secs_f64(1.5));
+        let mut last = first;
+        for _ in 0..20 {
+            last = b.next_delay();
+            assert!(last <= MAX_BACKOFF);
+        }
+        assert!(last >= MAX_BACKOFF / 2, "after many failures the delay is near the cap: {last:?}");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs_f64(1.5));
+    }
+
+    #[test]
+    fn master_url_brackets_ipv6() {
+        let mut c = WorkerConfig::for_tests(std::path::Path::new("/tmp"));
+        c.master_host = "::1".into();
+        c.master_port = 9989;
+        assert_eq!(c.master_url(), "ws://[::1]:9989/");
+        c.use_tls = true;
+        c.master_host = "example.org".into();
+        assert_eq!(c.master_url(), "wss://example.org:9989/");
+    }
+}
