@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
@@ -207,19 +208,33 @@ async fn connect(config: &WorkerConfig, password: &str) -> Result<Ws, ConnectErr
         .max_message_size(Some(limits.max_message))
         .max_frame_size(Some(limits.max_message))
         .write_buffer_size(128 * 1024);
+    match timeout(CONNECT_TIMEOUT, open(config, request, ws_config)).await {
+        Err(_) => Err(ConnectError::Other(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Ok(ws))) => Ok(ws),
+        Ok(Ok(Err(tungstenite::Error::Http(resp)))) if resp.status() == StatusCode::UNAUTHORIZED => Err(ConnectError::Unauthorized),
+        Ok(Ok(Err(tungstenite::Error::Http(resp)))) => Err(ConnectError::Other(format!("the master answered HTTP {}", resp.status()))),
+        Ok(Ok(Err(e))) => Err(ConnectError::Other(e.to_string())),
+    }
+}
+
+#[cfg(feature = "tls")]
+async fn open(config: &WorkerConfig, request: Request, ws_config: WebSocketConfig) -> Result<Result<Ws, tungstenite::Error>, ConnectError> {
     let connector = if config.use_tls {
-        Some(tokio_tungstenite::Connector::Rustls(crate::tls::client_config(config.ca_file.as_deref()).map_err(|e| ConnectError::Other(format!("{e:#}")))?))
+        let tls = crate::tls::client_config(config.ca_file.as_deref()).map_err(|e| ConnectError::Other(format!("{e:#}")))?;
+        Some(tokio_tungstenite::Connector::Rustls(tls))
     } else {
         None
     };
-    let fut = tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, connector);
-    match timeout(CONNECT_TIMEOUT, fut).await {
-        Err(_) => Err(ConnectError::Other(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))),
-        Ok(Ok((ws, _response))) => Ok(ws),
-        Ok(Err(tungstenite::Error::Http(resp))) if resp.status() == StatusCode::UNAUTHORIZED => Err(ConnectError::Unauthorized),
-        Ok(Err(tungstenite::Error::Http(resp))) => Err(ConnectError::Other(format!("the master answered HTTP {}", resp.status()))),
-        Ok(Err(e)) => Err(ConnectError::Other(e.to_string())),
+    Ok(tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, connector).await.map(|(ws, _)| ws))
+}
+
+#[cfg(not(feature = "tls"))]
+async fn open(config: &WorkerConfig, request: Request, ws_config: WebSocketConfig) -> Result<Result<Ws, tungstenite::Error>, ConnectError> {
+    if config.use_tls {
+        return Err(ConnectError::Other("this kiln-worker was built without TLS support; rebuild it with the `tls` feature".into()));
     }
+    Ok(tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true).await.map(|(ws, _)| ws))
 }
 
 /// Exponential backoff with jitter: 1.5^n seconds, capped at [`MAX_BACKOFF`],

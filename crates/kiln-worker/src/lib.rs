@@ -8,4 +8,5 @@ pub mod connection;
 pub mod info;
 pub mod link;
 pub mod policy;
+#[cfg(feature = "tls")]
 pub mod tls;

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Every test suite, in the order CI runs them. Needs what .ci/run installs
+# (the Buildbot venv from interop/setup.sh, musl-tools, bubblewrap, rustup targets).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "unit and integration tests (cargo test)"
+cargo test --workspace
+
+step "kiln-worker links no database, web server or config engine"
+tree=$(cargo tree -p kiln-worker -e normal --prefix none)   # fails the script if cargo tree fails
+if grep -E '^(sqlx|axum|starlark|askama)' <<<"$tree"; then
+  echo "FAIL: kiln-worker depends on a master-only crate (above)"; exit 1
+fi
+echo "ok: $(wc -l <<<"$tree") crates, none of sqlx/axum/starlark/askama"
+
+step "static worker (x86_64-unknown-linux-musl)"
+cargo build --release -p kiln-worker --target x86_64-unknown-linux-musl
+static_bin=target/x86_64-unknown-linux-musl/release/kiln-worker
+file "$static_bin" 2>/dev/null || true
+if ldd "$static_bin" 2>&1 | grep -q 'not a dynamic executable\|statically linked'; then
+  echo "ok: $static_bin is static ($(du -h "$static_bin" | cut -f1))"
+else
+  echo "FAIL: $static_bin is not statically linked"; ldd "$static_bin" || true; exit 1
+fi
+"$static_bin" --version
+
+step "other platforms type-check"
+# ring (rustls' crypto) compiles C for the target: Windows uses Debian's mingw-w64 and
+# FreeBSD the host gcc, but macOS needs Apple's SDK headers, which cannot be had here, so
+# macOS is checked without the `tls` feature (all of the worker's own platform code).
+check_target() {
+  local t=$1; shift
+  if ! rustup target list --installed | grep -qx "$t"; then
+    echo "SKIPPED $t: its standard library is not installed (rustup target add $t failed)"; return
+  fi
+  if out=$(cargo check -q -p kiln-worker --target "$t" "$@" 2>&1); then
+    echo "ok: $t $*"
+  else
+    echo "$out" | tail -20
+    echo "FAIL: cargo check -p kiln-worker --target $t $*"; exit 1
+  fi
+}
+check_target x86_64-pc-windows-gnu
+check_target x86_64-unknown-freebsd
+check_target x86_64-apple-darwin --no-default-features
+echo "SKIPPED x86_64-apple-darwin with TLS: ring's C code needs the macOS SDK (TargetConditionals.h), not installable here"
+
+step "interop with the real Buildbot 4.3.0"
+cargo build -p kiln-worker
+KILN_WORKER_BIN="$PWD/target/debug/kiln-worker" bash interop/run.sh
+
+step "benchmarks (smoke scale)"
+python3 bench/worker-stream/run.py --scale smoke
+
+echo
+echo "all suites passed"
