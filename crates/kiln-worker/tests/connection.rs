@@ -232,3 +232,61 @@ async fn a_wrong_password_backs_off_and_maxretries_gives_up() {
     assert!(gaps[0] >= Duration::from_millis(900), "no immediate retry after a 401: {gaps:?}");
     assert!(gaps[2] > gaps[0], "the delay grows after repeated 401s (unlike buildbot-worker's ~2 s): {gaps:?}");
 }
+
+/// `wss://` with the farm's own CA: trusted with `ca_file`, refused without it.
+#[tokio::test]
+async fn tls_master_with_a_private_ca() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("farm-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+
+    let mut cfg = config(dir.path(), port);
+    cfg.master_host = "localhost".into();
+    cfg.use_tls = true;
+
+    // Without the CA the worker must refuse the master's certificate.
+    let mut untrusting = cfg.clone();
+    untrusting.maxretries = Some(1);
+    let (_tx, stop) = watch::channel(StopRequest::Running);
+    let refused = tokio::spawn(serve(untrusting, stop));
+    let (tcp, _) = timeout(T, listener.accept()).await.unwrap().unwrap();
+    assert!(acceptor.accept(tcp).await.is_err(), "the handshake fails: unknown issuer");
+    assert!(timeout(T, refused).await.unwrap().unwrap().is_err());
+
+    cfg.ca_file = Some(ca_file);
+    let (stop_tx, stop) = watch::channel(StopRequest::Running);
+    let worker = tokio::spawn(serve(cfg, stop));
+    let (tcp, _) = timeout(T, listener.accept()).await.unwrap().unwrap();
+    let tls = acceptor.accept(tcp).await.expect("the worker trusts the farm CA");
+    let mut ws = tokio_tungstenite::accept_async(tls).await.unwrap();
+    ws.send(WsMessage::Binary(kiln_proto::encode(&Message::Request { seq_number: 0, op: Op::Print { message: "attached".into() } }).into()))
+        .await
+        .unwrap();
+    let frame = timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+    let WsMessage::Binary(b) = frame else { panic!("expected a binary message, got {frame:?}") };
+    assert_eq!(kiln_proto::decode(&b, &Limits::default()).unwrap(), Message::Response(Response::ok(0)));
+    stop_tx.send(StopRequest::Now).unwrap();
+    timeout(T, worker).await.unwrap().unwrap().unwrap();
+}
