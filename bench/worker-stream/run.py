@@ -194,9 +194,12 @@ def run_one(name, master_bin, worker_cmds, nbytes, args, work):
         (wdir / "create-worker.log").write_text(r.stdout or "")
         if r.returncode != 0:
             raise RuntimeError(f"create-worker exited {r.returncode}: {(r.stdout or '').strip()[-500:]}")
+        if not basedir.is_dir():
+            raise RuntimeError(f"create-worker exited 0 but did not create {basedir}")
+        res["load_avg_1m_before"] = os.getloadavg()[0]
         worker_log = open(wdir / "worker.log", "w")
         worker = subprocess.Popen(run, stdin=subprocess.DEVNULL, stdout=worker_log, stderr=subprocess.STDOUT,
-                                  cwd=basedir, start_new_session=True)
+                                  cwd=wdir, start_new_session=True)
         log(f"{name}: master pid {master.pid} on port {port}, worker pid {worker.pid}")
         # Bound the whole run; a worker that dies first fails it quickly.
         deadline = time.monotonic() + 60 + args.idle_secs + stream_timeout + 90
@@ -213,6 +216,7 @@ def run_one(name, master_bin, worker_cmds, nbytes, args, work):
         if result is None:
             raise RuntimeError(f"the bench master exited {master.returncode} without a result")
         res.update(json.loads(result))
+        res["load_avg_1m_after"] = os.getloadavg()[0]
         if not res.get("ok"):
             raise RuntimeError(res.get("error", "the bench master reported a failure"))
         if res.get("worker_pid") != worker.pid:
