@@ -286,7 +286,8 @@ fn tool_check(name: &str, names: &[&str], need: Need, family: PkgFamily, dirs: &
 /// Preprocesses `#include <header>` with the compiler: success = the header is found.
 fn header_check(name: &str, header: &str, cc: Option<&Path>, need: Need, family: PkgFamily) -> CheckResult {
     let Some(cc) = cc else {
-        return CheckResult::new(name, CheckStatus::Missing, "no C compiler to look for it with", family.hint(Need::Compiler), true);
+        let hint = format!("{}, then {}", family.hint(Need::Compiler), family.hint(need));
+        return CheckResult::new(name, CheckStatus::Missing, "no C compiler to look for it with", hint, true);
     };
     let is_msvc = cc.file_stem().is_some_and(|s| s.eq_ignore_ascii_case("cl"));
     if is_msvc {

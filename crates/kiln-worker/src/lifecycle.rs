@@ -131,10 +131,6 @@ fn worker_main(config: WorkerConfig, mut lock: PidLock, mut report: Option<Repor
         let (stop_tx, stop_rx) = watch::channel(StopRequest::Running);
         let signals = Signals::install().context("cannot install signal handlers")?;
         lock.write_pid(std::process::id()).with_context(|| format!("cannot write {}", lock.path().display()))?;
-        #[cfg(unix)]
-        if let Some(r) = report.as_mut() {
-            r.ready();
-        }
         tracing::info!(
             pid = std::process::id(),
             basedir = %config.basedir.display(),
@@ -143,6 +139,10 @@ fn worker_main(config: WorkerConfig, mut lock: PidLock, mut report: Option<Repor
             "kiln-worker {} starting",
             env!("CARGO_PKG_VERSION")
         );
+        #[cfg(unix)]
+        if let Some(r) = report.as_mut() {
+            r.ready();
+        }
         tokio::spawn(signals.forward(stop_tx));
         connection::serve(config, stop_rx).await
     });

@@ -1,4 +1,5 @@
 //! `kiln-worker create-worker`: layout, parsing, errors, --passwd-file, --from-buildbot, --force.
+#![cfg(unix)]
 
 mod cli_support;
 

@@ -1,5 +1,6 @@
 //! start / stop / restart / run / status with real daemons, a real flock'ed pidfile,
 //! `kill -9`, and a stale pidfile naming a live unrelated process.
+#![cfg(unix)]
 
 mod cli_support;
 
@@ -202,7 +203,11 @@ fn start_waits_for_the_master_and_explains_a_timeout() {
 
 /// Spawns `run` in the foreground and waits until it holds the lock with its own pid.
 fn spawn_run(w: &Worker) -> Child {
-    let child = kiln().args(["run", d(w)]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    spawn_foreground(w, &["run"])
+}
+
+fn spawn_foreground(w: &Worker, cmd: &[&str]) -> Child {
+    let child = kiln().args(cmd).arg(d(w)).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while w.running_pid() != Some(child.id()) {
         assert!(Instant::now() < deadline, "run never took the lock");
@@ -232,6 +237,13 @@ fn run_in_the_foreground_handles_signals() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", all(&out));
     assert!(stderr(&out).contains("Graceful"), "{}", stderr(&out));
+
+    // `start --nodaemon` is `run`: foreground, same pid, logs to stderr.
+    let child = spawn_foreground(&w, &["start", "--nodaemon"]);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+    assert!(stderr(&out).contains("SIGTERM"), "{}", stderr(&out));
 
     // SIGINT (Ctrl-C) = now.
     let child = spawn_run(&w);
