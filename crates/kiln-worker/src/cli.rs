@@ -123,7 +123,12 @@ pub struct StartArgs {
     #[arg(long)]
     pub nodaemon: bool,
     /// Seconds to wait for a master to attach; 0 = don't wait.
-    #[arg(long, value_name = "SECS", env = "KILN_WORKER_START_WAIT", default_value_t = 10.0)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "KILN_WORKER_START_WAIT",
+        default_value_t = 10.0
+    )]
     pub wait: f64,
 }
 
@@ -184,7 +189,8 @@ fn parse_target_arg(s: &str) -> Result<Target, String> {
 }
 
 fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(s).with_context(|| format!("{what}: {s} is not a number of seconds"))
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("{what}: {s} is not a number of seconds"))
 }
 
 /// The binary's entry point.
@@ -214,11 +220,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn start_options(a: &StartArgs) -> anyhow::Result<StartOptions> {
-    Ok(StartOptions { quiet: a.quiet, nodaemon: a.nodaemon, wait: seconds(a.wait, "--wait")? })
+    Ok(StartOptions {
+        quiet: a.quiet,
+        nodaemon: a.nodaemon,
+        wait: seconds(a.wait, "--wait")?,
+    })
 }
 
 fn current_exe() -> PathBuf {
-    std::env::current_exe().and_then(|p| p.canonicalize()).unwrap_or_else(|_| PathBuf::from("kiln-worker"))
+    std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .unwrap_or_else(|_| PathBuf::from("kiln-worker"))
 }
 
 fn create_worker(a: CreateArgs) -> anyhow::Result<ExitCode> {
@@ -256,13 +268,21 @@ fn create_worker(a: CreateArgs) -> anyhow::Result<ExitCode> {
 
 fn install_service(a: ServiceArgs) -> anyhow::Result<ExitCode> {
     let config = WorkerConfig::load(&a.basedir)?;
-    let basedir = config.basedir.canonicalize().unwrap_or(config.basedir.clone());
+    let basedir = config
+        .basedir
+        .canonicalize()
+        .unwrap_or(config.basedir.clone());
     let user = match a.user {
         Some(u) => u,
         None => current_user(),
     };
     let exe = current_exe();
-    let spec = ServiceSpec { exe: &exe, basedir: &basedir, user: &user, name: &config.name };
+    let spec = ServiceSpec {
+        exe: &exe,
+        basedir: &basedir,
+        user: &user,
+        name: &config.name,
+    };
     print!("{}", service::render_all(&spec));
     Ok(ExitCode::SUCCESS)
 }
@@ -272,7 +292,9 @@ fn current_user() -> String {
     if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::geteuid()) {
         return u.name;
     }
-    std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "buildbot".to_owned())
+    std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "buildbot".to_owned())
 }
 
 fn run_doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
@@ -302,13 +324,18 @@ fn run_doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
             name: config::CONFIG_FILE.to_owned(),
             status: doctor::CheckStatus::Missing,
             detail: problem,
-            hint: "fix the file, or recreate it with `kiln-worker create-worker --force`".to_owned(),
+            hint: "fix the file, or recreate it with `kiln-worker create-worker --force`"
+                .to_owned(),
             required: true,
         });
     }
     results.extend(doctor::run_checks(&opts));
     print!("{}", doctor::render_table(&results));
-    Ok(if doctor::required_ok(&results) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if doctor::required_ok(&results) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]

@@ -127,25 +127,76 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("master_host", "Master host name or address."),
     ("master_port", "Master worker port (9989 when not given)."),
     ("name", "Worker name, as configured on the master."),
-    ("password", "Worker password, as configured on the master (empty when password_file is used)."),
-    ("password_file", "A file whose first line is the password (keeps it out of this file)."),
+    (
+        "password",
+        "Worker password, as configured on the master (empty when password_file is used).",
+    ),
+    (
+        "password_file",
+        "A file whose first line is the password (keeps it out of this file).",
+    ),
     ("use_tls", "Connect with wss:// (TLS) instead of ws://."),
-    ("ca_file", "Extra CA certificate(s), PEM, trusted for wss:// besides the system roots."),
-    ("protocol", "Wire protocol; only msgpack_experimental_v7 is spoken."),
-    ("keepalive", "Seconds between WebSocket pings; a peer silent for 2 intervals is dropped."),
-    ("umask", "umask applied when the worker starts (octal, e.g. 0o022); absent = inherited."),
-    ("maxretries", "Give up (exit) after this many consecutive failed connection attempts; absent = never."),
-    ("disconnect_grace", "Seconds running commands may go on after the connection drops, before they are killed."),
-    ("delete_leftover_dirs", "Reported to the master: may it delete builder directories it no longer uses?"),
-    ("run_as", "Run build processes as this user (required when the worker runs as root)."),
-    ("allow_root", "Let build processes run as root (explicit opt-in)."),
-    ("sandbox", "\"bwrap\" runs every command under bubblewrap; absent = no sandbox."),
-    ("sandbox_network", "With the sandbox: whether build processes keep network access."),
-    ("log_size", "Rotate kiln-worker.log when it reaches this many bytes."),
-    ("log_count", "Keep this many rotated logs (kiln-worker.log.1 ...)."),
-    ("doctor_targets", "Outbound checks for `kiln-worker doctor`, \"NAME=HOST:PORT\"; absent = CPython's list."),
+    (
+        "ca_file",
+        "Extra CA certificate(s), PEM, trusted for wss:// besides the system roots.",
+    ),
+    (
+        "protocol",
+        "Wire protocol; only msgpack_experimental_v7 is spoken.",
+    ),
+    (
+        "keepalive",
+        "Seconds between WebSocket pings; a peer silent for 2 intervals is dropped.",
+    ),
+    (
+        "umask",
+        "umask applied when the worker starts (octal, e.g. 0o022); absent = inherited.",
+    ),
+    (
+        "maxretries",
+        "Give up (exit) after this many consecutive failed connection attempts; absent = never.",
+    ),
+    (
+        "disconnect_grace",
+        "Seconds running commands may go on after the connection drops, before they are killed.",
+    ),
+    (
+        "delete_leftover_dirs",
+        "Reported to the master: may it delete builder directories it no longer uses?",
+    ),
+    (
+        "run_as",
+        "Run build processes as this user (required when the worker runs as root).",
+    ),
+    (
+        "allow_root",
+        "Let build processes run as root (explicit opt-in).",
+    ),
+    (
+        "sandbox",
+        "\"bwrap\" runs every command under bubblewrap; absent = no sandbox.",
+    ),
+    (
+        "sandbox_network",
+        "With the sandbox: whether build processes keep network access.",
+    ),
+    (
+        "log_size",
+        "Rotate kiln-worker.log when it reaches this many bytes.",
+    ),
+    (
+        "log_count",
+        "Keep this many rotated logs (kiln-worker.log.1 ...).",
+    ),
+    (
+        "doctor_targets",
+        "Outbound checks for `kiln-worker doctor`, \"NAME=HOST:PORT\"; absent = CPython's list.",
+    ),
     ("memory", "Address-space limit in bytes (RLIMIT_AS)."),
-    ("processes", "Max processes of the build user (RLIMIT_NPROC)."),
+    (
+        "processes",
+        "Max processes of the build user (RLIMIT_NPROC).",
+    ),
     ("open_files", "Max open files (RLIMIT_NOFILE)."),
     ("cpu_time", "CPU seconds (RLIMIT_CPU)."),
 ];
@@ -158,7 +209,10 @@ const UNSET_EXAMPLES: &[(&str, &str)] = &[
     ("maxretries", "10"),
     ("run_as", "\"buildbot\""),
     ("sandbox", "\"bwrap\""),
-    ("doctor_targets", "[\"master=buildbot.example.org:9989\", \"https=python.org:443\"]"),
+    (
+        "doctor_targets",
+        "[\"master=buildbot.example.org:9989\", \"https=python.org:443\"]",
+    ),
 ];
 
 const HEADER: &str = "\
@@ -170,7 +224,12 @@ const HEADER: &str = "\
 
 impl WorkerConfig {
     /// A configuration with every optional setting at its default.
-    pub fn new(basedir: impl Into<PathBuf>, master_host: impl Into<String>, master_port: u16, name: impl Into<String>) -> Self {
+    pub fn new(
+        basedir: impl Into<PathBuf>,
+        master_host: impl Into<String>,
+        master_port: u16,
+        name: impl Into<String>,
+    ) -> Self {
         WorkerConfig {
             basedir: basedir.into(),
             master_host: master_host.into(),
@@ -216,9 +275,12 @@ impl WorkerConfig {
             ),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let mut config = Self::from_toml(&text).with_context(|| format!("{} is not valid", path.display()))?;
+        let mut config =
+            Self::from_toml(&text).with_context(|| format!("{} is not valid", path.display()))?;
         config.basedir = basedir;
-        config.validate().with_context(|| format!("{} is not valid", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("{} is not valid", path.display()))?;
         Ok(config)
     }
 
@@ -288,7 +350,8 @@ impl WorkerConfig {
         let text = self.to_toml()?;
         let path = Self::path_in(&self.basedir);
         let tmp = self.basedir.join(format!(".{CONFIG_FILE}.tmp"));
-        write_private(&tmp, text.as_bytes()).with_context(|| format!("cannot write {}", tmp.display()))?;
+        write_private(&tmp, text.as_bytes())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
@@ -306,7 +369,9 @@ impl WorkerConfig {
             problems.push(format!("name: {e}"));
         }
         match (&self.password_file, self.password.is_empty()) {
-            (Some(_), false) => problems.push("password and password_file are both set: keep only one".to_owned()),
+            (Some(_), false) => {
+                problems.push("password and password_file are both set: keep only one".to_owned())
+            }
             (None, true) => problems.push("no password: set password or password_file".to_owned()),
             _ => {}
         }
@@ -331,7 +396,9 @@ impl WorkerConfig {
         if let Some(sandbox) = &self.sandbox
             && sandbox != SANDBOX_BWRAP
         {
-            problems.push(format!("sandbox: {sandbox:?} is unknown; the only sandbox is \"bwrap\""));
+            problems.push(format!(
+                "sandbox: {sandbox:?} is unknown; the only sandbox is \"bwrap\""
+            ));
         }
         if let Some(user) = &self.run_as
             && user.trim().is_empty()
@@ -359,10 +426,14 @@ impl WorkerConfig {
             return Ok(self.password.clone());
         };
         let path = self.basedir.join(file);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read the password file {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the password file {}", path.display()))?;
         let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
         if password.is_empty() {
-            bail!("the password file {} is empty: its first line must be the password", path.display());
+            bail!(
+                "the password file {} is empty: its first line must be the password",
+                path.display()
+            );
         }
         Ok(password.to_owned())
     }
@@ -375,7 +446,11 @@ impl WorkerConfig {
 
 /// `host:port`, bracketing an IPv6 literal.
 pub fn format_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Parses `MASTER` as `host`, `host:port` or `[ipv6]:port`; the port defaults to 9989.
@@ -390,8 +465,12 @@ pub fn parse_master(master: &str) -> anyhow::Result<(String, u16)> {
             "MASTER {master:?} is a URL; give HOST or HOST:PORT instead, e.g. buildbot.example.org:9989{hint}"
         );
     }
-    if master.to_ascii_lowercase().starts_with("http:") || master.to_ascii_lowercase().starts_with("https:") {
-        bail!("MASTER {master:?} is a URL; give HOST or HOST:PORT instead, e.g. buildbot.example.org:9989");
+    if master.to_ascii_lowercase().starts_with("http:")
+        || master.to_ascii_lowercase().starts_with("https:")
+    {
+        bail!(
+            "MASTER {master:?} is a URL; give HOST or HOST:PORT instead, e.g. buildbot.example.org:9989"
+        );
     }
     let (host, port) = if let Some(rest) = master.strip_prefix('[') {
         let Some((host, after)) = rest.split_once(']') else {
@@ -400,7 +479,9 @@ pub fn parse_master(master: &str) -> anyhow::Result<(String, u16)> {
         let port = match after {
             "" => None,
             _ => Some(after.strip_prefix(':').ok_or_else(|| {
-                anyhow::anyhow!("MASTER {master:?}: expected ':PORT' after ']'; write [ADDRESS]:PORT")
+                anyhow::anyhow!(
+                    "MASTER {master:?}: expected ':PORT' after ']'; write [ADDRESS]:PORT"
+                )
             })?),
         };
         (host, port)
@@ -418,7 +499,9 @@ pub fn parse_master(master: &str) -> anyhow::Result<(String, u16)> {
     let port = match port {
         None => DEFAULT_MASTER_PORT,
         Some(p) => match p.parse::<u16>() {
-            Ok(0) | Err(_) => bail!("MASTER {master:?}: the port {p:?} is not a number from 1 to 65535"),
+            Ok(0) | Err(_) => {
+                bail!("MASTER {master:?}: the port {p:?} is not a number from 1 to 65535")
+            }
             Ok(port) => port,
         },
     };
@@ -429,7 +512,10 @@ fn check_host(host: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err("the host name is empty".to_owned());
     }
-    if host.chars().any(|c| c.is_whitespace() || c == '/' || c == '@') {
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c == '/' || c == '@')
+    {
         return Err(format!("{host:?} is not a host name or address"));
     }
     Ok(())
@@ -441,7 +527,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err("the worker name is empty".to_owned());
     }
     if name.contains(':') {
-        return Err(format!("the worker name {name:?} contains ':', which is not allowed; use the name the master's admin gave you"));
+        return Err(format!(
+            "the worker name {name:?} contains ':', which is not allowed; use the name the master's admin gave you"
+        ));
     }
     if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("the worker name {name:?} contains whitespace"));
@@ -458,7 +546,8 @@ pub fn parse_target(target: &str) -> anyhow::Result<(String, String, u16)> {
     if name.is_empty() {
         bail!("target {target:?}: empty name; write NAME=HOST:PORT");
     }
-    let (host, port) = parse_master(addr).map_err(|_| anyhow::anyhow!("target {target:?}: write NAME=HOST:PORT"))?;
+    let (host, port) = parse_master(addr)
+        .map_err(|_| anyhow::anyhow!("target {target:?}: write NAME=HOST:PORT"))?;
     if !addr.ends_with(&format!(":{port}")) {
         bail!("target {target:?}: no port; write NAME=HOST:PORT");
     }
@@ -468,7 +557,10 @@ pub fn parse_target(target: &str) -> anyhow::Result<(String, String, u16)> {
 /// Parses an octal umask such as `022`, `0022` or `0o022`.
 pub fn parse_umask(text: &str) -> anyhow::Result<u32> {
     let digits = text.trim();
-    let digits = digits.strip_prefix("0o").or_else(|| digits.strip_prefix("0O")).unwrap_or(digits);
+    let digits = digits
+        .strip_prefix("0o")
+        .or_else(|| digits.strip_prefix("0O"))
+        .unwrap_or(digits);
     match u32::from_str_radix(digits, 8) {
         Ok(umask) if umask <= 0o777 => Ok(umask),
         _ => bail!("umask {text:?} is not an octal umask such as 022"),
@@ -506,15 +598,38 @@ mod tests {
 
     #[test]
     fn master_forms() {
-        assert_eq!(parse_master("example.org").unwrap(), ("example.org".into(), 9989));
-        assert_eq!(parse_master("example.org:9020").unwrap(), ("example.org".into(), 9020));
+        assert_eq!(
+            parse_master("example.org").unwrap(),
+            ("example.org".into(), 9989)
+        );
+        assert_eq!(
+            parse_master("example.org:9020").unwrap(),
+            ("example.org".into(), 9020)
+        );
         assert_eq!(parse_master("[::1]:9000").unwrap(), ("::1".into(), 9000));
         assert_eq!(parse_master("[::1]").unwrap(), ("::1".into(), 9989));
         assert_eq!(parse_master("10.0.0.1:1").unwrap(), ("10.0.0.1".into(), 1));
-        for bad in ["http://example.org", "http:example.org", "wss://x:1", "::1", "x:0", "x:70000", "x:", ":9", "[::1", "[::1]9", ""] {
+        for bad in [
+            "http://example.org",
+            "http:example.org",
+            "wss://x:1",
+            "::1",
+            "x:0",
+            "x:70000",
+            "x:",
+            ":9",
+            "[::1",
+            "[::1]9",
+            "",
+        ] {
             assert!(parse_master(bad).is_err(), "{bad} accepted");
         }
-        assert!(parse_master("wss://x").unwrap_err().to_string().contains("--use-tls"));
+        assert!(
+            parse_master("wss://x")
+                .unwrap_err()
+                .to_string()
+                .contains("--use-tls")
+        );
     }
 
     #[test]
@@ -523,8 +638,14 @@ mod tests {
         assert_eq!(parse_umask("0o077").unwrap(), 0o77);
         assert!(parse_umask("8").is_err());
         assert!(parse_umask("1777").is_err());
-        assert_eq!(parse_target("web=python.org:80").unwrap(), ("web".into(), "python.org".into(), 80));
-        assert_eq!(parse_target("[::1]:53").unwrap(), ("[::1]:53".into(), "::1".into(), 53));
+        assert_eq!(
+            parse_target("web=python.org:80").unwrap(),
+            ("web".into(), "python.org".into(), 80)
+        );
+        assert_eq!(
+            parse_target("[::1]:53").unwrap(),
+            ("[::1]:53".into(), "::1".into(), 53)
+        );
         assert!(parse_target("web=python.org").is_err());
     }
 
@@ -536,7 +657,10 @@ mod tests {
         c.limits.memory = Some(1 << 30);
         let text = c.to_toml().unwrap();
         assert!(text.starts_with("# kiln-worker configuration"));
-        assert!(text.contains("# Worker name, as configured on the master.\nname = \"w1\""), "{text}");
+        assert!(
+            text.contains("# Worker name, as configured on the master.\nname = \"w1\""),
+            "{text}"
+        );
         assert!(text.contains("umask = 0o022"), "{text}");
         let mut back = WorkerConfig::from_toml(&text).unwrap();
         back.basedir = c.basedir.clone();
@@ -549,6 +673,9 @@ mod tests {
         let mut c = WorkerConfig::new("/tmp/w", "h", 1, "a:b");
         c.protocol = "pb".into();
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("name") && e.contains("protocol") && e.contains("no password"), "{e}");
+        assert!(
+            e.contains("name") && e.contains("protocol") && e.contains("no password"),
+            "{e}"
+        );
     }
 }

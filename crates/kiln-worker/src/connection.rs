@@ -26,7 +26,10 @@ pub enum StopRequest {
 }
 
 /// Serves builds for the master until asked to stop.
-pub async fn serve(config: WorkerConfig, mut stop: watch::Receiver<StopRequest>) -> anyhow::Result<()> {
+pub async fn serve(
+    config: WorkerConfig,
+    mut stop: watch::Receiver<StopRequest>,
+) -> anyhow::Result<()> {
     tracing::warn!(master = %config.master_address(), "placeholder connection: not connecting to the master");
     let request = *stop.wait_for(|r| *r != StopRequest::Running).await?;
     tracing::info!(?request, "stop requested; no builds are running");

@@ -61,20 +61,32 @@ pub fn create_worker(opts: &CreateOptions) -> anyhow::Result<Created> {
         (Some(master), _) => config::parse_master(master)?,
         (None, Some(master)) => master,
         (None, None) if opts.from_buildbot.is_some() => {
-            bail!("the buildbot.tac names no master (buildmaster_host/port or connection_string); give MASTER on the command line")
+            bail!(
+                "the buildbot.tac names no master (buildmaster_host/port or connection_string); give MASTER on the command line"
+            )
         }
-        (None, None) => bail!("MASTER is missing: kiln-worker create-worker BASEDIR MASTERHOST:PORT NAME PASSWORD"),
+        (None, None) => bail!(
+            "MASTER is missing: kiln-worker create-worker BASEDIR MASTERHOST:PORT NAME PASSWORD"
+        ),
     };
     let name = match (opts.name.clone(), tac.and_then(|t| t.name.clone())) {
         (Some(name), _) | (None, Some(name)) => name,
-        (None, None) => bail!("NAME is missing: kiln-worker create-worker BASEDIR MASTERHOST:PORT NAME PASSWORD"),
+        (None, None) => bail!(
+            "NAME is missing: kiln-worker create-worker BASEDIR MASTERHOST:PORT NAME PASSWORD"
+        ),
     };
     config::check_name(&name).map_err(|e| anyhow::anyhow!("NAME: {e}"))?;
 
     let mut config = WorkerConfig::new(basedir.clone(), host, port, name);
 
-    match (&opts.password, &opts.password_file, tac.and_then(|t| t.password.clone())) {
-        (Some(_), Some(_), _) => bail!("give the password either as PASSWD or with --passwd-file, not both"),
+    match (
+        &opts.password,
+        &opts.password_file,
+        tac.and_then(|t| t.password.clone()),
+    ) {
+        (Some(_), Some(_), _) => {
+            bail!("give the password either as PASSWD or with --passwd-file, not both")
+        }
         (Some(pw), None, _) => config.password = pw.clone(),
         (None, Some(file), _) => {
             let file = config::absolute(file)?;
@@ -117,7 +129,9 @@ pub fn create_worker(opts: &CreateOptions) -> anyhow::Result<Created> {
             ));
         }
         for ignored in &t.ignored {
-            notes.push(format!("note: buildbot.tac setting {ignored} has no kiln-worker equivalent; ignored"));
+            notes.push(format!(
+                "note: buildbot.tac setting {ignored} has no kiln-worker equivalent; ignored"
+            ));
         }
     }
 
@@ -145,7 +159,10 @@ pub fn create_worker(opts: &CreateOptions) -> anyhow::Result<Created> {
     }
     if let Some(p) = &opts.protocol {
         if p == "pb" {
-            bail!("--protocol pb is not supported yet; kiln-worker speaks {}", kiln_proto::PROTOCOL_NAME);
+            bail!(
+                "--protocol pb is not supported yet; kiln-worker speaks {}",
+                kiln_proto::PROTOCOL_NAME
+            );
         }
         config.protocol = p.clone();
     }
@@ -166,7 +183,9 @@ pub fn create_worker(opts: &CreateOptions) -> anyhow::Result<Created> {
     if let Some(user) = &config.run_as
         && nix::unistd::User::from_name(user).ok().flatten().is_none()
     {
-        bail!("--run-as {user}: no such user on this machine; create it first (e.g. `useradd --create-home {user}`)");
+        bail!(
+            "--run-as {user}: no such user on this machine; create it first (e.g. `useradd --create-home {user}`)"
+        );
     }
     config.validate()?;
 
@@ -178,7 +197,8 @@ pub fn create_worker(opts: &CreateOptions) -> anyhow::Result<Created> {
             config_path.display()
         );
     }
-    std::fs::create_dir_all(&basedir).with_context(|| format!("cannot create the directory {}", basedir.display()))?;
+    std::fs::create_dir_all(&basedir)
+        .with_context(|| format!("cannot create the directory {}", basedir.display()))?;
     config.save()?;
 
     let info = basedir.join("info");
@@ -189,7 +209,8 @@ pub fn create_worker(opts: &CreateOptions) -> anyhow::Result<Created> {
             if target.exists() {
                 notes.push(format!("kept the existing info/{}", file));
             } else {
-                std::fs::write(&target, text).with_context(|| format!("cannot write {}", target.display()))?;
+                std::fs::write(&target, text)
+                    .with_context(|| format!("cannot write {}", target.display()))?;
                 notes.push(format!("copied info/{file} from {}", imp.dir.display()));
             }
         }
@@ -209,10 +230,15 @@ pub fn create_worker(opts: &CreateOptions) -> anyhow::Result<Created> {
 }
 
 fn write_if_absent(path: &Path, text: &str) -> anyhow::Result<()> {
-    match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
         Ok(mut f) => {
             use std::io::Write as _;
-            f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+            f.write_all(text.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
@@ -276,19 +302,27 @@ pub fn read_buildbot_dir(dir: &Path) -> anyhow::Result<BuildbotDir> {
     let text = std::fs::read_to_string(&tac_path).with_context(|| {
         format!("--from-buildbot {}: cannot read {}; give the buildbot-worker base directory (the one holding buildbot.tac)", dir.display(), tac_path.display())
     })?;
-    let settings = parse_tac(&text).with_context(|| format!("cannot use {}", tac_path.display()))?;
+    let settings =
+        parse_tac(&text).with_context(|| format!("cannot use {}", tac_path.display()))?;
     let mut info = BTreeMap::new();
     if let Ok(entries) = std::fs::read_dir(dir.join("info")) {
         for entry in entries.flatten() {
             let Ok(ft) = entry.file_type() else { continue };
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
             if ft.is_file() && !name.starts_with('.') {
-                let data = std::fs::read(entry.path()).with_context(|| format!("cannot read {}", entry.path().display()))?;
+                let data = std::fs::read(entry.path())
+                    .with_context(|| format!("cannot read {}", entry.path().display()))?;
                 info.insert(name, data);
             }
         }
     }
-    Ok(BuildbotDir { dir, settings, info })
+    Ok(BuildbotDir {
+        dir,
+        settings,
+        info,
+    })
 }
 
 /// A Python literal as written in a tac file.
@@ -318,17 +352,27 @@ pub fn parse_tac(text: &str) -> anyhow::Result<TacSettings> {
         if line.starts_with(char::is_whitespace) {
             continue; // inside a block or a continuation line
         }
-        let Some((name, value)) = line.split_once('=') else { continue };
+        let Some((name, value)) = line.split_once('=') else {
+            continue;
+        };
         let name = name.trim();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || value.starts_with('=') {
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || value.starts_with('=')
+        {
             continue;
         }
         if let Some(v) = parse_py_literal(value) {
             vars.insert(name.to_owned(), v);
         }
     }
-    if !text.contains("Application('buildbot-worker')") && !text.contains("Application(\"buildbot-worker\")") && !vars.contains_key("buildmaster_host") {
-        bail!("this does not look like a buildbot-worker buildbot.tac (no Application('buildbot-worker'), no buildmaster_host)");
+    if !text.contains("Application('buildbot-worker')")
+        && !text.contains("Application(\"buildbot-worker\")")
+        && !vars.contains_key("buildmaster_host")
+    {
+        bail!(
+            "this does not look like a buildbot-worker buildbot.tac (no Application('buildbot-worker'), no buildmaster_host)"
+        );
     }
     let string = |k: &str| match vars.get(k) {
         Some(PyValue::Str(s)) => Some(s.clone()),
@@ -350,7 +394,10 @@ pub fn parse_tac(text: &str) -> anyhow::Result<TacSettings> {
         }
         None => match (string("buildmaster_host"), int("port")) {
             (Some(host), Some(port)) => {
-                let port = u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| anyhow::anyhow!("port = {port} is not a TCP port"))?;
+                let port = u16::try_from(port)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| anyhow::anyhow!("port = {port} is not a TCP port"))?;
                 Some((host, port))
             }
             (Some(host), None) => Some((host, config::DEFAULT_MASTER_PORT)),
@@ -360,12 +407,18 @@ pub fn parse_tac(text: &str) -> anyhow::Result<TacSettings> {
     s.use_tls = use_tls;
     s.name = string("workername").or_else(|| string("slavename"));
     s.password = string("passwd");
-    s.keepalive = int("keepalive").and_then(|k| u64::try_from(k).ok()).filter(|k| *k > 0);
-    s.umask = int("umask").and_then(|u| u32::try_from(u).ok()).filter(|u| *u <= 0o777);
+    s.keepalive = int("keepalive")
+        .and_then(|k| u64::try_from(k).ok())
+        .filter(|k| *k > 0);
+    s.umask = int("umask")
+        .and_then(|u| u32::try_from(u).ok())
+        .filter(|u| *u <= 0o777);
     s.maxretries = int("maxretries").and_then(|m| u32::try_from(m).ok());
     s.delete_leftover_dirs = flag("delete_leftover_dirs");
     s.protocol = string("protocol");
-    s.log_size = int("rotateLength").and_then(|v| u64::try_from(v).ok()).filter(|v| *v >= 1024);
+    s.log_size = int("rotateLength")
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|v| *v >= 1024);
     s.log_count = int("maxRotatedFiles").and_then(|v| u32::try_from(v).ok());
     for key in ["allow_shutdown", "proxy_connection_string"] {
         if let Some(v) = vars.get(key)
@@ -391,11 +444,16 @@ fn parse_connection_string(cs: &str) -> anyhow::Result<(String, u16, bool)> {
         }
     }
     parts.push(cur);
-    let kind = parts.first().map(|k| k.to_ascii_lowercase()).unwrap_or_default();
+    let kind = parts
+        .first()
+        .map(|k| k.to_ascii_lowercase())
+        .unwrap_or_default();
     let tls = match kind.as_str() {
         "tcp" | "tcp6" | "tcp4" => false,
         "tls" | "ssl" => true,
-        _ => bail!("connection_string {cs:?}: only tcp: and tls: endpoints can be imported; give MASTER on the command line"),
+        _ => bail!(
+            "connection_string {cs:?}: only tcp: and tls: endpoints can be imported; give MASTER on the command line"
+        ),
     };
     let mut host = None;
     let mut port = None;
@@ -412,7 +470,9 @@ fn parse_connection_string(cs: &str) -> anyhow::Result<(String, u16, bool)> {
     }
     match (host, port) {
         (Some(h), Some(p)) if !h.is_empty() && p != 0 => Ok((h, p, tls)),
-        _ => bail!("connection_string {cs:?}: no host=... and port=...; give MASTER on the command line"),
+        _ => bail!(
+            "connection_string {cs:?}: no host=... and port=...; give MASTER on the command line"
+        ),
     }
 }
 
@@ -546,7 +606,10 @@ s.setServiceParent(application)
         assert_eq!(s.name.as_deref(), Some("old"));
         assert_eq!(s.umask, Some(0o22));
         assert_eq!(s.ignored.len(), 1);
-        assert_eq!(parse_connection_string("tcp:host=m.example:port=9989").unwrap(), ("m.example".into(), 9989, false));
+        assert_eq!(
+            parse_connection_string("tcp:host=m.example:port=9989").unwrap(),
+            ("m.example".into(), 9989, false)
+        );
         assert!(parse_connection_string("unix:/tmp/sock").is_err());
         assert!(parse_tac("x = 1\n").is_err());
     }

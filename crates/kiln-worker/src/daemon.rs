@@ -50,7 +50,9 @@ pub struct ReportReader(File);
 /// What the daemon reported.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Report {
-    Ready { pid: u32 },
+    Ready {
+        pid: u32,
+    },
     Failed(String),
     /// The pipe closed without a report (the daemon died) or nothing came in time.
     Silent,
@@ -137,7 +139,10 @@ fn set_cloexec(fd: &OwnedFd) {
 }
 
 fn stdio_to_dev_null() -> std::io::Result<()> {
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
     for fd in 0..=2 {
         // SAFETY: dup2 onto the standard descriptors; `null` stays open until then.
         if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
@@ -161,7 +166,10 @@ mod tests {
     #[test]
     fn reports_parse() {
         assert_eq!(parse_report(b"ok 42\n"), Report::Ready { pid: 42 });
-        assert_eq!(parse_report(b"error: no log\n"), Report::Failed("no log".into()));
+        assert_eq!(
+            parse_report(b"error: no log\n"),
+            Report::Failed("no log".into())
+        );
         assert_eq!(parse_report(b""), Report::Silent);
     }
 }

@@ -56,7 +56,10 @@ fn check_user_policy(config: &WorkerConfig) -> anyhow::Result<()> {
     let euid = geteuid();
     if let Some(name) = &config.run_as {
         let Some(user) = User::from_name(name).ok().flatten() else {
-            bail!("run_as = {name:?} in {}: no such user on this machine", config::CONFIG_FILE);
+            bail!(
+                "run_as = {name:?} in {}: no such user on this machine",
+                config::CONFIG_FILE
+            );
         };
         if !euid.is_root() && user.uid != euid {
             bail!(
@@ -66,7 +69,10 @@ fn check_user_policy(config: &WorkerConfig) -> anyhow::Result<()> {
             );
         }
         if user.uid.is_root() && !config.allow_root {
-            bail!("run_as = {name:?} is root; set allow_root = true in {} if you really mean it", config::CONFIG_FILE);
+            bail!(
+                "run_as = {name:?} is root; set allow_root = true in {} if you really mean it",
+                config::CONFIG_FILE
+            );
         }
     } else if euid.is_root() && !config.allow_root {
         bail!(
@@ -88,7 +94,9 @@ fn check_user_policy(_config: &WorkerConfig) -> anyhow::Result<()> {
 fn apply_umask(config: &WorkerConfig) {
     #[cfg(unix)]
     if let Some(umask) = config.umask {
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask as nix::libc::mode_t));
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+            umask as nix::libc::mode_t,
+        ));
     }
     #[cfg(not(unix))]
     let _ = config;
@@ -112,9 +120,11 @@ pub fn run(basedir: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    std::env::set_current_dir(&config.basedir).with_context(|| format!("cannot chdir to {}", config.basedir.display()))?;
+    std::env::set_current_dir(&config.basedir)
+        .with_context(|| format!("cannot chdir to {}", config.basedir.display()))?;
     apply_umask(&config);
-    logging::init(&config.basedir, config.log_size, config.log_count, true).context("cannot open the log")?;
+    logging::init(&config.basedir, config.log_size, config.log_count, true)
+        .context("cannot open the log")?;
     worker_main(config, lock, None)
 }
 
@@ -124,13 +134,25 @@ type Reporter = crate::daemon::Reporter;
 type Reporter = ();
 
 /// The worker proper: runtime, signals, pid, `serve`. Returns when `serve` does.
-fn worker_main(config: WorkerConfig, mut lock: PidLock, mut report: Option<Reporter>) -> anyhow::Result<ExitCode> {
-    let _ = std::fs::write(config.basedir.join(HOSTNAME_FILE), format!("{}\n", crate::machine::hostname()));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("kiln-worker").build().context("cannot start the async runtime")?;
+fn worker_main(
+    config: WorkerConfig,
+    mut lock: PidLock,
+    mut report: Option<Reporter>,
+) -> anyhow::Result<ExitCode> {
+    let _ = std::fs::write(
+        config.basedir.join(HOSTNAME_FILE),
+        format!("{}\n", crate::machine::hostname()),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kiln-worker")
+        .build()
+        .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(StopRequest::Running);
         let signals = Signals::install().context("cannot install signal handlers")?;
-        lock.write_pid(std::process::id()).with_context(|| format!("cannot write {}", lock.path().display()))?;
+        lock.write_pid(std::process::id())
+            .with_context(|| format!("cannot write {}", lock.path().display()))?;
         tracing::info!(
             pid = std::process::id(),
             basedir = %config.basedir.display(),
@@ -260,7 +282,10 @@ pub fn start(basedir: &Path, opts: &StartOptions) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
                 Report::Silent => {
-                    eprintln!("kiln-worker: the worker did not report back after starting; see {}", log_path.display());
+                    eprintln!(
+                        "kiln-worker: the worker did not report back after starting; see {}",
+                        log_path.display()
+                    );
                     return Ok(ExitCode::FAILURE);
                 }
             };
@@ -268,10 +293,17 @@ pub fn start(basedir: &Path, opts: &StartOptions) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             if opts.wait.is_zero() {
-                println!("kiln-worker started in the background (pid {pid}); log: {}", log_path.display());
+                println!(
+                    "kiln-worker started in the background (pid {pid}); log: {}",
+                    log_path.display()
+                );
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("Following {} until a master attaches (up to {} s) ...", log_path.display(), opts.wait.as_secs_f64());
+            println!(
+                "Following {} until a master attaches (up to {} s) ...",
+                log_path.display(),
+                opts.wait.as_secs_f64()
+            );
             match follow_log(&log_path, log_offset, &pidfile::path_in(&dir), opts.wait) {
                 Follow::Attached => {
                     println!("kiln-worker appears to have (re)started correctly (pid {pid}).");
@@ -385,7 +417,9 @@ pub fn stop(basedir: &Path, graceful: bool, quiet: bool) -> anyhow::Result<ExitC
             println!("{text}");
         }
     };
-    let pid = match pidfile::probe_with_pid(&pid_path, Duration::from_secs(2)).with_context(|| format!("cannot read {}", pid_path.display()))? {
+    let pid = match pidfile::probe_with_pid(&pid_path, Duration::from_secs(2))
+        .with_context(|| format!("cannot read {}", pid_path.display()))?
+    {
         Status::NoFile => {
             say("worker not running".to_owned());
             return Ok(ExitCode::SUCCESS);
@@ -408,11 +442,18 @@ pub fn stop(basedir: &Path, graceful: bool, quiet: bool) -> anyhow::Result<ExitC
         ),
         Status::Running(Some(pid)) => pid,
     };
-    let signal = if graceful { Signal::SIGUSR1 } else { Signal::SIGTERM };
+    let signal = if graceful {
+        Signal::SIGUSR1
+    } else {
+        Signal::SIGTERM
+    };
     let target = Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
-    kill(target, signal).with_context(|| format!("cannot send {signal} to the worker (pid {pid})"))?;
+    kill(target, signal)
+        .with_context(|| format!("cannot send {signal} to the worker (pid {pid})"))?;
     if graceful {
-        say(format!("asked kiln-worker (pid {pid}) to stop once its running builds have finished; waiting ..."));
+        say(format!(
+            "asked kiln-worker (pid {pid}) to stop once its running builds have finished; waiting ..."
+        ));
     }
     let started = Instant::now();
     let mut next_progress = Duration::from_secs(30);
@@ -434,7 +475,11 @@ pub fn stop(basedir: &Path, graceful: bool, quiet: bool) -> anyhow::Result<ExitC
                 next_progress += Duration::from_secs(30);
             }
         } else if waited >= STOP_TIMEOUT {
-            eprintln!("never saw process {pid} go away (waited {} s); it still holds {}", STOP_TIMEOUT.as_secs(), pid_path.display());
+            eprintln!(
+                "never saw process {pid} go away (waited {} s); it still holds {}",
+                STOP_TIMEOUT.as_secs(),
+                pid_path.display()
+            );
             return Ok(ExitCode::FAILURE);
         }
     }
@@ -482,7 +527,11 @@ pub fn status(basedir: &Path) -> anyhow::Result<ExitCode> {
 fn worker_dir(basedir: &Path) -> anyhow::Result<PathBuf> {
     let dir = config::absolute(basedir)?;
     if !WorkerConfig::path_in(&dir).exists() && !pidfile::path_in(&dir).exists() {
-        bail!("{} is not a kiln-worker directory (no {})", dir.display(), config::CONFIG_FILE);
+        bail!(
+            "{} is not a kiln-worker directory (no {})",
+            dir.display(),
+            config::CONFIG_FILE
+        );
     }
     Ok(dir)
 }
@@ -500,7 +549,11 @@ mod tests {
         let offset = std::fs::metadata(&log).unwrap().len();
         let mut lock = PidLock::acquire(&pid).unwrap();
         lock.write_pid(std::process::id()).unwrap();
-        assert_eq!(follow_log(&log, offset, &pid, Duration::from_millis(300)), Follow::TimedOut, "an old line does not count");
+        assert_eq!(
+            follow_log(&log, offset, &pid, Duration::from_millis(300)),
+            Follow::TimedOut,
+            "an old line does not count"
+        );
         let writer = {
             let log = log.clone();
             std::thread::spawn(move || {
@@ -513,11 +566,20 @@ mod tests {
                 std::fs::write(&log, &text).unwrap();
             })
         };
-        assert_eq!(follow_log(&log, offset, &pid, Duration::from_secs(5)), Follow::Attached);
+        assert_eq!(
+            follow_log(&log, offset, &pid, Duration::from_secs(5)),
+            Follow::Attached
+        );
         writer.join().unwrap();
         drop(lock);
-        assert_eq!(follow_log(&log, 0, &pid, Duration::from_secs(5)), Follow::Attached);
+        assert_eq!(
+            follow_log(&log, 0, &pid, Duration::from_secs(5)),
+            Follow::Attached
+        );
         std::fs::write(&log, "").unwrap();
-        assert_eq!(follow_log(&log, 0, &pid, Duration::from_secs(5)), Follow::Exited);
+        assert_eq!(
+            follow_log(&log, 0, &pid, Duration::from_secs(5)),
+            Follow::Exited
+        );
     }
 }

@@ -42,7 +42,15 @@ impl RotatingLog {
         let path = path.into();
         let file = open_append(&path)?;
         let size = file.metadata()?.len();
-        Ok(RotatingLog { inner: Arc::new(Mutex::new(Inner { path, max_bytes: max_bytes.max(1), keep, file: Some(file), size })) })
+        Ok(RotatingLog {
+            inner: Arc::new(Mutex::new(Inner {
+                path,
+                max_bytes: max_bytes.max(1),
+                keep,
+                file: Some(file),
+                size,
+            })),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -130,10 +138,17 @@ impl<'a> MakeWriter<'a> for RotatingLog {
 }
 
 /// Installs the global subscriber: the rotating log file, plus stderr when `stderr` is set.
-pub fn init(basedir: &Path, log_size: u64, log_count: u32, stderr: bool) -> io::Result<RotatingLog> {
+pub fn init(
+    basedir: &Path,
+    log_size: u64,
+    log_count: u32,
+    stderr: bool,
+) -> io::Result<RotatingLog> {
     let log = RotatingLog::open(basedir.join(LOG_FILE), log_size, log_count)?;
     let filter = || EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
-    let file_layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(log.clone());
+    let file_layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(log.clone());
     let stderr_layer = stderr.then(|| tracing_subscriber::fmt::layer().with_writer(io::stderr));
     tracing_subscriber::registry()
         .with(filter())
@@ -160,13 +175,25 @@ mod tests {
         let cur = std::fs::read_to_string(&path).unwrap();
         assert_eq!(cur.lines().count(), 2);
         assert!(cur.starts_with("line 08"), "{cur}");
-        assert!(std::fs::read_to_string(rotated_path(&path, 1)).unwrap().starts_with("line 06"));
-        assert!(std::fs::read_to_string(rotated_path(&path, 2)).unwrap().starts_with("line 04"));
+        assert!(
+            std::fs::read_to_string(rotated_path(&path, 1))
+                .unwrap()
+                .starts_with("line 06")
+        );
+        assert!(
+            std::fs::read_to_string(rotated_path(&path, 2))
+                .unwrap()
+                .starts_with("line 04")
+        );
         assert!(!rotated_path(&path, 3).exists());
         // Reopening continues from the current size.
         let mut log = RotatingLog::open(&path, 100, 2).unwrap();
         writeln!(log, "next").unwrap();
-        assert!(std::fs::read_to_string(rotated_path(&path, 1)).unwrap().starts_with("line 08"));
+        assert!(
+            std::fs::read_to_string(rotated_path(&path, 1))
+                .unwrap()
+                .starts_with("line 08")
+        );
     }
 
     #[test]

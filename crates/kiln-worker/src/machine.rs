@@ -20,7 +20,8 @@ pub struct Machine {
 impl Machine {
     pub fn probe() -> Machine {
         Machine {
-            os: os_release_value("PRETTY_NAME").or_else(|| kernel().map(|k| k.split(' ').next().unwrap_or("").to_owned())),
+            os: os_release_value("PRETTY_NAME")
+                .or_else(|| kernel().map(|k| k.split(' ').next().unwrap_or("").to_owned())),
             kernel: kernel(),
             cpu_model: cpu_model(),
             cpus: online_cpus(),
@@ -31,13 +32,18 @@ impl Machine {
     /// The prefilled text of `info/host`.
     pub fn describe(&self) -> String {
         let unknown = || "unknown".to_owned();
-        let memory = self.memory.map(|m| format!("{:.1} GiB", m as f64 / (1u64 << 30) as f64));
+        let memory = self
+            .memory
+            .map(|m| format!("{:.1} GiB", m as f64 / (1u64 << 30) as f64));
         format!(
             "{os}; kernel {kernel}; {cpus} x {cpu}; {memory} RAM\n",
             os = self.os.clone().unwrap_or_else(unknown),
             kernel = self.kernel.clone().unwrap_or_else(unknown),
             cpus = self.cpus.map(|c| c.to_string()).unwrap_or_else(unknown),
-            cpu = self.cpu_model.clone().unwrap_or_else(|| "unknown CPU".to_owned()),
+            cpu = self
+                .cpu_model
+                .clone()
+                .unwrap_or_else(|| "unknown CPU".to_owned()),
             memory = memory.unwrap_or_else(unknown),
         )
     }
@@ -45,10 +51,14 @@ impl Machine {
 
 /// A value from `/etc/os-release` (quotes stripped).
 pub fn os_release_value(key: &str) -> Option<String> {
-    let text = std::fs::read_to_string("/etc/os-release").or_else(|_| std::fs::read_to_string("/usr/lib/os-release")).ok()?;
+    let text = std::fs::read_to_string("/etc/os-release")
+        .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
+        .ok()?;
     text.lines().find_map(|line| {
         let (k, v) = line.split_once('=')?;
-        (k.trim() == key).then(|| v.trim().trim_matches('"').trim_matches('\'').to_owned()).filter(|v| !v.is_empty())
+        (k.trim() == key)
+            .then(|| v.trim().trim_matches('"').trim_matches('\'').to_owned())
+            .filter(|v| !v.is_empty())
     })
 }
 
@@ -65,14 +75,22 @@ fn kernel() -> Option<String> {
 
 #[cfg(not(unix))]
 fn kernel() -> Option<String> {
-    Some(format!("{} {}", std::env::consts::OS, std::env::consts::ARCH))
+    Some(format!(
+        "{} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    ))
 }
 
 fn cpu_model() -> Option<String> {
     if let Ok(text) = std::fs::read_to_string("/proc/cpuinfo") {
         let model = text.lines().find_map(|line| {
             let (k, v) = line.split_once(':')?;
-            matches!(k.trim(), "model name" | "Processor" | "cpu model" | "uarch" | "cpu").then(|| v.trim().to_owned())
+            matches!(
+                k.trim(),
+                "model name" | "Processor" | "cpu model" | "uarch" | "cpu"
+            )
+            .then(|| v.trim().to_owned())
         });
         if model.is_some() {
             return model;
@@ -80,7 +98,11 @@ fn cpu_model() -> Option<String> {
     }
     #[cfg(unix)]
     for key in ["machdep.cpu.brand_string", "hw.model"] {
-        if let Ok(out) = std::process::Command::new("sysctl").arg("-n").arg(key).stderr(std::process::Stdio::null()).output()
+        if let Ok(out) = std::process::Command::new("sysctl")
+            .arg("-n")
+            .arg(key)
+            .stderr(std::process::Stdio::null())
+            .output()
             && out.status.success()
         {
             let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -117,14 +139,21 @@ pub fn usable_cpus() -> Option<usize> {
 /// Physical memory in bytes.
 pub fn physical_memory() -> Option<u64> {
     if let Ok(text) = std::fs::read_to_string("/proc/meminfo")
-        && let Some(kb) = text.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        && let Some(kb) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
     {
         return Some(kb * 1024);
     }
     #[cfg(unix)]
     {
         for key in ["hw.memsize", "hw.physmem"] {
-            if let Ok(out) = std::process::Command::new("sysctl").arg("-n").arg(key).stderr(std::process::Stdio::null()).output()
+            if let Ok(out) = std::process::Command::new("sysctl")
+                .arg("-n")
+                .arg(key)
+                .stderr(std::process::Stdio::null())
+                .output()
                 && let Ok(bytes) = String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()
             {
                 return Some(bytes);
@@ -153,7 +182,9 @@ pub fn hostname() -> String {
     if let Ok(name) = nix::unistd::gethostname() {
         return name.to_string_lossy().into_owned();
     }
-    std::env::var("COMPUTERNAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "unknown".to_owned())
+    std::env::var("COMPUTERNAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 #[cfg(test)]

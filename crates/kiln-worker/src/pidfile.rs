@@ -37,7 +37,10 @@ pub enum LockError {
     #[error("{}", held_message(.path, *.pid))]
     Held { path: PathBuf, pid: Option<u32> },
     #[error("cannot lock {}: {source}", .path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn held_message(path: &Path, pid: Option<u32>) -> String {
@@ -47,7 +50,9 @@ fn held_message(path: &Path, pid: Option<u32>) -> String {
             "a kiln-worker is already running in {dir} (pid {pid}, it holds the lock on {PID_FILE}); \
              stop it first with `kiln-worker stop {dir}`, or use `kiln-worker restart {dir}`"
         ),
-        None => format!("a kiln-worker is already running in {dir} (it holds the lock on {PID_FILE}); stop it first"),
+        None => format!(
+            "a kiln-worker is already running in {dir} (it holds the lock on {PID_FILE}); stop it first"
+        ),
     }
 }
 
@@ -56,10 +61,19 @@ impl PidLock {
     ///
     /// A brief collision with a `stop`/`status` probe is retried for a moment.
     pub fn acquire(path: &Path) -> Result<PidLock, LockError> {
-        let io = |source| LockError::Io { path: path.to_owned(), source };
+        let io = |source| LockError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let deadline = Instant::now() + Duration::from_millis(500);
         loop {
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(io)?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
@@ -67,14 +81,20 @@ impl PidLock {
                         std::thread::sleep(Duration::from_millis(50));
                         continue;
                     }
-                    return Err(LockError::Held { path: path.to_owned(), pid: read_pid(path) });
+                    return Err(LockError::Held {
+                        path: path.to_owned(),
+                        pid: read_pid(path),
+                    });
                 }
                 Err(TryLockError::Error(e)) => return Err(io(e)),
             }
             // A stopping worker unlinks the file before unlocking it: make sure we
             // locked the file that is at `path` now, not one just unlinked.
             if same_file(&file, path) {
-                return Ok(PidLock { file: Some(file), path: path.to_owned() });
+                return Ok(PidLock {
+                    file: Some(file),
+                    path: path.to_owned(),
+                });
             }
         }
     }
@@ -168,7 +188,9 @@ pub fn probe_with_pid(path: &Path, patience: Duration) -> std::io::Result<Status
     loop {
         let status = probe(path)?;
         match status {
-            Status::Running(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Status::Running(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
             _ => return Ok(status),
         }
     }
@@ -186,13 +208,20 @@ mod tests {
         let mut lock = PidLock::acquire(&path).unwrap();
         assert_eq!(probe(&path).unwrap(), Status::Running(None));
         lock.write_pid(std::process::id()).unwrap();
-        assert_eq!(probe(&path).unwrap(), Status::Running(Some(std::process::id())));
+        assert_eq!(
+            probe(&path).unwrap(),
+            Status::Running(Some(std::process::id()))
+        );
         match PidLock::acquire(&path) {
             Err(LockError::Held { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
             other => panic!("second lock: {other:?}"),
         }
         drop(lock);
-        assert_eq!(probe(&path).unwrap(), Status::NoFile, "a clean exit removes the pidfile");
+        assert_eq!(
+            probe(&path).unwrap(),
+            Status::NoFile,
+            "a clean exit removes the pidfile"
+        );
         std::fs::write(&path, "1\n").unwrap();
         assert_eq!(probe(&path).unwrap(), Status::Stale(Some(1)));
         let mut lock = PidLock::acquire(&path).unwrap();

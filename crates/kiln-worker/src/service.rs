@@ -19,16 +19,30 @@ pub struct ServiceSpec<'a> {
 
 /// A name usable in unit file names, launchd labels and rc.d variables.
 fn slug(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 fn xml_escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Quotes a path for systemd's ExecStart (which splits on spaces and handles quotes).
 fn systemd_quote(text: &str) -> String {
-    if text.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\' || c == '\'') {
+    if text
+        .chars()
+        .any(|c| c.is_whitespace() || c == '"' || c == '\\' || c == '\'')
+    {
         format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
     } else {
         text.to_owned()
@@ -37,7 +51,11 @@ fn systemd_quote(text: &str) -> String {
 
 /// Quotes a word for /bin/sh.
 fn sh_quote(text: &str) -> String {
-    if !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c)) {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c))
+    {
         text.to_owned()
     } else {
         format!("'{}'", text.replace('\'', "'\\''"))
@@ -141,7 +159,11 @@ pub fn freebsd_rc(s: &ServiceSpec) -> String {
 
 /// The crontab line CPython's volunteer page asks for.
 pub fn crontab_line(s: &ServiceSpec) -> String {
-    format!("@reboot {} restart {}\n", sh_quote(&s.exe.display().to_string()), sh_quote(&s.basedir.display().to_string()))
+    format!(
+        "@reboot {} restart {}\n",
+        sh_quote(&s.exe.display().to_string()),
+        sh_quote(&s.basedir.display().to_string())
+    )
 }
 
 /// Everything `install-service` prints, each with a heading saying where it goes.

@@ -16,13 +16,23 @@ fn mode(path: &std::path::Path) -> u32 {
 fn creates_the_layout_with_defaults() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("deep/parents/worker");
-    let out = ok(run(&["create-worker", "--allow-root", dir.to_str().unwrap(), "buildbot.example.org", "w1", "s3cret"]));
+    let out = ok(run(&[
+        "create-worker",
+        "--allow-root",
+        dir.to_str().unwrap(),
+        "buildbot.example.org",
+        "w1",
+        "s3cret",
+    ]));
 
     let toml_path = dir.join("kiln-worker.toml");
     assert_eq!(mode(&toml_path), 0o600, "the config holds the password");
     let text = std::fs::read_to_string(&toml_path).unwrap();
     assert!(text.starts_with('#'), "commented header:\n{text}");
-    assert!(text.contains("# Worker name, as configured on the master.\nname = \"w1\""), "{text}");
+    assert!(
+        text.contains("# Worker name, as configured on the master.\nname = \"w1\""),
+        "{text}"
+    );
 
     let config = WorkerConfig::load(&dir).unwrap();
     assert_eq!(config.master_host, "buildbot.example.org");
@@ -33,20 +43,42 @@ fn creates_the_layout_with_defaults() {
     assert!(config.allow_root);
     assert_eq!(config.basedir, dir);
 
-    assert_eq!(std::fs::read_to_string(dir.join("info/admin")).unwrap(), "Your Name Here <admin@youraddress.invalid>\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("info/admin")).unwrap(),
+        "Your Name Here <admin@youraddress.invalid>\n"
+    );
     let host = std::fs::read_to_string(dir.join("info/host")).unwrap();
     let uname = nix::sys::utsname::uname().unwrap();
-    assert!(host.contains(&*uname.release().to_string_lossy()), "kernel release in info/host: {host}");
+    assert!(
+        host.contains(&*uname.release().to_string_lossy()),
+        "kernel release in info/host: {host}"
+    );
     // SAFETY: sysconf has no preconditions.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    assert!(host.contains(&format!("; {cpus} x ")), "cpu count in info/host: {host}");
+    assert!(
+        host.contains(&format!("; {cpus} x ")),
+        "cpu count in info/host: {host}"
+    );
     assert!(host.contains("RAM"), "{host}");
-    assert!(!host.contains("Please put a description"), "prefilled, not Buildbot's placeholder");
+    assert!(
+        !host.contains("Please put a description"),
+        "prefilled, not Buildbot's placeholder"
+    );
 
     // Next steps: edit info/admin, start, and the crontab line with absolute paths.
     assert!(out.contains("info/admin"), "{out}");
-    assert!(out.contains(&format!("{} start {}", BIN_ABS.as_str(), dir.display())), "{out}");
-    assert!(out.contains(&format!("@reboot {} restart {}", BIN_ABS.as_str(), dir.display())), "{out}");
+    assert!(
+        out.contains(&format!("{} start {}", BIN_ABS.as_str(), dir.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "@reboot {} restart {}",
+            BIN_ABS.as_str(),
+            dir.display()
+        )),
+        "{out}"
+    );
 }
 
 static BIN_ABS: std::sync::LazyLock<String> =
@@ -59,22 +91,41 @@ fn keeps_existing_info_files() {
     std::fs::create_dir_all(dir.join("info")).unwrap();
     std::fs::write(dir.join("info/host"), "my own words\n").unwrap();
     create(&dir, &[]);
-    assert_eq!(std::fs::read_to_string(dir.join("info/host")).unwrap(), "my own words\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("info/host")).unwrap(),
+        "my own words\n"
+    );
     assert!(dir.join("info/admin").exists());
 }
 
 #[test]
 fn master_forms() {
     let tmp = tempfile::tempdir().unwrap();
-    for (i, (master, host, port)) in
-        [("[::1]:9000", "::1", 9000), ("[fe80::1]", "fe80::1", 9989), ("m.example:9020", "m.example", 9020), ("10.1.2.3", "10.1.2.3", 9989)]
-            .into_iter()
-            .enumerate()
+    for (i, (master, host, port)) in [
+        ("[::1]:9000", "::1", 9000),
+        ("[fe80::1]", "fe80::1", 9989),
+        ("m.example:9020", "m.example", 9020),
+        ("10.1.2.3", "10.1.2.3", 9989),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let dir = tmp.path().join(format!("w{i}"));
-        ok(run(&["create-worker", "-q", "--allow-root", dir.to_str().unwrap(), master, "w", "pw"]));
+        ok(run(&[
+            "create-worker",
+            "-q",
+            "--allow-root",
+            dir.to_str().unwrap(),
+            master,
+            "w",
+            "pw",
+        ]));
         let c = WorkerConfig::load(&dir).unwrap();
-        assert_eq!((c.master_host.as_str(), c.master_port), (host, port), "{master}");
+        assert_eq!(
+            (c.master_host.as_str(), c.master_port),
+            (host, port),
+            "{master}"
+        );
     }
 }
 
@@ -94,7 +145,11 @@ fn bad_master_or_name_is_refused_and_nothing_is_created() {
     ] {
         let o = run(&["create-worker", d, master, name, "pw"]);
         assert_eq!(o.status.code(), Some(1), "{master} {name}: {}", all(&o));
-        assert!(stderr(&o).contains(expect), "{master} {name}: want {expect:?} in {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(expect),
+            "{master} {name}: want {expect:?} in {}",
+            stderr(&o)
+        );
         assert!(!dir.exists(), "{master} {name}: nothing may be created");
     }
     // Missing arguments say what is missing.
@@ -112,23 +167,57 @@ fn password_file() {
     let d = dir.to_str().unwrap();
     let p = pwfile.to_str().unwrap();
 
-    let o = run(&["create-worker", "--passwd-file", p, d, "m.example", "w", "pw"]);
+    let o = run(&[
+        "create-worker",
+        "--passwd-file",
+        p,
+        d,
+        "m.example",
+        "w",
+        "pw",
+    ]);
     assert_eq!(o.status.code(), Some(1), "both forms at once");
     assert!(stderr(&o).contains("not both"), "{}", stderr(&o));
 
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "\n").unwrap();
-    let o = run(&["create-worker", "--passwd-file", empty.to_str().unwrap(), d, "m.example", "w"]);
+    let o = run(&[
+        "create-worker",
+        "--passwd-file",
+        empty.to_str().unwrap(),
+        d,
+        "m.example",
+        "w",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("empty"), "{}", stderr(&o));
 
-    let o = run(&["create-worker", "--passwd-file", "/nonexistent/pw", d, "m.example", "w"]);
+    let o = run(&[
+        "create-worker",
+        "--passwd-file",
+        "/nonexistent/pw",
+        d,
+        "m.example",
+        "w",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("/nonexistent/pw"), "{}", stderr(&o));
 
-    ok(run(&["create-worker", "-q", "--allow-root", "--passwd-file", p, d, "m.example", "w"]));
+    ok(run(&[
+        "create-worker",
+        "-q",
+        "--allow-root",
+        "--passwd-file",
+        p,
+        d,
+        "m.example",
+        "w",
+    ]));
     let text = std::fs::read_to_string(dir.join("kiln-worker.toml")).unwrap();
-    assert!(!text.contains("from-file"), "the password stays out of the config");
+    assert!(
+        !text.contains("from-file"),
+        "the password stays out of the config"
+    );
     let c = WorkerConfig::load(&dir).unwrap();
     assert_eq!(c.password_file.as_deref(), Some(pwfile.as_path()));
     assert_eq!(c.resolved_password().unwrap(), "from-file");
@@ -197,12 +286,25 @@ fn imports_a_buildbot_worker_directory() {
     std::fs::write(old.join("info/access_uri"), "ssh://ware@example.org\n").unwrap();
 
     let dir = tmp.path().join("kiln");
-    let o = run(&["create-worker", "--allow-root", "--from-buildbot", old.to_str().unwrap(), dir.to_str().unwrap()]);
+    let o = run(&[
+        "create-worker",
+        "--allow-root",
+        "--from-buildbot",
+        old.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", all(&o));
-    assert!(stderr(&o).contains("\"pb\""), "warns that the old protocol was PB: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("\"pb\""),
+        "warns that the old protocol was PB: {}",
+        stderr(&o)
+    );
 
     let c = WorkerConfig::load(&dir).unwrap();
-    assert_eq!((c.master_host.as_str(), c.master_port), ("buildbot.python.org", 9020));
+    assert_eq!(
+        (c.master_host.as_str(), c.master_port),
+        ("buildbot.python.org", 9020)
+    );
     assert_eq!(c.name, "ware-debian-x86");
     assert_eq!(c.password, "p@ss\"word");
     assert_eq!(c.keepalive, 600);
@@ -212,22 +314,51 @@ fn imports_a_buildbot_worker_directory() {
     assert!(c.delete_leftover_dirs);
     assert_eq!(c.protocol, "msgpack_experimental_v7");
     assert_eq!(c.log_size, 10_000_000);
-    assert_eq!(std::fs::read_to_string(dir.join("info/admin")).unwrap(), "Jane Doe <jane@example.org>\n");
-    assert_eq!(std::fs::read_to_string(dir.join("info/host")).unwrap(), "Debian 12 VM on a NUC\n");
-    assert_eq!(std::fs::read_to_string(dir.join("info/access_uri")).unwrap(), "ssh://ware@example.org\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("info/admin")).unwrap(),
+        "Jane Doe <jane@example.org>\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("info/host")).unwrap(),
+        "Debian 12 VM on a NUC\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("info/access_uri")).unwrap(),
+        "ssh://ware@example.org\n"
+    );
 
     // Positional arguments override the imported values; connection_string works too.
-    let tac2 = TAC.replace("connection_string = None", "connection_string = 'tls:host=m2.example:port=9443'");
+    let tac2 = TAC.replace(
+        "connection_string = None",
+        "connection_string = 'tls:host=m2.example:port=9443'",
+    );
     std::fs::write(old.join("buildbot.tac"), tac2).unwrap();
     let dir2 = tmp.path().join("kiln2");
-    ok(run(&["create-worker", "-q", "--allow-root", "--from-buildbot", old.to_str().unwrap(), dir2.to_str().unwrap(), "[::1]:7000", "renamed"]));
+    ok(run(&[
+        "create-worker",
+        "-q",
+        "--allow-root",
+        "--from-buildbot",
+        old.to_str().unwrap(),
+        dir2.to_str().unwrap(),
+        "[::1]:7000",
+        "renamed",
+    ]));
     let c = WorkerConfig::load(&dir2).unwrap();
-    assert_eq!((c.master_host.as_str(), c.master_port, c.name.as_str()), ("::1", 7000, "renamed"));
+    assert_eq!(
+        (c.master_host.as_str(), c.master_port, c.name.as_str()),
+        ("::1", 7000, "renamed")
+    );
     assert!(c.use_tls, "tls: endpoint");
     assert_eq!(c.password, "p@ss\"word");
 
     // Not a buildbot-worker directory.
-    let o = run(&["create-worker", "--from-buildbot", tmp.path().to_str().unwrap(), tmp.path().join("x").to_str().unwrap()]);
+    let o = run(&[
+        "create-worker",
+        "--from-buildbot",
+        tmp.path().to_str().unwrap(),
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("buildbot.tac"), "{}", stderr(&o));
 }
@@ -240,16 +371,44 @@ fn refuses_to_overwrite_without_force() {
     std::fs::write(dir.join("info/admin"), "Edited <me@example.org>\n").unwrap();
     let before = std::fs::read_to_string(dir.join("kiln-worker.toml")).unwrap();
 
-    let o = run(&["create-worker", "--allow-root", dir.to_str().unwrap(), "other.example", "w2", "pw2"]);
+    let o = run(&[
+        "create-worker",
+        "--allow-root",
+        dir.to_str().unwrap(),
+        "other.example",
+        "w2",
+        "pw2",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
-    assert_eq!(std::fs::read_to_string(dir.join("kiln-worker.toml")).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("kiln-worker.toml")).unwrap(),
+        before
+    );
 
-    ok(run(&["create-worker", "-q", "--force", "--allow-root", "--umask", "027", dir.to_str().unwrap(), "other.example", "w2", "pw2"]));
+    ok(run(&[
+        "create-worker",
+        "-q",
+        "--force",
+        "--allow-root",
+        "--umask",
+        "027",
+        dir.to_str().unwrap(),
+        "other.example",
+        "w2",
+        "pw2",
+    ]));
     let c = WorkerConfig::load(&dir).unwrap();
-    assert_eq!((c.master_host.as_str(), c.name.as_str(), c.umask), ("other.example", "w2", Some(0o27)));
+    assert_eq!(
+        (c.master_host.as_str(), c.name.as_str(), c.umask),
+        ("other.example", "w2", Some(0o27))
+    );
     assert_eq!(mode(&dir.join("kiln-worker.toml")), 0o600);
-    assert_eq!(std::fs::read_to_string(dir.join("info/admin")).unwrap(), "Edited <me@example.org>\n", "info/ is kept");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("info/admin")).unwrap(),
+        "Edited <me@example.org>\n",
+        "info/ is kept"
+    );
 }
 
 #[test]
@@ -259,20 +418,60 @@ fn options_reach_the_config() {
     std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
     let dir = tmp.path().join("w");
     ok(run(&[
-        "create-worker", "-q", "--allow-root", "--use-tls", "--ca-file", ca.to_str().unwrap(), "--keepalive", "45",
-        "--maxretries", "7", "--delete-leftover-dirs", "--sandbox", "bwrap", "--no-sandbox-network", "--log-size", "2048",
-        "--log-count", "3", "--protocol", "msgpack_experimental_v7", dir.to_str().unwrap(), "m.example:443", "w", "pw",
+        "create-worker",
+        "-q",
+        "--allow-root",
+        "--use-tls",
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--keepalive",
+        "45",
+        "--maxretries",
+        "7",
+        "--delete-leftover-dirs",
+        "--sandbox",
+        "bwrap",
+        "--no-sandbox-network",
+        "--log-size",
+        "2048",
+        "--log-count",
+        "3",
+        "--protocol",
+        "msgpack_experimental_v7",
+        dir.to_str().unwrap(),
+        "m.example:443",
+        "w",
+        "pw",
     ]));
     let c = WorkerConfig::load(&dir).unwrap();
     assert!(c.use_tls && c.delete_leftover_dirs && !c.sandbox_network);
     assert_eq!(c.ca_file.as_deref(), Some(ca.as_path()));
-    assert_eq!((c.keepalive, c.maxretries, c.log_size, c.log_count), (45, Some(7), 2048, 3));
+    assert_eq!(
+        (c.keepalive, c.maxretries, c.log_size, c.log_count),
+        (45, Some(7), 2048, 3)
+    );
     assert_eq!(c.sandbox.as_deref(), Some("bwrap"));
 
-    let o = run(&["create-worker", "--protocol", "pb", tmp.path().join("x").to_str().unwrap(), "m", "w", "pw"]);
+    let o = run(&[
+        "create-worker",
+        "--protocol",
+        "pb",
+        tmp.path().join("x").to_str().unwrap(),
+        "m",
+        "w",
+        "pw",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not supported"), "{}", stderr(&o));
-    let o = run(&["create-worker", "--run-as", "no-such-user-kiln", tmp.path().join("y").to_str().unwrap(), "m", "w", "pw"]);
+    let o = run(&[
+        "create-worker",
+        "--run-as",
+        "no-such-user-kiln",
+        tmp.path().join("y").to_str().unwrap(),
+        "m",
+        "w",
+        "pw",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no such user"), "{}", stderr(&o));
 }

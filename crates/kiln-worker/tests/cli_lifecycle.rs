@@ -27,15 +27,23 @@ fn new_worker(tmp: &tempfile::TempDir, extra: &[&str]) -> Worker {
 fn start(w: &Worker) -> u32 {
     let out = ok(run(&["start", "--wait", "0", d(w)]));
     assert!(out.contains("started in the background"), "{out}");
-    let pid = w.running_pid().expect("a running worker holds the lock after start");
-    assert!(out.contains(&format!("pid {pid}")), "start names the daemon's pid: {out}");
+    let pid = w
+        .running_pid()
+        .expect("a running worker holds the lock after start");
+    assert!(
+        out.contains(&format!("pid {pid}")),
+        "start names the daemon's pid: {out}"
+    );
     pid
 }
 
 /// The pidfile is locked: taking the lock ourselves must fail.
 fn assert_locked(w: &Worker) {
     let f = File::open(w.pidfile()).unwrap();
-    assert!(matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)), "pidfile must be locked");
+    assert!(
+        matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)),
+        "pidfile must be locked"
+    );
 }
 
 #[test]
@@ -44,14 +52,25 @@ fn start_status_second_start_refused_stop() {
     let w = new_worker(&tmp, &[]);
     let pid = start(&w);
     assert_locked(&w);
-    assert_eq!(std::fs::read_to_string(w.pidfile()).unwrap().trim(), pid.to_string());
+    assert_eq!(
+        std::fs::read_to_string(w.pidfile()).unwrap().trim(),
+        pid.to_string()
+    );
     assert!(w.dir.join("kiln-worker.hostname").exists());
-    assert!(w.log().contains(&format!("pid={pid}")), "the daemon logs to kiln-worker.log: {}", w.log());
+    assert!(
+        w.log().contains(&format!("pid={pid}")),
+        "the daemon logs to kiln-worker.log: {}",
+        w.log()
+    );
     assert_ne!(pid, std::process::id());
 
     let o = run(&["status", d(&w)]);
     assert_eq!(o.status.code(), Some(0));
-    assert!(stdout(&o).contains(&format!("running (pid {pid})")), "{}", all(&o));
+    assert!(
+        stdout(&o).contains(&format!("running (pid {pid})")),
+        "{}",
+        all(&o)
+    );
 
     // A second start (and a foreground run) is refused while the lock is held.
     for args in [vec!["start", "--wait", "0", d(&w)], vec!["run", d(&w)]] {
@@ -60,12 +79,24 @@ fn start_status_second_start_refused_stop() {
         assert!(stderr(&o).contains("already running"), "{}", stderr(&o));
         assert!(stderr(&o).contains(&format!("pid {pid}")), "{}", stderr(&o));
     }
-    assert_eq!(w.running_pid(), Some(pid), "the refused start did not disturb the worker");
+    assert_eq!(
+        w.running_pid(),
+        Some(pid),
+        "the refused start did not disturb the worker"
+    );
 
     let o = run(&["stop", d(&w)]);
     assert_eq!(o.status.code(), Some(0), "{}", all(&o));
-    assert!(stdout(&o).contains(&format!("worker process {pid} is dead")), "{}", all(&o));
-    assert_eq!(w.status(), Status::NoFile, "a clean stop removes the pidfile");
+    assert!(
+        stdout(&o).contains(&format!("worker process {pid} is dead")),
+        "{}",
+        all(&o)
+    );
+    assert_eq!(
+        w.status(),
+        Status::NoFile,
+        "a clean stop removes the pidfile"
+    );
     assert!(w.log().contains("SIGTERM"), "{}", w.log());
     assert!(w.log().contains("kiln-worker stopped"), "{}", w.log());
 
@@ -84,7 +115,11 @@ fn stop_without_a_worker_says_not_running() {
     // Not a worker directory at all: a clear error.
     let o = run(&["stop", tmp.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", all(&o));
-    assert!(stderr(&o).contains("not a kiln-worker directory"), "{}", all(&o));
+    assert!(
+        stderr(&o).contains("not a kiln-worker directory"),
+        "{}",
+        all(&o)
+    );
 }
 
 #[test]
@@ -95,7 +130,11 @@ fn restart_replaces_a_running_worker_and_logs_rotate() {
     for _ in 0..4 {
         let o = run(&["restart", "--wait", "0", d(&w)]);
         assert_eq!(o.status.code(), Some(0), "{}", all(&o));
-        assert!(stdout(&o).contains(&format!("worker process {pid} is dead")), "{}", all(&o));
+        assert!(
+            stdout(&o).contains(&format!("worker process {pid} is dead")),
+            "{}",
+            all(&o)
+        );
         let new = w.running_pid().unwrap();
         assert_ne!(new, pid);
         pid = new;
@@ -117,7 +156,11 @@ fn restart_after_kill_9() {
     let pid = start(&w);
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     assert!(w.wait_gone(Duration::from_secs(5)));
-    assert_eq!(w.status(), Status::Stale(Some(pid)), "kill -9 leaves an unlocked pidfile behind");
+    assert_eq!(
+        w.status(),
+        Status::Stale(Some(pid)),
+        "kill -9 leaves an unlocked pidfile behind"
+    );
 
     // What CPython's crontab line runs after a crash or reboot.
     let o = run(&["restart", "--wait", "0", d(&w)]);
@@ -146,7 +189,13 @@ impl Drop for Sleeper {
 fn stale_pidfile_naming_a_live_unrelated_process_is_never_signalled() {
     let tmp = tempfile::tempdir().unwrap();
     let w = new_worker(&tmp, &[]);
-    let mut sleeper = Sleeper(Command::new("sleep").arg("60").stdin(Stdio::null()).spawn().unwrap());
+    let mut sleeper = Sleeper(
+        Command::new("sleep")
+            .arg("60")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let sleep_pid = sleeper.0.id();
     std::fs::write(w.pidfile(), format!("{sleep_pid}\n")).unwrap();
 
@@ -154,8 +203,15 @@ fn stale_pidfile_naming_a_live_unrelated_process_is_never_signalled() {
     let o = run(&["stop", d(&w)]);
     assert_eq!(o.status.code(), Some(0), "{}", all(&o));
     assert!(stdout(&o).contains("worker not running"), "{}", all(&o));
-    assert!(stdout(&o).contains(&format!("pid {sleep_pid} was not signalled")), "{}", all(&o));
-    assert!(sleeper.0.try_wait().unwrap().is_none(), "stop must not signal an unrelated process");
+    assert!(
+        stdout(&o).contains(&format!("pid {sleep_pid} was not signalled")),
+        "{}",
+        all(&o)
+    );
+    assert!(
+        sleeper.0.try_wait().unwrap().is_none(),
+        "stop must not signal an unrelated process"
+    );
 
     // start and restart take the pidfile over.
     let pid = start(&w);
@@ -172,7 +228,10 @@ fn stale_pidfile_naming_a_live_unrelated_process_is_never_signalled() {
     ok(run(&["stop", d(&w)]));
 
     std::thread::sleep(Duration::from_millis(200));
-    assert!(sleeper.0.try_wait().unwrap().is_none(), "the unrelated process was never signalled");
+    assert!(
+        sleeper.0.try_wait().unwrap().is_none(),
+        "the unrelated process was never signalled"
+    );
 }
 
 #[test]
@@ -181,19 +240,30 @@ fn start_waits_for_the_master_and_explains_a_timeout() {
     let w = new_worker(&tmp, &[]);
     // The wait comes from the environment here (KILN_WORKER_START_WAIT).
     let started = Instant::now();
-    let o = kiln().env("KILN_WORKER_START_WAIT", "1").args(["start", d(&w)]).output().unwrap();
+    let o = kiln()
+        .env("KILN_WORKER_START_WAIT", "1")
+        .args(["start", d(&w)])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1), "no master attached: {}", all(&o));
     assert!(started.elapsed() >= Duration::from_secs(1));
     let err = stderr(&o);
     assert!(err.contains("no master attached within 1 s"), "{err}");
-    assert!(err.contains(&w.dir.join("kiln-worker.log").display().to_string()), "names the log file: {err}");
+    assert!(
+        err.contains(&w.dir.join("kiln-worker.log").display().to_string()),
+        "names the log file: {err}"
+    );
     // The daemon keeps running (it keeps retrying), like buildbot-worker's.
     let pid = w.running_pid().expect("still running after the timeout");
     assert!(all(&o).contains(&format!("pid {pid}")));
     ok(run(&["stop", d(&w)]));
 
     // --quiet prints nothing and does not wait.
-    let o = kiln().env("KILN_WORKER_START_WAIT", "30").args(["start", "--quiet", d(&w)]).output().unwrap();
+    let o = kiln()
+        .env("KILN_WORKER_START_WAIT", "30")
+        .args(["start", "--quiet", d(&w)])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", all(&o));
     assert_eq!(all(&o), "");
     assert!(w.running_pid().is_some());
@@ -207,7 +277,14 @@ fn spawn_run(w: &Worker) -> Child {
 }
 
 fn spawn_foreground(w: &Worker, cmd: &[&str]) -> Child {
-    let child = kiln().args(cmd).arg(d(w)).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = kiln()
+        .args(cmd)
+        .arg(d(w))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while w.running_pid() != Some(child.id()) {
         assert!(Instant::now() < deadline, "run never took the lock");
@@ -227,8 +304,15 @@ fn run_in_the_foreground_handles_signals() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", all(&out));
     let err = stderr(&out);
-    assert!(err.contains("starting") && err.contains("SIGTERM") && err.contains("kiln-worker stopped"), "logs to stderr: {err}");
-    assert!(w.log().contains("SIGTERM"), "and to the log file: {}", w.log());
+    assert!(
+        err.contains("starting") && err.contains("SIGTERM") && err.contains("kiln-worker stopped"),
+        "logs to stderr: {err}"
+    );
+    assert!(
+        w.log().contains("SIGTERM"),
+        "and to the log file: {}",
+        w.log()
+    );
     assert_eq!(w.status(), Status::NoFile);
 
     // SIGUSR1 = graceful (what `stop --graceful` sends).
@@ -260,8 +344,16 @@ fn graceful_stop_of_a_daemon() {
     let pid = start(&w);
     let o = run(&["stop", "--graceful", d(&w)]);
     assert_eq!(o.status.code(), Some(0), "{}", all(&o));
-    assert!(stdout(&o).contains("once its running builds have finished"), "{}", all(&o));
-    assert!(stdout(&o).contains(&format!("worker process {pid} is dead")), "{}", all(&o));
+    assert!(
+        stdout(&o).contains("once its running builds have finished"),
+        "{}",
+        all(&o)
+    );
+    assert!(
+        stdout(&o).contains(&format!("worker process {pid} is dead")),
+        "{}",
+        all(&o)
+    );
     assert!(w.log().contains("SIGUSR1"), "{}", w.log());
 }
 
@@ -269,14 +361,29 @@ fn graceful_stop_of_a_daemon() {
 fn refuses_to_run_builds_as_root_unless_told() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("worker");
-    ok(run(&["create-worker", "-q", dir.to_str().unwrap(), "127.0.0.1:1", "w", "pw"]));
+    ok(run(&[
+        "create-worker",
+        "-q",
+        dir.to_str().unwrap(),
+        "127.0.0.1:1",
+        "w",
+        "pw",
+    ]));
     let w = Worker::new(&dir);
     for args in [vec!["run", d(&w)], vec!["start", "--wait", "0", d(&w)]] {
         let o = run(&args);
         if is_root() {
             assert_eq!(o.status.code(), Some(1), "{args:?}: {}", all(&o));
-            assert!(stderr(&o).contains("refusing to run as root"), "{}", all(&o));
-            assert!(stderr(&o).contains("allow_root"), "says what to do: {}", all(&o));
+            assert!(
+                stderr(&o).contains("refusing to run as root"),
+                "{}",
+                all(&o)
+            );
+            assert!(
+                stderr(&o).contains("allow_root"),
+                "says what to do: {}",
+                all(&o)
+            );
             assert_eq!(w.status(), Status::NoFile, "nothing started");
         } else {
             assert_eq!(o.status.code(), Some(0), "{args:?}: {}", all(&o));
@@ -290,11 +397,17 @@ fn start_reports_a_broken_config_before_detaching() {
     let tmp = tempfile::tempdir().unwrap();
     let w = new_worker(&tmp, &[]);
     let path = w.dir.join("kiln-worker.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace("name = \"testworker\"", "name = \"a:b\"");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("name = \"testworker\"", "name = \"a:b\"");
     std::fs::write(&path, text).unwrap();
     let o = run(&["start", "--wait", "0", d(&w)]);
     assert_eq!(o.status.code(), Some(1), "{}", all(&o));
-    assert!(stderr(&o).contains("kiln-worker.toml is not valid") && stderr(&o).contains("':'"), "{}", all(&o));
+    assert!(
+        stderr(&o).contains("kiln-worker.toml is not valid") && stderr(&o).contains("':'"),
+        "{}",
+        all(&o)
+    );
     assert_eq!(w.status(), Status::NoFile);
 
     let o = run(&["start", tmp.path().join("nowhere").to_str().unwrap()]);

@@ -12,7 +12,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_kiln-worker");
 /// The binary, with the environment that could change its behaviour cleared.
 pub fn kiln() -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.env_remove("KILN_WORKER_START_WAIT").env_remove("KILN_WORKER_LOG");
+    cmd.env_remove("KILN_WORKER_START_WAIT")
+        .env_remove("KILN_WORKER_LOG");
     cmd
 }
 
@@ -34,7 +35,12 @@ pub fn all(o: &Output) -> String {
 /// Asserts success and returns stdout.
 #[track_caller]
 pub fn ok(o: Output) -> String {
-    assert!(o.status.success(), "expected success, got {:?}\n{}", o.status, all(&o));
+    assert!(
+        o.status.success(),
+        "expected success, got {:?}\n{}",
+        o.status,
+        all(&o)
+    );
     stdout(&o)
 }
 
@@ -54,7 +60,9 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(dir: &Path) -> Worker {
-        Worker { dir: dir.to_owned() }
+        Worker {
+            dir: dir.to_owned(),
+        }
     }
     pub fn pidfile(&self) -> PathBuf {
         pidfile::path_in(&self.dir)
@@ -88,7 +96,10 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         if let Ok(Status::Running(Some(pid))) = pidfile::probe(&self.pidfile()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
