@@ -1,12 +1,20 @@
 //! The worker's configuration: `BASEDIR/kiln-worker.toml`, written by
 //! `create-worker` and read by every other subcommand.
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 /// File name of the configuration inside the base directory.
 pub const CONFIG_FILE: &str = "kiln-worker.toml";
+
+/// The master port used when `MASTER` names no port (Buildbot's default).
+pub const DEFAULT_MASTER_PORT: u16 = 9989;
+
+/// The only sandbox driver there is.
+pub const SANDBOX_BWRAP: &str = "bwrap";
 
 /// Everything `create-worker` records about one worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,16 +122,120 @@ fn default_log_count() -> u32 {
     10
 }
 
+/// One line of documentation per key, written above the key in `kiln-worker.toml`.
+const KEY_DOCS: &[(&str, &str)] = &[
+    ("master_host", "Master host name or address."),
+    ("master_port", "Master worker port (9989 when not given)."),
+    ("name", "Worker name, as configured on the master."),
+    (
+        "password",
+        "Worker password, as configured on the master (empty when password_file is used).",
+    ),
+    (
+        "password_file",
+        "A file whose first line is the password (keeps it out of this file).",
+    ),
+    ("use_tls", "Connect with wss:// (TLS) instead of ws://."),
+    (
+        "ca_file",
+        "Extra CA certificate(s), PEM, trusted for wss:// besides the system roots.",
+    ),
+    (
+        "protocol",
+        "Wire protocol; only msgpack_experimental_v7 is spoken.",
+    ),
+    (
+        "keepalive",
+        "Seconds between WebSocket pings; a peer silent for 2 intervals is dropped.",
+    ),
+    (
+        "umask",
+        "umask applied when the worker starts (octal, e.g. 0o022); absent = inherited.",
+    ),
+    (
+        "maxretries",
+        "Give up (exit) after this many consecutive failed connection attempts; absent = never.",
+    ),
+    (
+        "disconnect_grace",
+        "Seconds running commands may go on after the connection drops, before they are killed.",
+    ),
+    (
+        "delete_leftover_dirs",
+        "Reported to the master: may it delete builder directories it no longer uses?",
+    ),
+    (
+        "run_as",
+        "Run build processes as this user (required when the worker runs as root).",
+    ),
+    (
+        "allow_root",
+        "Let build processes run as root (explicit opt-in).",
+    ),
+    (
+        "sandbox",
+        "\"bwrap\" runs every command under bubblewrap; absent = no sandbox.",
+    ),
+    (
+        "sandbox_network",
+        "With the sandbox: whether build processes keep network access.",
+    ),
+    (
+        "log_size",
+        "Rotate kiln-worker.log when it reaches this many bytes.",
+    ),
+    (
+        "log_count",
+        "Keep this many rotated logs (kiln-worker.log.1 ...).",
+    ),
+    (
+        "doctor_targets",
+        "Outbound checks for `kiln-worker doctor`, \"NAME=HOST:PORT\"; absent = CPython's list.",
+    ),
+    ("memory", "Address-space limit in bytes (RLIMIT_AS)."),
+    (
+        "processes",
+        "Max processes of the build user (RLIMIT_NPROC).",
+    ),
+    ("open_files", "Max open files (RLIMIT_NOFILE)."),
+    ("cpu_time", "CPU seconds (RLIMIT_CPU)."),
+];
+
+/// Examples shown, commented out, for optional keys that are not set.
+const UNSET_EXAMPLES: &[(&str, &str)] = &[
+    ("password_file", "\"/home/buildbot/worker.passwd\""),
+    ("ca_file", "\"/etc/ssl/certs/my-master-ca.pem\""),
+    ("umask", "0o022"),
+    ("maxretries", "10"),
+    ("run_as", "\"buildbot\""),
+    ("sandbox", "\"bwrap\""),
+    (
+        "doctor_targets",
+        "[\"master=buildbot.example.org:9989\", \"https=python.org:443\"]",
+    ),
+];
+
+const HEADER: &str = "\
+# kiln-worker configuration, written by `kiln-worker create-worker`.
+# It holds the worker password: keep this file mode 0600.
+# Every other subcommand (start, stop, run, doctor ...) reads it; edit it and
+# restart the worker (`kiln-worker restart BASEDIR`) to apply a change.
+";
+
 impl WorkerConfig {
-    /// A configuration with every default, for tests and tools.
-    #[doc(hidden)]
-    pub fn for_tests(basedir: &std::path::Path) -> WorkerConfig {
+    /// A configuration with every optional setting at its default.
+    pub fn new(
+        basedir: impl Into<PathBuf>,
+        master_host: impl Into<String>,
+        master_port: u16,
+        name: impl Into<String>,
+    ) -> Self {
         WorkerConfig {
-            basedir: basedir.to_path_buf(),
-            master_host: "127.0.0.1".to_owned(),
-            master_port: kiln_proto::DEFAULT_MASTER_PORT,
-            name: "test-worker".to_owned(),
-            password: "pass".to_owned(),
+            basedir: basedir.into(),
+            master_host: master_host.into(),
+            master_port,
+            name: name.into(),
+            password: String::new(),
             password_file: None,
             use_tls: false,
             ca_file: None,
@@ -142,5 +254,438 @@ impl WorkerConfig {
             log_count: default_log_count(),
             doctor_targets: Vec::new(),
         }
+    }
+
+    /// Path of the configuration file in `basedir`.
+    pub fn path_in(basedir: &Path) -> PathBuf {
+        basedir.join(CONFIG_FILE)
+    }
+
+    /// Reads and validates `BASEDIR/kiln-worker.toml`; `basedir` is made absolute.
+    pub fn load(basedir: &Path) -> anyhow::Result<WorkerConfig> {
+        let basedir = absolute(basedir)?;
+        let path = Self::path_in(&basedir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "{} is not a kiln-worker directory: it has no {CONFIG_FILE}. \
+                 Create one with `kiln-worker create-worker {} MASTER NAME PASSWORD`",
+                basedir.display(),
+                basedir.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let mut config =
+            Self::from_toml(&text).with_context(|| format!("{} is not valid", path.display()))?;
+        config.basedir = basedir;
+        config
+            .validate()
+            .with_context(|| format!("{} is not valid", path.display()))?;
+        Ok(config)
+    }
+
+    /// Parses the TOML text of a configuration (no validation, `basedir` left empty).
+    pub fn from_toml(text: &str) -> anyhow::Result<WorkerConfig> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The file's text: a header, then every key with its documentation above it;
+    /// optional keys that are not set appear commented out, as examples.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        let body = toml::to_string(self)?;
+        let mut out = String::from(HEADER);
+        let mut seen = Vec::new();
+        let mut in_table = false;
+        for line in body.lines() {
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() {
+                continue;
+            }
+            if trimmed.starts_with('[') {
+                if !in_table {
+                    self.push_unset_examples(&mut out, &seen);
+                    in_table = true;
+                }
+                let _ = writeln!(out, "\n{line}");
+                if trimmed == "[limits]" {
+                    out.push_str("# Per-command resource limits (rlimits); an absent key means \"inherited\".\n");
+                    out.push_str("# e.g. memory = 4000000000, processes = 2000, open_files = 4096, cpu_time = 36000\n");
+                }
+                continue;
+            }
+            let key = trimmed.split([' ', '=']).next().unwrap_or("");
+            seen.push(key.to_owned());
+            if let Some((_, doc)) = KEY_DOCS.iter().find(|(k, _)| *k == key) {
+                let _ = write!(out, "\n# {doc}\n");
+            }
+            match (key, self.umask, in_table) {
+                ("umask", Some(umask), false) => {
+                    let _ = writeln!(out, "umask = 0o{umask:03o}");
+                }
+                _ => {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+        }
+        if !in_table {
+            self.push_unset_examples(&mut out, &seen);
+        }
+        Ok(out)
+    }
+
+    fn push_unset_examples(&self, out: &mut String, seen: &[String]) {
+        for (key, example) in UNSET_EXAMPLES {
+            if seen.iter().any(|k| k == key) {
+                continue;
+            }
+            if let Some((_, doc)) = KEY_DOCS.iter().find(|(k, _)| k == key) {
+                let _ = write!(out, "\n# {doc}\n# {key} = {example}\n");
+            }
+        }
+    }
+
+    /// Validates, then writes `BASEDIR/kiln-worker.toml` (mode 0600) through a temporary file.
+    pub fn save(&self) -> anyhow::Result<()> {
+        self.validate()?;
+        let text = self.to_toml()?;
+        let path = Self::path_in(&self.basedir);
+        let tmp = self.basedir.join(format!(".{CONFIG_FILE}.tmp"));
+        write_private(&tmp, text.as_bytes())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Checks everything that can be checked without the network; the error lists every problem.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        if let Err(e) = check_host(&self.master_host) {
+            problems.push(format!("master_host: {e}"));
+        }
+        if self.master_port == 0 {
+            problems.push("master_port: must be 1..65535".to_owned());
+        }
+        if let Err(e) = check_name(&self.name) {
+            problems.push(format!("name: {e}"));
+        }
+        match (&self.password_file, self.password.is_empty()) {
+            (Some(_), false) => {
+                problems.push("password and password_file are both set: keep only one".to_owned())
+            }
+            (None, true) => problems.push("no password: set password or password_file".to_owned()),
+            _ => {}
+        }
+        if self.protocol != kiln_proto::PROTOCOL_NAME {
+            problems.push(format!(
+                "protocol: {:?} is not supported; kiln-worker speaks {:?} only",
+                self.protocol,
+                kiln_proto::PROTOCOL_NAME
+            ));
+        }
+        if self.keepalive == 0 {
+            problems.push("keepalive: must be at least 1 second".to_owned());
+        }
+        if let Some(umask) = self.umask
+            && umask > 0o777
+        {
+            problems.push(format!("umask: 0o{umask:o} is not a umask (0o000..0o777)"));
+        }
+        if !(self.disconnect_grace.is_finite() && self.disconnect_grace >= 0.0) {
+            problems.push("disconnect_grace: must be a number of seconds >= 0".to_owned());
+        }
+        if let Some(sandbox) = &self.sandbox
+            && sandbox != SANDBOX_BWRAP
+        {
+            problems.push(format!(
+                "sandbox: {sandbox:?} is unknown; the only sandbox is \"bwrap\""
+            ));
+        }
+        if let Some(user) = &self.run_as
+            && user.trim().is_empty()
+        {
+            problems.push("run_as: empty user name".to_owned());
+        }
+        if self.log_size < 1024 {
+            problems.push("log_size: must be at least 1024 bytes".to_owned());
+        }
+        for target in &self.doctor_targets {
+            if let Err(e) = parse_target(target) {
+                problems.push(format!("doctor_targets: {e}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", problems.join("; "))
+        }
+    }
+
+    /// The password: `password`, or the first line of `password_file` (relative to the basedir).
+    pub fn resolved_password(&self) -> anyhow::Result<String> {
+        let Some(file) = &self.password_file else {
+            return Ok(self.password.clone());
+        };
+        let path = self.basedir.join(file);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the password file {}", path.display()))?;
+        let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
+        if password.is_empty() {
+            bail!(
+                "the password file {} is empty: its first line must be the password",
+                path.display()
+            );
+        }
+        Ok(password.to_owned())
+    }
+
+    /// `host:port` of the master, with brackets around an IPv6 address.
+    pub fn master_address(&self) -> String {
+        format_host_port(&self.master_host, self.master_port)
+    }
+}
+
+/// `host:port`, bracketing an IPv6 literal.
+pub fn format_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Parses `MASTER` as `host`, `host:port` or `[ipv6]:port`; the port defaults to 9989.
+pub fn parse_master(master: &str) -> anyhow::Result<(String, u16)> {
+    let master = master.trim();
+    if let Some((scheme, _)) = master.split_once("://").or_else(|| master.split_once(":/")) {
+        let hint = match scheme.to_ascii_lowercase().as_str() {
+            "wss" | "https" => " (and add --use-tls for TLS)",
+            _ => "",
+        };
+        bail!(
+            "MASTER {master:?} is a URL; give HOST or HOST:PORT instead, e.g. buildbot.example.org:9989{hint}"
+        );
+    }
+    if master.to_ascii_lowercase().starts_with("http:")
+        || master.to_ascii_lowercase().starts_with("https:")
+    {
+        bail!(
+            "MASTER {master:?} is a URL; give HOST or HOST:PORT instead, e.g. buildbot.example.org:9989"
+        );
+    }
+    let (host, port) = if let Some(rest) = master.strip_prefix('[') {
+        let Some((host, after)) = rest.split_once(']') else {
+            bail!("MASTER {master:?}: missing ']' after the IPv6 address; write [ADDRESS]:PORT");
+        };
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(|| {
+                anyhow::anyhow!(
+                    "MASTER {master:?}: expected ':PORT' after ']'; write [ADDRESS]:PORT"
+                )
+            })?),
+        };
+        (host, port)
+    } else {
+        match master.matches(':').count() {
+            0 => (master, None),
+            1 => {
+                let (host, port) = master.split_once(':').unwrap_or((master, ""));
+                (host, Some(port))
+            }
+            _ => bail!("MASTER {master:?}: put an IPv6 address in brackets, e.g. [{master}]:9989"),
+        }
+    };
+    check_host(host).map_err(|e| anyhow::anyhow!("MASTER {master:?}: {e}"))?;
+    let port = match port {
+        None => DEFAULT_MASTER_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(0) | Err(_) => {
+                bail!("MASTER {master:?}: the port {p:?} is not a number from 1 to 65535")
+            }
+            Ok(port) => port,
+        },
+    };
+    Ok((host.to_owned(), port))
+}
+
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("the host name is empty".to_owned());
+    }
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c == '/' || c == '@')
+    {
+        return Err(format!("{host:?} is not a host name or address"));
+    }
+    Ok(())
+}
+
+/// A worker name must be non-empty, and without ':' (Buildbot splits on it) or whitespace.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the worker name is empty".to_owned());
+    }
+    if name.contains(':') {
+        return Err(format!(
+            "the worker name {name:?} contains ':', which is not allowed; use the name the master's admin gave you"
+        ));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("the worker name {name:?} contains whitespace"));
+    }
+    Ok(())
+}
+
+/// Parses a doctor target `NAME=HOST:PORT` (or `HOST:PORT`, named after itself).
+pub fn parse_target(target: &str) -> anyhow::Result<(String, String, u16)> {
+    let (name, addr) = match target.split_once('=') {
+        Some((name, addr)) => (name.trim().to_owned(), addr.trim()),
+        None => (target.trim().to_owned(), target.trim()),
+    };
+    if name.is_empty() {
+        bail!("target {target:?}: empty name; write NAME=HOST:PORT");
+    }
+    let (host, port) = parse_master(addr)
+        .map_err(|_| anyhow::anyhow!("target {target:?}: write NAME=HOST:PORT"))?;
+    if !addr.ends_with(&format!(":{port}")) {
+        bail!("target {target:?}: no port; write NAME=HOST:PORT");
+    }
+    Ok((name, host, port))
+}
+
+/// Parses an octal umask such as `022`, `0022` or `0o022`.
+pub fn parse_umask(text: &str) -> anyhow::Result<u32> {
+    let digits = text.trim();
+    let digits = digits
+        .strip_prefix("0o")
+        .or_else(|| digits.strip_prefix("0O"))
+        .unwrap_or(digits);
+    match u32::from_str_radix(digits, 8) {
+        Ok(umask) if umask <= 0o777 => Ok(umask),
+        _ => bail!("umask {text:?} is not an octal umask such as 022"),
+    }
+}
+
+/// `path` made absolute against the current directory (without resolving symlinks).
+pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
+}
+
+/// Writes a file readable by its owner only (0600 on Unix).
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(data)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_forms() {
+        assert_eq!(
+            parse_master("example.org").unwrap(),
+            ("example.org".into(), 9989)
+        );
+        assert_eq!(
+            parse_master("example.org:9020").unwrap(),
+            ("example.org".into(), 9020)
+        );
+        assert_eq!(parse_master("[::1]:9000").unwrap(), ("::1".into(), 9000));
+        assert_eq!(parse_master("[::1]").unwrap(), ("::1".into(), 9989));
+        assert_eq!(parse_master("10.0.0.1:1").unwrap(), ("10.0.0.1".into(), 1));
+        for bad in [
+            "http://example.org",
+            "http:example.org",
+            "wss://x:1",
+            "::1",
+            "x:0",
+            "x:70000",
+            "x:",
+            ":9",
+            "[::1",
+            "[::1]9",
+            "",
+        ] {
+            assert!(parse_master(bad).is_err(), "{bad} accepted");
+        }
+        assert!(
+            parse_master("wss://x")
+                .unwrap_err()
+                .to_string()
+                .contains("--use-tls")
+        );
+    }
+
+    #[test]
+    fn umask_and_targets() {
+        assert_eq!(parse_umask("022").unwrap(), 0o22);
+        assert_eq!(parse_umask("0o077").unwrap(), 0o77);
+        assert!(parse_umask("8").is_err());
+        assert!(parse_umask("1777").is_err());
+        assert_eq!(
+            parse_target("web=python.org:80").unwrap(),
+            ("web".into(), "python.org".into(), 80)
+        );
+        assert_eq!(
+            parse_target("[::1]:53").unwrap(),
+            ("[::1]:53".into(), "::1".into(), 53)
+        );
+        assert!(parse_target("web=python.org").is_err());
+    }
+
+    #[test]
+    fn toml_round_trip_with_comments() {
+        let mut c = WorkerConfig::new("/tmp/w", "::1", 9000, "w1");
+        c.password = "pw".into();
+        c.umask = Some(0o22);
+        c.limits.memory = Some(1 << 30);
+        let text = c.to_toml().unwrap();
+        assert!(text.starts_with("# kiln-worker configuration"));
+        assert!(
+            text.contains("# Worker name, as configured on the master.\nname = \"w1\""),
+            "{text}"
+        );
+        assert!(text.contains("umask = 0o022"), "{text}");
+        let mut back = WorkerConfig::from_toml(&text).unwrap();
+        back.basedir = c.basedir.clone();
+        assert_eq!(back, c);
+        back.validate().unwrap();
+    }
+
+    #[test]
+    fn validation_lists_problems() {
+        let mut c = WorkerConfig::new("/tmp/w", "h", 1, "a:b");
+        c.protocol = "pb".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("name") && e.contains("protocol") && e.contains("no password"),
+            "{e}"
+        );
+    }
+}
+
+impl WorkerConfig {
+    /// A configuration with every default and a password, for tests and tools.
+    #[doc(hidden)]
+    pub fn for_tests(basedir: &Path) -> WorkerConfig {
+        let mut config = WorkerConfig::new(basedir, "127.0.0.1", DEFAULT_MASTER_PORT, "test-worker");
+        config.password = "pass".to_owned();
+        config
     }
 }

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use kiln_proto::args::WorkerSettings;
@@ -63,7 +62,7 @@ pub async fn serve(config: WorkerConfig, stop: watch::Receiver<StopRequest>) -> 
 
 /// [`serve`] with an already built execution policy.
 pub async fn serve_with_policy(config: WorkerConfig, policy: Arc<ExecPolicy>, mut stop: watch::Receiver<StopRequest>) -> anyhow::Result<()> {
-    let password = config.password()?;
+    let password = config.resolved_password()?;
     if config.name.contains(':') {
         anyhow::bail!("worker name {:?} contains ':', which HTTP Basic auth cannot carry; rename the worker", config.name);
     }
@@ -544,18 +543,6 @@ impl WorkerConfig {
             self.master_host.clone()
         };
         format!("{scheme}://{host}:{}/", self.master_port)
-    }
-
-    /// The password, from the config or its password file.
-    pub fn password(&self) -> anyhow::Result<String> {
-        match &self.password_file {
-            Some(path) => {
-                let path = if path.is_absolute() { path.clone() } else { self.basedir.join(path) };
-                let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read the password file {}", path.display()))?;
-                Ok(text.lines().next().unwrap_or("").to_owned())
-            }
-            None => Ok(self.password.clone()),
-        }
     }
 }
 
