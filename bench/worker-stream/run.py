@@ -346,8 +346,10 @@ def main():
     as_root = os.geteuid() == 0
 
     def kiln_cmds(basedir, master):
-        create = [str(kiln_bin), "create-worker", "--protocol", PROTOCOL, str(basedir), master, USER, PASSWORD]
-        run = [str(kiln_bin), "run"] + (["--allow-root"] if as_root else []) + [str(basedir)]
+        # As root, kiln-worker refuses build commands unless the worker dir allows it.
+        create = [str(kiln_bin), "create-worker", "--protocol", PROTOCOL] + (["--allow-root"] if as_root else []) \
+            + [str(basedir), master, USER, PASSWORD]
+        run = [str(kiln_bin), "run", str(basedir)]
         return create, run
 
     def buildbot_cmds(basedir, master):
@@ -391,7 +393,10 @@ def main():
         report["workers"][name] = res
         log(f"{name}: {'ok' if res.get('ok') else 'FAILED'}, {fmt(res.get('throughput_mb_s'))} MB/s")
 
-    k, b = report["workers"].get("kiln-worker"), report["workers"].get("buildbot-worker")
+    # Ratios and targets only from runs that completed correctly.
+    good = {n: r for n, r in report["workers"].items() if r.get("ok")}
+    k = good.get("kiln-worker", {} if "kiln-worker" in report["workers"] else None)
+    b = good.get("buildbot-worker", {} if "buildbot-worker" in report["workers"] else None)
     if k is not None and b is not None:
         report["kiln_over_buildbot"] = {
             "throughput": ratio(k.get("throughput_mb_s"), b.get("throughput_mb_s")),
