@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use kiln_proto::Value;
 use kiln_proto::update::UpdateItem;
-use transfer_support::{Script, args, python, run_command, s};
+use transfer_support::{Script, args, run_command, s};
 
 async fn fs(name: &str, key: &str, value: Value) -> transfer_support::Recorded {
     run_command(name, args([(key, value)]), Script::default()).await
@@ -85,7 +85,7 @@ async fn stat_reports_os_stat_in_pythons_order() {
     rec.assert_rc_then_elapsed(0);
 
     // And exactly what Python's worker would send.
-    let py = python("import os, sys; print(list(tuple(os.stat(sys.argv[1]))))", &[&s(&file)]);
+    let py = transfer_support::python("import os, sys; print(list(tuple(os.stat(sys.argv[1]))))", &[&s(&file)]);
     assert_eq!(py.trim(), format!("{stat:?}"));
 }
 
@@ -189,7 +189,7 @@ async fn glob_matches_pythons_glob_module() {
     for p in patterns {
         let pattern = format!("{d}/{p}");
         let ours: BTreeSet<String> = glob_of(&pattern).await.into_iter().collect();
-        let py = python(
+        let py = transfer_support::python(
             "import glob, json, sys; print(json.dumps(glob.glob(sys.argv[1], recursive=True)))",
             &[&pattern],
         );
@@ -202,6 +202,7 @@ async fn glob_matches_pythons_glob_module() {
 }
 
 /// A JSON list of plain strings (no escapes needed for these paths).
+#[cfg(unix)]
 fn parse_json_strings(json: &str) -> Vec<String> {
     let inner = json.trim().trim_start_matches('[').trim_end_matches(']').trim();
     if inner.is_empty() {
