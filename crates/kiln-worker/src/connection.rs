@@ -71,7 +71,7 @@ pub async fn serve_with_policy(config: WorkerConfig, policy: Arc<ExecPolicy>, mu
         policy,
         orphans: Mutex::new(Vec::new()),
         last_busy: Mutex::new(Instant::now()),
-        kiln_extra: Mutex::new(None),
+        doctor: doctor_in_background(&config),
         config,
     });
     let url = state.config.master_url();
@@ -132,6 +132,33 @@ pub async fn serve_with_policy(config: WorkerConfig, policy: Arc<ExecPolicy>, mu
     Ok(())
 }
 
+/// Runs the doctor's checks on a blocking thread; the results go to the master in
+/// the `kiln` worker-info key. Outbound reachability is checked only for targets the
+/// config names: a worker never probes outside hosts on its own.
+fn doctor_in_background(config: &WorkerConfig) -> watch::Receiver<Option<Value>> {
+    let (tx, rx) = watch::channel(None);
+    let mut opts = crate::doctor::DoctorOptions::for_config(config);
+    if config.doctor_targets.is_empty() {
+        opts.targets.clear();
+    }
+    tokio::task::spawn_blocking(move || {
+        let checks = crate::doctor::run_checks(&opts)
+            .into_iter()
+            .map(|c| {
+                Value::Map(vec![
+                    (Value::from("name"), Value::from(c.name)),
+                    (Value::from("status"), Value::from(c.status.as_str())),
+                    (Value::from("detail"), Value::from(c.detail)),
+                    (Value::from("hint"), Value::from(c.hint)),
+                    (Value::from("required"), Value::from(c.required)),
+                ])
+            })
+            .collect();
+        let _ = tx.send(Some(Value::Array(checks)));
+    });
+    rx
+}
+
 /// Resolves when a stop (of either kind) that should end the connection loop is asked for.
 async fn stop_requested(stop: &mut watch::Receiver<StopRequest>) {
     loop {
@@ -153,8 +180,8 @@ struct WorkerState {
     orphans: Mutex<Vec<RunningCommand>>,
     /// When a command last ran (for graceful stop).
     last_busy: Mutex<Instant>,
-    /// Extra entries for the `kiln` worker-info key (doctor results).
-    kiln_extra: Mutex<Option<Value>>,
+    /// The doctor's results for the `kiln` worker-info key, once they are in.
+    doctor: watch::Receiver<Option<Value>>,
 }
 
 struct RunningCommand {
@@ -411,7 +438,10 @@ async fn handle_request(
             link.respond(Response::ok(seq)).await?;
         }
         Op::GetWorkerInfo => {
-            let extra = state.kiln_extra.lock().unwrap().clone();
+            // The checks take a moment at start-up; don't hold the attach up for long.
+            let mut doctor = state.doctor.clone();
+            let _ = timeout(Duration::from_secs(5), doctor.wait_for(Option::is_some)).await;
+            let extra = doctor.borrow().clone().map(|checks| Value::Map(vec![(Value::from("doctor"), checks)]));
             let config = state.config.clone();
             let info = tokio::task::spawn_blocking(move || crate::info::gather(&config, extra)).await;
             match info {

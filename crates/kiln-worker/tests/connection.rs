@@ -101,6 +101,17 @@ async fn attach_requests_bad_input_and_shutdown() {
     assert_eq!(get("basedir"), Some(Value::from(dir.path().to_str().unwrap())));
     assert_eq!(get("delete_leftover_dirs"), Some(Value::from(0)));
     assert_eq!(get("worker_commands").unwrap().as_map().unwrap().len(), 14);
+    // Kiln's extension key carries the doctor's results (ignored by a Buildbot master).
+    let kiln = get("kiln").expect("kiln key");
+    let kiln = kiln.as_map().unwrap();
+    let doctor = kiln.iter().find(|(k, _)| k.as_str() == Some("doctor")).map(|(_, v)| v).expect("doctor results");
+    let checks = doctor.as_array().unwrap();
+    assert!(checks.len() >= 5, "tools, headers and resources are checked: {checks:?}");
+    for c in checks {
+        let c = c.as_map().unwrap();
+        let status = c.iter().find(|(k, _)| k.as_str() == Some("status")).unwrap().1.as_str().unwrap();
+        assert!(["OK", "MISSING", "UNREACHABLE", "LOW", "UNKNOWN"].contains(&status), "{status}");
+    }
 
     send(&mut ws, 2, Op::SetWorkerSettings(WorkerSettings::default())).await;
     assert_eq!(expect_response(&mut ws, 2).await, Response::ok(2));
