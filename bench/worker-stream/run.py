@@ -148,8 +148,9 @@ def tail(path, n=15):
 
 
 def stop_group(proc, grace):
-    """Waits up to `grace` s for our worker to exit by itself, then SIGTERM, then SIGKILL
-    its process group (it was started in a session of its own: only what we started)."""
+    """Waits up to `grace` s for our process to exit by itself, then SIGTERM, then SIGKILL
+    its process group (it was started in a session of its own, and is signalled only while
+    it is alive and unreaped, so the group is still ours)."""
     how = "exited by itself"
     for sig in (None, signal.SIGTERM, signal.SIGKILL):
         if sig is not None:
@@ -163,11 +164,6 @@ def stop_group(proc, grace):
             break
         except subprocess.TimeoutExpired:
             continue
-    # Build processes left in the group (none expected) go too.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     return how
 
 
