@@ -36,6 +36,9 @@ fn map(pairs: &[(&str, Value)]) -> Vec<u8> {
     b
 }
 
+/// `(key, value)` pairs of a map under construction.
+type Fields = Vec<(&'static str, Value)>;
+
 fn s(x: &str) -> Value {
     Value::from(x)
 }
@@ -149,7 +152,7 @@ fn missing_keys_get_buildbots_exact_text() {
 
     // Which key is reported first follows Buildbot's contains_msg_key order.
     let seq = || ("seq_number", Value::from(9));
-    let cases: &[(&str, Vec<(&str, Value)>, &str)] = &[
+    let cases: &[(&str, Fields, &str)] = &[
         ("print", vec![], "message"),
         ("set_worker_settings", vec![], "args"),
         ("start_command", vec![("args", Value::Map(vec![]))], "command_id"),
