@@ -11,13 +11,16 @@ Where the capture is shortened ("...", "…(cut)", "...(N chars)", redactions)
 the value is completed plausibly; each such place says so in a comment.  Most
 captured messages carry their payload length (``len=N``); ``captured_len`` in
 the manifest records it and this script asserts the reconstruction packs to
-exactly that many bytes, which pins every completed value down to its exact
-msgpack width (int widths, array lengths, string lengths).
+exactly that many bytes.  That constrains the completed values: their int
+widths, array lengths and string lengths must add up to what was captured
+(all 54 captured messages match; two synthesized vectors have no capture).
 
 Usage:  python3 -m pip install msgpack   (or use a venv)
         python3 crates/kiln-proto/tests/golden/gen_golden.py
 Writes NN_name.msgpack and manifest.json next to this file.  The output is
-deterministic; re-running it must leave git clean.
+deterministic; re-running it must leave git clean (the tar stream inside
+update_upload_directory_write comes from Python's tarfile, so another Python
+version than 3.11 could change those bytes; msgpack's own output is stable).
 """
 
 import io
