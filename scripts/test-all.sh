@@ -48,6 +48,14 @@ check_target x86_64-unknown-freebsd
 check_target x86_64-apple-darwin --no-default-features
 echo "SKIPPED x86_64-apple-darwin with TLS: ring's C code needs the macOS SDK (TargetConditionals.h), not installable here"
 
+step "fuzz the protocol decoder (60 s)"
+if command -v cargo-fuzz >/dev/null && rustup toolchain list | grep -q nightly; then
+  bash fuzz/seed_corpus.sh
+  (cd fuzz && cargo +nightly fuzz run decode -- -max_total_time=60 2>&1 | tail -3)
+else
+  echo "SKIPPED: cargo-fuzz or a nightly toolchain is missing (cargo install cargo-fuzz); the property tests in crates/kiln-proto/tests ran the same checks on stable"
+fi
+
 step "interop with the real Buildbot 4.3.0"
 cargo build -p kiln-worker
 KILN_WORKER_BIN="$PWD/target/debug/kiln-worker" bash interop/run.sh

@@ -175,6 +175,8 @@ pub struct WorkerSettings {
     pub buffer_timeout: f64,
     pub buffer_size: usize,
     /// Whether `buffer_timeout` arrived as an integer (so it re-encodes the same way).
+    /// Set on decoding only for integers within ±2^53, which f64 holds exactly; the
+    /// encoder writes an int only when the value is such an integer.
     pub buffer_timeout_is_int: bool,
 }
 
@@ -193,12 +195,9 @@ impl Default for WorkerSettings {
 
 impl WorkerSettings {
     pub(crate) fn from_map(m: &Map) -> Result<WorkerSettings, String> {
-        let missing: Vec<&str> = ["newline_re", "max_line_length", "buffer_timeout", "buffer_size"]
-            .into_iter()
-            .filter(|k| !m.has_key(k))
-            .collect();
-        if !missing.is_empty() {
-            return Err(format!("set_worker_settings is missing args: {}", missing.join(", ")));
+        if ["buffer_size", "buffer_timeout", "newline_re", "max_line_length"].iter().any(|k| !m.has_key(k)) {
+            // The worker's text, verbatim: `str(KeyError(...))`, quotes included.
+            return Err("'message did not contain obligatory settings for worker'".to_owned());
         }
         let uint = |k: &str| m.get_key(k).and_then(Value::as_u64).map(|n| n as usize).ok_or(format!("{k:?} must be an integer"));
         let timeout = m.get_key("buffer_timeout").expect("checked above");
@@ -210,26 +209,28 @@ impl WorkerSettings {
                 .as_f64()
                 .or_else(|| timeout.as_i64().map(|i| i as f64))
                 .ok_or("\"buffer_timeout\" must be a number")?,
-            buffer_timeout_is_int: timeout.is_i64() || timeout.is_u64(),
+            // Only an integer that f64 holds exactly can go back out as the same integer.
+            buffer_timeout_is_int: timeout.as_i64().is_some_and(|i| i.unsigned_abs() <= 1 << 53),
         })
     }
 
     pub(crate) fn write(&self, buf: &mut Vec<u8>) {
-        use crate::codec::{w_f64, w_int, w_map, w_str};
+        use crate::codec::{w_f64, w_int, w_map, w_str, w_uint};
         // The order Buildbot 4.3's master writes them in.
         w_map(buf, 4);
         w_str(buf, "newline_re");
         w_str(buf, &self.newline_re);
         w_str(buf, "max_line_length");
-        w_int(buf, self.max_line_length as i64);
+        w_uint(buf, self.max_line_length as u64);
         w_str(buf, "buffer_timeout");
-        if self.buffer_timeout_is_int && self.buffer_timeout.fract() == 0.0 {
+        // As an int only when that is exact (an integral value within ±2^53).
+        if self.buffer_timeout_is_int && self.buffer_timeout.fract() == 0.0 && self.buffer_timeout.abs() <= (1u64 << 53) as f64 {
             w_int(buf, self.buffer_timeout as i64);
         } else {
             w_f64(buf, self.buffer_timeout);
         }
         w_str(buf, "buffer_size");
-        w_int(buf, self.buffer_size as i64);
+        w_uint(buf, self.buffer_size as u64);
     }
 }
 

@@ -54,7 +54,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
     if bytes.len() > limits.max_message {
         return Err(DecodeError::TooLarge { len: bytes.len(), max: limits.max_message });
     }
-    count_values(bytes, limits.max_values)?;
+    scan(bytes, limits.max_values)?;
     let mut cur = Cursor::new(bytes);
     let value = rmpv::decode::read_value(&mut cur).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if cur.position() as usize != bytes.len() {
@@ -70,7 +70,8 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
             .get_key("seq_number")
             .and_then(Value::as_i64)
             .ok_or_else(|| DecodeError::BadResponse("no integer \"seq_number\"".into()))?;
-        let is_exception = map.get_key("is_exception").is_some_and(truthy);
+        // Both Python peers test `"is_exception" in msg`: presence, whatever the value.
+        let is_exception = map.has_key("is_exception");
         let result = map.get_key("result").cloned().unwrap_or(Value::Nil);
         return Ok(Message::Response(Response { seq_number, result, is_exception }));
     }
@@ -78,6 +79,12 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
     let seq_number = seq_number.as_i64().ok_or(DecodeError::NoEnvelope("seq_number"))?;
     let bad = |reason: String| DecodeError::BadRequest { seq_number, op: op.clone(), reason };
     let req = Req { map: &map };
+    // Like Buildbot's `contains_msg_key`, every obligatory key is checked for
+    // presence first, in Buildbot's order, so the first missing one is reported
+    // with Buildbot's exact text; types are checked afterwards.
+    if let Some(keys) = required_keys(&op) {
+        req.require(keys).map_err(bad)?;
+    }
     let op = match op.as_str() {
         "print" => Op::Print { message: req.text("message").map_err(bad)? },
         "keepalive" => Op::Keepalive,
@@ -96,7 +103,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
         "interrupt_command" => Op::InterruptCommand {
             builder_name: req.opt_text("builder_name"),
             command_id: req.text("command_id").map_err(bad)?,
-            why: req.opt_text("why").unwrap_or_default(),
+            why: req.text("why").map_err(bad)?,
         },
         "update" => {
             let items = req.get("args").map_err(bad)?;
@@ -108,6 +115,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
         }
         "complete" => Op::Complete {
             command_id: req.text("command_id").map_err(bad)?,
+            // nil: ran to completion; a string: the command raised (anything else is read as nil).
             failure: req.opt_text("args"),
         },
         "update_upload_file_write" => {
@@ -240,12 +248,35 @@ fn encode_request(seq: i64, op: &Op, buf: &mut Vec<u8>) {
         Op::ReadFile { command_id, length } => {
             start(buf, 2);
             w_str(buf, "length");
-            rmp::encode::write_uint(buf, *length).expect("Vec write");
+            w_uint(buf, *length);
             kv_str(buf, "command_id", command_id);
         }
     }
     w_str(buf, "seq_number");
     w_int(buf, seq);
+}
+
+/// The keys Buildbot's handler for `op` requires (`contains_msg_key`), in its order.
+fn required_keys(op: &str) -> Option<&'static [&'static str]> {
+    Some(match op {
+        // master → worker (buildbot_worker/msgpack.py)
+        "print" => &["message"],
+        "set_worker_settings" => &["args"],
+        "start_command" => &["command_id", "command_name", "args"],
+        "interrupt_command" => &["command_id", "why"],
+        // worker → master (buildbot/worker/protocols/manager/msgpack.py)
+        "update" | "complete" | "update_upload_file_write" | "update_upload_directory_write" => &["command_id", "args"],
+        "update_upload_file_utime" => &["command_id", "access_time", "modified_time"],
+        "update_read_file" => &["command_id", "length"],
+        "update_upload_file_close" | "update_upload_directory_unpack" | "update_read_file_close" => &["command_id"],
+        _ => return None,
+    })
+}
+
+/// Buildbot's text for a missing key: `str(KeyError(...))`, which is the repr of
+/// the message, so the single quotes are part of it.
+pub(crate) fn missing_key_text(key: &str) -> String {
+    format!("'message did not contain obligatory \"{key}\" key'")
 }
 
 /// Field access on a request map, with Buildbot's error texts.
@@ -254,8 +285,14 @@ struct Req<'a> {
 }
 
 impl Req<'_> {
+    fn require(&self, keys: &[&str]) -> Result<(), String> {
+        match keys.iter().find(|k| !self.map.has_key(k)) {
+            Some(k) => Err(missing_key_text(k)),
+            None => Ok(()),
+        }
+    }
     fn get(&self, key: &str) -> Result<&Value, String> {
-        self.map.get_key(key).ok_or_else(|| format!("message did not contain obligatory \"{key}\" key"))
+        self.map.get_key(key).ok_or_else(|| missing_key_text(key))
     }
     fn text(&self, key: &str) -> Result<String, String> {
         text_of(self.get(key)?).ok_or_else(|| format!("\"{key}\" is not a string"))
@@ -283,15 +320,6 @@ impl Req<'_> {
     }
 }
 
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Nil => false,
-        Value::Boolean(b) => *b,
-        Value::Integer(i) => i.as_i64() != Some(0),
-        _ => true,
-    }
-}
-
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Nil => "nil",
@@ -306,13 +334,26 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Walks the msgpack structure without building it, failing once more than
-/// `max` values are seen or a length runs past the end.
-fn count_values(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
+/// Deepest nesting of arrays and maps accepted (the top-level map is depth 1).
+///
+/// Buildbot's messages nest at most 6 deep (`update` → args → item → `log` →
+/// line-triple → times). Python's msgpack stops at 1024; rmpv at about 512. A
+/// much lower cap keeps every recursive walk over a decoded [`Value`] (clone,
+/// drop, compare, encode, the peer's own code) far from the stack limit of any
+/// thread, whatever a peer sends.
+pub const MAX_DEPTH: usize = 100;
+
+/// Walks the msgpack structure without building it, before anything is
+/// allocated, and rejects it when it is truncated (a length or count runs past
+/// the end), holds more than `max` values, nests deeper than [`MAX_DEPTH`], uses
+/// a reserved marker, or has a str that is not UTF-8 (Python's
+/// `unpackb(raw=False)` refuses such a message outright).
+fn scan(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
     let too_many = || DecodeError::Malformed(format!("more than {max} values in one message"));
     let truncated = || DecodeError::Malformed("truncated message".into());
     let mut pos = 0usize;
-    let mut pending: usize = 1; // values still to read
+    // Values still to read in each open container; the bottom entry is the top level.
+    let mut open: Vec<usize> = vec![1];
     let mut seen = 0usize;
     let read_be = |pos: &mut usize, n: usize| -> Result<usize, DecodeError> {
         let end = pos.checked_add(n).filter(|e| *e <= bytes.len()).ok_or_else(truncated)?;
@@ -320,7 +361,13 @@ fn count_values(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
         *pos = end;
         Ok(v)
     };
-    while pending > 0 {
+    let mut pending: usize = 1; // values still to read, over all open containers
+    while let Some(left) = open.last_mut() {
+        if *left == 0 {
+            open.pop();
+            continue;
+        }
+        *left -= 1;
         pending -= 1;
         seen += 1;
         if seen > max {
@@ -328,40 +375,56 @@ fn count_values(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
         }
         let b = *bytes.get(pos).ok_or_else(truncated)?;
         pos += 1;
-        let (skip, children) = match Marker::from_u8(b) {
-            Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => (0, 0),
-            Marker::U8 | Marker::I8 => (1, 0),
-            Marker::U16 | Marker::I16 => (2, 0),
-            Marker::U32 | Marker::I32 | Marker::F32 => (4, 0),
-            Marker::U64 | Marker::I64 | Marker::F64 => (8, 0),
-            Marker::FixStr(n) => (usize::from(n), 0),
-            Marker::Str8 | Marker::Bin8 => (read_be(&mut pos, 1)?, 0),
-            Marker::Str16 | Marker::Bin16 => (read_be(&mut pos, 2)?, 0),
-            Marker::Str32 | Marker::Bin32 => (read_be(&mut pos, 4)?, 0),
-            Marker::FixArray(n) => (0, usize::from(n)),
-            Marker::Array16 => (0, read_be(&mut pos, 2)?),
-            Marker::Array32 => (0, read_be(&mut pos, 4)?),
-            Marker::FixMap(n) => (0, 2 * usize::from(n)),
-            Marker::Map16 => (0, 2 * read_be(&mut pos, 2)?),
-            Marker::Map32 => (0, 2 * read_be(&mut pos, 4)?),
-            Marker::FixExt1 => (2, 0),
-            Marker::FixExt2 => (3, 0),
-            Marker::FixExt4 => (5, 0),
-            Marker::FixExt8 => (9, 0),
-            Marker::FixExt16 => (17, 0),
-            Marker::Ext8 => (read_be(&mut pos, 1)? + 1, 0),
-            Marker::Ext16 => (read_be(&mut pos, 2)? + 1, 0),
-            Marker::Ext32 => (read_be(&mut pos, 4)? + 1, 0),
+        let (skip, children, is_str) = match Marker::from_u8(b) {
+            Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => (0, 0, false),
+            Marker::U8 | Marker::I8 => (1, 0, false),
+            Marker::U16 | Marker::I16 => (2, 0, false),
+            Marker::U32 | Marker::I32 | Marker::F32 => (4, 0, false),
+            Marker::U64 | Marker::I64 | Marker::F64 => (8, 0, false),
+            Marker::FixStr(n) => (usize::from(n), 0, true),
+            Marker::Str8 => (read_be(&mut pos, 1)?, 0, true),
+            Marker::Str16 => (read_be(&mut pos, 2)?, 0, true),
+            Marker::Str32 => (read_be(&mut pos, 4)?, 0, true),
+            Marker::Bin8 => (read_be(&mut pos, 1)?, 0, false),
+            Marker::Bin16 => (read_be(&mut pos, 2)?, 0, false),
+            Marker::Bin32 => (read_be(&mut pos, 4)?, 0, false),
+            Marker::FixArray(n) => (0, usize::from(n), false),
+            Marker::Array16 => (0, read_be(&mut pos, 2)?, false),
+            Marker::Array32 => (0, read_be(&mut pos, 4)?, false),
+            Marker::FixMap(n) => (0, 2 * usize::from(n), false),
+            Marker::Map16 => (0, 2 * read_be(&mut pos, 2)?, false),
+            Marker::Map32 => (0, 2 * read_be(&mut pos, 4)?, false),
+            Marker::FixExt1 => (2, 0, false),
+            Marker::FixExt2 => (3, 0, false),
+            Marker::FixExt4 => (5, 0, false),
+            Marker::FixExt8 => (9, 0, false),
+            Marker::FixExt16 => (17, 0, false),
+            Marker::Ext8 => (read_be(&mut pos, 1)? + 1, 0, false),
+            Marker::Ext16 => (read_be(&mut pos, 2)? + 1, 0, false),
+            Marker::Ext32 => (read_be(&mut pos, 4)? + 1, 0, false),
             Marker::Reserved => return Err(DecodeError::Malformed(format!("reserved msgpack marker 0x{b:02x}"))),
         };
-        pos = pos.checked_add(skip).filter(|p| *p <= bytes.len()).ok_or_else(truncated)?;
-        // Every child needs at least one byte, so a count beyond the bytes left is a lie.
-        if children > bytes.len() - pos {
-            return Err(truncated());
+        let end = pos.checked_add(skip).filter(|p| *p <= bytes.len()).ok_or_else(truncated)?;
+        if is_str && std::str::from_utf8(&bytes[pos..end]).is_err() {
+            return Err(DecodeError::Malformed(format!("invalid UTF-8 in a str at byte {pos}")));
         }
-        pending = pending.checked_add(children).ok_or_else(too_many)?;
-        if seen + pending > max {
-            return Err(too_many());
+        pos = end;
+        if matches!(
+            Marker::from_u8(b),
+            Marker::FixArray(_) | Marker::Array16 | Marker::Array32 | Marker::FixMap(_) | Marker::Map16 | Marker::Map32
+        ) {
+            // Every child needs at least one byte, so a count beyond the bytes left is a lie.
+            if children > bytes.len() - pos {
+                return Err(truncated());
+            }
+            pending = pending.checked_add(children).ok_or_else(too_many)?;
+            if seen + pending > max {
+                return Err(too_many());
+            }
+            if open.len() > MAX_DEPTH {
+                return Err(DecodeError::Malformed(format!("nested deeper than {MAX_DEPTH} levels")));
+            }
+            open.push(children);
         }
     }
     Ok(())
@@ -380,6 +443,9 @@ pub(crate) fn w_str(buf: &mut Vec<u8>, s: &str) {
 }
 pub(crate) fn w_int(buf: &mut Vec<u8>, n: i64) {
     rmp::encode::write_sint(buf, n).expect("Vec write");
+}
+pub(crate) fn w_uint(buf: &mut Vec<u8>, n: u64) {
+    rmp::encode::write_uint(buf, n).expect("Vec write");
 }
 pub(crate) fn w_f64(buf: &mut Vec<u8>, f: f64) {
     rmp::encode::write_f64(buf, f).expect("Vec write");

@@ -20,7 +20,7 @@ mod message;
 pub mod update;
 mod value;
 
-pub use codec::{DecodeError, Limits, decode, encode, encode_into};
+pub use codec::{DecodeError, Limits, MAX_DEPTH, decode, encode, encode_into};
 pub use message::{Message, Op, Response};
 pub use rmpv::Value;
 pub use value::{Map, MapExt, text_of};

@@ -58,9 +58,10 @@ pub enum UpdateItem {
     FailureReason(String),
     /// `listdir` entry names or `glob` matches.
     Files(Vec<String>),
-    /// `tuple(os.stat(path))`: 10 integers.
+    /// `tuple(os.stat(path))`: 10 integers. (A `stat` value that is not a list of
+    /// i64 — e.g. an inode number above `i64::MAX` — decodes as `Other("stat", _)`.)
     Stat(Vec<i64>),
-    /// Any other key, kept as it came.
+    /// Any other key (or a `stat` that does not fit [`UpdateItem::Stat`]), kept as it came.
     Other(String, Value),
 }
 
@@ -145,13 +146,13 @@ impl UpdateItem {
                     .map(|f| text_of(f).ok_or_else(|| bad("file name is not a string")))
                     .collect::<Result<_, _>>()?,
             ),
-            "stat" => UpdateItem::Stat(
-                val.as_array()
-                    .ok_or_else(|| bad("not an array"))?
-                    .iter()
-                    .map(|n| n.as_i64().ok_or_else(|| bad("stat entry is not an integer")))
-                    .collect::<Result<_, _>>()?,
-            ),
+            // `tuple(os.stat())` is ints, but st_ino/st_dev are unsigned 64-bit and may
+            // exceed i64 (some network and FUSE file systems): such a tuple, or any other
+            // shape, is kept as it came rather than failing the whole update.
+            "stat" => match val.as_array().and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<_>>>()) {
+                Some(st) => UpdateItem::Stat(st),
+                None => UpdateItem::Other(key, val.clone()),
+            },
             _ => UpdateItem::Other(key, val.clone()),
         })
     }

@@ -153,7 +153,7 @@ async fn attach_requests_bad_input_and_shutdown() {
     rmp::encode::write_sint(&mut no_command_id, 6).unwrap();
     ws.send(WsMessage::Binary(no_command_id.into())).await.unwrap();
     let r = expect_response(&mut ws, 6).await;
-    assert_eq!(r.error_text().as_deref(), Some("message did not contain obligatory \"command_id\" key"));
+    assert_eq!(r.error_text().as_deref(), Some("'message did not contain obligatory \"command_id\" key'"));
 
     // Text frames are ignored; an interrupt for an unknown command is still answered.
     ws.send(WsMessage::Text("hello".into())).await.unwrap();
