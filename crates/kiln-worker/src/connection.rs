@@ -57,6 +57,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs the worker until stopped, the master shuts it down, or `maxretries` is exhausted.
 pub async fn serve(config: WorkerConfig, stop: watch::Receiver<StopRequest>) -> anyhow::Result<()> {
     let policy = Arc::new(crate::policy::from_config(&config)?);
+    commands::process::init_process_control();
     serve_with_policy(config, policy, stop).await
 }
 
