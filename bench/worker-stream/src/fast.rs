@@ -41,7 +41,11 @@ pub fn parse_update(bytes: &[u8]) -> Option<Update<'_>> {
     if !r.is_empty() || !is_update {
         return None;
     }
-    Some(Update { seq_number: seq_number?, command_id: command_id?, items: items? })
+    Some(Update {
+        seq_number: seq_number?,
+        command_id: command_id?,
+        items: items?,
+    })
 }
 
 fn read_items<'a>(r: &mut &'a [u8]) -> Option<Vec<Item<'a>>> {
@@ -142,7 +146,13 @@ mod tests {
     use super::*;
 
     fn update(items: Vec<UpdateItem>) -> Vec<u8> {
-        encode(&Message::Request { seq_number: 7, op: Op::Update { command_id: "1".into(), items } })
+        encode(&Message::Request {
+            seq_number: 7,
+            op: Op::Update {
+                command_id: "1".into(),
+                items,
+            },
+        })
     }
 
     #[test]
@@ -157,9 +167,18 @@ mod tests {
         ]);
         let u = parse_update(&b).expect("parsed");
         assert_eq!((u.seq_number, u.command_id, u.items.len()), (7, "1", 6));
-        assert!(matches!(u.items[0], Item::Lines(Stream::Header, "sh -c x\n in dir /w\n", 2, 2)));
-        assert!(matches!(u.items[1], Item::Lines(Stream::Stdout, "a\nbb\n", 2, 2)));
-        assert!(matches!(u.items[2], Item::Lines(Stream::Stderr, "oops\n", 1, 1)));
+        assert!(matches!(
+            u.items[0],
+            Item::Lines(Stream::Header, "sh -c x\n in dir /w\n", 2, 2)
+        ));
+        assert!(matches!(
+            u.items[1],
+            Item::Lines(Stream::Stdout, "a\nbb\n", 2, 2)
+        ));
+        assert!(matches!(
+            u.items[2],
+            Item::Lines(Stream::Stderr, "oops\n", 1, 1)
+        ));
         assert!(matches!(u.items[3], Item::Rc(-1)));
         assert!(matches!(u.items[4], Item::Elapsed(e) if e == 0.25));
         assert!(matches!(u.items[5], Item::FailureReason("timeout")));
@@ -167,7 +186,13 @@ mod tests {
 
     #[test]
     fn leaves_everything_else_to_kiln_proto() {
-        let complete = encode(&Message::Request { seq_number: 1, op: Op::Complete { command_id: "1".into(), failure: None } });
+        let complete = encode(&Message::Request {
+            seq_number: 1,
+            op: Op::Complete {
+                command_id: "1".into(),
+                failure: None,
+            },
+        });
         assert!(parse_update(&complete).is_none());
         let files = update(vec![UpdateItem::Files(vec!["a".into()])]);
         assert!(parse_update(&files).is_none());

@@ -27,14 +27,18 @@ use clap::Parser;
 use futures_util::{SinkExt as _, StreamExt as _};
 use kiln_proto::args::{Args, WorkerSettings};
 use kiln_proto::update::UpdateItem;
-use kiln_proto::{DecodeError, Limits, MapExt as _, Message, Op, Response, Value, decode, encode, text_of};
+use kiln_proto::{
+    DecodeError, Limits, MapExt as _, Message, Op, Response, Value, decode, encode, text_of,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout_at};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as HsRequest, Response as HsResponse};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    ErrorResponse, Request as HsRequest, Response as HsResponse,
+};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 mod fast;
 
@@ -100,14 +104,18 @@ async fn main() {
 }
 
 fn outcome_ok(r: &Report) -> bool {
-    r.fields.iter().any(|(k, v)| k == "ok" && matches!(v, Json::Bool(true)))
+    r.fields
+        .iter()
+        .any(|(k, v)| k == "ok" && matches!(v, Json::Bool(true)))
 }
 
 async fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
-    if opts.bytes == 0 || opts.bytes % LINE_LEN != 0 {
+    if opts.bytes == 0 || !opts.bytes.is_multiple_of(LINE_LEN) {
         bail!("--bytes must be a positive multiple of {LINE_LEN}");
     }
-    let listener = TcpListener::bind(("127.0.0.1", opts.port)).await.context("bind 127.0.0.1")?;
+    let listener = TcpListener::bind(("127.0.0.1", opts.port))
+        .await
+        .context("bind 127.0.0.1")?;
     let local = listener.local_addr()?;
     println!("PORT {}", local.port());
     std::io::stdout().flush()?;
@@ -117,7 +125,9 @@ async fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     drop(listener); // one worker only; a reconnect attempt gets "connection refused"
     let pid = match opts.pid {
         Some(p) => p,
-        None => find_peer_pid(local, peer).with_context(|| format!("no process holds the worker's end of the connection ({peer})"))?,
+        None => find_peer_pid(local, peer).with_context(|| {
+            format!("no process holds the worker's end of the connection ({peer})")
+        })?,
     };
     report.int("worker_pid", i64::from(pid));
     eprintln!("bench master: worker connected from {peer}, pid {pid}");
@@ -126,7 +136,14 @@ async fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let req_deadline = || Instant::now() + secs(opts.request_timeout);
 
     // --- attach (spec §4.1) ---
-    let r = conn.request(Op::Print { message: "attached".into() }, req_deadline()).await?;
+    let r = conn
+        .request(
+            Op::Print {
+                message: "attached".into(),
+            },
+            req_deadline(),
+        )
+        .await?;
     check_ok("print", &r)?;
     let r = conn.request(Op::GetWorkerInfo, req_deadline()).await?;
     check_ok("get_worker_info", &r)?;
@@ -134,17 +151,30 @@ async fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         Value::Map(m) => m.clone(),
         other => bail!("get_worker_info returned {other} instead of a map"),
     };
-    let basedir = info.get_key("basedir").and_then(text_of).ok_or_else(|| anyhow!("worker info has no basedir"))?;
-    let version = info.get_key("version").and_then(text_of).unwrap_or_default();
+    let basedir = info
+        .get_key("basedir")
+        .and_then(text_of)
+        .ok_or_else(|| anyhow!("worker info has no basedir"))?;
+    let version = info
+        .get_key("version")
+        .and_then(text_of)
+        .unwrap_or_default();
     report.string("worker_version", &version);
     report.string("worker_basedir", &basedir);
-    let r = conn.request(Op::SetWorkerSettings(WorkerSettings::default()), req_deadline()).await?;
+    let r = conn
+        .request(
+            Op::SetWorkerSettings(WorkerSettings::default()),
+            req_deadline(),
+        )
+        .await?;
     check_ok("set_worker_settings", &r)?;
     report.int("attach_rss_kb", status_kb(pid, "VmRSS").unwrap_or(-1));
 
     // --- idle ---
-    conn.idle_until(Instant::now() + secs(opts.idle_secs)).await?;
-    let idle_rss = status_kb(pid, "VmRSS").ok_or_else(|| anyhow!("cannot read VmRSS of pid {pid} (worker gone?)"))?;
+    conn.idle_until(Instant::now() + secs(opts.idle_secs))
+        .await?;
+    let idle_rss = status_kb(pid, "VmRSS")
+        .ok_or_else(|| anyhow!("cannot read VmRSS of pid {pid} (worker gone?)"))?;
     report.int("idle_rss_kb", idle_rss);
     report.float("idle_s", opts.idle_secs);
 
@@ -153,7 +183,14 @@ async fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     // (`echo 5 > /proc/PID/clear_refs`, Linux ≥ 4.0); if that is not allowed, VmHWM
     // still covers the whole life of the process.
     let hwm_reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
-    report.string("peak_rss_method", if hwm_reset { "VmHWM reset just before start_command" } else { "VmHWM over the process lifetime (reset refused)" });
+    report.string(
+        "peak_rss_method",
+        if hwm_reset {
+            "VmHWM reset just before start_command"
+        } else {
+            "VmHWM over the process lifetime (reset refused)"
+        },
+    );
     let sampler = Sampler::start(pid, Duration::from_millis(opts.sample_ms.max(1)));
     let cpu_before = cpu_seconds(&format!("/proc/{pid}/stat"));
     let master_cpu_before = cpu_seconds("/proc/self/stat");
@@ -161,13 +198,14 @@ async fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let command = format!("yes \"$(printf '%099d' 0)\" | head -c {}", opts.bytes);
     let workdir = format!("{}/bench/build", basedir.trim_end_matches('/'));
     let start = Instant::now();
-    let seq = conn.send_request(Op::StartCommand {
-        builder_name: Some("bench".into()),
-        command_id: COMMAND_ID.into(),
-        command_name: "shell".into(),
-        args: shell_args(&workdir, &command),
-    })
-    .await?;
+    let seq = conn
+        .send_request(Op::StartCommand {
+            builder_name: Some("bench".into()),
+            command_id: COMMAND_ID.into(),
+            command_name: "shell".into(),
+            args: shell_args(&workdir, &command),
+        })
+        .await?;
     let stream_deadline = start + secs(opts.stream_timeout);
     let mut started = None;
     let streamed = loop {
@@ -181,7 +219,10 @@ async fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
                 }
                 started = Some(());
             }
-            Ok(Event::Response(r)) => eprintln!("bench master: response to unknown seq_number {}", r.seq_number),
+            Ok(Event::Response(r)) => eprintln!(
+                "bench master: response to unknown seq_number {}",
+                r.seq_number
+            ),
             Ok(Event::Served) => {}
             Ok(Event::Deadline) => {
                 break Err(anyhow!(
@@ -189,7 +230,11 @@ async fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
                     opts.stream_timeout,
                     conn.stats.stdout_bytes,
                     opts.bytes,
-                    if started.is_some() { "answered" } else { "never answered" }
+                    if started.is_some() {
+                        "answered"
+                    } else {
+                        "never answered"
+                    }
                 ));
             }
             Err(e) => break Err(e),
@@ -217,11 +262,20 @@ async fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     report.opt_string("complete_failure", s.complete.clone().flatten().as_deref());
     report.float("elapsed_s", elapsed);
     report.float("throughput_mb_s", s.stdout_bytes as f64 / 1e6 / elapsed);
-    report.opt_float("first_output_s", s.first_stdout_at.map(|t| (t - start).as_secs_f64()));
+    report.opt_float(
+        "first_output_s",
+        s.first_stdout_at.map(|t| (t - start).as_secs_f64()),
+    );
     report.opt_int("peak_rss_kb", peak);
     report.int("sampled_peak_rss_kb", sampled_peak as i64);
-    report.opt_float("worker_cpu_s", cpu_before.zip(cpu_after).map(|(a, b)| b - a));
-    report.opt_float("master_cpu_s", master_cpu_before.zip(master_cpu_after).map(|(a, b)| b - a));
+    report.opt_float(
+        "worker_cpu_s",
+        cpu_before.zip(cpu_after).map(|(a, b)| b - a),
+    );
+    report.opt_float(
+        "master_cpu_s",
+        master_cpu_before.zip(master_cpu_after).map(|(a, b)| b - a),
+    );
     report.int("fast_decoded_updates", s.fast_updates as i64);
     report.int("bad_line_triples", s.bad_triples as i64);
     report.opt_string("first_bad_line_triple", s.first_bad_triple.as_deref());
@@ -231,21 +285,36 @@ async fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
 
     // --- goodbye: ask the worker to exit, as the master's "kill" does ---
     let shutdown = conn.request(Op::Shutdown, req_deadline()).await;
-    report.boolean("shutdown_acked", matches!(&shutdown, Ok(r) if !r.is_exception));
+    report.boolean(
+        "shutdown_acked",
+        matches!(&shutdown, Ok(r) if !r.is_exception),
+    );
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.ws.close(None)).await;
 
     let s = &conn.stats;
     if s.complete.as_ref().is_some_and(Option::is_some) {
-        bail!("the command completed with a failure: {}", s.complete.clone().flatten().unwrap_or_default());
+        bail!(
+            "the command completed with a failure: {}",
+            s.complete.clone().flatten().unwrap_or_default()
+        );
     }
     if s.rc != Some(0) {
         bail!("the command's rc is {:?}, not 0", s.rc);
     }
     if s.stdout_bytes != opts.bytes || s.bad_lines != 0 {
-        bail!("received {} stdout bytes ({} malformed lines), expected {}", s.stdout_bytes, s.bad_lines, opts.bytes);
+        bail!(
+            "received {} stdout bytes ({} malformed lines), expected {}",
+            s.stdout_bytes,
+            s.bad_lines,
+            opts.bytes
+        );
     }
     if s.protocol_errors != 0 {
-        bail!("{} protocol errors, first: {}", s.protocol_errors, s.first_protocol_error.as_deref().unwrap_or(""));
+        bail!(
+            "{} protocol errors, first: {}",
+            s.protocol_errors,
+            s.first_protocol_error.as_deref().unwrap_or("")
+        );
     }
     peak.ok_or_else(|| anyhow!("cannot read VmHWM of pid {pid}"))?;
     Ok(())
@@ -286,8 +355,17 @@ fn check_ok(what: &str, r: &Response) -> anyhow::Result<()> {
 
 /// Accepts connections until one passes the WebSocket handshake with the right
 /// Basic credentials (a wrong one gets 401 and the worker retries, as with Buildbot).
-async fn accept_worker(listener: &TcpListener, opts: &Opts, deadline: Instant) -> anyhow::Result<(WebSocketStream<TcpStream>, SocketAddr)> {
-    let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", opts.user, opts.password)));
+#[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
+async fn accept_worker(
+    listener: &TcpListener,
+    opts: &Opts,
+    deadline: Instant,
+) -> anyhow::Result<(WebSocketStream<TcpStream>, SocketAddr)> {
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", opts.user, opts.password))
+    );
     loop {
         let (tcp, peer) = timeout_at(deadline, listener.accept())
             .await
@@ -295,7 +373,10 @@ async fn accept_worker(listener: &TcpListener, opts: &Opts, deadline: Instant) -
         tcp.set_nodelay(true)?;
         let want = want.clone();
         let check = move |req: &HsRequest, resp: HsResponse| -> Result<HsResponse, ErrorResponse> {
-            let got = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+            let got = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
             if got == Some(want.as_str()) {
                 Ok(resp)
             } else {
@@ -307,8 +388,16 @@ async fn accept_worker(listener: &TcpListener, opts: &Opts, deadline: Instant) -
         let config = WebSocketConfig::default()
             .max_message_size(Some(Conn::LIMITS.max_message))
             .max_frame_size(Some(Conn::LIMITS.max_message));
-        match timeout_at(deadline, tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(config))).await {
-            Err(_) => bail!("no completed WebSocket handshake within {} s", opts.connect_timeout),
+        match timeout_at(
+            deadline,
+            tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(config)),
+        )
+        .await
+        {
+            Err(_) => bail!(
+                "no completed WebSocket handshake within {} s",
+                opts.connect_timeout
+            ),
             Ok(Ok(ws)) => return Ok((ws, peer)),
             Ok(Err(e)) => eprintln!("bench master: handshake from {peer} refused: {e}"),
         }
@@ -362,7 +451,11 @@ enum Item<'a> {
 
 impl Stats {
     /// Applies one `update`; `Err` = the exception text the real master answers with.
-    fn update<'a>(&mut self, command_id: &str, items: impl Iterator<Item = Item<'a>>) -> Result<(), String> {
+    fn update<'a>(
+        &mut self,
+        command_id: &str,
+        items: impl Iterator<Item = Item<'a>>,
+    ) -> Result<(), String> {
         if command_id != COMMAND_ID {
             self.protocol_error(format!("update for unknown command_id {command_id:?}"));
             return Err("unknown \"command_id\"".into());
@@ -442,20 +535,34 @@ struct Conn {
 
 impl Conn {
     /// Generous: the worker's batches are ~64 KiB, file chunks ≤ 256 KiB.
-    const LIMITS: Limits = Limits { max_message: 256 * 1024 * 1024, max_values: 1 << 26 };
+    const LIMITS: Limits = Limits {
+        max_message: 256 * 1024 * 1024,
+        max_values: 1 << 26,
+    };
 
     fn new(ws: WebSocketStream<TcpStream>) -> Conn {
-        Conn { ws, next_seq: 0, stats: Stats::default() }
+        Conn {
+            ws,
+            next_seq: 0,
+            stats: Stats::default(),
+        }
     }
 
     async fn send(&mut self, msg: &Message) -> anyhow::Result<()> {
-        self.ws.send(WsMessage::Binary(encode(msg).into())).await.context("send to worker")
+        self.ws
+            .send(WsMessage::Binary(encode(msg).into()))
+            .await
+            .context("send to worker")
     }
 
     async fn send_request(&mut self, op: Op) -> anyhow::Result<i64> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.send(&Message::Request { seq_number: seq, op }).await?;
+        self.send(&Message::Request {
+            seq_number: seq,
+            op,
+        })
+        .await?;
         Ok(seq)
     }
 
@@ -466,7 +573,10 @@ impl Conn {
         loop {
             match self.next_event(deadline).await? {
                 Event::Response(r) if r.seq_number == seq => return Ok(r),
-                Event::Response(r) => eprintln!("bench master: response to unknown seq_number {}", r.seq_number),
+                Event::Response(r) => eprintln!(
+                    "bench master: response to unknown seq_number {}",
+                    r.seq_number
+                ),
                 Event::Served => {}
                 Event::Deadline => bail!("no response to {name} (seq {seq}) in time"),
             }
@@ -477,7 +587,10 @@ impl Conn {
     async fn idle_until(&mut self, deadline: Instant) -> anyhow::Result<()> {
         loop {
             match self.next_event(deadline).await? {
-                Event::Response(r) => eprintln!("bench master: response to unknown seq_number {}", r.seq_number),
+                Event::Response(r) => eprintln!(
+                    "bench master: response to unknown seq_number {}",
+                    r.seq_number
+                ),
                 Event::Served => {}
                 Event::Deadline => return Ok(()),
             }
@@ -497,7 +610,8 @@ impl Conn {
             let bytes = match frame {
                 WsMessage::Binary(b) => b,
                 WsMessage::Text(t) => {
-                    self.stats.protocol_error(format!("text frame from the worker: {:.80}", t.as_str()));
+                    self.stats
+                        .protocol_error(format!("text frame from the worker: {:.80}", t.as_str()));
                     continue;
                 }
                 WsMessage::Close(c) => bail!("the worker closed the connection: {c:?}"),
@@ -528,9 +642,15 @@ impl Conn {
                     self.send(&Message::Response(resp)).await?;
                     return Ok(Event::Served);
                 }
-                Err(DecodeError::BadRequest { seq_number, op, reason }) => {
-                    self.stats.protocol_error(format!("bad {op} request: {reason}"));
-                    self.send(&Message::Response(Response::error(seq_number, reason))).await?;
+                Err(DecodeError::BadRequest {
+                    seq_number,
+                    op,
+                    reason,
+                }) => {
+                    self.stats
+                        .protocol_error(format!("bad {op} request: {reason}"));
+                    self.send(&Message::Response(Response::error(seq_number, reason)))
+                        .await?;
                     return Ok(Event::Served);
                 }
                 Err(e @ DecodeError::NoEnvelope(_)) => self.stats.protocol_error(e.to_string()),
@@ -549,16 +669,25 @@ impl Conn {
             Op::Update { command_id, items } => s.update(
                 &command_id,
                 items.iter().map(|item| match item {
-                    UpdateItem::Stdout(l) => Item::Lines(Stream::Stdout, &l.text, l.newlines.len(), l.times.len()),
-                    UpdateItem::Stderr(l) => Item::Lines(Stream::Stderr, &l.text, l.newlines.len(), l.times.len()),
-                    UpdateItem::Header(l) => Item::Lines(Stream::Header, &l.text, l.newlines.len(), l.times.len()),
+                    UpdateItem::Stdout(l) => {
+                        Item::Lines(Stream::Stdout, &l.text, l.newlines.len(), l.times.len())
+                    }
+                    UpdateItem::Stderr(l) => {
+                        Item::Lines(Stream::Stderr, &l.text, l.newlines.len(), l.times.len())
+                    }
+                    UpdateItem::Header(l) => {
+                        Item::Lines(Stream::Header, &l.text, l.newlines.len(), l.times.len())
+                    }
                     UpdateItem::Rc(rc) => Item::Rc(*rc),
                     UpdateItem::Elapsed(e) => Item::Elapsed(*e),
                     UpdateItem::FailureReason(r) => Item::FailureReason(r),
                     _ => Item::Other,
                 }),
             ),
-            Op::Complete { command_id, failure } => {
+            Op::Complete {
+                command_id,
+                failure,
+            } => {
                 if command_id != COMMAND_ID {
                     s.protocol_error(format!("complete for unknown command_id {command_id:?}"));
                     return Err("unknown \"command_id\"".into());
@@ -575,7 +704,10 @@ impl Conn {
                 Err(Op::unknown_error(op.name()))
             }
             op => {
-                s.protocol_error(format!("unexpected {} request (no transfer is running)", op.name()));
+                s.protocol_error(format!(
+                    "unexpected {} request (no transfer is running)",
+                    op.name()
+                ));
                 Err("unknown \"command_id\"".into())
             }
         }
@@ -639,13 +771,19 @@ fn cpu_seconds(stat_path: &str) -> Option<f64> {
 fn find_peer_pid(local: SocketAddr, peer: SocketAddr) -> anyhow::Result<u32> {
     let mut inode = None;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 10 {
                 continue;
             }
-            let port = |a: &str| a.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            let port = |a: &str| {
+                a.rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            };
             if port(f[1]) == Some(peer.port()) && port(f[2]) == Some(local.port()) {
                 inode = Some(f[9].to_owned());
             }
@@ -655,11 +793,19 @@ fn find_peer_pid(local: SocketAddr, peer: SocketAddr) -> anyhow::Result<u32> {
     let target = format!("socket:[{inode}]");
     let me = std::process::id();
     for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if pid == me {
             continue;
         }
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
             if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()) {
                 return Ok(pid);
@@ -693,7 +839,14 @@ impl Report {
         self.set(k, Json::Int(v));
     }
     fn float(&mut self, k: &str, v: f64) {
-        self.set(k, if v.is_finite() { Json::Float(v) } else { Json::Null });
+        self.set(
+            k,
+            if v.is_finite() {
+                Json::Float(v)
+            } else {
+                Json::Null
+            },
+        );
     }
     fn string(&mut self, k: &str, v: &str) {
         self.set(k, Json::Str(v.to_owned()));
