@@ -265,3 +265,49 @@ async fn rmfile_removes_and_reports_enoent() {
     rec.assert_rc_then_elapsed(2);
     assert_eq!(rec.complete(), Some(None));
 }
+
+/// With `run_as`, what the worker creates for builds belongs to the build user, or
+/// builds running as that user could not write to their own directories.
+#[cfg(unix)]
+#[tokio::test]
+async fn directories_and_downloads_belong_to_the_build_user() {
+    use std::os::unix::fs::MetadataExt as _;
+    use std::sync::Arc;
+
+    use kiln_worker::commands::{self, ExecPolicy};
+
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: changing owners needs root");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
+    let policy = Arc::new(ExecPolicy::new(Some("nobody"), false, None, Default::default()).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let builder = tmp.path().join("b1");
+    let deep = builder.join("build/sub");
+    let download = builder.join("dl/new/file.txt");
+
+    let (mut ctx, rx, handle) = transfer_support::make_ctx();
+    ctx.policy = policy.clone();
+    let prepared = commands::prepare("1", "mkdir", &args([("paths", Value::Array(vec![Value::from(s(&deep))]))])).unwrap();
+    let task = tokio::spawn(commands::run(ctx, prepared));
+    let rec = transfer_support::play_master(rx, handle, Script::default()).await;
+    task.await.unwrap();
+    assert_eq!(rec.rc(), Some(0));
+
+    let (mut ctx, rx, handle) = transfer_support::make_ctx();
+    ctx.policy = policy;
+    let dl_args = args([("path", Value::from(s(&download))), ("blocksize", Value::from(16)), ("maxsize", Value::Nil), ("mode", Value::Nil)]);
+    let prepared = commands::prepare("2", "download_file", &dl_args).unwrap();
+    let task = tokio::spawn(commands::run(ctx, prepared));
+    let script = Script { download: [Value::Binary(b"data".to_vec()), Value::Binary(Vec::new())].into(), ..Script::default() };
+    let rec = transfer_support::play_master(rx, handle, script).await;
+    task.await.unwrap();
+    assert_eq!(rec.rc(), Some(0));
+
+    for p in [builder.clone(), builder.join("build"), deep, builder.join("dl"), builder.join("dl/new"), download] {
+        let meta = std::fs::metadata(&p).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (nobody.uid.as_raw(), nobody.gid.as_raw()), "{} belongs to nobody", p.display());
+    }
+    assert_eq!(std::fs::metadata(tmp.path()).unwrap().uid(), 0, "what existed before is left alone");
+}

@@ -14,14 +14,36 @@ use kiln_proto::update::UpdateItem;
 
 use super::CommandCtx;
 
+/// `create_dir_all`, giving every directory it creates to the build user (if any),
+/// so builds that run as that user can write where the master asked for directories.
+pub(crate) fn create_dirs_for_builds(dir: &Path, run_as: Option<&super::process::RunAs>) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut p = Some(dir);
+    while let Some(d) = p.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d.to_path_buf());
+        p = d.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    if let Some(user) = run_as {
+        for d in missing.iter().rev() {
+            std::os::unix::fs::chown(d, Some(user.uid), Some(user.gid))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (run_as, missing);
+    Ok(())
+}
+
 pub async fn mkdir(ctx: &mut CommandCtx, args: PathsArgs) -> Result<(), String> {
     let paths = args.paths;
+    let run_as = ctx.policy.run_as.clone();
     let failed = blocking(move || {
         for path in paths {
             if Path::new(&path).is_dir() {
                 continue;
             }
-            if let Err(e) = std::fs::create_dir_all(&path) {
+            if let Err(e) = create_dirs_for_builds(Path::new(&path), run_as.as_ref()) {
                 return Some((path, e));
             }
         }

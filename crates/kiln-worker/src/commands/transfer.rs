@@ -284,13 +284,19 @@ pub async fn download_file(ctx: &mut CommandCtx, args: DownloadFileArgs) -> Resu
 
     let p = PathBuf::from(&path);
     let mode = args.mode;
+    let run_as = ctx.policy.run_as.clone();
     let opened = blocking(move || -> io::Result<std::fs::File> {
         if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-            std::fs::create_dir_all(parent)?;
+            super::fs::create_dirs_for_builds(parent, run_as.as_ref())?;
         }
         let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&p)?;
         if let Some(mode) = mode {
             set_mode(&p, mode)?;
+        }
+        // Builds that run as the build user must be able to rewrite what they downloaded.
+        #[cfg(unix)]
+        if let Some(user) = &run_as {
+            std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid))?;
         }
         Ok(file)
     })
