@@ -77,6 +77,21 @@ def ensure_venv(venv):
     return version
 
 
+def venv_packages(venv):
+    """Versions of what shapes the stock worker's footprint (an installed Buildbot master
+    adds Twisted plugins the worker loads: its idle RSS is ~5 MB higher with it)."""
+    code = ("import json\nfrom importlib import metadata\nout = {}\n"
+            "for n in ('buildbot-worker', 'buildbot', 'twisted', 'autobahn', 'msgpack'):\n"
+            "    try: out[n] = metadata.version(n)\n"
+            "    except metadata.PackageNotFoundError: out[n] = None\n"
+            "print(json.dumps(out))")
+    try:
+        r = run_cmd([str(venv / "bin" / "python"), "-c", code], 60, capture_output=True, text=True)
+        return json.loads(r.stdout)
+    except (RuntimeError, OSError, ValueError):
+        return None
+
+
 def build(no_build):
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     if not no_build:
@@ -298,9 +313,13 @@ def print_table(report):
 
 
 def git_commit():
+    """HEAD, with "-dirty" when tracked files other than bench/results/ differ from it."""
     try:
         r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return r.stdout.strip() or None
+        head = r.stdout.strip() or None
+        d = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)bench/results"], capture_output=True, text=True, timeout=10)
+        return f"{head}-dirty" if head and d.stdout.strip() else head
     except (OSError, subprocess.TimeoutExpired):
         return None
 
@@ -386,6 +405,8 @@ def main():
             res["version"] = res.get("version") or kiln_version
         else:
             res["version"] = res.get("version") or bb_version
+            res["venv"] = str(venv)
+            res["venv_packages"] = venv_packages(venv)
         report["workers"][name] = res
         log(f"{name}: {'ok' if res.get('ok') else 'FAILED'}, {fmt(res.get('throughput_mb_s'))} MB/s")
 
