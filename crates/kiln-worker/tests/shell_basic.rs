@@ -1,5 +1,7 @@
 //! `shell`: exit codes, headers, environment, streams, stdin, PTY, line handling, batching.
 
+#![cfg(unix)]
+
 mod shell_util;
 
 use kiln_proto::Value;
@@ -166,6 +168,7 @@ async fn without_initial_stdin_stdin_is_at_eof() {
     assert_eq!(c.rc(), Some(0));
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn pty_gives_a_controlling_terminal() {
     let dir = tempfile::tempdir().unwrap();

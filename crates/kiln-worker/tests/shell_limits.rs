@@ -1,6 +1,8 @@
 //! `shell`: timeout, maxTime, max_lines, interrupts, sigtermTime, an unkillable
 //! process, and watched log files.
 
+#![cfg(target_os = "linux")]
+
 mod shell_util;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! Build processes and privileges: refusing root, dropping to a build user,
 //! the bubblewrap sandbox, rlimits.
 
+#![cfg(target_os = "linux")]
+
 mod shell_util;
 
 use kiln_proto::Value;

@@ -3,6 +3,8 @@
 //! duration and checks `/proc` afterwards; the processes seen while the command
 //! ran must also be gone from `/proc` entirely (reaped, not left as zombies).
 
+#![cfg(target_os = "linux")]
+
 mod shell_util;
 
 use std::time::Duration;
