@@ -686,7 +686,14 @@ impl LogWatcher {
                 return Vec::new();
             };
             let Ok(mut f) = std::fs::File::open(&self.path) else { return Vec::new() };
-            if self.follow && f.seek(SeekFrom::Start(sig.size)).is_err() {
+            // `follow`: only what was added since the command started. (Buildbot seeks
+            // to the size found when it noticed the change, which loses whatever was
+            // written before its first poll; we keep it.)
+            let start = match &self.old {
+                Some(old) if self.follow && sig.size >= old.size => old.size,
+                _ => 0,
+            };
+            if f.seek(SeekFrom::Start(start)).is_err() {
                 return Vec::new();
             }
             self.file = Some(f);
