@@ -257,7 +257,7 @@ async fn run_child(ctx: &mut CommandCtx, spec: &ChildSpec) -> Result<ChildOutcom
         use_pty = false;
     }
     if !spec.workdir.is_dir() {
-        create_workdir(&spec.workdir, ctx.policy.run_as.as_ref()).map_err(|e| format!("cannot create workdir {}: {e}", spec.workdir.display()))?;
+        super::fs::create_dirs_for_builds(&spec.workdir, ctx.policy.run_as.as_ref()).map_err(|e| format!("cannot create workdir {}: {e}", spec.workdir.display()))?;
     }
     send_headers(ctx, spec, use_pty).await;
 
@@ -714,29 +714,6 @@ impl LogWatcher {
         }
         out
     }
-}
-
-/// Creates a missing workdir; with a build user, the directories created are given to it.
-fn create_workdir(dir: &Path, run_as: Option<&process::RunAs>) -> std::io::Result<()> {
-    let mut missing = Vec::new();
-    let mut p = Some(dir);
-    while let Some(d) = p {
-        if d.exists() {
-            break;
-        }
-        missing.push(d.to_path_buf());
-        p = d.parent();
-    }
-    std::fs::create_dir_all(dir)?;
-    #[cfg(unix)]
-    if let Some(user) = run_as {
-        for d in missing.iter().rev() {
-            std::os::unix::fs::chown(d, Some(user.uid), Some(user.gid))?;
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (run_as, missing);
-    Ok(())
 }
 
 fn absolute(p: &Path) -> PathBuf {
