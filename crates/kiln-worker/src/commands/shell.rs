@@ -116,6 +116,11 @@ pub async fn rmdir(ctx: &mut CommandCtx, args: PathsArgs) -> Result<(), String> 
             Err(e) => return Err(e.to_string()),
         }
     }
+    finish_helper(ctx, rc, interrupted).await
+}
+
+/// The end of `rmdir`/`cpdir`: `rc`, then `elapsed` unless interrupted.
+async fn finish_helper(ctx: &mut CommandCtx, rc: i64, interrupted: bool) -> Result<(), String> {
     ctx.push(UpdateItem::Rc(rc)).await;
     if !interrupted {
         let elapsed = ctx.elapsed();
@@ -128,7 +133,7 @@ pub async fn rmdir(ctx: &mut CommandCtx, args: PathsArgs) -> Result<(), String> 
 pub async fn cpdir(ctx: &mut CommandCtx, args: CpdirArgs) -> Result<(), String> {
     refuse_root(ctx).await?;
     if let Some(parent) = Path::new(&args.to_path).parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        super::fs::create_dirs_for_builds(parent, ctx.policy.run_as.as_ref()).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     #[cfg(unix)]
     let (rc, interrupted) = {
@@ -148,12 +153,7 @@ pub async fn cpdir(ctx: &mut CommandCtx, args: CpdirArgs) -> Result<(), String> 
             Err(e) => return Err(e.to_string()),
         }
     };
-    ctx.push(UpdateItem::Rc(rc)).await;
-    if !interrupted {
-        let elapsed = ctx.elapsed();
-        ctx.push(UpdateItem::Elapsed(elapsed)).await;
-    }
-    Ok(())
+    finish_helper(ctx, rc, interrupted).await
 }
 
 #[cfg(windows)]
