@@ -301,3 +301,110 @@ async fn tls_master_with_a_private_ca() {
     stop_tx.send(StopRequest::Now).unwrap();
     timeout(T, worker).await.unwrap().unwrap().unwrap();
 }
+
+/// Whether any process has `marker` in its command line.
+fn alive_with(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { return false };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // Zombies are dead already; they only wait to be reaped.
+        let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        !zombie && String::from_utf8_lossy(&cmdline).contains(marker)
+    })
+}
+
+/// A build whose connection drops keeps running for `disconnect_grace`, then its whole
+/// process tree is killed: an orphan must not write into a directory that the
+/// master's retried build is about to use.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn commands_of_a_lost_session_are_killed_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut cfg = config(dir.path(), port);
+    cfg.allow_root = true;
+    cfg.disconnect_grace = 1.5;
+    let policy = std::sync::Arc::new(kiln_worker::policy::from_config(&cfg).unwrap());
+    let (stop_tx, stop) = watch::channel(StopRequest::Running);
+    let worker = tokio::spawn(kiln_worker::connection::serve_with_policy(cfg, policy, stop));
+
+    let marker = format!("1000.{}", std::process::id());
+    let mut ws = accept(&listener, "w1:pass1").await.unwrap();
+    let workdir = dir.path().join("b1/build");
+    let args = Args::from_pairs([
+        ("workdir", Value::from(workdir.to_str().unwrap())),
+        ("command", Value::from(format!("sleep {marker} & echo started; wait"))),
+    ]);
+    send(&mut ws, 0, Op::StartCommand { builder_name: Some("b1".into()), command_id: "1".into(), command_name: "shell".into(), args }).await;
+    assert_eq!(expect_response(&mut ws, 0).await, Response::ok(0));
+    let deadline = Instant::now() + T;
+    while !alive_with(&marker) {
+        assert!(Instant::now() < deadline, "the build started its background process");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The master vanishes mid-build.
+    drop(ws);
+    let lost = Instant::now();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(alive_with(&marker), "within the grace period the build goes on");
+    while alive_with(&marker) {
+        assert!(lost.elapsed() < Duration::from_secs(10), "the orphaned build was never killed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(lost.elapsed() >= Duration::from_millis(1400), "not before the grace period ended: {:?}", lost.elapsed());
+
+    stop_tx.send(StopRequest::Now).unwrap();
+    timeout(T, worker).await.unwrap().unwrap().unwrap();
+}
+
+/// A new session's first command waits until builds of the lost session are dead,
+/// however long their grace period.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_new_session_kills_orphans_before_its_first_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut cfg = config(dir.path(), port);
+    cfg.allow_root = true;
+    cfg.disconnect_grace = 3600.0;
+    let policy = std::sync::Arc::new(kiln_worker::policy::from_config(&cfg).unwrap());
+    let (stop_tx, stop) = watch::channel(StopRequest::Running);
+    let worker = tokio::spawn(kiln_worker::connection::serve_with_policy(cfg, policy, stop));
+
+    let marker = format!("1001.{}", std::process::id());
+    let workdir = dir.path().join("b1/build");
+    let shell = |cmd: String| {
+        Args::from_pairs([("workdir", Value::from(workdir.to_str().unwrap())), ("command", Value::from(cmd))])
+    };
+    let mut ws = accept(&listener, "w1:pass1").await.unwrap();
+    send(&mut ws, 0, Op::StartCommand { builder_name: None, command_id: "1".into(), command_name: "shell".into(), args: shell(format!("sleep {marker}")) }).await;
+    assert_eq!(expect_response(&mut ws, 0).await, Response::ok(0));
+    let deadline = Instant::now() + T;
+    while !alive_with(&marker) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(ws);
+
+    let mut ws = accept(&listener, "w1:pass1").await.expect("the worker reconnects");
+    assert!(alive_with(&marker), "a long grace period keeps the orphan alive while nothing else runs");
+    send(&mut ws, 0, Op::StartCommand { builder_name: None, command_id: "1".into(), command_name: "shell".into(), args: shell("true".into()) }).await;
+    assert_eq!(expect_response(&mut ws, 0).await, Response::ok(0));
+    assert!(!alive_with(&marker), "the orphan is dead before the new session's command starts");
+    // The new command (same id as the orphan's: ids restart per session) completes normally.
+    loop {
+        match recv(&mut ws).await {
+            Message::Request { op: Op::Complete { command_id, failure }, .. } => {
+                assert_eq!((command_id.as_str(), failure), ("1", None));
+                break;
+            }
+            Message::Request { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    stop_tx.send(StopRequest::Now).unwrap();
+    timeout(T, worker).await.unwrap().unwrap().unwrap();
+}

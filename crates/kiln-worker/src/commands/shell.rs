@@ -116,6 +116,11 @@ pub async fn rmdir(ctx: &mut CommandCtx, args: PathsArgs) -> Result<(), String> 
             Err(e) => return Err(e.to_string()),
         }
     }
+    finish_helper(ctx, rc, interrupted).await
+}
+
+/// The end of `rmdir`/`cpdir`: `rc`, then `elapsed` unless interrupted.
+async fn finish_helper(ctx: &mut CommandCtx, rc: i64, interrupted: bool) -> Result<(), String> {
     ctx.push(UpdateItem::Rc(rc)).await;
     if !interrupted {
         let elapsed = ctx.elapsed();
@@ -128,7 +133,7 @@ pub async fn rmdir(ctx: &mut CommandCtx, args: PathsArgs) -> Result<(), String> 
 pub async fn cpdir(ctx: &mut CommandCtx, args: CpdirArgs) -> Result<(), String> {
     refuse_root(ctx).await?;
     if let Some(parent) = Path::new(&args.to_path).parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        super::fs::create_dirs_for_builds(parent, ctx.policy.run_as.as_ref()).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     #[cfg(unix)]
     let (rc, interrupted) = {
@@ -148,12 +153,7 @@ pub async fn cpdir(ctx: &mut CommandCtx, args: CpdirArgs) -> Result<(), String> 
             Err(e) => return Err(e.to_string()),
         }
     };
-    ctx.push(UpdateItem::Rc(rc)).await;
-    if !interrupted {
-        let elapsed = ctx.elapsed();
-        ctx.push(UpdateItem::Elapsed(elapsed)).await;
-    }
-    Ok(())
+    finish_helper(ctx, rc, interrupted).await
 }
 
 #[cfg(windows)]
@@ -257,7 +257,7 @@ async fn run_child(ctx: &mut CommandCtx, spec: &ChildSpec) -> Result<ChildOutcom
         use_pty = false;
     }
     if !spec.workdir.is_dir() {
-        create_workdir(&spec.workdir, ctx.policy.run_as.as_ref()).map_err(|e| format!("cannot create workdir {}: {e}", spec.workdir.display()))?;
+        super::fs::create_dirs_for_builds(&spec.workdir, ctx.policy.run_as.as_ref()).map_err(|e| format!("cannot create workdir {}: {e}", spec.workdir.display()))?;
     }
     send_headers(ctx, spec, use_pty).await;
 
@@ -686,7 +686,14 @@ impl LogWatcher {
                 return Vec::new();
             };
             let Ok(mut f) = std::fs::File::open(&self.path) else { return Vec::new() };
-            if self.follow && f.seek(SeekFrom::Start(sig.size)).is_err() {
+            // `follow`: only what was added since the command started. (Buildbot seeks
+            // to the size found when it noticed the change, which loses whatever was
+            // written before its first poll; we keep it.)
+            let start = match &self.old {
+                Some(old) if self.follow && sig.size >= old.size => old.size,
+                _ => 0,
+            };
+            if f.seek(SeekFrom::Start(start)).is_err() {
                 return Vec::new();
             }
             self.file = Some(f);
@@ -707,29 +714,6 @@ impl LogWatcher {
         }
         out
     }
-}
-
-/// Creates a missing workdir; with a build user, the directories created are given to it.
-fn create_workdir(dir: &Path, run_as: Option<&process::RunAs>) -> std::io::Result<()> {
-    let mut missing = Vec::new();
-    let mut p = Some(dir);
-    while let Some(d) = p {
-        if d.exists() {
-            break;
-        }
-        missing.push(d.to_path_buf());
-        p = d.parent();
-    }
-    std::fs::create_dir_all(dir)?;
-    #[cfg(unix)]
-    if let Some(user) = run_as {
-        for d in missing.iter().rev() {
-            std::os::unix::fs::chown(d, Some(user.uid), Some(user.gid))?;
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (run_as, missing);
-    Ok(())
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -12,6 +12,10 @@
 //!     is a child subreaper ([`init_process_control`]) so orphans come back to it;
 //!     adopted ones are reaped by pid, never with `waitpid(-1)`, so tokio keeps
 //!     its own children.
+//!     Processes found once stay tracked by pid and start time even after their
+//!     parent dies. Not caught: a process that both clears its environment and
+//!     detaches (setsid + double fork) before the kill looks for it; the bubblewrap
+//!     sandbox (a PID namespace dying with it) closes that gap.
 //!   - other Unixes: the process group.
 //!   - Windows: a job object (`KILL_ON_JOB_CLOSE`).
 

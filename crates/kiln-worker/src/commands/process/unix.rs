@@ -1,7 +1,7 @@
 //! Unix process control: process groups, pseudo-terminals, the build user, rlimits;
 //! on Linux also the cookie scan of `/proc`, the subreaper and reaping of adopted orphans.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -69,19 +69,28 @@ pub(super) fn lookup_user(name: &str) -> Result<RunAs, String> {
     Ok(RunAs { name: user.name, uid: user.uid.as_raw(), gid, groups })
 }
 
-/// Processes this worker spawned (owned by tokio: never reaped here), orphans it
-/// adopted (reaped here), and the process groups of recent commands.
+/// Processes this worker spawned (owned by tokio: never reaped here), processes of
+/// build commands to reap once they are our zombie children (pid → start time, so a
+/// reused pid is never mistaken for one), and the process groups of recent commands.
 struct Registry {
     spawned: HashSet<i32>,
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    adopted: HashSet<i32>,
+    adopted: HashMap<i32, u64>,
     pgids: VecDeque<i32>,
 }
 
 static REGISTRY: LazyLock<Mutex<Registry>> =
-    LazyLock::new(|| Mutex::new(Registry { spawned: HashSet::new(), adopted: HashSet::new(), pgids: VecDeque::new() }));
+    LazyLock::new(|| Mutex::new(Registry { spawned: HashSet::new(), adopted: HashMap::new(), pgids: VecDeque::new() }));
 static COOKIE_PREFIX: OnceLock<String> = OnceLock::new();
 static COOKIE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Notes a process group used by build processes (the last 4096 are kept).
+fn remember_group(reg: &mut Registry, pgid: i32) {
+    reg.pgids.push_back(pgid);
+    if reg.pgids.len() > 4096 {
+        reg.pgids.pop_front();
+    }
+}
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
@@ -300,15 +309,12 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
         let child = cmd.spawn()?;
         let pid = child.id().expect("a child that was just spawned has a pid") as i32;
         reg.spawned.insert(pid);
-        reg.pgids.push_back(pid);
-        if reg.pgids.len() > 4096 {
-            reg.pgids.pop_front();
-        }
+        remember_group(&mut reg, pid);
         child
     };
     drop(cmd); // closes our copies of the PTY slave
     let pid = child.id().expect("not yet waited for") as i32;
-    let tree = ProcessTree { pid, cookie, reaped: false, done: false };
+    let tree = ProcessTree { pid, cookie, known: HashMap::new(), reaped: false, done: false };
     let (stdout, stderr) = match pty_master {
         Some(master) => {
             // Nobody will type: an end-of-file at the start of the line makes a
@@ -329,6 +335,9 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
 pub struct ProcessTree {
     pid: i32,
     cookie: String,
+    /// Processes seen in this tree (pid → start time), tracked even once orphaned.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    known: HashMap<i32, u64>,
     /// The main child was waited for: its pid (and group id) may be reused.
     reaped: bool,
     done: bool,
@@ -346,12 +355,16 @@ impl ProcessTree {
 
     /// Sends `sig` to every process of the command.
     pub fn signal(&mut self, sig: KillSignal) {
+        // Found before anything dies: a dead parent's children are reparented, and the
+        // link to them is lost.
+        #[cfg(target_os = "linux")]
+        let members = linux::members(self.pid, &self.cookie, self.reaped, &mut self.known);
         if !self.reaped {
             let _ = killpg(Pid::from_raw(self.pid), sig.0);
             let _ = kill(Pid::from_raw(self.pid), sig.0);
         }
         #[cfg(target_os = "linux")]
-        for p in linux::members(self.pid, &self.cookie, self.reaped) {
+        for (p, _) in members {
             let _ = kill(Pid::from_raw(p), sig.0);
         }
     }
@@ -362,21 +375,21 @@ impl ProcessTree {
     pub fn kill_all(&mut self) {
         #[cfg(target_os = "linux")]
         {
-            let mut frozen = HashSet::new();
+            let mut frozen: HashMap<i32, u64> = HashMap::new();
             for _ in 0..50 {
-                let fresh: Vec<i32> = linux::members(self.pid, &self.cookie, self.reaped).into_iter().filter(|p| frozen.insert(*p)).collect();
+                let fresh: Vec<(i32, u64)> = linux::members(self.pid, &self.cookie, self.reaped, &mut self.known).into_iter().filter(|(p, start)| frozen.insert(*p, *start).is_none()).collect();
                 if fresh.is_empty() {
                     break;
                 }
-                for p in fresh {
+                for (p, _) in fresh {
                     let _ = kill(Pid::from_raw(p), Signal::SIGSTOP);
                 }
             }
             if !self.reaped {
                 let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
             }
-            for p in frozen {
-                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            for p in frozen.keys() {
+                let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
             }
             linux::reap_adopted();
         }
@@ -419,13 +432,15 @@ mod linux {
     use nix::sys::wait::{WaitPidFlag, waitpid};
     use nix::unistd::Pid;
 
-    use super::{COOKIE_VAR, cookie_prefix, registry};
+    use super::{COOKIE_VAR, cookie_prefix, registry, remember_group};
 
     pub(super) struct Proc {
         pub pid: i32,
         pub ppid: i32,
         pub pgrp: i32,
         pub zombie: bool,
+        /// Start time (clock ticks since boot): with the pid, identifies the process.
+        pub start: u64,
     }
 
     pub(super) fn stat(pid: i32) -> Option<Proc> {
@@ -437,7 +452,9 @@ mod linux {
         let state = f.next()?;
         let ppid = f.next()?.parse().ok()?;
         let pgrp = f.next()?.parse().ok()?;
-        Some(Proc { pid, ppid, pgrp, zombie: state == "Z" || state == "X" })
+        // Field 22 (starttime); the next field is 6 (session).
+        let start = f.nth(16)?.parse().ok()?;
+        Some(Proc { pid, ppid, pgrp, zombie: state == "Z" || state == "X", start })
     }
 
     fn all() -> Vec<Proc> {
@@ -461,9 +478,10 @@ mod linux {
     }
 
     /// The live processes of a command: its main process (unless reaped) and group,
-    /// every process carrying its cookie, and all their descendants. Members that
-    /// are the worker's own (adopted) children are remembered for reaping.
-    pub(super) fn members(pid: i32, cookie: &str, reaped: bool) -> Vec<i32> {
+    /// every process carrying its cookie, every process seen before (`known`, pid and
+    /// start time), and all their descendants. All are added to `known`, and noted
+    /// for reaping should they end up as the worker's zombie children.
+    pub(super) fn members(pid: i32, cookie: &str, reaped: bool, known: &mut HashMap<i32, u64>) -> Vec<(i32, u64)> {
         let me = std::process::id() as i32;
         let procs = all();
         let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
@@ -473,14 +491,17 @@ mod linux {
         let mut found: HashSet<i32> = HashSet::new();
         let mut queue: Vec<i32> = Vec::new();
         for p in &procs {
-            if p.pid == me || p.pid <= 1 || p.zombie {
+            if p.pid == me || p.pid <= 1 {
                 continue;
             }
-            let ours = (!reaped && (p.pid == pid || p.pgrp == pid)) || environ(p.pid).is_some_and(|e| has_cookie(&e, cookie, false));
+            let ours = known.get(&p.pid) == Some(&p.start)
+                || (!reaped && (p.pid == pid || p.pgrp == pid))
+                || (!p.zombie && environ(p.pid).is_some_and(|e| has_cookie(&e, cookie, false)));
             if ours && found.insert(p.pid) {
                 queue.push(p.pid);
             }
         }
+        // Descendants (through zombies too: their children are not reparented yet).
         while let Some(p) = queue.pop() {
             for &c in children.get(&p).into_iter().flatten() {
                 if c != me && found.insert(c) {
@@ -488,18 +509,21 @@ mod linux {
                 }
             }
         }
-        let zombies: HashSet<i32> = procs.iter().filter(|p| p.zombie).map(|p| p.pid).collect();
-        found.retain(|p| !zombies.contains(p));
-        let adopted: Vec<i32> = procs.iter().filter(|p| p.ppid == me && found.contains(&p.pid)).map(|p| p.pid).collect();
-        if !adopted.is_empty() {
-            let mut reg = registry();
-            for p in adopted {
-                if !reg.spawned.contains(&p) {
-                    reg.adopted.insert(p);
-                }
+        let members: Vec<&Proc> = procs.iter().filter(|p| found.contains(&p.pid)).collect();
+        let worker_group = nix::unistd::getpgrp().as_raw();
+        let mut reg = registry();
+        for p in &members {
+            known.insert(p.pid, p.start);
+            if !reg.spawned.contains(&p.pid) {
+                reg.adopted.insert(p.pid, p.start);
+            }
+            // A group of the build's: a zombie child in it (e.g. the leader of a
+            // setsid'd group that exited before we looked) is ours to reap.
+            if p.pgrp != worker_group && !reg.pgids.contains(&p.pgrp) {
+                remember_group(&mut reg, p.pgrp);
             }
         }
-        found.into_iter().collect()
+        members.iter().filter(|p| !p.zombie).map(|p| (p.pid, p.start)).collect()
     }
 
     /// The worker's children, from `/proc/self/task/*/children` (or a full scan).
@@ -527,6 +551,7 @@ mod linux {
     /// never tokio's children and never with `waitpid(-1)`.
     pub(super) fn reap_adopted() {
         let kids = children_of_self();
+        let worker_group = nix::unistd::getpgrp().as_raw();
         let mut reg = registry();
         for pid in kids {
             if reg.spawned.contains(&pid) {
@@ -534,21 +559,34 @@ mod linux {
             }
             let Some(p) = stat(pid) else { continue };
             if p.zombie {
-                if reg.adopted.contains(&pid) || reg.pgids.contains(&p.pgrp) {
+                if reg.adopted.get(&pid) == Some(&p.start) || (p.pgrp != worker_group && reg.pgids.contains(&p.pgrp)) {
                     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
                     reg.adopted.remove(&pid);
                 }
-            } else if !reg.adopted.contains(&pid) && environ(pid).is_some_and(|e| has_cookie(&e, cookie_prefix(), true)) {
-                reg.adopted.insert(pid);
+            } else if !reg.adopted.contains_key(&pid) && environ(pid).is_some_and(|e| has_cookie(&e, cookie_prefix(), true)) {
+                reg.adopted.insert(pid, p.start);
             }
         }
-        // Forget adopted pids that are gone (reaped above or by nobody's doing).
-        reg.adopted.retain(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        // Forget processes that are gone (reaped above, or by their own parent).
+        reg.adopted.retain(|p, start| stat(*p).is_some_and(|s| s.start == *start));
     }
 
     #[cfg(test)]
     mod tests {
-        use super::has_cookie;
+        use super::{has_cookie, stat};
+
+        #[test]
+        fn stat_fields() {
+            let me = std::process::id() as i32;
+            let p = stat(me).unwrap();
+            let raw = std::fs::read_to_string("/proc/self/stat").unwrap();
+            let fields: Vec<&str> = raw.rsplit(')').next().unwrap().split_whitespace().collect();
+            // fields[0] is field 3 (state).
+            assert_eq!(p.ppid.to_string(), fields[1]);
+            assert_eq!(p.pgrp.to_string(), fields[2]);
+            assert_eq!(p.start.to_string(), fields[19]);
+            assert!(!p.zombie);
+        }
 
         #[test]
         fn cookie_entries_match_exactly() {
