@@ -38,23 +38,42 @@ impl Output {
         }
     }
 
-    /// Adds an item, sending the pending batch first if this one would overflow it.
+    /// Adds an item. A line item that does not fit the pending batch fills it up,
+    /// along line boundaries; each full batch goes out and the rest stays pending,
+    /// so a fast stream travels in batches of close to `buffer_size`.
     pub async fn push(&mut self, item: UpdateItem) {
-        let w = item.weight();
-        if !self.pending.is_empty() && self.weight + w > self.buffer_size {
-            self.flush().await;
-        }
-        if w > self.buffer_size {
-            // Too big for one batch: split along line boundaries.
-            for part in split_item(item, self.buffer_size) {
-                self.add(part);
-                self.flush().await;
+        let mut item = item;
+        loop {
+            if self.weight + item.weight() <= self.buffer_size {
+                self.add(item);
+                if self.weight >= self.buffer_size {
+                    self.flush().await;
+                }
+                return;
             }
-            return;
-        }
-        self.add(item);
-        if self.weight >= self.buffer_size {
-            self.flush().await;
+            let room = self.buffer_size - self.weight;
+            match split_off_prefix(item, room) {
+                // Nothing of it fits (or it has no lines): send what is pending first.
+                (None, Some(rest)) if !self.pending.is_empty() => {
+                    self.flush().await;
+                    item = rest;
+                }
+                // A single line heavier than a whole batch goes out alone.
+                (None, Some(rest)) => {
+                    self.add(rest);
+                    self.flush().await;
+                    return;
+                }
+                (Some(head), rest) => {
+                    self.add(head);
+                    self.flush().await;
+                    match rest {
+                        Some(rest) => item = rest,
+                        None => return,
+                    }
+                }
+                (None, None) => return,
+            }
         }
     }
 
@@ -117,36 +136,44 @@ impl Output {
     }
 }
 
-/// Splits an oversized line item into items of at most `max` weight, at line ends.
-fn split_item(item: UpdateItem, max: usize) -> Vec<UpdateItem> {
-    let rebuild = |l: Lines| match &item {
-        UpdateItem::Header(_) => UpdateItem::Header(l),
-        UpdateItem::Stdout(_) => UpdateItem::Stdout(l),
-        UpdateItem::Stderr(_) => UpdateItem::Stderr(l),
-        UpdateItem::Log(name, _) => UpdateItem::Log(name.clone(), l),
-        _ => unreachable!("only line items are split"),
+/// Splits a line item after as many whole lines as fit in `room` weight: the
+/// fitting prefix (if any line fits) and the rest (if anything is left).
+fn split_off_prefix(item: UpdateItem, room: usize) -> (Option<UpdateItem>, Option<UpdateItem>) {
+    let (lines, rebuild): (&Lines, fn(&UpdateItem, Lines) -> UpdateItem) = match &item {
+        UpdateItem::Header(l) => (l, |_, l| UpdateItem::Header(l)),
+        UpdateItem::Stdout(l) => (l, |_, l| UpdateItem::Stdout(l)),
+        UpdateItem::Stderr(l) => (l, |_, l| UpdateItem::Stderr(l)),
+        UpdateItem::Log(_, l) => (l, |i, l| match i {
+            UpdateItem::Log(name, _) => UpdateItem::Log(name.clone(), l),
+            _ => unreachable!(),
+        }),
+        _ => return (None, Some(item)),
     };
-    let lines = match &item {
-        UpdateItem::Header(l) | UpdateItem::Stdout(l) | UpdateItem::Stderr(l) | UpdateItem::Log(_, l) => l.clone(),
-        other => return vec![other.clone()],
-    };
-    let mut parts = Vec::new();
-    let mut cur = Lines::default();
-    let mut cur_chars = 0u32;
-    for (line, time) in lines.text.split_inclusive('\n').zip(&lines.times) {
-        if !cur.text.is_empty() && cur.weight() + line.len() + 16 > max {
-            parts.push(rebuild(std::mem::take(&mut cur)));
-            cur_chars = 0;
+    // Each line weighs its bytes plus 16 (its index and its time).
+    let mut bytes = 0usize;
+    let mut count = 0usize;
+    for line in lines.text.split_inclusive('\n') {
+        if bytes + line.len() + 16 * (count + 1) > room {
+            break;
         }
-        cur_chars += line.chars().count() as u32;
-        cur.text.push_str(line);
-        cur.newlines.push(cur_chars - 1);
-        cur.times.push(*time);
+        bytes += line.len();
+        count += 1;
     }
-    if !cur.text.is_empty() {
-        parts.push(rebuild(cur));
+    if count == 0 {
+        return (None, Some(item));
     }
-    parts
+    if count == lines.newlines.len() {
+        return (Some(item), None);
+    }
+    let (head_text, tail_text) = lines.text.split_at(bytes);
+    let head_chars = lines.newlines[count - 1] + 1;
+    let head = Lines { text: head_text.to_owned(), newlines: lines.newlines[..count].to_vec(), times: lines.times[..count].to_vec() };
+    let tail = Lines {
+        text: tail_text.to_owned(),
+        newlines: lines.newlines[count..].iter().map(|p| p - head_chars).collect(),
+        times: lines.times[count..].to_vec(),
+    };
+    (Some(rebuild(&item, head)), Some(rebuild(&item, tail)))
 }
 
 #[cfg(test)]
@@ -195,5 +222,40 @@ mod tests {
             }
         }
         assert_eq!(joined, text, "nothing is lost or reordered");
+    }
+
+    #[tokio::test]
+    async fn a_fast_stream_fills_each_batch() {
+        let (link, mut rx) = MasterLink::channel(256);
+        let mut out = Output::new("1".into(), link, 1000, 5.0);
+        out.push(UpdateItem::Header(Lines::from_text("hdr\n", 0.5))).await;
+        // Output arrives in reads of many lines, each read heavier than a batch.
+        let mut sent = String::new();
+        for read in 0..5 {
+            let text: String = (0..40).map(|i| format!("r{read}l{i:02}xxxxxxxx\n")).collect();
+            sent.push_str(&text);
+            out.push(UpdateItem::Stdout(Lines::from_text(text, f64::from(read)))).await;
+        }
+        out.flush().await;
+        let batches = collect(&mut rx);
+        let weights: Vec<usize> = batches.iter().map(|b| b.iter().map(UpdateItem::weight).sum()).collect();
+        assert!(weights.iter().all(|w| *w <= 1000), "no batch over buffer_size: {weights:?}");
+        let line_weight = "r0l00xxxxxxxx\n".len() + 16;
+        for w in &weights[..weights.len() - 1] {
+            assert!(w + line_weight > 1000, "every batch but the last is full: {weights:?}");
+        }
+        let stdout: String = batches
+            .iter()
+            .flatten()
+            .filter_map(|i| match i {
+                UpdateItem::Stdout(l) => {
+                    assert_eq!(l.newlines, Lines::from_text(l.text.clone(), 0.0).newlines, "positions restart in each part");
+                    assert_eq!(l.times.len(), l.newlines.len());
+                    Some(l.text.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stdout, sent, "nothing is lost or reordered");
     }
 }
