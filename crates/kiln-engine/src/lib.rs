@@ -6,3 +6,4 @@ pub mod clock;
 pub mod results;
 
 pub use clock::{Clock, FakeClock, SystemClock};
+pub mod distributor;
