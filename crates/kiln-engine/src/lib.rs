@@ -8,3 +8,4 @@ pub mod results;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub mod distributor;
 pub mod schedulers;
+pub mod build;
