@@ -1,5 +1,5 @@
 //! A build's state machine: which step runs next, how results merge, and what stop,
-//! worker loss and internal errors do. The master drives it: it asks [`BuildMachine::next`]
+//! worker loss and internal errors do. The master drives it: it asks [`BuildMachine::next_action`]
 //! what to do, runs the step on the worker, and reports how it ended.
 //!
 //! Rules (Buildbot's `process/build.py`):
@@ -100,7 +100,7 @@ impl BuildMachine {
         self.current
     }
 
-    pub fn next(&mut self) -> Action {
+    pub fn next_action(&mut self) -> Action {
         if let Some(o) = &self.outcome {
             return Action::Finished(o.clone());
         }
@@ -204,7 +204,7 @@ pub trait StepRunner {
 /// Drives a build to its end with `runner`.
 pub fn run_build(build: &mut BuildMachine, runner: &mut impl StepRunner) -> BuildOutcome {
     loop {
-        match build.next() {
+        match build.next_action() {
             Action::StartStep(i) => {
                 let step = build.steps[i].clone();
                 let end = if runner.do_step_if(i, &step) { runner.run(i, &step, build) } else { StepEnd::Skipped };

@@ -141,15 +141,15 @@ fn stop_cancels_and_runs_always_run_steps() {
 #[test]
 fn interrupted_step_that_ends_normally_is_exception() {
     let mut b = BuildMachine::new(cpython_steps());
-    assert_eq!(b.next(), Action::StartStep(0));
-    assert_eq!(b.next(), Action::Wait);
+    assert_eq!(b.next_action(), Action::StartStep(0));
+    assert_eq!(b.next_action(), Action::Wait);
     assert_eq!(b.stop("x"), Some(0));
     assert_eq!(b.stop("again"), None);
     // The command returned 0 after the interrupt: EXCEPTION, as Buildbot does.
     assert_eq!(b.step_finished(0, StepEnd::Finished(Success)), Exception);
-    assert_eq!(b.next(), Action::StartStep(5));
+    assert_eq!(b.next_action(), Action::StartStep(5));
     b.step_finished(5, StepEnd::Finished(Success));
-    match b.next() {
+    match b.next_action() {
         Action::Finished(o) => assert_eq!(o.results, Cancelled),
         a => panic!("{a:?}"),
     }
@@ -158,10 +158,10 @@ fn interrupted_step_that_ends_normally_is_exception() {
 #[test]
 fn stop_between_steps() {
     let mut b = BuildMachine::new(cpython_steps());
-    assert_eq!(b.next(), Action::StartStep(0));
+    assert_eq!(b.next_action(), Action::StartStep(0));
     b.step_finished(0, StepEnd::Finished(Success));
     assert_eq!(b.stop("user"), None);
-    assert_eq!(b.next(), Action::StartStep(5));
+    assert_eq!(b.next_action(), Action::StartStep(5));
 }
 
 #[test]
@@ -176,11 +176,11 @@ fn worker_lost_is_retry_and_requeued() {
 #[test]
 fn worker_lost_after_stop_stays_cancelled() {
     let mut b = BuildMachine::new(cpython_steps());
-    assert_eq!(b.next(), Action::StartStep(0));
+    assert_eq!(b.next_action(), Action::StartStep(0));
     b.stop("user");
     b.worker_lost();
     b.step_finished(0, StepEnd::ConnectionLost);
-    match b.next() {
+    match b.next_action() {
         Action::Finished(o) => assert_eq!((o.results, o.requeue), (Cancelled, false)),
         a => panic!("{a:?}"),
     }
@@ -189,17 +189,17 @@ fn worker_lost_after_stop_stays_cancelled() {
 #[test]
 fn internal_error_ends_with_exception() {
     let mut b = BuildMachine::new(cpython_steps());
-    assert_eq!(b.next(), Action::StartStep(0));
+    assert_eq!(b.next_action(), Action::StartStep(0));
     let o = b.internal_error();
     assert_eq!((o.results, o.requeue), (Exception, false));
-    assert_eq!(b.next(), Action::Finished(o));
+    assert_eq!(b.next_action(), Action::Finished(o));
 }
 
 #[test]
 fn added_steps_run_at_the_end() {
     let mut b = BuildMachine::new(vec![step("a", |_| {})]);
-    assert_eq!(b.next(), Action::StartStep(0));
+    assert_eq!(b.next_action(), Action::StartStep(0));
     b.add_steps(vec![step("b", |_| {})]);
     b.step_finished(0, StepEnd::Finished(Success));
-    assert_eq!(b.next(), Action::StartStep(1));
+    assert_eq!(b.next_action(), Action::StartStep(1));
 }
