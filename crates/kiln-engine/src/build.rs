@@ -120,7 +120,11 @@ impl BuildMachine {
 
     /// The running step ended. Returns the step's final result.
     pub fn step_finished(&mut self, index: usize, end: StepEnd) -> Results {
-        assert_eq!(self.current, Some(index), "step {index} is not the running step");
+        assert_eq!(
+            self.current,
+            Some(index),
+            "step {index} is not the running step"
+        );
         self.current = None;
         let r = step_result(end, self.stopped);
         self.step_results[index] = Some(r);
@@ -166,7 +170,11 @@ impl BuildMachine {
         }
         self.current = None;
         self.results = self.results.worst(Results::Exception);
-        let o = BuildOutcome { results: self.results, requeue: self.results == Results::Retry, state_string: "build exception".into() };
+        let o = BuildOutcome {
+            results: self.results,
+            requeue: self.results == Results::Retry,
+            state_string: "build exception".into(),
+        };
         self.outcome = Some(o.clone());
         o
     }
@@ -184,7 +192,11 @@ impl BuildMachine {
         if let Some(r) = &self.stop_reason {
             state_string.push_str(&format!(" ({r})"));
         }
-        let o = BuildOutcome { results: self.results, requeue: self.results == Results::Retry, state_string };
+        let o = BuildOutcome {
+            results: self.results,
+            requeue: self.results == Results::Retry,
+            state_string,
+        };
         self.outcome = Some(o.clone());
         o
     }
@@ -207,7 +219,11 @@ pub fn run_build(build: &mut BuildMachine, runner: &mut impl StepRunner) -> Buil
         match build.next_action() {
             Action::StartStep(i) => {
                 let step = build.steps[i].clone();
-                let end = if runner.do_step_if(i, &step) { runner.run(i, &step, build) } else { StepEnd::Skipped };
+                let end = if runner.do_step_if(i, &step) {
+                    runner.run(i, &step, build)
+                } else {
+                    StepEnd::Skipped
+                };
                 build.step_finished(i, end);
             }
             Action::Wait => unreachable!("run_build reports every step it starts"),

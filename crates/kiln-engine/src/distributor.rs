@@ -48,14 +48,24 @@ pub struct SourceForCollapse {
 /// Buildbot's default `collapseRequests` rule as a key: same codebases, and per codebase the same
 /// repository, branch and project; no patch; if it has changes, any revision, else the same
 /// revision; and the same scheduler-set properties (pass them already filtered, e.g. as JSON).
-pub fn collapse_key(sources: &[SourceForCollapse], buildset_properties: &str) -> Option<CollapseKey> {
+pub fn collapse_key(
+    sources: &[SourceForCollapse],
+    buildset_properties: &str,
+) -> Option<CollapseKey> {
     let mut parts: Vec<String> = Vec::new();
     for s in sources {
         if s.has_patch {
             return None;
         }
-        let rev = if s.has_changes { "*changes*".to_string() } else { format!("rev={:?}", s.revision) };
-        parts.push(format!("{:?}|{:?}|{:?}|{:?}|{}", s.codebase, s.repository, s.branch, s.project, rev));
+        let rev = if s.has_changes {
+            "*changes*".to_string()
+        } else {
+            format!("rev={:?}", s.revision)
+        };
+        parts.push(format!(
+            "{:?}|{:?}|{:?}|{:?}|{}",
+            s.codebase, s.repository, s.branch, s.project, rev
+        ));
     }
     parts.sort();
     Some(format!("{}#{}", parts.join(";"), buildset_properties))
@@ -99,7 +109,11 @@ impl LockDef {
     fn max_for(&self, worker: WorkerId) -> u32 {
         match self.scope {
             LockScope::Master => self.max_count,
-            LockScope::Worker => self.max_count_for_worker.get(&worker).copied().unwrap_or(self.max_count),
+            LockScope::Worker => self
+                .max_count_for_worker
+                .get(&worker)
+                .copied()
+                .unwrap_or(self.max_count),
         }
     }
 }
@@ -127,9 +141,12 @@ pub struct Downtime {
 
 impl Downtime {
     pub fn contains(&self, now: Epoch) -> bool {
-        let Some(utc) = DateTime::from_timestamp(now, 0) else { return false };
+        let Some(utc) = DateTime::from_timestamp(now, 0) else {
+            return false;
+        };
         let local = utc.with_timezone(&self.tz);
-        let t = NaiveTime::from_hms_opt(local.hour(), local.minute(), local.second()).unwrap_or_default();
+        let t = NaiveTime::from_hms_opt(local.hour(), local.minute(), local.second())
+            .unwrap_or_default();
         let day_ok = |d: Weekday| self.days.is_empty() || self.days.contains(&d);
         let today = local.weekday();
         if self.start < self.end {
@@ -197,13 +214,22 @@ struct State<'a> {
 
 impl<'a> State<'a> {
     fn key(lock: &LockDef, worker: WorkerId) -> (String, Option<WorkerId>) {
-        (lock.name.clone(), if lock.scope == LockScope::Worker { Some(worker) } else { None })
+        (
+            lock.name.clone(),
+            if lock.scope == LockScope::Worker {
+                Some(worker)
+            } else {
+                None
+            },
+        )
     }
 
     fn locks_free(&self, builder: &BuilderDef, worker: WorkerId) -> bool {
         builder.locks.iter().all(|(name, access)| {
             // An unknown lock cannot be taken: the config crate rejects it earlier.
-            let Some(def) = self.locks.get(name.as_str()) else { return false };
+            let Some(def) = self.locks.get(name.as_str()) else {
+                return false;
+            };
             let used = self.usage.get(&Self::key(def, worker));
             let (c, e) = used.map(|u| (u.counting, u.exclusive)).unwrap_or((0, 0));
             match access {
@@ -230,10 +256,16 @@ impl<'a> State<'a> {
 
 /// Decides which requests start now and where. See the module documentation for the rules.
 pub fn distribute(snapshot: &Snapshot, now: Epoch) -> Vec<Assignment> {
-    let builders: HashMap<BuilderId, &BuilderDef> = snapshot.builders.iter().map(|b| (b.id, b)).collect();
-    let workers: HashMap<WorkerId, &WorkerState> = snapshot.workers.iter().map(|w| (w.id, w)).collect();
+    let builders: HashMap<BuilderId, &BuilderDef> =
+        snapshot.builders.iter().map(|b| (b.id, b)).collect();
+    let workers: HashMap<WorkerId, &WorkerState> =
+        snapshot.workers.iter().map(|w| (w.id, w)).collect();
     let mut st = State {
-        locks: snapshot.locks.iter().map(|l| (l.name.as_str(), l)).collect(),
+        locks: snapshot
+            .locks
+            .iter()
+            .map(|l| (l.name.as_str(), l))
+            .collect(),
         usage: HashMap::new(),
         load: HashMap::new(),
         busy_pairs: BTreeSet::new(),
@@ -253,7 +285,12 @@ pub fn distribute(snapshot: &Snapshot, now: Epoch) -> Vec<Assignment> {
         }
     }
     for q in queues.values_mut() {
-        q.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.submitted_at.cmp(&b.submitted_at)).then(a.id.cmp(&b.id)));
+        q.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.submitted_at.cmp(&b.submitted_at))
+                .then(a.id.cmp(&b.id))
+        });
     }
 
     let mut started: HashMap<BuilderId, u32> = HashMap::new();
@@ -266,7 +303,13 @@ pub fn distribute(snapshot: &Snapshot, now: Epoch) -> Vec<Assignment> {
             .filter(|(b, q)| !q.is_empty() && !blocked.contains(b))
             .min_by_key(|(b, q)| {
                 let head = q[0];
-                (-builders[b].priority, -head.priority, started.get(b).copied().unwrap_or(0), head.submitted_at, head.id)
+                (
+                    -builders[b].priority,
+                    -head.priority,
+                    started.get(b).copied().unwrap_or(0),
+                    head.submitted_at,
+                    head.id,
+                )
             })
             .map(|(b, _)| *b);
         let Some(bid) = next else { break };
@@ -297,17 +340,31 @@ pub fn distribute(snapshot: &Snapshot, now: Epoch) -> Vec<Assignment> {
         if builder.collapse_requests
             && let Some(key) = &head.collapse_key
         {
-            let (same, rest): (Vec<_>, Vec<_>) = queue.drain(..).partition(|p| p.collapse_key.as_ref() == Some(key));
+            let (same, rest): (Vec<_>, Vec<_>) = queue
+                .drain(..)
+                .partition(|p| p.collapse_key.as_ref() == Some(key));
             *queue = rest;
             group.extend(same);
         }
         // The newest of the group starts; the rest are merged into it.
-        let newest = *group.iter().max_by_key(|p| (p.submitted_at, p.id)).expect("group is not empty");
-        let mut collapsed: Vec<BuildRequestId> = group.iter().filter(|p| p.id != newest.id).map(|p| p.id).collect();
+        let newest = *group
+            .iter()
+            .max_by_key(|p| (p.submitted_at, p.id))
+            .expect("group is not empty");
+        let mut collapsed: Vec<BuildRequestId> = group
+            .iter()
+            .filter(|p| p.id != newest.id)
+            .map(|p| p.id)
+            .collect();
         collapsed.sort();
         st.take(builder, wid);
         *started.entry(bid).or_default() += 1;
-        out.push(Assignment { request: newest.id, builder: bid, worker: wid, collapsed });
+        out.push(Assignment {
+            request: newest.id,
+            builder: bid,
+            worker: wid,
+            collapsed,
+        });
     }
     out
 }

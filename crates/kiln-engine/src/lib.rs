@@ -6,6 +6,7 @@ pub mod clock;
 pub mod results;
 
 pub use clock::{Clock, FakeClock, SystemClock};
-pub mod distributor;
-pub mod schedulers;
 pub mod build;
+pub mod distributor;
+pub mod queue;
+pub mod schedulers;

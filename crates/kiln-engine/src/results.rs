@@ -104,7 +104,8 @@ impl DecodeRc {
         if interrupted {
             return Results::Cancelled;
         }
-        rc.and_then(|rc| self.0.get(&rc).copied()).unwrap_or(Results::Failure)
+        rc.and_then(|rc| self.0.get(&rc).copied())
+            .unwrap_or(Results::Failure)
     }
 }
 
@@ -133,7 +134,11 @@ pub fn step_result(end: StepEnd, stopped: bool) -> Results {
         StepEnd::ConnectionLost => Results::Retry,
         StepEnd::Exception => Results::Exception,
     };
-    if stopped && r != Results::Retry && r != Results::Cancelled { Results::Exception } else { r }
+    if stopped && r != Results::Retry && r != Results::Cancelled {
+        Results::Exception
+    } else {
+        r
+    }
 }
 
 /// A warning-counting step's result (`WarningCountingShellCommand.evaluateCommand`):
@@ -183,10 +188,22 @@ mod tests {
 
     #[test]
     fn warnings_flags() {
-        assert_eq!(combine(&StepFlags::default(), Warnings, Success), (Success, false));
-        assert_eq!(combine(&flags(|f| f.warn_on_warnings = true), Warnings, Success), (Warnings, false));
-        assert_eq!(combine(&flags(|f| f.flunk_on_warnings = true), Warnings, Success), (Failure, false));
-        assert_eq!(combine(&flags(|f| f.flunk_on_warnings = true), Warnings, Exception), (Exception, false));
+        assert_eq!(
+            combine(&StepFlags::default(), Warnings, Success),
+            (Success, false)
+        );
+        assert_eq!(
+            combine(&flags(|f| f.warn_on_warnings = true), Warnings, Success),
+            (Warnings, false)
+        );
+        assert_eq!(
+            combine(&flags(|f| f.flunk_on_warnings = true), Warnings, Success),
+            (Failure, false)
+        );
+        assert_eq!(
+            combine(&flags(|f| f.flunk_on_warnings = true), Warnings, Exception),
+            (Exception, false)
+        );
     }
 
     #[test]
@@ -194,9 +211,18 @@ mod tests {
         for r in [Exception, Retry, Cancelled] {
             assert_eq!(combine(&StepFlags::default(), r, Warnings), (r, true));
         }
-        assert_eq!(combine(&StepFlags::default(), Skipped, Success), (Success, false));
-        assert_eq!(combine(&StepFlags::default(), Skipped, Warnings), (Warnings, false));
-        assert_eq!(combine(&StepFlags::default(), Success, Failure), (Failure, false));
+        assert_eq!(
+            combine(&StepFlags::default(), Skipped, Success),
+            (Success, false)
+        );
+        assert_eq!(
+            combine(&StepFlags::default(), Skipped, Warnings),
+            (Warnings, false)
+        );
+        assert_eq!(
+            combine(&StepFlags::default(), Success, Failure),
+            (Failure, false)
+        );
     }
 
     #[test]

@@ -57,7 +57,11 @@ pub trait Scheduler {
         Vec::new()
     }
     /// A buildset finished (for [`Dependent`]).
-    fn on_buildset_complete(&mut self, _done: &CompletedBuildset, _now: Epoch) -> Vec<BuildsetRequest> {
+    fn on_buildset_complete(
+        &mut self,
+        _done: &CompletedBuildset,
+        _now: Epoch,
+    ) -> Vec<BuildsetRequest> {
         Vec::new()
     }
     /// Time passed: fire whatever is due at `now`.
@@ -80,7 +84,11 @@ pub struct Glob(String);
 
 impl Glob {
     pub fn new(pattern: &str) -> Glob {
-        let p = if pattern.ends_with('/') { format!("{pattern}**") } else { pattern.to_string() };
+        let p = if pattern.ends_with('/') {
+            format!("{pattern}**")
+        } else {
+            pattern.to_string()
+        };
         Glob(p)
     }
 
@@ -88,7 +96,10 @@ impl Glob {
         if self.0.contains('/') {
             glob_match(self.0.as_bytes(), path.as_bytes())
         } else {
-            glob_match(self.0.as_bytes(), path.rsplit('/').next().unwrap_or(path).as_bytes())
+            glob_match(
+                self.0.as_bytes(),
+                path.rsplit('/').next().unwrap_or(path).as_bytes(),
+            )
         }
     }
 }
@@ -130,7 +141,8 @@ pub struct FileImportance {
 
 impl FileImportance {
     pub fn file_is_important(&self, path: &str) -> bool {
-        !self.unimportant.iter().any(|g| g.matches(path)) && (self.important.is_empty() || self.important.iter().any(|g| g.matches(path)))
+        !self.unimportant.iter().any(|g| g.matches(path))
+            && (self.important.is_empty() || self.important.iter().any(|g| g.matches(path)))
     }
 
     pub fn change_is_important(&self, change: &Change) -> bool {
@@ -154,13 +166,17 @@ pub struct ChangeFilter {
 impl ChangeFilter {
     pub fn accepts(&self, c: &Change) -> bool {
         let ok = |list: &[String], v: &String| list.is_empty() || list.contains(v);
-        let ok_opt = |list: &[Option<String>], v: &Option<String>| list.is_empty() || list.contains(v);
+        let ok_opt =
+            |list: &[Option<String>], v: &Option<String>| list.is_empty() || list.contains(v);
         ok_opt(&self.branches, &c.branch)
             && ok(&self.repositories, &c.repository)
             && ok(&self.projects, &c.project)
             && ok(&self.codebases, &c.codebase)
             && ok_opt(&self.categories, &c.category)
-            && self.required_property.as_ref().is_none_or(|p| matches!(c.properties.get(p), Some(v) if truthy(v)))
+            && self
+                .required_property
+                .as_ref()
+                .is_none_or(|p| matches!(c.properties.get(p), Some(v) if truthy(v)))
     }
 }
 
@@ -220,13 +236,21 @@ pub struct ChangeScheduler {
 
 impl ChangeScheduler {
     pub fn new(config: ChangeSchedulerConfig) -> Self {
-        ChangeScheduler { config, timers: BTreeMap::new() }
+        ChangeScheduler {
+            config,
+            timers: BTreeMap::new(),
+        }
     }
 
     fn key(&self, c: &Change) -> TimerKey {
         match self.config.mode {
             BranchMode::Single => Default::default(),
-            BranchMode::Any => (c.codebase.clone(), c.repository.clone(), c.branch.clone(), c.project.clone()),
+            BranchMode::Any => (
+                c.codebase.clone(),
+                c.repository.clone(),
+                c.branch.clone(),
+                c.project.clone(),
+            ),
         }
     }
 
@@ -272,7 +296,11 @@ impl Scheduler for ChangeScheduler {
         }
         let important = self.config.importance.change_is_important(change);
         let Some(stable) = self.config.tree_stable_timer else {
-            return if important { vec![self.buildset(std::slice::from_ref(change))] } else { Vec::new() };
+            return if important {
+                vec![self.buildset(std::slice::from_ref(change))]
+            } else {
+                Vec::new()
+            };
         };
         let key = self.key(change);
         let running = self.timers.contains_key(&key);
@@ -286,7 +314,12 @@ impl Scheduler for ChangeScheduler {
     }
 
     fn poll(&mut self, now: Epoch) -> Vec<BuildsetRequest> {
-        let due: Vec<TimerKey> = self.timers.iter().filter(|(_, p)| p.fire_at <= now).map(|(k, _)| k.clone()).collect();
+        let due: Vec<TimerKey> = self
+            .timers
+            .iter()
+            .filter(|(_, p)| p.fire_at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut out = Vec::new();
         for k in due {
             let p = self.timers.remove(&k).expect("due timer exists");
@@ -346,8 +379,16 @@ pub struct Nightly {
 
 impl Nightly {
     /// `now` is when the scheduler starts: the first firing is the first match after it.
-    pub fn new(name: &str, builders: Vec<String>, sources: Vec<SourceSpec>, pattern: &str, tz: Tz, now: Epoch) -> Result<Self, ScheduleError> {
-        let cron = Cron::from_str(pattern).map_err(|e| ScheduleError::BadCron(format!("{pattern:?}: {e}")))?;
+    pub fn new(
+        name: &str,
+        builders: Vec<String>,
+        sources: Vec<SourceSpec>,
+        pattern: &str,
+        tz: Tz,
+        now: Epoch,
+    ) -> Result<Self, ScheduleError> {
+        let cron = Cron::from_str(pattern)
+            .map_err(|e| ScheduleError::BadCron(format!("{pattern:?}: {e}")))?;
         let mut n = Nightly {
             name: name.to_string(),
             builders,
@@ -368,7 +409,10 @@ impl Nightly {
     /// The first firing strictly after `t`.
     pub fn next_after(&self, t: Epoch) -> Option<Epoch> {
         let local = DateTime::from_timestamp(t, 0)?.with_timezone(&self.tz);
-        self.cron.find_next_occurrence(&local, false).ok().map(|d| d.timestamp())
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|d| d.timestamp())
     }
 }
 
@@ -379,13 +423,16 @@ impl Scheduler for Nightly {
 
     fn on_change(&mut self, change: &Change, _now: Epoch) -> Vec<BuildsetRequest> {
         if self.only_if_changed && self.filter.accepts(change) {
-            self.changes.push((change.changeid, self.importance.change_is_important(change)));
+            self.changes
+                .push((change.changeid, self.importance.change_is_important(change)));
         }
         Vec::new()
     }
 
     fn poll(&mut self, now: Epoch) -> Vec<BuildsetRequest> {
-        let Some(at) = self.next else { return Vec::new() };
+        let Some(at) = self.next else {
+            return Vec::new();
+        };
         if now < at {
             return Vec::new();
         }
@@ -400,7 +447,10 @@ impl Scheduler for Nightly {
             sources: self.sources.clone(),
             changes: changes.into_iter().map(|(id, _)| id).collect(),
             properties: self.properties.clone(),
-            reason: format!("The Nightly scheduler named '{}' triggered this build", self.name),
+            reason: format!(
+                "The Nightly scheduler named '{}' triggered this build",
+                self.name
+            ),
             waited_for: false,
             parent_build: None,
         }]
@@ -441,7 +491,10 @@ impl Scheduler for Periodic {
             sources: self.sources.clone(),
             changes: Vec::new(),
             properties: self.properties.clone(),
-            reason: format!("The Periodic scheduler named '{}' triggered this build", self.name),
+            reason: format!(
+                "The Periodic scheduler named '{}' triggered this build",
+                self.name
+            ),
             waited_for: false,
             parent_build: None,
         }]
@@ -464,7 +517,13 @@ pub struct Triggerable {
 }
 
 impl Triggerable {
-    pub fn trigger(&self, parent_build: BuildId, sources: Vec<SourceSpec>, properties: &Properties, wait_for_finish: bool) -> BuildsetRequest {
+    pub fn trigger(
+        &self,
+        parent_build: BuildId,
+        sources: Vec<SourceSpec>,
+        properties: &Properties,
+        wait_for_finish: bool,
+    ) -> BuildsetRequest {
         let mut props = self.properties.clone();
         props.update(properties);
         BuildsetRequest {
@@ -473,7 +532,10 @@ impl Triggerable {
             sources,
             changes: Vec::new(),
             properties: props,
-            reason: format!("The Triggerable scheduler named '{}' triggered this build", self.name),
+            reason: format!(
+                "The Triggerable scheduler named '{}' triggered this build",
+                self.name
+            ),
             waited_for: wait_for_finish,
             parent_build: Some(parent_build),
         }
@@ -501,8 +563,14 @@ impl Scheduler for Dependent {
         &self.name
     }
 
-    fn on_buildset_complete(&mut self, done: &CompletedBuildset, _now: Epoch) -> Vec<BuildsetRequest> {
-        if done.scheduler != self.upstream || !matches!(done.results, Results::Success | Results::Warnings) {
+    fn on_buildset_complete(
+        &mut self,
+        done: &CompletedBuildset,
+        _now: Epoch,
+    ) -> Vec<BuildsetRequest> {
+        if done.scheduler != self.upstream
+            || !matches!(done.results, Results::Success | Results::Warnings)
+        {
             return Vec::new();
         }
         vec![BuildsetRequest {
@@ -524,8 +592,13 @@ impl Scheduler for Dependent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParamKind {
     /// Free text; with `regex`-free validation by length only.
-    String { max_len: usize },
-    Int { min: i64, max: i64 },
+    String {
+        max_len: usize,
+    },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Bool,
     Choice(Vec<String>),
     /// A value the user cannot change (Buildbot's `FixedParameter`): input is ignored.
@@ -552,7 +625,9 @@ pub enum ForceError {
 impl std::fmt::Display for ForceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ForceError::UnknownBuilder(b) => write!(f, "builder {b:?} is not forceable by this scheduler"),
+            ForceError::UnknownBuilder(b) => {
+                write!(f, "builder {b:?} is not forceable by this scheduler")
+            }
             ForceError::NoBuilders => write!(f, "no builder selected"),
             ForceError::UnknownParameter(p) => write!(f, "unknown parameter {p:?}"),
             ForceError::Missing(p) => write!(f, "parameter {p:?} is required"),
@@ -575,19 +650,29 @@ pub struct Force {
 }
 
 impl Force {
-    pub fn force(&self, owner: &str, builders: &[String], input: &BTreeMap<String, Value>) -> Result<BuildsetRequest, ForceError> {
+    pub fn force(
+        &self,
+        owner: &str,
+        builders: &[String],
+        input: &BTreeMap<String, Value>,
+    ) -> Result<BuildsetRequest, ForceError> {
         if builders.is_empty() {
             return Err(ForceError::NoBuilders);
         }
         if let Some(b) = builders.iter().find(|b| !self.builders.contains(b)) {
             return Err(ForceError::UnknownBuilder(b.clone()));
         }
-        if let Some(k) = input.keys().find(|k| !self.params.iter().any(|p| &p.name == *k)) {
+        if let Some(k) = input
+            .keys()
+            .find(|k| !self.params.iter().any(|p| &p.name == *k))
+        {
             return Err(ForceError::UnknownParameter(k.clone()));
         }
         let mut values: BTreeMap<String, Value> = BTreeMap::new();
         for p in &self.params {
-            let given = input.get(&p.name).filter(|v| !v.is_null() && **v != Value::String(String::new()));
+            let given = input
+                .get(&p.name)
+                .filter(|v| !v.is_null() && **v != Value::String(String::new()));
             let v = match (&p.kind, given) {
                 (ParamKind::Fixed(v), _) => v.clone(),
                 (_, Some(v)) => validate(p, v)?,
@@ -599,7 +684,13 @@ impl Force {
             };
             values.insert(p.name.clone(), v);
         }
-        let text = |k: &str| values.get(k).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_string);
+        let text = |k: &str| {
+            values
+                .get(k)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
         let mut source = self.codebase.clone();
         if let Some(b) = text("branch") {
             source.branch = Some(b);
@@ -613,7 +704,10 @@ impl Force {
         if let Some(p) = text("project") {
             source.project = p;
         }
-        let reason = format!("A build was forced by '{owner}': {}", text("reason").unwrap_or_default());
+        let reason = format!(
+            "A build was forced by '{owner}': {}",
+            text("reason").unwrap_or_default()
+        );
         let mut properties = Properties::default();
         properties.set("owner", owner, "Force Build Form");
         for (k, v) in &values {
@@ -635,7 +729,10 @@ impl Force {
 }
 
 fn validate(p: &ParamDef, v: &Value) -> Result<Value, ForceError> {
-    let bad = |why: String| ForceError::Invalid { name: p.name.clone(), why };
+    let bad = |why: String| ForceError::Invalid {
+        name: p.name.clone(),
+        why,
+    };
     match &p.kind {
         ParamKind::String { max_len } => {
             let s = v.as_str().ok_or_else(|| bad("must be text".into()))?;
@@ -646,7 +743,10 @@ fn validate(p: &ParamDef, v: &Value) -> Result<Value, ForceError> {
         }
         ParamKind::Int { min, max } => {
             // Web forms send numbers as text.
-            let n = v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())).ok_or_else(|| bad("must be an integer".into()))?;
+            let n = v
+                .as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .ok_or_else(|| bad("must be an integer".into()))?;
             if n < *min || n > *max {
                 return Err(bad(format!("must be between {min} and {max}")));
             }

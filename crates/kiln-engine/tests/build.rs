@@ -7,7 +7,10 @@ use kiln_model::Results::{self, *};
 fn step(name: &str, f: impl FnOnce(&mut StepFlags)) -> StepDef {
     let mut flags = StepFlags::default();
     f(&mut flags);
-    StepDef { name: name.into(), flags }
+    StepDef {
+        name: name.into(),
+        flags,
+    }
 }
 
 /// CPython's factory, roughly: git, configure and compile halt on failure; test; clean always runs.
@@ -56,7 +59,10 @@ impl StepRunner for Script {
             assert_eq!(build.worker_lost(), Some(i));
             return StepEnd::ConnectionLost;
         }
-        self.ends.get(&step.name).copied().unwrap_or(StepEnd::Finished(Success))
+        self.ends
+            .get(&step.name)
+            .copied()
+            .unwrap_or(StepEnd::Finished(Success))
     }
 }
 
@@ -67,21 +73,34 @@ fn run(script: &mut Script) -> (BuildOutcome, BuildMachine) {
 }
 
 fn ends(pairs: &[(&str, Results)]) -> HashMap<String, StepEnd> {
-    pairs.iter().map(|(n, r)| (n.to_string(), StepEnd::Finished(*r))).collect()
+    pairs
+        .iter()
+        .map(|(n, r)| (n.to_string(), StepEnd::Finished(*r)))
+        .collect()
 }
 
 #[test]
 fn all_green() {
     let mut s = Script::default();
     let (o, b) = run(&mut s);
-    assert_eq!(o, BuildOutcome { results: Success, requeue: false, state_string: "build successful".into() });
+    assert_eq!(
+        o,
+        BuildOutcome {
+            results: Success,
+            requeue: false,
+            state_string: "build successful".into()
+        }
+    );
     assert_eq!(s.ran.len(), 6);
     assert!(b.step_results().iter().all(|r| *r == Some(Success)));
 }
 
 #[test]
 fn compile_failure_halts_but_clean_runs() {
-    let mut s = Script { ends: ends(&[("compile", Failure)]), ..Default::default() };
+    let mut s = Script {
+        ends: ends(&[("compile", Failure)]),
+        ..Default::default()
+    };
     let (o, b) = run(&mut s);
     assert_eq!((o.results, o.state_string.as_str()), (Failure, "failed"));
     assert_eq!(s.ran, vec!["git", "configure", "compile", "clean"]);
@@ -90,7 +109,10 @@ fn compile_failure_halts_but_clean_runs() {
 
 #[test]
 fn test_failure_does_not_halt() {
-    let mut s = Script { ends: ends(&[("test", Failure), ("clean", Failure)]), ..Default::default() };
+    let mut s = Script {
+        ends: ends(&[("test", Failure), ("clean", Failure)]),
+        ..Default::default()
+    };
     let (o, _) = run(&mut s);
     assert_eq!(o.results, Failure);
     assert_eq!(s.ran.len(), 6);
@@ -99,18 +121,30 @@ fn test_failure_does_not_halt() {
 #[test]
 fn warnings_and_warn_only_failures() {
     // compile warns (warn_on_warnings) → WARNINGS; pythoninfo fails (warn_on_failure) → WARNINGS.
-    let mut s = Script { ends: ends(&[("compile", Warnings)]), ..Default::default() };
+    let mut s = Script {
+        ends: ends(&[("compile", Warnings)]),
+        ..Default::default()
+    };
     assert_eq!(run(&mut s).0.results, Warnings);
-    let mut s = Script { ends: ends(&[("pythoninfo", Failure)]), ..Default::default() };
+    let mut s = Script {
+        ends: ends(&[("pythoninfo", Failure)]),
+        ..Default::default()
+    };
     assert_eq!(run(&mut s).0.results, Warnings);
     // test's WARNINGS with default flags count as SUCCESS.
-    let mut s = Script { ends: ends(&[("test", Warnings)]), ..Default::default() };
+    let mut s = Script {
+        ends: ends(&[("test", Warnings)]),
+        ..Default::default()
+    };
     assert_eq!(run(&mut s).0.results, Success);
 }
 
 #[test]
 fn do_step_if_false_is_skipped_and_neutral() {
-    let mut s = Script { skip: vec!["pythoninfo".into()], ..Default::default() };
+    let mut s = Script {
+        skip: vec!["pythoninfo".into()],
+        ..Default::default()
+    };
     let (o, b) = run(&mut s);
     assert_eq!(o.results, Success);
     assert_eq!(b.step_results()[3], Some(Skipped));
@@ -129,7 +163,10 @@ fn step_exception_terminates_but_always_run_runs() {
 
 #[test]
 fn stop_cancels_and_runs_always_run_steps() {
-    let mut s = Script { stop_during: Some("compile".into()), ..Default::default() };
+    let mut s = Script {
+        stop_during: Some("compile".into()),
+        ..Default::default()
+    };
     let (o, b) = run(&mut s);
     assert_eq!(o.results, Cancelled);
     assert_eq!(o.state_string, "cancelled (no longer needed)");
@@ -166,10 +203,24 @@ fn stop_between_steps() {
 
 #[test]
 fn worker_lost_is_retry_and_requeued() {
-    let mut s = Script { lose_worker_during: Some("test".into()), ..Default::default() };
+    let mut s = Script {
+        lose_worker_during: Some("test".into()),
+        ..Default::default()
+    };
     let (o, b) = run(&mut s);
-    assert_eq!(o, BuildOutcome { results: Retry, requeue: true, state_string: "retry".into() });
-    assert_eq!(s.ran, vec!["git", "configure", "compile", "pythoninfo", "test"], "no always_run step without a worker");
+    assert_eq!(
+        o,
+        BuildOutcome {
+            results: Retry,
+            requeue: true,
+            state_string: "retry".into()
+        }
+    );
+    assert_eq!(
+        s.ran,
+        vec!["git", "configure", "compile", "pythoninfo", "test"],
+        "no always_run step without a worker"
+    );
     assert_eq!(b.step_results()[4], Some(Retry));
 }
 

@@ -5,7 +5,13 @@ use kiln_engine::distributor::*;
 use kiln_model::{BuildRequestId, BuilderId, WorkerId};
 use proptest::prelude::*;
 
-fn req(id: i64, builder: i64, priority: i64, submitted_at: i64, key: Option<&str>) -> PendingRequest {
+fn req(
+    id: i64,
+    builder: i64,
+    priority: i64,
+    submitted_at: i64,
+    key: Option<&str>,
+) -> PendingRequest {
     PendingRequest {
         id: BuildRequestId(id),
         builder: BuilderId(builder),
@@ -26,7 +32,13 @@ fn builder(id: i64, workers: &[i64]) -> BuilderDef {
 }
 
 fn worker(id: i64, max_builds: u32) -> WorkerState {
-    WorkerState { id: WorkerId(id), connected: true, paused: false, max_builds, downtime: vec![] }
+    WorkerState {
+        id: WorkerId(id),
+        connected: true,
+        paused: false,
+        max_builds,
+        downtime: vec![],
+    }
 }
 
 fn started(a: &[Assignment]) -> Vec<(i64, i64)> {
@@ -38,7 +50,11 @@ const T0: i64 = 1_800_000_000;
 #[test]
 fn oldest_first_and_request_priority_wins() {
     let snap = Snapshot {
-        pending: vec![req(1, 1, 0, T0 + 5, None), req(2, 1, 0, T0, None), req(3, 1, 10, T0 + 9, None)],
+        pending: vec![
+            req(1, 1, 0, T0 + 5, None),
+            req(2, 1, 0, T0, None),
+            req(3, 1, 10, T0 + 9, None),
+        ],
         builders: vec![builder(1, &[1])],
         workers: vec![worker(1, 1)],
         ..Default::default()
@@ -68,7 +84,11 @@ fn one_build_per_builder_per_worker_and_max_builds() {
     let mut b = builder(1, &[1, 2]);
     b.collapse_requests = false;
     let snap = Snapshot {
-        pending: vec![req(1, 1, 0, T0, None), req(2, 1, 0, T0 + 1, None), req(3, 1, 0, T0 + 2, None)],
+        pending: vec![
+            req(1, 1, 0, T0, None),
+            req(2, 1, 0, T0 + 1, None),
+            req(3, 1, 0, T0 + 2, None),
+        ],
         builders: vec![b],
         workers: vec![worker(1, 2), worker(2, 1)],
         ..Default::default()
@@ -100,7 +120,9 @@ fn fair_across_builders_of_equal_priority() {
 #[test]
 fn collapsing_starts_newest_and_merges_the_rest() {
     // 10 queued requests on a busy builder, same branch: one follow-up build at the newest.
-    let mut pending: Vec<_> = (1..=10).map(|i| req(i, 1, 0, T0 + i, Some("main"))).collect();
+    let mut pending: Vec<_> = (1..=10)
+        .map(|i| req(i, 1, 0, T0 + i, Some("main")))
+        .collect();
     pending.push(req(11, 1, 0, T0 + 11, Some("3.13")));
     pending.push(req(12, 1, 0, T0 + 12, None));
     let snap = Snapshot {
@@ -112,12 +134,20 @@ fn collapsing_starts_newest_and_merges_the_rest() {
     let a = distribute(&snap, T0 + 100);
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].request, BuildRequestId(10));
-    assert_eq!(a[0].collapsed, (1..=9).map(BuildRequestId).collect::<Vec<_>>());
+    assert_eq!(
+        a[0].collapsed,
+        (1..=9).map(BuildRequestId).collect::<Vec<_>>()
+    );
 
     // Without collapsing, the oldest starts alone.
     let mut b = builder(1, &[1]);
     b.collapse_requests = false;
-    let snap = Snapshot { pending, builders: vec![b], workers: vec![worker(1, 1)], ..Default::default() };
+    let snap = Snapshot {
+        pending,
+        builders: vec![b],
+        workers: vec![worker(1, 1)],
+        ..Default::default()
+    };
     let a = distribute(&snap, T0 + 100);
     assert_eq!((a[0].request, a[0].collapsed.len()), (BuildRequestId(1), 0));
 }
@@ -128,7 +158,10 @@ fn busy_worker_holds_requests() {
         pending: vec![req(1, 1, 0, T0, Some("main"))],
         builders: vec![builder(1, &[1])],
         workers: vec![worker(1, 1)],
-        running: vec![RunningBuild { builder: BuilderId(2), worker: WorkerId(1) }],
+        running: vec![RunningBuild {
+            builder: BuilderId(2),
+            worker: WorkerId(1),
+        }],
         ..Default::default()
     };
     assert!(distribute(&snap, T0).is_empty());
@@ -150,7 +183,12 @@ fn disconnected_and_paused_workers_take_nothing() {
 }
 
 fn lock(name: &str, scope: LockScope, max: u32) -> LockDef {
-    LockDef { name: name.into(), scope, max_count: max, max_count_for_worker: BTreeMap::new() }
+    LockDef {
+        name: name.into(),
+        scope,
+        max_count: max,
+        max_count_for_worker: BTreeMap::new(),
+    }
 }
 
 #[test]
@@ -174,7 +212,10 @@ fn counting_master_lock_limits_the_farm() {
     // With one of them running, only one more starts.
     let mut snap2 = snap.clone();
     snap2.pending.retain(|p| p.id.0 != 1);
-    snap2.running = vec![RunningBuild { builder: BuilderId(1), worker: WorkerId(1) }];
+    snap2.running = vec![RunningBuild {
+        builder: BuilderId(1),
+        worker: WorkerId(1),
+    }];
     assert_eq!(started(&distribute(&snap2, T0 + 10)), vec![(2, 2)]);
 }
 
@@ -189,7 +230,11 @@ fn exclusive_worker_lock() {
     let mut cpu = lock("cpu", LockScope::Worker, 1);
     cpu.max_count_for_worker.insert(WorkerId(1), 2);
     let snap = Snapshot {
-        pending: vec![req(1, 1, 0, T0, None), req(2, 2, 0, T0 + 1, None), req(3, 3, 0, T0 + 2, None)],
+        pending: vec![
+            req(1, 1, 0, T0, None),
+            req(2, 2, 0, T0 + 1, None),
+            req(3, 3, 0, T0 + 2, None),
+        ],
         builders: vec![excl, shared, shared3],
         workers: vec![worker(1, 4)],
         locks: vec![cpu],
@@ -200,7 +245,10 @@ fn exclusive_worker_lock() {
     // While a counting holder runs, the exclusive one waits but another counting one fits.
     let mut snap2 = snap.clone();
     snap2.pending.retain(|p| p.id.0 != 2);
-    snap2.running = vec![RunningBuild { builder: BuilderId(2), worker: WorkerId(1) }];
+    snap2.running = vec![RunningBuild {
+        builder: BuilderId(2),
+        worker: WorkerId(1),
+    }];
     assert_eq!(started(&distribute(&snap2, T0 + 10)), vec![(3, 1)]);
 }
 
@@ -220,11 +268,19 @@ fn downtime_window_blocks_only_that_worker() {
         workers: vec![w1, worker(2, 1)],
         ..Default::default()
     };
-    let at = |h, m| chrono::Utc.with_ymd_and_hms(2027, 3, 10, h, m, 0).unwrap().timestamp();
+    let at = |h, m| {
+        chrono::Utc
+            .with_ymd_and_hms(2027, 3, 10, h, m, 0)
+            .unwrap()
+            .timestamp()
+    };
     assert_eq!(started(&distribute(&snap, at(23, 0))), vec![(2, 2)]);
     assert_eq!(started(&distribute(&snap, at(3, 0))), vec![(2, 2)]);
     assert_eq!(started(&distribute(&snap, at(8, 0))), vec![(1, 1), (2, 2)]);
-    assert_eq!(started(&distribute(&snap, at(21, 59))), vec![(1, 1), (2, 2)]);
+    assert_eq!(
+        started(&distribute(&snap, at(21, 59))),
+        vec![(1, 1), (2, 2)]
+    );
 }
 
 #[test]
@@ -237,14 +293,28 @@ fn weekly_downtime_in_local_time() {
         tz: chrono_tz::America::Los_Angeles,
     };
     let la = chrono_tz::America::Los_Angeles;
-    let t = |day, h| la.with_ymd_and_hms(2027, 1, day, h, 30, 0).unwrap().timestamp();
+    let t = |day, h| {
+        la.with_ymd_and_hms(2027, 1, day, h, 30, 0)
+            .unwrap()
+            .timestamp()
+    };
     assert!(d.contains(t(6, 8))); // Wednesday 6 January 2027, 08:30 PST
     assert!(d.contains(t(6, 9)));
     assert!(!d.contains(t(6, 10)));
     assert!(!d.contains(t(7, 8))); // Thursday
     // Over midnight, the day is the day it starts: Friday 22:00 – Saturday 06:00.
-    let w = Downtime { days: vec![Weekday::Fri], start: NaiveTime::from_hms_opt(22, 0, 0).unwrap(), end: NaiveTime::from_hms_opt(6, 0, 0).unwrap(), tz: chrono_tz::UTC };
-    let u = |day, h| chrono::Utc.with_ymd_and_hms(2027, 1, day, h, 0, 0).unwrap().timestamp();
+    let w = Downtime {
+        days: vec![Weekday::Fri],
+        start: NaiveTime::from_hms_opt(22, 0, 0).unwrap(),
+        end: NaiveTime::from_hms_opt(6, 0, 0).unwrap(),
+        tz: chrono_tz::UTC,
+    };
+    let u = |day, h| {
+        chrono::Utc
+            .with_ymd_and_hms(2027, 1, day, h, 0, 0)
+            .unwrap()
+            .timestamp()
+    };
     assert!(w.contains(u(8, 23))); // Fri
     assert!(w.contains(u(9, 5))); // Sat morning
     assert!(!w.contains(u(9, 23))); // Sat night
@@ -274,12 +344,27 @@ fn collapse_key_follows_buildbot_rules() {
         has_changes: changes,
     };
     // With changes, revisions may differ.
-    assert_eq!(collapse_key(&[ss("main", "a", true, false)], "{}"), collapse_key(&[ss("main", "b", true, false)], "{}"));
+    assert_eq!(
+        collapse_key(&[ss("main", "a", true, false)], "{}"),
+        collapse_key(&[ss("main", "b", true, false)], "{}")
+    );
     // Without, they must match.
-    assert_ne!(collapse_key(&[ss("main", "a", false, false)], "{}"), collapse_key(&[ss("main", "b", false, false)], "{}"));
-    assert_ne!(collapse_key(&[ss("main", "a", true, false)], "{}"), collapse_key(&[ss("3.13", "a", true, false)], "{}"));
-    assert_ne!(collapse_key(&[ss("main", "a", true, false)], "{}"), collapse_key(&[ss("main", "a", true, false)], "{\"x\":1}"));
-    assert_ne!(collapse_key(&[ss("main", "a", true, false)], "{}"), collapse_key(&[ss("main", "a", false, false)], "{}"));
+    assert_ne!(
+        collapse_key(&[ss("main", "a", false, false)], "{}"),
+        collapse_key(&[ss("main", "b", false, false)], "{}")
+    );
+    assert_ne!(
+        collapse_key(&[ss("main", "a", true, false)], "{}"),
+        collapse_key(&[ss("3.13", "a", true, false)], "{}")
+    );
+    assert_ne!(
+        collapse_key(&[ss("main", "a", true, false)], "{}"),
+        collapse_key(&[ss("main", "a", true, false)], "{\"x\":1}")
+    );
+    assert_ne!(
+        collapse_key(&[ss("main", "a", true, false)], "{}"),
+        collapse_key(&[ss("main", "a", false, false)], "{}")
+    );
     assert_eq!(collapse_key(&[ss("main", "a", true, true)], "{}"), None);
 }
 

@@ -31,7 +31,10 @@ fn change(id: i64, branch: &str, files: &[&str]) -> Change {
 fn cpython_importance() -> FileImportance {
     FileImportance {
         important: vec![],
-        unimportant: ["Doc/", "Misc/", ".github/", "*.rst", "*.md", "*.yml"].iter().map(|g| Glob::new(g)).collect(),
+        unimportant: ["Doc/", "Misc/", ".github/", "*.rst", "*.md", "*.yml"]
+            .iter()
+            .map(|g| Glob::new(g))
+            .collect(),
     }
 }
 
@@ -39,7 +42,10 @@ fn branch_scheduler(stable: Option<i64>, mode: BranchMode, branches: &[&str]) ->
     ChangeScheduler::new(ChangeSchedulerConfig {
         name: "main".into(),
         builders: vec!["AMD64 Ubuntu".into(), "ARM64 macOS".into()],
-        filter: ChangeFilter { branches: branches.iter().map(|b| Some(b.to_string())).collect(), ..Default::default() },
+        filter: ChangeFilter {
+            branches: branches.iter().map(|b| Some(b.to_string())).collect(),
+            ..Default::default()
+        },
         importance: cpython_importance(),
         tree_stable_timer: stable,
         mode,
@@ -82,10 +88,17 @@ fn globs() {
 #[test]
 fn file_importance() {
     let imp = cpython_importance();
-    assert!(!imp.change_is_important(&change(1, "main", &["Doc/whatsnew/3.14.rst", "Misc/NEWS.d/next/x.rst"])));
+    assert!(!imp.change_is_important(&change(
+        1,
+        "main",
+        &["Doc/whatsnew/3.14.rst", "Misc/NEWS.d/next/x.rst"]
+    )));
     assert!(imp.change_is_important(&change(1, "main", &["Doc/x.rst", "Lib/os.py"])));
     assert!(imp.change_is_important(&change(1, "main", &[])));
-    let only_c = FileImportance { important: vec![Glob::new("*.c")], unimportant: vec![Glob::new("Doc/")] };
+    let only_c = FileImportance {
+        important: vec![Glob::new("*.c")],
+        unimportant: vec![Glob::new("Doc/")],
+    };
     assert!(only_c.file_is_important("Modules/x.c"));
     assert!(!only_c.file_is_important("Doc/x.c"));
     assert!(!only_c.file_is_important("Lib/x.py"));
@@ -96,8 +109,15 @@ fn five_pushes_within_20s_give_one_buildset_with_all_changes() {
     let clock = FakeClock::new(T0);
     let mut s = branch_scheduler(Some(30), BranchMode::Single, &["main"]);
     for i in 1..=5 {
-        assert!(s.on_change(&change(i, "main", &["Lib/os.py"]), clock.now()).is_empty());
-        assert_eq!(s.next_wakeup(), Some(clock.now() + 30), "each change restarts the timer");
+        assert!(
+            s.on_change(&change(i, "main", &["Lib/os.py"]), clock.now())
+                .is_empty()
+        );
+        assert_eq!(
+            s.next_wakeup(),
+            Some(clock.now() + 30),
+            "each change restarts the timer"
+        );
         clock.advance(5);
     }
     // The last change came at T0+20; the timer fires at T0+50, not before.
@@ -107,7 +127,11 @@ fn five_pushes_within_20s_give_one_buildset_with_all_changes() {
     let (at, bs) = &fired[0];
     assert_eq!(*at, T0 + 50);
     assert_eq!(bs.changes, (1..=5).map(ChangeId).collect::<Vec<_>>());
-    assert_eq!(bs.sources[0].revision.as_deref(), Some("rev5"), "the newest change gives the revision");
+    assert_eq!(
+        bs.sources[0].revision.as_deref(),
+        Some("rev5"),
+        "the newest change gives the revision"
+    );
     assert_eq!(bs.sources[0].branch.as_deref(), Some("main"));
     assert_eq!(bs.builders.len(), 2);
     assert_eq!(s.next_wakeup(), None);
@@ -151,8 +175,15 @@ fn unimportant_changes_restart_a_running_timer_but_never_start_one() {
 fn without_timer_each_important_change_builds_at_once() {
     let mut s = branch_scheduler(None, BranchMode::Single, &["main"]);
     assert_eq!(s.on_change(&change(1, "main", &["Lib/os.py"]), T0).len(), 1);
-    assert!(s.on_change(&change(2, "main", &["Doc/os.rst"]), T0).is_empty());
-    assert!(s.on_change(&change(3, "3.13", &["Lib/os.py"]), T0).is_empty(), "filtered branch");
+    assert!(
+        s.on_change(&change(2, "main", &["Doc/os.rst"]), T0)
+            .is_empty()
+    );
+    assert!(
+        s.on_change(&change(3, "3.13", &["Lib/os.py"]), T0)
+            .is_empty(),
+        "filtered branch"
+    );
     assert_eq!(s.next_wakeup(), None);
 }
 
@@ -167,11 +198,16 @@ fn any_branch_keeps_one_timer_per_branch() {
     // A change on 3.13 does not delay main's timer.
     s.on_change(&change(3, "3.13", &["Lib/os.py"]), clock.now());
     let fired = run_until(&mut s, &clock, T0 + 1000);
-    let got: Vec<(i64, Option<String>, Vec<ChangeId>)> =
-        fired.iter().map(|(t, b)| (*t - T0, b.sources[0].branch.clone(), b.changes.clone())).collect();
+    let got: Vec<(i64, Option<String>, Vec<ChangeId>)> = fired
+        .iter()
+        .map(|(t, b)| (*t - T0, b.sources[0].branch.clone(), b.changes.clone()))
+        .collect();
     assert_eq!(
         got,
-        vec![(30, Some("main".into()), vec![ChangeId(1)]), (55, Some("3.13".into()), vec![ChangeId(2), ChangeId(3)])]
+        vec![
+            (30, Some("main".into()), vec![ChangeId(1)]),
+            (55, Some("3.13".into()), vec![ChangeId(2), ChangeId(3)])
+        ]
     );
 }
 
@@ -192,7 +228,10 @@ fn pr_filter_on_change_property() {
     let mut s = ChangeScheduler::new(ChangeSchedulerConfig {
         name: "pull-request".into(),
         builders: vec!["b".into()],
-        filter: ChangeFilter { required_property: Some("should_test_pr".into()), ..Default::default() },
+        filter: ChangeFilter {
+            required_property: Some("should_test_pr".into()),
+            ..Default::default()
+        },
         importance: FileImportance::default(),
         tree_stable_timer: None,
         mode: BranchMode::Any,
@@ -204,27 +243,46 @@ fn pr_filter_on_change_property() {
     c.properties.set("should_test_pr", true, "Change");
     let bs = s.on_change(&c, T0);
     assert_eq!(bs.len(), 1);
-    assert_eq!(bs[0].properties.get("should_test_pr"), Some(&json!(true)), "change properties are passed on");
+    assert_eq!(
+        bs[0].properties.get("should_test_pr"),
+        Some(&json!(true)),
+        "change properties are passed on"
+    );
 }
 
 // ------------------------------------------------------------- nightly and DST
 
 fn ts(tz: Tz, y: i32, mo: u32, d: u32, h: u32, mi: u32) -> i64 {
-    tz.with_ymd_and_hms(y, mo, d, h, mi, 0).earliest().unwrap().timestamp()
+    tz.with_ymd_and_hms(y, mo, d, h, mi, 0)
+        .earliest()
+        .unwrap()
+        .timestamp()
 }
 
 fn utc(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0).unwrap().format("%Y-%m-%d %H:%M UTC").to_string()
+    chrono::DateTime::from_timestamp(t, 0)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M UTC")
+        .to_string()
 }
 
 fn nightly(pattern: &str, tz: Tz, start: i64) -> Nightly {
-    let src = SourceSpec { codebase: String::new(), repository: "r".into(), branch: Some("main".into()), revision: None, project: "p".into() };
+    let src = SourceSpec {
+        codebase: String::new(),
+        repository: "r".into(),
+        branch: Some("main".into()),
+        revision: None,
+        project: "p".into(),
+    };
     Nightly::new("nightly", vec!["b".into()], vec![src], pattern, tz, start).unwrap()
 }
 
 fn firings(s: &mut dyn Scheduler, from: i64, to: i64) -> Vec<String> {
     let clock = FakeClock::new(from);
-    run_until(s, &clock, to).into_iter().map(|(t, _)| utc(t)).collect()
+    run_until(s, &clock, to)
+        .into_iter()
+        .map(|(t, _)| utc(t))
+        .collect()
 }
 
 #[test]
@@ -234,7 +292,12 @@ fn nightly_at_3am_berlin_follows_dst() {
     let mut n = nightly("0 3 * * *", Berlin, start);
     assert_eq!(
         firings(&mut n, start, ts(Berlin, 2027, 3, 30, 12, 0)),
-        vec!["2027-03-27 02:00 UTC", "2027-03-28 01:00 UTC", "2027-03-29 01:00 UTC", "2027-03-30 01:00 UTC"]
+        vec![
+            "2027-03-27 02:00 UTC",
+            "2027-03-28 01:00 UTC",
+            "2027-03-29 01:00 UTC",
+            "2027-03-30 01:00 UTC"
+        ]
     );
 }
 
@@ -245,7 +308,12 @@ fn nightly_in_the_spring_forward_gap_runs_once_after_the_gap() {
     let mut n = nightly("30 2 * * *", Berlin, start);
     assert_eq!(
         firings(&mut n, start, ts(Berlin, 2027, 3, 30, 12, 0)),
-        vec!["2027-03-27 01:30 UTC", "2027-03-28 01:00 UTC", "2027-03-29 00:30 UTC", "2027-03-30 00:30 UTC"]
+        vec![
+            "2027-03-27 01:30 UTC",
+            "2027-03-28 01:00 UTC",
+            "2027-03-29 00:30 UTC",
+            "2027-03-30 00:30 UTC"
+        ]
     );
     // New York, 14 March 2027 (02:00 → 03:00).
     let start = ts(New_York, 2027, 3, 13, 12, 0);
@@ -309,7 +377,10 @@ fn nightly_after_downtime_fires_once_and_only_if_changed() {
     let night = |d| ts(Berlin, 2027, 1, d, 3, 0);
     assert!(n.poll(night(8)).is_empty(), "no changes: no build");
     n.on_change(&change(1, "main", &["Doc/a.rst"]), night(8) + 60);
-    assert!(n.poll(night(9)).is_empty(), "only unimportant changes: no build");
+    assert!(
+        n.poll(night(9)).is_empty(),
+        "only unimportant changes: no build"
+    );
     n.on_change(&change(2, "main", &["Lib/os.py"]), night(9) + 60);
     let bs = n.poll(night(10));
     assert_eq!(bs.len(), 1);
@@ -326,16 +397,29 @@ fn buildbot_day_of_week() {
     let start = ts(New_York, 2027, 1, 4, 0, 0); // Monday
     let pattern = format!("0 4 * * {}", buildbot_day_of_week_to_cron(5));
     let mut n = nightly(&pattern, New_York, start);
-    assert_eq!(firings(&mut n, start, start + 14 * 86400), vec!["2027-01-09 09:00 UTC", "2027-01-16 09:00 UTC"]);
+    assert_eq!(
+        firings(&mut n, start, start + 14 * 86400),
+        vec!["2027-01-09 09:00 UTC", "2027-01-16 09:00 UTC"]
+    );
     assert!(Nightly::new("x", vec![], vec![], "not cron", Berlin, start).is_err());
 }
 
 #[test]
 fn periodic() {
-    let mut p = Periodic { name: "p".into(), builders: vec!["b".into()], sources: vec![], properties: Properties::default(), period: 3600, last_fired: None };
+    let mut p = Periodic {
+        name: "p".into(),
+        builders: vec!["b".into()],
+        sources: vec![],
+        properties: Properties::default(),
+        period: 3600,
+        last_fired: None,
+    };
     let clock = FakeClock::new(T0);
     let fired = run_until(&mut p, &clock, T0 + 3 * 3600 + 10);
-    assert_eq!(fired.iter().map(|(t, _)| t - T0).collect::<Vec<_>>(), vec![0, 3600, 7200, 10800]);
+    assert_eq!(
+        fired.iter().map(|(t, _)| t - T0).collect::<Vec<_>>(),
+        vec![0, 3600, 7200, 10800]
+    );
     // After a long downtime, one firing, then one period later.
     assert_eq!(p.poll(T0 + 100_000).len(), 1);
     assert!(p.poll(T0 + 100_000 + 3599).is_empty());
@@ -344,23 +428,62 @@ fn periodic() {
 
 #[test]
 fn triggerable_and_dependent() {
-    let t = Triggerable { name: "t".into(), builders: vec!["docs".into()], properties: Properties::default() };
+    let t = Triggerable {
+        name: "t".into(),
+        builders: vec!["docs".into()],
+        properties: Properties::default(),
+    };
     let mut props = Properties::default();
     props.set("got_revision", "abc", "Build");
-    let src = SourceSpec { codebase: String::new(), repository: "r".into(), branch: Some("main".into()), revision: Some("abc".into()), project: "p".into() };
+    let src = SourceSpec {
+        codebase: String::new(),
+        repository: "r".into(),
+        branch: Some("main".into()),
+        revision: Some("abc".into()),
+        project: "p".into(),
+    };
     let bs = t.trigger(BuildId(7), vec![src.clone()], &props, true);
     assert!(bs.waited_for);
     assert_eq!(bs.parent_build, Some(BuildId(7)));
     assert_eq!(bs.properties.get("got_revision"), Some(&json!("abc")));
 
-    let mut d = Dependent { name: "d".into(), upstream: "main".into(), builders: vec!["deploy".into()], properties: Properties::default() };
-    let done = |sched: &str, r| CompletedBuildset { scheduler: sched.into(), results: r, sources: vec![src.clone()], properties: Properties::default() };
-    assert_eq!(d.on_buildset_complete(&done("main", Results::Success), T0).len(), 1);
-    assert_eq!(d.on_buildset_complete(&done("main", Results::Warnings), T0)[0].sources, vec![src.clone()]);
-    for r in [Results::Failure, Results::Exception, Results::Cancelled, Results::Retry, Results::Skipped] {
-        assert!(d.on_buildset_complete(&done("main", r), T0).is_empty(), "{r:?}");
+    let mut d = Dependent {
+        name: "d".into(),
+        upstream: "main".into(),
+        builders: vec!["deploy".into()],
+        properties: Properties::default(),
+    };
+    let done = |sched: &str, r| CompletedBuildset {
+        scheduler: sched.into(),
+        results: r,
+        sources: vec![src.clone()],
+        properties: Properties::default(),
+    };
+    assert_eq!(
+        d.on_buildset_complete(&done("main", Results::Success), T0)
+            .len(),
+        1
+    );
+    assert_eq!(
+        d.on_buildset_complete(&done("main", Results::Warnings), T0)[0].sources,
+        vec![src.clone()]
+    );
+    for r in [
+        Results::Failure,
+        Results::Exception,
+        Results::Cancelled,
+        Results::Retry,
+        Results::Skipped,
+    ] {
+        assert!(
+            d.on_buildset_complete(&done("main", r), T0).is_empty(),
+            "{r:?}"
+        );
     }
-    assert!(d.on_buildset_complete(&done("other", Results::Success), T0).is_empty());
+    assert!(
+        d.on_buildset_complete(&done("other", Results::Success), T0)
+            .is_empty()
+    );
 }
 
 #[test]
@@ -368,21 +491,72 @@ fn force_with_typed_parameters() {
     let f = Force {
         name: "force".into(),
         builders: vec!["a".into(), "b".into()],
-        codebase: SourceSpec { codebase: String::new(), repository: "https://github.com/python/cpython".into(), branch: Some("main".into()), revision: None, project: "cpython".into() },
+        codebase: SourceSpec {
+            codebase: String::new(),
+            repository: "https://github.com/python/cpython".into(),
+            branch: Some("main".into()),
+            revision: None,
+            project: "cpython".into(),
+        },
         params: vec![
-            ParamDef { name: "reason".into(), kind: ParamKind::String { max_len: 100 }, required: false, default: None },
-            ParamDef { name: "branch".into(), kind: ParamKind::Fixed(json!("")), required: false, default: None },
-            ParamDef { name: "jobs".into(), kind: ParamKind::Int { min: 1, max: 64 }, required: false, default: Some(json!(4)) },
-            ParamDef { name: "clean".into(), kind: ParamKind::Bool, required: false, default: Some(json!(false)) },
-            ParamDef { name: "mode".into(), kind: ParamKind::Choice(vec!["debug".into(), "release".into()]), required: true, default: None },
+            ParamDef {
+                name: "reason".into(),
+                kind: ParamKind::String { max_len: 100 },
+                required: false,
+                default: None,
+            },
+            ParamDef {
+                name: "branch".into(),
+                kind: ParamKind::Fixed(json!("")),
+                required: false,
+                default: None,
+            },
+            ParamDef {
+                name: "jobs".into(),
+                kind: ParamKind::Int { min: 1, max: 64 },
+                required: false,
+                default: Some(json!(4)),
+            },
+            ParamDef {
+                name: "clean".into(),
+                kind: ParamKind::Bool,
+                required: false,
+                default: Some(json!(false)),
+            },
+            ParamDef {
+                name: "mode".into(),
+                kind: ParamKind::Choice(vec!["debug".into(), "release".into()]),
+                required: true,
+                default: None,
+            },
         ],
     };
-    let input = |pairs: &[(&str, serde_json::Value)]| pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>();
+    let input = |pairs: &[(&str, serde_json::Value)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
     let b = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
 
-    let bs = f.force("alice", &b(&["a"]), &input(&[("mode", json!("debug")), ("jobs", json!("8")), ("reason", json!("why")), ("branch", json!("evil"))])).unwrap();
+    let bs = f
+        .force(
+            "alice",
+            &b(&["a"]),
+            &input(&[
+                ("mode", json!("debug")),
+                ("jobs", json!("8")),
+                ("reason", json!("why")),
+                ("branch", json!("evil")),
+            ]),
+        )
+        .unwrap();
     assert_eq!(bs.builders, b(&["a"]));
-    assert_eq!(bs.sources[0].branch.as_deref(), Some("main"), "a fixed parameter ignores input: the builder's branch HEAD");
+    assert_eq!(
+        bs.sources[0].branch.as_deref(),
+        Some("main"),
+        "a fixed parameter ignores input: the builder's branch HEAD"
+    );
     assert_eq!(bs.sources[0].revision, None);
     assert_eq!(bs.properties.get("jobs"), Some(&json!(8)));
     assert_eq!(bs.properties.get("clean"), Some(&json!(false)));
@@ -390,11 +564,41 @@ fn force_with_typed_parameters() {
     assert!(bs.properties.get("reason").is_none());
     assert!(bs.reason.contains("alice") && bs.reason.contains("why"));
 
-    assert_eq!(f.force("x", &b(&["a"]), &input(&[])), Err(ForceError::Missing("mode".into())));
-    assert!(matches!(f.force("x", &b(&["a"]), &input(&[("mode", json!("fast"))])), Err(ForceError::Invalid { .. })));
-    assert!(matches!(f.force("x", &b(&["a"]), &input(&[("mode", json!("debug")), ("jobs", json!(0))])), Err(ForceError::Invalid { .. })));
-    assert!(matches!(f.force("x", &b(&["a"]), &input(&[("mode", json!("debug")), ("clean", json!("maybe"))])), Err(ForceError::Invalid { .. })));
-    assert_eq!(f.force("x", &b(&["c"]), &input(&[("mode", json!("debug"))])), Err(ForceError::UnknownBuilder("c".into())));
+    assert_eq!(
+        f.force("x", &b(&["a"]), &input(&[])),
+        Err(ForceError::Missing("mode".into()))
+    );
+    assert!(matches!(
+        f.force("x", &b(&["a"]), &input(&[("mode", json!("fast"))])),
+        Err(ForceError::Invalid { .. })
+    ));
+    assert!(matches!(
+        f.force(
+            "x",
+            &b(&["a"]),
+            &input(&[("mode", json!("debug")), ("jobs", json!(0))])
+        ),
+        Err(ForceError::Invalid { .. })
+    ));
+    assert!(matches!(
+        f.force(
+            "x",
+            &b(&["a"]),
+            &input(&[("mode", json!("debug")), ("clean", json!("maybe"))])
+        ),
+        Err(ForceError::Invalid { .. })
+    ));
+    assert_eq!(
+        f.force("x", &b(&["c"]), &input(&[("mode", json!("debug"))])),
+        Err(ForceError::UnknownBuilder("c".into()))
+    );
     assert_eq!(f.force("x", &[], &input(&[])), Err(ForceError::NoBuilders));
-    assert_eq!(f.force("x", &b(&["a"]), &input(&[("mode", json!("debug")), ("nope", json!(1))])), Err(ForceError::UnknownParameter("nope".into())));
+    assert_eq!(
+        f.force(
+            "x",
+            &b(&["a"]),
+            &input(&[("mode", json!("debug")), ("nope", json!(1))])
+        ),
+        Err(ForceError::UnknownParameter("nope".into()))
+    );
 }
