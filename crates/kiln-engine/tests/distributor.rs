@@ -456,3 +456,45 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Fairness: builders of equal priority sharing workers each get a build before any of
+    /// them gets a second one, however many requests each has queued and however old.
+    #[test]
+    fn round_robin_among_equal_builders(
+        queued in prop::collection::vec((1usize..8, 0i64..1000), 2..8),
+        slots in 1u32..10,
+    ) {
+        let n = queued.len();
+        let mut pending = Vec::new();
+        let mut next_id = 0;
+        let mut builders = Vec::new();
+        for (b, (count, age)) in queued.iter().enumerate() {
+            let mut d = builder(b as i64, &(0..10).collect::<Vec<_>>());
+            d.collapse_requests = false;
+            builders.push(d);
+            for k in 0..*count {
+                pending.push(req(next_id, b as i64, 0, T0 + age + k as i64, None));
+                next_id += 1;
+            }
+        }
+        // Ten workers with one slot each, of which `slots` are connected.
+        let workers: Vec<WorkerState> = (0..10).map(|w| { let mut s = worker(w, 1); s.connected = (w as u32) < slots; s }).collect();
+        let snap = Snapshot { pending, builders, workers, ..Default::default() };
+        let out = distribute(&snap, T0 + 5000);
+        prop_assert_eq!(out.len(), (slots as usize).min(queued.iter().map(|(c, _)| (*c).min(10)).sum()));
+        let mut per: HashMap<BuilderId, usize> = HashMap::new();
+        for (i, a) in out.iter().enumerate() {
+            let c = per.entry(a.builder).or_default();
+            *c += 1;
+            // When a builder gets its k-th build, every builder with ≥ k requests already had k-1.
+            let k = *c;
+            for b in 0..n {
+                let had = out[..i].iter().filter(|x| x.builder == BuilderId(b as i64)).count();
+                if queued[b].0 >= k - 1 && BuilderId(b as i64) != a.builder {
+                    prop_assert!(had >= k - 1, "builder {} got build {} before builder {} had {}", a.builder, k, b, k - 1);
+                }
+            }
+        }
+    }
+}
