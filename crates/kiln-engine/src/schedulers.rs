@@ -217,6 +217,13 @@ pub struct ChangeSchedulerConfig {
 
 type TimerKey = (String, String, Option<String>, String);
 
+/// A running tree-stable timer: when it fires and the changes it collected, with their importance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingTimer {
+    pub fire_at: Epoch,
+    pub changes: Vec<(Change, bool)>,
+}
+
 #[derive(Debug, Default)]
 struct Pending {
     fire_at: Epoch,
@@ -239,6 +246,32 @@ impl ChangeScheduler {
         ChangeScheduler {
             config,
             timers: BTreeMap::new(),
+        }
+    }
+
+    /// The running tree-stable timers with their collected changes (important or not), so the
+    /// store can keep them across a master restart (Buildbot keeps classified changes in its
+    /// database).
+    pub fn timers(&self) -> Vec<PendingTimer> {
+        self.timers
+            .values()
+            .map(|p| PendingTimer {
+                fire_at: p.fire_at,
+                changes: p.changes.clone(),
+            })
+            .collect()
+    }
+
+    /// Restores timers saved with [`ChangeScheduler::timers`]; a timer already due fires at the
+    /// next [`Scheduler::poll`].
+    pub fn restore(&mut self, timers: Vec<PendingTimer>) {
+        for t in timers {
+            if let Some((first, _)) = t.changes.first() {
+                let key = self.key(first);
+                let p = self.timers.entry(key).or_default();
+                p.fire_at = p.fire_at.max(t.fire_at);
+                p.changes.extend(t.changes);
+            }
         }
     }
 

@@ -465,7 +465,6 @@ proptest! {
         queued in prop::collection::vec((1usize..8, 0i64..1000), 2..8),
         slots in 1u32..10,
     ) {
-        let n = queued.len();
         let mut pending = Vec::new();
         let mut next_id = 0;
         let mut builders = Vec::new();
@@ -489,9 +488,9 @@ proptest! {
             *c += 1;
             // When a builder gets its k-th build, every builder with ≥ k requests already had k-1.
             let k = *c;
-            for b in 0..n {
+            for (b, (count, _)) in queued.iter().enumerate() {
                 let had = out[..i].iter().filter(|x| x.builder == BuilderId(b as i64)).count();
-                if queued[b].0 >= k - 1 && BuilderId(b as i64) != a.builder {
+                if *count >= k - 1 && BuilderId(b as i64) != a.builder {
                     prop_assert!(had >= k - 1, "builder {} got build {} before builder {} had {}", a.builder, k, b, k - 1);
                 }
             }

@@ -602,3 +602,23 @@ fn force_with_typed_parameters() {
         Err(ForceError::UnknownParameter("nope".into()))
     );
 }
+
+#[test]
+fn tree_stable_timers_survive_a_restart() {
+    let clock = FakeClock::new(T0);
+    let mut s = branch_scheduler(Some(30), BranchMode::Any, &[]);
+    s.on_change(&change(1, "main", &["Lib/os.py"]), clock.now());
+    s.on_change(&change(2, "3.13", &["Lib/os.py"]), clock.now() + 10);
+    let saved = s.timers();
+    assert_eq!(saved.len(), 2);
+    // A new master process restores them; the timers fire as they would have.
+    let mut s2 = branch_scheduler(Some(30), BranchMode::Any, &[]);
+    s2.restore(saved);
+    assert_eq!(s2.next_wakeup(), Some(T0 + 30));
+    let fired = run_until(&mut s2, &clock, T0 + 100);
+    let got: Vec<(i64, Vec<ChangeId>)> = fired
+        .iter()
+        .map(|(t, b)| (*t - T0, b.changes.clone()))
+        .collect();
+    assert_eq!(got, vec![(30, vec![ChangeId(1)]), (40, vec![ChangeId(2)])]);
+}
