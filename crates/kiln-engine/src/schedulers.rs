@@ -213,6 +213,12 @@ pub struct ChangeSchedulerConfig {
     pub mode: BranchMode,
     pub properties: Properties,
     pub reason: String,
+    /// A change property holding a regular expression that narrows the builders, matched
+    /// case-insensitively against the whole name (CPython's PR scheduler and `!buildbot <regex>`).
+    /// A buildset keeps the builders selected by any of its changes; a change without the
+    /// property selects all. (Buildbot's CPython subclass used only the first change's filter
+    /// when several arrived within one timer, psf/buildmaster-config#566.)
+    pub builder_filter_property: Option<String>,
 }
 
 type TimerKey = (String, String, Option<String>, String);
@@ -287,6 +293,26 @@ impl ChangeScheduler {
         }
     }
 
+    fn select_builders(&self, changes: &[Change]) -> Vec<String> {
+        let Some(prop) = &self.config.builder_filter_property else {
+            return self.config.builders.clone();
+        };
+        let mut patterns = Vec::new();
+        for c in changes {
+            match c.properties.get(prop).and_then(|v| v.as_str()) {
+                None => return self.config.builders.clone(),
+                // A pattern that does not compile selects nothing (the webhook reports it).
+                Some(p) => patterns.extend(regex::Regex::new(&format!("(?i)^(?:{p})$")).ok()),
+            }
+        }
+        self.config
+            .builders
+            .iter()
+            .filter(|b| patterns.iter().any(|r| r.is_match(b)))
+            .cloned()
+            .collect()
+    }
+
     fn buildset(&self, changes: &[Change]) -> BuildsetRequest {
         // Per codebase, the newest change gives the branch and revision.
         let mut by_codebase: BTreeMap<&str, &Change> = BTreeMap::new();
@@ -307,7 +333,7 @@ impl ChangeScheduler {
             .collect();
         BuildsetRequest {
             scheduler: self.config.name.clone(),
-            builders: self.config.builders.clone(),
+            builders: self.select_builders(changes),
             sources,
             changes: changes.iter().map(|c| c.changeid).collect(),
             properties,
@@ -358,7 +384,10 @@ impl Scheduler for ChangeScheduler {
             let p = self.timers.remove(&k).expect("due timer exists");
             if p.changes.iter().any(|(_, imp)| *imp) {
                 let changes: Vec<Change> = p.changes.into_iter().map(|(c, _)| c).collect();
-                out.push(self.buildset(&changes));
+                let bs = self.buildset(&changes);
+                if !bs.builders.is_empty() {
+                    out.push(bs);
+                }
             }
         }
         out

@@ -70,6 +70,7 @@ fn scheduler() -> ChangeScheduler {
         mode: BranchMode::Single,
         properties: Properties::default(),
         reason: "change".into(),
+        builder_filter_property: None,
     })
 }
 

@@ -51,6 +51,7 @@ fn branch_scheduler(stable: Option<i64>, mode: BranchMode, branches: &[&str]) ->
         mode,
         properties: Properties::default(),
         reason: "The SingleBranchScheduler scheduler named 'main' triggered this build".into(),
+        builder_filter_property: None,
     })
 }
 
@@ -237,6 +238,7 @@ fn pr_filter_on_change_property() {
         mode: BranchMode::Any,
         properties: Properties::default(),
         reason: "pr".into(),
+        builder_filter_property: None,
     });
     let mut c = change(1, "refs/pull/1/merge", &["Lib/os.py"]);
     assert!(s.on_change(&c, T0).is_empty());
@@ -621,4 +623,55 @@ fn tree_stable_timers_survive_a_restart() {
         .map(|(t, b)| (*t - T0, b.changes.clone()))
         .collect();
     assert_eq!(got, vec![(30, vec![ChangeId(1)]), (40, vec![ChangeId(2)])]);
+}
+
+#[test]
+fn pr_builder_filter_is_the_union_of_the_changes_filters() {
+    let clock = FakeClock::new(T0);
+    let mut s = ChangeScheduler::new(ChangeSchedulerConfig {
+        name: "pull-request".into(),
+        builders: vec![
+            "AMD64 Ubuntu PR".into(),
+            "ARM64 macOS PR".into(),
+            "iOS ARM64 Simulator PR".into(),
+            "aarch64 Android PR".into(),
+        ],
+        filter: ChangeFilter::default(),
+        importance: FileImportance::default(),
+        tree_stable_timer: Some(30),
+        mode: BranchMode::Any,
+        properties: Properties::default(),
+        reason: "pr".into(),
+        builder_filter_property: Some("builderfilter".into()),
+    });
+    let pr = |id, filter: Option<&str>| {
+        let mut c = change(id, "refs/pull/1/merge", &["Lib/os.py"]);
+        if let Some(f) = filter {
+            c.properties.set("builderfilter", f, "Change");
+        }
+        c
+    };
+    // `!buildbot ios|android` selects exactly those, case-insensitively, whole names.
+    s.on_change(&pr(1, Some(".*(ios|android).*")), clock.now());
+    let fired = run_until(&mut s, &clock, T0 + 100);
+    assert_eq!(
+        fired[0].1.builders,
+        vec![
+            "iOS ARM64 Simulator PR".to_string(),
+            "aarch64 Android PR".to_string()
+        ]
+    );
+    // Two comments within one timer: both filters count (#566).
+    s.on_change(&pr(2, Some(".*macos.*")), clock.now());
+    s.on_change(&pr(3, Some(".*ubuntu.*")), clock.now() + 5);
+    let fired = run_until(&mut s, &clock, T0 + 300);
+    assert_eq!(
+        fired[0].1.builders,
+        vec!["AMD64 Ubuntu PR".to_string(), "ARM64 macOS PR".to_string()]
+    );
+    // A filter matching nothing builds nothing; no filter builds all.
+    s.on_change(&pr(4, Some("nothing")), clock.now());
+    assert!(run_until(&mut s, &clock, T0 + 500).is_empty());
+    s.on_change(&pr(5, None), clock.now());
+    assert_eq!(run_until(&mut s, &clock, T0 + 700)[0].1.builders.len(), 4);
 }
