@@ -9,6 +9,9 @@
 //!   the distribution is round-robin: a builder that already started a build in this pass
 //!   waits until every other equal builder had its turn; then the oldest head request goes first.
 //!   So one builder with 100 queued requests cannot take every free slot.
+//!   (Buildbot's default sorts builders by their highest request priority, then oldest request,
+//!   then name, and lets each builder fill all its idle workers in turn; it has no builder
+//!   priority. Kiln adds the builder priority and the round-robin.)
 //! * A worker runs at most `max_builds` builds, and at most one build of a given builder at a
 //!   time (as in Buildbot, where a worker-for-builder is busy or idle).
 //! * A worker must be connected, not paused, and outside all its downtime windows.
@@ -24,7 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::{DateTime, Datelike, Duration, NaiveTime, Timelike, Weekday};
+use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Timelike, Weekday};
 use chrono_tz::Tz;
 use kiln_model::{BuildRequestId, BuilderId, Epoch, WorkerId};
 
@@ -140,6 +143,36 @@ pub struct Downtime {
 }
 
 impl Downtime {
+    /// The next instant after `now` at which this window starts or ends (within 8 days), so
+    /// the master knows when to run the distributor again. A boundary that falls in a DST gap
+    /// is taken at the first instant after the gap.
+    pub fn next_boundary(&self, now: Epoch) -> Option<Epoch> {
+        let local = DateTime::from_timestamp(now, 0)?.with_timezone(&self.tz);
+        let mut best: Option<Epoch> = None;
+        for day in 0..=8 {
+            let date = local.date_naive() + Duration::days(day);
+            for t in [self.start, self.end] {
+                let naive = date.and_time(t);
+                let at = match self.tz.from_local_datetime(&naive) {
+                    chrono::LocalResult::Single(d) => d.timestamp(),
+                    chrono::LocalResult::Ambiguous(a, _) => a.timestamp(),
+                    // In a gap: the first instant after it (gaps are at most a few hours).
+                    chrono::LocalResult::None => (1..=4 * 60)
+                        .find_map(|m| {
+                            self.tz
+                                .from_local_datetime(&(naive + Duration::minutes(m)))
+                                .earliest()
+                        })
+                        .map(|d| d.timestamp() - d.timestamp() % 60)?,
+                };
+                if at > now && best.is_none_or(|b| at < b) {
+                    best = Some(at);
+                }
+            }
+        }
+        best
+    }
+
     pub fn contains(&self, now: Epoch) -> bool {
         let Some(utc) = DateTime::from_timestamp(now, 0) else {
             return false;
@@ -171,6 +204,15 @@ impl WorkerState {
     pub fn available(&self, now: Epoch) -> bool {
         self.connected && !self.paused && !self.downtime.iter().any(|d| d.contains(now))
     }
+}
+
+/// When the distributor should next run because a worker's downtime starts or ends.
+pub fn next_availability_change(workers: &[WorkerState], now: Epoch) -> Option<Epoch> {
+    workers
+        .iter()
+        .flat_map(|w| w.downtime.iter())
+        .filter_map(|d| d.next_boundary(now))
+        .min()
 }
 
 /// A build in progress, holding its builder's locks on its worker.

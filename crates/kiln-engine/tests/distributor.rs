@@ -497,3 +497,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn next_availability_change_for_wakeups() {
+    let nightly = Downtime {
+        days: vec![],
+        start: NaiveTime::from_hms_opt(22, 0, 0).unwrap(),
+        end: NaiveTime::from_hms_opt(8, 0, 0).unwrap(),
+        tz: chrono_tz::UTC,
+    };
+    let at = |d, h, m| {
+        chrono::Utc
+            .with_ymd_and_hms(2027, 3, d, h, m, 0)
+            .unwrap()
+            .timestamp()
+    };
+    assert_eq!(nightly.next_boundary(at(10, 12, 0)), Some(at(10, 22, 0)));
+    assert_eq!(nightly.next_boundary(at(10, 23, 0)), Some(at(11, 8, 0)));
+    assert_eq!(nightly.next_boundary(at(11, 8, 0)), Some(at(11, 22, 0)));
+    // A Berlin window ending at 02:30 on the spring-forward night ends at 03:00 CEST (01:00 UTC).
+    let berlin = Downtime {
+        days: vec![],
+        start: NaiveTime::from_hms_opt(1, 0, 0).unwrap(),
+        end: NaiveTime::from_hms_opt(2, 30, 0).unwrap(),
+        tz: chrono_tz::Europe::Berlin,
+    };
+    let b = chrono_tz::Europe::Berlin
+        .with_ymd_and_hms(2027, 3, 28, 1, 10, 0)
+        .unwrap()
+        .timestamp();
+    assert!(berlin.contains(b));
+    assert_eq!(berlin.next_boundary(b), Some(at(28, 1, 0)));
+    assert!(!berlin.contains(at(28, 1, 0)));
+    let mut w = worker(1, 1);
+    assert_eq!(
+        next_availability_change(std::slice::from_ref(&w), at(10, 12, 0)),
+        None
+    );
+    w.downtime = vec![nightly];
+    assert_eq!(
+        next_availability_change(&[w, worker(2, 1)], at(10, 12, 0)),
+        Some(at(10, 22, 0))
+    );
+}
