@@ -540,3 +540,79 @@ fn next_availability_change_for_wakeups() {
         Some(at(10, 22, 0))
     );
 }
+
+proptest! {
+    /// Priorities: with shared workers and no locks, nothing left waiting ranks above anything
+    /// that started (builder priority first, then request priority).
+    #[test]
+    fn nothing_waiting_outranks_what_started(
+        reqs in prop::collection::vec((0i64..5, 0i64..4, 0i64..100), 1..40),
+        builder_prio in prop::collection::vec(0i64..3, 5),
+        nworkers in 1i64..6,
+    ) {
+        let ws: Vec<i64> = (0..nworkers).collect();
+        let builders: Vec<BuilderDef> = (0..5).map(|b| { let mut d = builder(b, &ws); d.priority = builder_prio[b as usize]; d.collapse_requests = false; d }).collect();
+        let pending: Vec<PendingRequest> = reqs.iter().enumerate().map(|(i, (b, p, t))| req(i as i64, *b, *p, T0 + t, None)).collect();
+        let snap = Snapshot { pending: pending.clone(), builders, workers: ws.iter().map(|w| worker(*w, 1)).collect(), ..Default::default() };
+        let out = distribute(&snap, T0 + 1000);
+        prop_assert_eq!(out.len(), (nworkers as usize).min(pending.len()).min(
+            (0..5).map(|b| pending.iter().filter(|p| p.builder.0 == b).count().min(nworkers as usize)).sum()));
+        let rank = |id: BuildRequestId| { let p = pending.iter().find(|p| p.id == id).unwrap(); (builder_prio[p.builder.0 as usize], p.priority) };
+        let started: Vec<BuildRequestId> = out.iter().map(|a| a.request).collect();
+        if let Some(min_started) = started.iter().map(|id| rank(*id)).min() {
+            for p in pending.iter().filter(|p| !started.contains(&p.id)) {
+                // A builder cannot run twice on one worker: its extra requests may wait while
+                // every worker already runs it.
+                let runs = out.iter().filter(|a| a.builder == p.builder).count();
+                if runs < nworkers as usize {
+                    prop_assert!(rank(p.id) <= min_started, "{:?} waits but outranks {:?}", p, min_started);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cpython_scale_decides_within_invariants() {
+    // 1,036 builders on 63 workers (up to 58 builders on one worker), 5,000 pending requests.
+    let workers: Vec<WorkerState> = (0..63)
+        .map(|w| worker(w, if w % 10 == 0 { 2 } else { 1 }))
+        .collect();
+    let builders: Vec<BuilderDef> = (0..1036)
+        .map(|b| builder(b, &[b % 63, (b * 7 + 3) % 63]))
+        .collect();
+    let pending: Vec<PendingRequest> = (0..5000)
+        .map(|i| {
+            req(
+                i,
+                (i * 31) % 1036,
+                0,
+                T0 + i,
+                Some(if i % 3 == 0 { "main" } else { "3.14" }),
+            )
+        })
+        .collect();
+    let running: Vec<RunningBuild> = (0..20)
+        .map(|w| RunningBuild {
+            builder: BuilderId(w),
+            worker: WorkerId(w),
+        })
+        .collect();
+    let snap = Snapshot {
+        pending,
+        builders,
+        workers,
+        running,
+        ..Default::default()
+    };
+    let out = distribute(&snap, T0 + 10_000);
+    // 63 workers, 7 of them with 2 slots, 20 slots taken: 50 free.
+    assert_eq!(out.len(), 70 - 20);
+    let mut seen = std::collections::HashSet::new();
+    for a in &out {
+        assert!(
+            seen.insert(a.builder),
+            "each builder gets at most one build while others wait"
+        );
+    }
+}
