@@ -338,7 +338,13 @@ pub fn distribute(snapshot: &Snapshot, now: Epoch) -> Vec<Assignment> {
     let mut started: HashMap<BuilderId, u32> = HashMap::new();
     let mut blocked: BTreeSet<BuilderId> = BTreeSet::new();
     let mut out = Vec::new();
-    loop {
+    let mut free_slots: u64 = snapshot
+        .workers
+        .iter()
+        .filter(|w| w.available(now))
+        .map(|w| w.max_builds.saturating_sub(st.load.get(&w.id).copied().unwrap_or(0)) as u64)
+        .sum();
+    while free_slots > 0 {
         // The next builder to serve.
         let next = queues
             .iter()
@@ -401,6 +407,7 @@ pub fn distribute(snapshot: &Snapshot, now: Epoch) -> Vec<Assignment> {
         collapsed.sort();
         st.take(builder, wid);
         *started.entry(bid).or_default() += 1;
+        free_slots -= 1;
         out.push(Assignment {
             request: newest.id,
             builder: bid,
