@@ -342,7 +342,10 @@ pub fn distribute(snapshot: &Snapshot, now: Epoch) -> Vec<Assignment> {
         .workers
         .iter()
         .filter(|w| w.available(now))
-        .map(|w| w.max_builds.saturating_sub(st.load.get(&w.id).copied().unwrap_or(0)) as u64)
+        .map(|w| {
+            w.max_builds
+                .saturating_sub(st.load.get(&w.id).copied().unwrap_or(0)) as u64
+        })
         .sum();
     while free_slots > 0 {
         // The next builder to serve.

@@ -266,3 +266,24 @@ mod tests {
         assert_eq!(with_warnings(Success, 2, Some(2)), Warnings);
     }
 }
+
+/// A buildset's result from its requests' results (Buildbot's `maybeBuildsetComplete`):
+/// the worst of them, starting from SUCCESS, so a buildset whose requests were all collapsed
+/// (SKIPPED) is SUCCESS.
+pub fn buildset_result(requests: impl IntoIterator<Item = Results>) -> Results {
+    requests.into_iter().fold(Results::Success, Results::worst)
+}
+
+#[cfg(test)]
+mod buildset_tests {
+    use super::*;
+
+    #[test]
+    fn buildset_result_is_the_worst() {
+        use Results::*;
+        assert_eq!(buildset_result([]), Success);
+        assert_eq!(buildset_result([Skipped, Skipped]), Success);
+        assert_eq!(buildset_result([Success, Warnings, Skipped]), Warnings);
+        assert_eq!(buildset_result([Failure, Retry, Warnings]), Retry);
+    }
+}

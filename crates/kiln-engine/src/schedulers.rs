@@ -74,6 +74,46 @@ pub trait Scheduler {
     }
 }
 
+/// All of a master's schedulers, fed the same events. Requests come out tagged by scheduler.
+#[derive(Default)]
+pub struct Schedulers {
+    pub list: Vec<Box<dyn Scheduler + Send>>,
+}
+
+impl Schedulers {
+    pub fn on_change(&mut self, change: &Change, now: Epoch) -> Vec<BuildsetRequest> {
+        self.list
+            .iter_mut()
+            .flat_map(|s| s.on_change(change, now))
+            .collect()
+    }
+
+    pub fn on_buildset_complete(
+        &mut self,
+        done: &CompletedBuildset,
+        now: Epoch,
+    ) -> Vec<BuildsetRequest> {
+        self.list
+            .iter_mut()
+            .flat_map(|s| s.on_buildset_complete(done, now))
+            .collect()
+    }
+
+    /// Polls the schedulers that are due at `now`.
+    pub fn poll(&mut self, now: Epoch) -> Vec<BuildsetRequest> {
+        self.list
+            .iter_mut()
+            .filter(|s| s.next_wakeup().is_some_and(|t| t <= now))
+            .flat_map(|s| s.poll(now))
+            .collect()
+    }
+
+    /// The earliest wake-up of any scheduler: the master sleeps until then (or an event).
+    pub fn next_wakeup(&self) -> Option<Epoch> {
+        self.list.iter().filter_map(|s| s.next_wakeup()).min()
+    }
+}
+
 // ---------------------------------------------------------------- change filtering
 
 /// A glob over a file path: `*` matches within one path segment, `**` across segments, `?` one

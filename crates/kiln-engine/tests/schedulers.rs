@@ -675,3 +675,49 @@ fn pr_builder_filter_is_the_union_of_the_changes_filters() {
     s.on_change(&pr(5, None), clock.now());
     assert_eq!(run_until(&mut s, &clock, T0 + 700)[0].1.builders.len(), 4);
 }
+
+#[test]
+fn a_master_s_schedulers_together() {
+    let clock = FakeClock::new(T0);
+    let mut all = Schedulers::default();
+    all.list.push(Box::new(branch_scheduler(
+        Some(30),
+        BranchMode::Single,
+        &["main"],
+    )));
+    all.list.push(Box::new(Dependent {
+        name: "after-main".into(),
+        upstream: "main".into(),
+        builders: vec!["docs".into()],
+        properties: Properties::default(),
+    }));
+    all.list.push(Box::new(Periodic {
+        name: "hourly".into(),
+        builders: vec!["b".into()],
+        sources: vec![],
+        properties: Properties::default(),
+        period: 3600,
+        last_fired: Some(T0),
+    }));
+    assert_eq!(all.next_wakeup(), Some(T0 + 3600));
+    assert!(
+        all.on_change(&change(1, "main", &["Lib/os.py"]), clock.now())
+            .is_empty()
+    );
+    assert_eq!(all.next_wakeup(), Some(T0 + 30));
+    assert!(all.poll(T0 + 29).is_empty());
+    let fired = all.poll(T0 + 30);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].scheduler, "main");
+    let done = CompletedBuildset {
+        scheduler: "main".into(),
+        results: Results::Success,
+        sources: fired[0].sources.clone(),
+        properties: Properties::default(),
+    };
+    let downstream = all.on_buildset_complete(&done, T0 + 600);
+    assert_eq!(downstream.len(), 1);
+    assert_eq!(downstream[0].builders, vec!["docs".to_string()]);
+    assert_eq!(all.next_wakeup(), Some(T0 + 3600));
+    assert_eq!(all.poll(T0 + 3600).len(), 1);
+}
