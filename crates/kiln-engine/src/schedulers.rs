@@ -446,6 +446,32 @@ pub fn buildbot_day_of_week_to_cron(dow: u8) -> u8 {
     (dow % 7 + 1) % 7
 }
 
+/// A cron pattern from Buildbot's `Nightly(minute=…, hour=…, dayOfMonth=…, month=…,
+/// dayOfWeek=…)` fields; `None` is `'*'`. Buildbot's `dayOfWeek` is Monday=0 and is
+/// translated to cron's Sunday=0.
+pub fn buildbot_nightly_pattern(
+    minute: Option<&[u8]>,
+    hour: Option<&[u8]>,
+    day_of_month: Option<&[u8]>,
+    month: Option<&[u8]>,
+    day_of_week: Option<&[u8]>,
+) -> String {
+    let field = |v: Option<&[u8]>| match v {
+        None => "*".to_string(),
+        Some(list) => list.iter().map(u8::to_string).collect::<Vec<_>>().join(","),
+    };
+    let dow: Option<Vec<u8>> =
+        day_of_week.map(|d| d.iter().map(|x| buildbot_day_of_week_to_cron(*x)).collect());
+    format!(
+        "{} {} {} {} {}",
+        field(minute),
+        field(hour),
+        field(day_of_month),
+        field(month),
+        field(dow.as_deref())
+    )
+}
+
 #[derive(Debug)]
 pub enum ScheduleError {
     BadCron(String),

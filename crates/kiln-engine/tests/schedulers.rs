@@ -721,3 +721,16 @@ fn a_master_s_schedulers_together() {
     assert_eq!(all.next_wakeup(), Some(T0 + 3600));
     assert_eq!(all.poll(T0 + 3600).len(), 1);
 }
+
+#[test]
+fn buildbot_nightly_fields() {
+    assert_eq!(
+        buildbot_nightly_pattern(Some(&[0]), Some(&[3]), None, None, None),
+        "0 3 * * *"
+    );
+    // Buildbot dayOfWeek=[0, 6] (Monday, Sunday) → cron 1,0.
+    assert_eq!(
+        buildbot_nightly_pattern(Some(&[0, 30]), None, None, Some(&[1]), Some(&[0, 6])),
+        "0,30 * * 1 1,0"
+    );
+}
