@@ -198,11 +198,58 @@ pub struct WorkerState {
     pub paused: bool,
     pub max_builds: u32,
     pub downtime: Vec<Downtime>,
+    /// No new builds before this time (see [`Quarantine`]).
+    pub quarantined_until: Option<Epoch>,
 }
 
 impl WorkerState {
     pub fn available(&self, now: Epoch) -> bool {
-        self.connected && !self.paused && !self.downtime.iter().any(|d| d.contains(now))
+        self.connected
+            && !self.paused
+            && self.quarantined_until.is_none_or(|t| now >= t)
+            && !self.downtime.iter().any(|d| d.contains(now))
+    }
+}
+
+/// Buildbot's worker quarantine: a build that ends in EXCEPTION keeps its worker out of
+/// distribution for a while (10 s, doubling up to an hour), so the next build tries another
+/// worker; a build that ends in anything but EXCEPTION or RETRY resets the back-off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    pub next_timeout: i64,
+    pub until: Option<Epoch>,
+}
+
+impl Default for Quarantine {
+    fn default() -> Self {
+        Quarantine {
+            next_timeout: Self::INITIAL,
+            until: None,
+        }
+    }
+}
+
+impl Quarantine {
+    pub const INITIAL: i64 = 10;
+    pub const MAX: i64 = 3600;
+
+    pub fn build_finished(&mut self, results: kiln_model::Results, now: Epoch) {
+        use kiln_model::Results;
+        match results {
+            Results::Exception => {
+                if self.until.is_some_and(|t| now < t) {
+                    return; // already in quarantine
+                }
+                self.until = Some(now + self.next_timeout);
+                self.next_timeout = (self.next_timeout * 2).min(Self::MAX);
+            }
+            Results::Retry => {}
+            _ => self.next_timeout = Self::INITIAL,
+        }
+    }
+
+    pub fn active_until(&self, now: Epoch) -> Option<Epoch> {
+        self.until.filter(|t| now < *t)
     }
 }
 

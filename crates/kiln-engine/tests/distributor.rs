@@ -38,6 +38,7 @@ fn worker(id: i64, max_builds: u32) -> WorkerState {
         paused: false,
         max_builds,
         downtime: vec![],
+        quarantined_until: None,
     }
 }
 
@@ -382,7 +383,7 @@ proptest! {
         lockmax in (0u32..3, 0u32..3),
     ) {
         let workers: Vec<WorkerState> = (0..nw).map(|i| WorkerState {
-            id: WorkerId(i as i64), connected: wcfg[i].0, paused: false, max_builds: wcfg[i].1, downtime: vec![] }).collect();
+            id: WorkerId(i as i64), connected: wcfg[i].0, paused: false, max_builds: wcfg[i].1, downtime: vec![], quarantined_until: None }).collect();
         let builders: Vec<BuilderDef> = (0..nb).map(|i| {
             let (ws, lk, collapse) = &bcfg[i];
             let locks = match lk {
@@ -615,4 +616,55 @@ fn cpython_scale_decides_within_invariants() {
             "each builder gets at most one build while others wait"
         );
     }
+}
+
+#[test]
+fn quarantine_after_exception_backs_off() {
+    use kiln_model::Results;
+    let mut q = Quarantine::default();
+    q.build_finished(Results::Exception, T0);
+    assert_eq!(q.active_until(T0), Some(T0 + 10));
+    q.build_finished(Results::Exception, T0 + 5); // already in quarantine: unchanged
+    assert_eq!(q.active_until(T0 + 5), Some(T0 + 10));
+    q.build_finished(Results::Exception, T0 + 10);
+    assert_eq!(
+        q.active_until(T0 + 10),
+        Some(T0 + 30),
+        "20 s the second time"
+    );
+    q.build_finished(Results::Retry, T0 + 40);
+    q.build_finished(Results::Exception, T0 + 40);
+    assert_eq!(
+        q.active_until(T0 + 40),
+        Some(T0 + 80),
+        "RETRY does not reset"
+    );
+    q.build_finished(Results::Failure, T0 + 100);
+    q.build_finished(Results::Exception, T0 + 100);
+    assert_eq!(
+        q.active_until(T0 + 100),
+        Some(T0 + 110),
+        "a normal result resets"
+    );
+    for i in 0..20 {
+        q.build_finished(Results::Exception, T0 + 10_000 * (i + 1));
+    }
+    assert!(q.next_timeout <= Quarantine::MAX);
+
+    // A quarantined worker takes nothing until the time is up; others still do.
+    let mut w1 = worker(1, 1);
+    w1.quarantined_until = Some(T0 + 10);
+    let snap = Snapshot {
+        pending: vec![req(1, 1, 0, T0, None)],
+        builders: vec![builder(1, &[1, 2])],
+        workers: vec![w1.clone()],
+        ..Default::default()
+    };
+    assert!(distribute(&snap, T0 + 9).is_empty());
+    assert_eq!(started(&distribute(&snap, T0 + 10)), vec![(1, 1)]);
+    let snap2 = Snapshot {
+        workers: vec![w1, worker(2, 1)],
+        ..snap
+    };
+    assert_eq!(started(&distribute(&snap2, T0 + 9)), vec![(1, 2)]);
 }

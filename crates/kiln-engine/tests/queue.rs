@@ -50,6 +50,7 @@ fn world(running: Vec<RunningBuild>) -> Snapshot {
             paused: false,
             max_builds: 1,
             downtime: vec![],
+            quarantined_until: None,
         }],
         running,
         locks: vec![],
