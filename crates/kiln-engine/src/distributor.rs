@@ -253,13 +253,18 @@ impl Quarantine {
     }
 }
 
-/// When the distributor should next run because a worker's downtime starts or ends.
+/// When the distributor should next run because a worker's downtime starts or ends or its
+/// quarantine ends.
 pub fn next_availability_change(workers: &[WorkerState], now: Epoch) -> Option<Epoch> {
-    workers
+    let windows = workers
         .iter()
         .flat_map(|w| w.downtime.iter())
-        .filter_map(|d| d.next_boundary(now))
-        .min()
+        .filter_map(|d| d.next_boundary(now));
+    let quarantines = workers
+        .iter()
+        .filter_map(|w| w.quarantined_until)
+        .filter(|t| *t > now);
+    windows.chain(quarantines).min()
 }
 
 /// A build in progress, holding its builder's locks on its worker.

@@ -667,4 +667,9 @@ fn quarantine_after_exception_backs_off() {
         ..snap
     };
     assert_eq!(started(&distribute(&snap2, T0 + 9)), vec![(1, 2)]);
+    assert_eq!(
+        next_availability_change(&snap2.workers, T0 + 5),
+        Some(T0 + 10)
+    );
+    assert_eq!(next_availability_change(&snap2.workers, T0 + 10), None);
 }
