@@ -21,7 +21,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, SqlSafeStr, Transaction};
 
 pub use entities::*;
-pub use logs::{AppendOutcome, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES};
+pub use logs::{AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES, slugify};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]

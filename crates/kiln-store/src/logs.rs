@@ -485,3 +485,36 @@ async fn next_chunk(pool: &AnyPool, id: LogId, from: i64, end: i64) -> Result<Op
 fn memchr_nl(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == b'\n')
 }
+
+/// One row of a log's chunk index (for diagnostics and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkInfo {
+    pub first_line: i64,
+    pub last_line: i64,
+    pub raw_len: i64,
+    pub stored_len: i64,
+    pub compressed: i64,
+}
+
+impl Store {
+    /// The chunk index of a log, in line order.
+    pub async fn log_chunks(&self, id: LogId) -> Result<Vec<ChunkInfo>> {
+        let rows = sqlx::query(
+            "SELECT first_line, last_line, raw_len, compressed, LENGTH(content) AS stored_len FROM logchunks WHERE logid = $1 ORDER BY first_line",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChunkInfo {
+                    first_line: get_i64(r, "first_line")?,
+                    last_line: get_i64(r, "last_line")?,
+                    raw_len: get_i64(r, "raw_len")?,
+                    stored_len: get_i64(r, "stored_len")?,
+                    compressed: get_i64(r, "compressed")?,
+                })
+            })
+            .collect()
+    }
+}
