@@ -4,14 +4,16 @@
 use std::collections::{BTreeMap, HashMap};
 
 use kiln_model::{
-    Build, BuildId, BuildRequest, BuildRequestId, BuilderId, Buildset, BuildsetId, Change, ChangeId, Epoch, MasterId, Properties,
-    PropertyValue, Results, SourceStamp, SourceStampId, Step, StepId, StepUrl, Worker, WorkerId,
+    Build, BuildId, BuildRequest, BuildRequestId, BuilderId, Buildset, BuildsetId, Change,
+    ChangeId, Epoch, MasterId, Properties, PropertyValue, Results, SourceStamp, SourceStampId,
+    Step, StepId, StepUrl, Worker, WorkerId,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, Transaction};
 
 use crate::{
-    Arg, Backend, Result, Sql, Store, StoreError, clamp_limit, get_bool, get_i64, get_opt_i64, get_opt_str, get_results, get_str,
+    Arg, Backend, Result, Sql, Store, StoreError, clamp_limit, get_bool, get_i64, get_opt_i64,
+    get_opt_str, get_results, get_str,
 };
 
 /// A builder as the database knows it (the config owns the rest).
@@ -114,8 +116,8 @@ fn prop_json(v: &PropertyValue) -> String {
 }
 
 fn parse_prop(name: String, text: &str) -> Result<(String, PropertyValue)> {
-    let (v, s): (serde_json::Value, String) =
-        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("property {name}: {e}")))?;
+    let (v, s): (serde_json::Value, String) = serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("property {name}: {e}")))?;
     Ok((name, PropertyValue(v, s)))
 }
 
@@ -124,14 +126,12 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 const SS_COLS: &str = "id, branch, revision, repository, codebase, project, created_at";
-const BS_COLS: &str = "id, external_idstring, reason, submitted_at, complete, complete_at, results, parent_buildid";
-const BR_COLS: &str =
-    "id, buildsetid, builderid, priority, submitted_at, complete, complete_at, results, waited_for, claimed_by_masterid, claimed_at";
-const BUILD_COLS: &str =
-    "id, number, builderid, buildrequestid, workerid, masterid, started_at, complete, complete_at, state_string, results, locks_duration_s";
+const BS_COLS: &str =
+    "id, external_idstring, reason, submitted_at, complete, complete_at, results, parent_buildid";
+const BR_COLS: &str = "id, buildsetid, builderid, priority, submitted_at, complete, complete_at, results, waited_for, claimed_by_masterid, claimed_at";
+const BUILD_COLS: &str = "id, number, builderid, buildrequestid, workerid, masterid, started_at, complete, complete_at, state_string, results, locks_duration_s";
 const STEP_COLS: &str = "id, number, name, buildid, started_at, complete, complete_at, state_string, results, urls, hidden";
-const CHANGE_COLS: &str =
-    "changeid, author, committer, comments, branch, revision, when_timestamp, category, repository, codebase, project, sourcestampid";
+const CHANGE_COLS: &str = "changeid, author, committer, comments, branch, revision, when_timestamp, category, repository, codebase, project, sourcestampid";
 
 fn row_ss(r: &AnyRow) -> Result<SourceStamp> {
     Ok(SourceStamp {
@@ -181,8 +181,8 @@ fn row_build(r: &AnyRow) -> Result<Build> {
 }
 
 fn row_step(r: &AnyRow) -> Result<Step> {
-    let urls: Vec<(String, String)> =
-        serde_json::from_str(&get_str(r, "urls")?).map_err(|e| StoreError::Corrupt(format!("step urls: {e}")))?;
+    let urls: Vec<(String, String)> = serde_json::from_str(&get_str(r, "urls")?)
+        .map_err(|e| StoreError::Corrupt(format!("step urls: {e}")))?;
     Ok(Step {
         stepid: StepId(get_i64(r, "id")?),
         buildid: BuildId(get_i64(r, "buildid")?),
@@ -194,13 +194,17 @@ fn row_step(r: &AnyRow) -> Result<Step> {
         state_string: get_str(r, "state_string")?,
         results: get_results(r, "results")?,
         hidden: get_bool(r, "hidden")?,
-        urls: urls.into_iter().map(|(name, url)| StepUrl { name, url }).collect(),
+        urls: urls
+            .into_iter()
+            .map(|(name, url)| StepUrl { name, url })
+            .collect(),
     })
 }
 
 fn row_worker(r: &AnyRow) -> Result<Worker> {
     let info: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&get_str(r, "info")?).map_err(|e| StoreError::Corrupt(format!("worker info: {e}")))?;
+        serde_json::from_str(&get_str(r, "info")?)
+            .map_err(|e| StoreError::Corrupt(format!("worker info: {e}")))?;
     Ok(Worker {
         workerid: WorkerId(get_i64(r, "id")?),
         name: get_str(r, "name")?,
@@ -215,7 +219,8 @@ fn row_builder(r: &AnyRow) -> Result<BuilderRow> {
         builderid: BuilderId(get_i64(r, "id")?),
         name: get_str(r, "name")?,
         description: get_opt_str(r, "description")?,
-        tags: serde_json::from_str(&get_str(r, "tags")?).map_err(|e| StoreError::Corrupt(format!("builder tags: {e}")))?,
+        tags: serde_json::from_str(&get_str(r, "tags")?)
+            .map_err(|e| StoreError::Corrupt(format!("builder tags: {e}")))?,
     })
 }
 
@@ -238,7 +243,11 @@ impl Store {
     // ---------------------------------------------------------------- workers
 
     /// Creates a worker or updates its info; returns its id.
-    pub async fn upsert_worker(&self, name: &str, info: &serde_json::Map<String, serde_json::Value>) -> Result<WorkerId> {
+    pub async fn upsert_worker(
+        &self,
+        name: &str,
+        info: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<WorkerId> {
         let info = serde_json::Value::Object(info.clone()).to_string();
         let row = sqlx::query(
             "INSERT INTO workers (name, info) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET info = excluded.info RETURNING id",
@@ -259,16 +268,20 @@ impl Store {
     }
 
     pub async fn get_worker_by_name(&self, name: &str) -> Result<Option<Worker>> {
-        let row = sqlx::query("SELECT id, name, info, paused, graceful FROM workers WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, name, info, paused, graceful FROM workers WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(row_worker).transpose()
     }
 
     /// Workers by name (there are tens, not millions).
     pub async fn list_workers(&self) -> Result<Vec<Worker>> {
-        let rows = sqlx::query("SELECT id, name, info, paused, graceful FROM workers ORDER BY name").fetch_all(&self.pool).await?;
+        let rows =
+            sqlx::query("SELECT id, name, info, paused, graceful FROM workers ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(row_worker).collect()
     }
 
@@ -287,7 +300,12 @@ impl Store {
 
     // ---------------------------------------------------------------- builders
 
-    pub async fn upsert_builder(&self, name: &str, description: Option<&str>, tags: &[String]) -> Result<BuilderId> {
+    pub async fn upsert_builder(
+        &self,
+        name: &str,
+        description: Option<&str>,
+        tags: &[String],
+    ) -> Result<BuilderId> {
         let tags = serde_json::to_string(tags).expect("strings serialize");
         let row = sqlx::query(
             "INSERT INTO builders (name, description, tags) VALUES ($1, $2, $3) \
@@ -319,13 +337,19 @@ impl Store {
 
     /// Builders by name (about a thousand for CPython).
     pub async fn list_builders(&self) -> Result<Vec<BuilderRow>> {
-        let rows = sqlx::query("SELECT id, name, description, tags FROM builders ORDER BY name").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT id, name, description, tags FROM builders ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(row_builder).collect()
     }
 
     // ---------------------------------------------------------------- source stamps
 
-    async fn insert_ss(tx: &mut Transaction<'static, Any>, ss: &NewSourceStamp, now: Epoch) -> Result<SourceStampId> {
+    async fn insert_ss(
+        tx: &mut Transaction<'static, Any>,
+        ss: &NewSourceStamp,
+        now: Epoch,
+    ) -> Result<SourceStampId> {
         let row = sqlx::query(
             "INSERT INTO sourcestamps (branch, revision, repository, codebase, project, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -349,10 +373,12 @@ impl Store {
     }
 
     pub async fn get_sourcestamp(&self, id: SourceStampId) -> Result<Option<SourceStamp>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SS_COLS} FROM sourcestamps WHERE id = $1")))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SS_COLS} FROM sourcestamps WHERE id = $1"
+        )))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(row_ss).transpose()
     }
 
@@ -388,7 +414,11 @@ impl Store {
         .await?;
         let id = get_i64(&row, "changeid")?;
         for f in &c.files {
-            sqlx::query("INSERT INTO change_files (changeid, filename) VALUES ($1, $2)").bind(id).bind(f.as_str()).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO change_files (changeid, filename) VALUES ($1, $2)")
+                .bind(id)
+                .bind(f.as_str())
+                .execute(&mut *tx)
+                .await?;
         }
         for (name, v) in &c.properties.0 {
             sqlx::query("INSERT INTO change_properties (changeid, property_name, property_value) VALUES ($1, $2, $3)")
@@ -404,20 +434,26 @@ impl Store {
 
     async fn complete_change(&self, r: &AnyRow) -> Result<Change> {
         let id = get_i64(r, "changeid")?;
-        let files = sqlx::query("SELECT filename FROM change_files WHERE changeid = $1 ORDER BY filename")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| get_str(r, "filename"))
-            .collect::<Result<Vec<_>>>()?;
+        let files =
+            sqlx::query("SELECT filename FROM change_files WHERE changeid = $1 ORDER BY filename")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| get_str(r, "filename"))
+                .collect::<Result<Vec<_>>>()?;
         let mut properties = Properties::default();
-        for pr in sqlx::query("SELECT property_name, property_value FROM change_properties WHERE changeid = $1")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?
+        for pr in sqlx::query(
+            "SELECT property_name, property_value FROM change_properties WHERE changeid = $1",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
         {
-            let (k, v) = parse_prop(get_str(&pr, "property_name")?, &get_str(&pr, "property_value")?)?;
+            let (k, v) = parse_prop(
+                get_str(&pr, "property_name")?,
+                &get_str(&pr, "property_value")?,
+            )?;
             properties.0.insert(k, v);
         }
         Ok(Change {
@@ -439,10 +475,12 @@ impl Store {
     }
 
     pub async fn get_change(&self, id: ChangeId) -> Result<Option<Change>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CHANGE_COLS} FROM changes WHERE changeid = $1")))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CHANGE_COLS} FROM changes WHERE changeid = $1"
+        )))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
         match row {
             None => Ok(None),
             Some(r) => Ok(Some(self.complete_change(&r).await?)),
@@ -473,7 +511,11 @@ impl Store {
     // ---------------------------------------------------------------- buildsets and requests
 
     /// Adds a buildset and one build request per builder, in one transaction.
-    pub async fn add_buildset(&self, bs: &NewBuildset, now: Epoch) -> Result<(BuildsetId, Vec<(BuilderId, BuildRequestId)>)> {
+    pub async fn add_buildset(
+        &self,
+        bs: &NewBuildset,
+        now: Epoch,
+    ) -> Result<(BuildsetId, Vec<(BuilderId, BuildRequestId)>)> {
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "INSERT INTO buildsets (external_idstring, reason, submitted_at, complete, parent_buildid) \
@@ -487,11 +529,13 @@ impl Store {
         .await?;
         let bsid = get_i64(&row, "id")?;
         for ss in &bs.sourcestamps {
-            sqlx::query("INSERT INTO buildset_sourcestamps (buildsetid, sourcestampid) VALUES ($1, $2)")
-                .bind(bsid)
-                .bind(ss.0)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO buildset_sourcestamps (buildsetid, sourcestampid) VALUES ($1, $2)",
+            )
+            .bind(bsid)
+            .bind(ss.0)
+            .execute(&mut *tx)
+            .await?;
         }
         for (name, v) in &bs.properties.0 {
             sqlx::query("INSERT INTO buildset_properties (buildsetid, property_name, property_value) VALUES ($1, $2, $3)")
@@ -521,10 +565,12 @@ impl Store {
     }
 
     pub async fn get_buildset(&self, id: BuildsetId) -> Result<Option<Buildset>> {
-        let Some(r) = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {BS_COLS} FROM buildsets WHERE id = $1")))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?
+        let Some(r) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {BS_COLS} FROM buildsets WHERE id = $1"
+        )))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?
         else {
             return Ok(None);
         };
@@ -550,22 +596,29 @@ impl Store {
 
     pub async fn get_buildset_properties(&self, id: BuildsetId) -> Result<Properties> {
         let mut p = Properties::default();
-        for r in sqlx::query("SELECT property_name, property_value FROM buildset_properties WHERE buildsetid = $1")
-            .bind(id.0)
-            .fetch_all(&self.pool)
-            .await?
+        for r in sqlx::query(
+            "SELECT property_name, property_value FROM buildset_properties WHERE buildsetid = $1",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?
         {
-            let (k, v) = parse_prop(get_str(&r, "property_name")?, &get_str(&r, "property_value")?)?;
+            let (k, v) = parse_prop(
+                get_str(&r, "property_name")?,
+                &get_str(&r, "property_value")?,
+            )?;
             p.0.insert(k, v);
         }
         Ok(p)
     }
 
     pub async fn get_build_request(&self, id: BuildRequestId) -> Result<Option<BuildRequest>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {BR_COLS} FROM buildrequests WHERE id = $1")))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {BR_COLS} FROM buildrequests WHERE id = $1"
+        )))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(row_br).transpose()
     }
 
@@ -599,7 +652,13 @@ impl Store {
 
     /// Claims up to `n` unclaimed, incomplete requests of `builder` for `master`: highest priority
     /// first, then oldest. Two masters (or tasks) claiming at once never get the same request.
-    pub async fn claim_build_requests(&self, master: MasterId, builder: BuilderId, n: i64, now: Epoch) -> Result<Vec<BuildRequestId>> {
+    pub async fn claim_build_requests(
+        &self,
+        master: MasterId,
+        builder: BuilderId,
+        n: i64,
+        now: Epoch,
+    ) -> Result<Vec<BuildRequestId>> {
         let sql = match self.backend {
             Backend::Postgres => {
                 "UPDATE buildrequests SET claimed_by_masterid = $1, claimed_at = $2 WHERE id IN (\
@@ -614,17 +673,36 @@ impl Store {
                  AND claimed_by_masterid IS NULL RETURNING id, priority, submitted_at"
             }
         };
-        let rows = sqlx::query(sql).bind(master.0).bind(now).bind(builder.0).bind(n.max(0)).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sql)
+            .bind(master.0)
+            .bind(now)
+            .bind(builder.0)
+            .bind(n.max(0))
+            .fetch_all(&self.pool)
+            .await?;
         let mut got = rows
             .iter()
-            .map(|r| Ok((get_i64(r, "priority")?, get_i64(r, "submitted_at")?, get_i64(r, "id")?)))
+            .map(|r| {
+                Ok((
+                    get_i64(r, "priority")?,
+                    get_i64(r, "submitted_at")?,
+                    get_i64(r, "id")?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         got.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        Ok(got.into_iter().map(|(_, _, id)| BuildRequestId(id)).collect())
+        Ok(got
+            .into_iter()
+            .map(|(_, _, id)| BuildRequestId(id))
+            .collect())
     }
 
     /// Gives back requests claimed by `master` that are not complete; returns how many.
-    pub async fn unclaim_build_requests(&self, master: MasterId, ids: &[BuildRequestId]) -> Result<u64> {
+    pub async fn unclaim_build_requests(
+        &self,
+        master: MasterId,
+        ids: &[BuildRequestId],
+    ) -> Result<u64> {
         let mut tx = self.write_tx().await?;
         let mut n = 0;
         for id in ids {
@@ -644,7 +722,12 @@ impl Store {
 
     /// Completes requests (those not already complete) and then every buildset all of whose
     /// requests are complete, with the worst of their results. Returns how many requests.
-    pub async fn complete_build_requests(&self, ids: &[BuildRequestId], results: Results, now: Epoch) -> Result<u64> {
+    pub async fn complete_build_requests(
+        &self,
+        ids: &[BuildRequestId],
+        results: Results,
+        now: Epoch,
+    ) -> Result<u64> {
         let mut tx = self.write_tx().await?;
         let mut n = 0;
         let mut buildsets = Vec::new();
@@ -666,10 +749,11 @@ impl Store {
             }
         }
         for bs in buildsets {
-            let rows = sqlx::query("SELECT complete, results FROM buildrequests WHERE buildsetid = $1")
-                .bind(bs)
-                .fetch_all(&mut *tx)
-                .await?;
+            let rows =
+                sqlx::query("SELECT complete, results FROM buildrequests WHERE buildsetid = $1")
+                    .bind(bs)
+                    .fetch_all(&mut *tx)
+                    .await?;
             let mut worst: Option<Results> = None;
             let mut all = true;
             for r in &rows {
@@ -701,10 +785,12 @@ impl Store {
         loop {
             attempt += 1;
             let mut tx = self.write_tx().await?;
-            let row = sqlx::query("SELECT COALESCE(MAX(number), 0) + 1 AS n FROM builds WHERE builderid = $1")
-                .bind(b.builderid.0)
-                .fetch_one(&mut *tx)
-                .await?;
+            let row = sqlx::query(
+                "SELECT COALESCE(MAX(number), 0) + 1 AS n FROM builds WHERE builderid = $1",
+            )
+            .bind(b.builderid.0)
+            .fetch_one(&mut *tx)
+            .await?;
             let number = get_i64(&row, "n")?;
             let ins = sqlx::query(
                 "INSERT INTO builds (number, builderid, buildrequestid, workerid, masterid, started_at, complete, state_string, \
@@ -734,19 +820,27 @@ impl Store {
     }
 
     pub async fn get_build(&self, id: BuildId) -> Result<Option<Build>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {BUILD_COLS} FROM builds WHERE id = $1")))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {BUILD_COLS} FROM builds WHERE id = $1"
+        )))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(row_build).transpose()
     }
 
-    pub async fn get_build_by_number(&self, builder: BuilderId, number: i64) -> Result<Option<Build>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {BUILD_COLS} FROM builds WHERE builderid = $1 AND number = $2")))
-            .bind(builder.0)
-            .bind(number)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn get_build_by_number(
+        &self,
+        builder: BuilderId,
+        number: i64,
+    ) -> Result<Option<Build>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {BUILD_COLS} FROM builds WHERE builderid = $1 AND number = $2"
+        )))
+        .bind(builder.0)
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(row_build).transpose()
     }
 
@@ -769,11 +863,19 @@ impl Store {
             q.and("id < ?", Arg::I(b.0));
         }
         q.tail("id DESC", clamp_limit(f.limit));
-        q.fetch_all(&self.pool).await?.iter().map(row_build).collect()
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row_build)
+            .collect()
     }
 
     pub async fn set_build_state_string(&self, id: BuildId, state: &str) -> Result<()> {
-        let r = sqlx::query("UPDATE builds SET state_string = $1 WHERE id = $2").bind(state).bind(id.0).execute(&self.pool).await?;
+        let r = sqlx::query("UPDATE builds SET state_string = $1 WHERE id = $2")
+            .bind(state)
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound("build", id.0));
         }
@@ -826,9 +928,12 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
         {
-            let v: serde_json::Value =
-                serde_json::from_str(&get_str(&r, "value")?).map_err(|e| StoreError::Corrupt(format!("build property: {e}")))?;
-            p.0.insert(get_str(&r, "name")?, PropertyValue(v, get_str(&r, "source")?));
+            let v: serde_json::Value = serde_json::from_str(&get_str(&r, "value")?)
+                .map_err(|e| StoreError::Corrupt(format!("build property: {e}")))?;
+            p.0.insert(
+                get_str(&r, "name")?,
+                PropertyValue(v, get_str(&r, "source")?),
+            );
         }
         Ok(p)
     }
@@ -838,10 +943,11 @@ impl Store {
     /// Adds a step with the build's next number (from 0). Returns (id, number).
     pub async fn add_step(&self, build: BuildId, name: &str) -> Result<(StepId, i64)> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT COALESCE(MAX(number), -1) + 1 AS n FROM steps WHERE buildid = $1")
-            .bind(build.0)
-            .fetch_one(&mut *tx)
-            .await?;
+        let row =
+            sqlx::query("SELECT COALESCE(MAX(number), -1) + 1 AS n FROM steps WHERE buildid = $1")
+                .bind(build.0)
+                .fetch_one(&mut *tx)
+                .await?;
         let number = get_i64(&row, "n")?;
         let row = sqlx::query(
             "INSERT INTO steps (number, name, buildid, complete, state_string, urls, hidden) VALUES ($1, $2, $3, 0, 'pending', '[]', 0) \
@@ -857,7 +963,11 @@ impl Store {
     }
 
     pub async fn start_step(&self, id: StepId, now: Epoch) -> Result<()> {
-        let r = sqlx::query("UPDATE steps SET started_at = $1 WHERE id = $2").bind(now).bind(id.0).execute(&self.pool).await?;
+        let r = sqlx::query("UPDATE steps SET started_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound("step", id.0));
         }
@@ -865,7 +975,11 @@ impl Store {
     }
 
     pub async fn set_step_state_string(&self, id: StepId, state: &str) -> Result<()> {
-        sqlx::query("UPDATE steps SET state_string = $1 WHERE id = $2").bind(state).bind(id.0).execute(&self.pool).await?;
+        sqlx::query("UPDATE steps SET state_string = $1 WHERE id = $2")
+            .bind(state)
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -876,8 +990,8 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound("step", id.0))?;
-        let mut urls: Vec<(String, String)> =
-            serde_json::from_str(&get_str(&row, "urls")?).map_err(|e| StoreError::Corrupt(format!("step urls: {e}")))?;
+        let mut urls: Vec<(String, String)> = serde_json::from_str(&get_str(&row, "urls")?)
+            .map_err(|e| StoreError::Corrupt(format!("step urls: {e}")))?;
         if !urls.iter().any(|(n, u)| n == name && u == url) {
             urls.push((name.to_string(), url.to_string()));
         }
@@ -891,7 +1005,13 @@ impl Store {
     }
 
     /// Finishes a step (no-op if already finished); returns whether it changed.
-    pub async fn finish_step(&self, id: StepId, results: Results, hidden: bool, now: Epoch) -> Result<bool> {
+    pub async fn finish_step(
+        &self,
+        id: StepId,
+        results: Results,
+        hidden: bool,
+        now: Epoch,
+    ) -> Result<bool> {
         let r = sqlx::query("UPDATE steps SET complete = 1, complete_at = $1, results = $2, hidden = $3 WHERE id = $4 AND complete = 0")
             .bind(now)
             .bind(i64::from(results))
@@ -903,19 +1023,23 @@ impl Store {
     }
 
     pub async fn get_step(&self, id: StepId) -> Result<Option<Step>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {STEP_COLS} FROM steps WHERE id = $1")))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {STEP_COLS} FROM steps WHERE id = $1"
+        )))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(row_step).transpose()
     }
 
     /// The steps of a build, in order.
     pub async fn list_steps(&self, build: BuildId) -> Result<Vec<Step>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {STEP_COLS} FROM steps WHERE buildid = $1 ORDER BY number")))
-            .bind(build.0)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {STEP_COLS} FROM steps WHERE buildid = $1 ORDER BY number"
+        )))
+        .bind(build.0)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(row_step).collect()
     }
 
@@ -962,7 +1086,11 @@ impl Store {
         .await?
         .rows_affected();
         tx.commit().await?;
-        Ok(Recovery { builds, steps, requests_requeued: requests })
+        Ok(Recovery {
+            builds,
+            steps,
+            requests_requeued: requests,
+        })
     }
 
     /// How many rows each table holds (for tests and `kiln doctor`).
@@ -986,7 +1114,11 @@ impl Store {
             "logs",
             "logchunks",
         ] {
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM {t}"))).fetch_one(&self.pool).await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) AS n FROM {t}"
+            )))
+            .fetch_one(&self.pool)
+            .await?;
             out.insert(t, get_i64(&row, "n")?);
         }
         Ok(out)

@@ -21,7 +21,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, SqlSafeStr, Transaction};
 
 pub use entities::*;
-pub use logs::{AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES, slugify};
+pub use logs::{
+    AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES, slugify,
+};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +60,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { max_connections: 8, log_max_bytes: Some(1 << 30) }
+        StoreOptions {
+            max_connections: 8,
+            log_max_bytes: Some(1 << 30),
+        }
     }
 }
 
@@ -106,14 +111,18 @@ impl Store {
         };
         if backend == Backend::Sqlite && url.contains(":memory:") {
             // Every pooled connection would get its own empty database.
-            return Err(StoreError::BadUrl(format!("{url}: in-memory SQLite is not supported through the pool; use a file")));
+            return Err(StoreError::BadUrl(format!(
+                "{url}: in-memory SQLite is not supported through the pool; use a file"
+            )));
         }
         let pool = AnyPoolOptions::new()
             .max_connections(opts.max_connections)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -121,10 +130,16 @@ impl Store {
             .connect(url)
             .await?;
         if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
         }
         migrator(backend).run(&pool).await?;
-        Ok(Store { pool, backend, opts })
+        Ok(Store {
+            pool,
+            backend,
+            opts,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -145,7 +160,9 @@ impl Store {
         if self.backend != Backend::Sqlite {
             return Ok(None);
         }
-        let row = sqlx::query("PRAGMA journal_mode").fetch_one(&self.pool).await?;
+        let row = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(Some(row.try_get::<String, _>(0)?))
     }
 
@@ -187,7 +204,9 @@ pub(crate) fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>> {
 pub(crate) fn get_results(row: &AnyRow, col: &str) -> Result<Option<kiln_model::Results>> {
     match get_opt_i64(row, col)? {
         None => Ok(None),
-        Some(v) => kiln_model::Results::try_from(v).map(Some).map_err(StoreError::Corrupt),
+        Some(v) => kiln_model::Results::try_from(v)
+            .map(Some)
+            .map_err(StoreError::Corrupt),
     }
 }
 
@@ -206,21 +225,27 @@ pub(crate) struct Sql {
 
 impl Sql {
     pub fn new(base: &str) -> Sql {
-        Sql { sql: base.to_string(), args: Vec::new(), has_where: false }
+        Sql {
+            sql: base.to_string(),
+            args: Vec::new(),
+            has_where: false,
+        }
     }
 
     /// Adds `cond` where `?` stands for the next placeholder.
     pub fn and(&mut self, cond: &str, arg: Arg) -> &mut Sql {
         self.args.push(arg);
         let n = self.args.len();
-        self.sql.push_str(if self.has_where { " AND " } else { " WHERE " });
+        self.sql
+            .push_str(if self.has_where { " AND " } else { " WHERE " });
         self.has_where = true;
         self.sql.push_str(&cond.replace('?', &format!("${n}")));
         self
     }
 
     pub fn and_raw(&mut self, cond: &str) -> &mut Sql {
-        self.sql.push_str(if self.has_where { " AND " } else { " WHERE " });
+        self.sql
+            .push_str(if self.has_where { " AND " } else { " WHERE " });
         self.has_where = true;
         self.sql.push_str(cond);
         self

@@ -66,7 +66,13 @@ fn parse_type(s: &str) -> Result<LogType> {
 /// Buildbot's slug: lower-case, anything but `[a-z0-9_-]` becomes `_`.
 pub fn slugify(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -97,11 +103,17 @@ fn decompress(r: &AnyRow) -> Result<Vec<u8>> {
         COMPRESS_RAW => Ok(content),
         COMPRESS_ZSTD => {
             if !(0..=MAX_CHUNK_RAW).contains(&raw_len) {
-                return Err(StoreError::Corrupt(format!("log chunk claims {raw_len} bytes")));
+                return Err(StoreError::Corrupt(format!(
+                    "log chunk claims {raw_len} bytes"
+                )));
             }
-            let out = zstd::bulk::decompress(&content, raw_len as usize).map_err(|e| StoreError::Corrupt(format!("log chunk: {e}")))?;
+            let out = zstd::bulk::decompress(&content, raw_len as usize)
+                .map_err(|e| StoreError::Corrupt(format!("log chunk: {e}")))?;
             if out.len() as i64 != raw_len {
-                return Err(StoreError::Corrupt(format!("log chunk is {} bytes, expected {raw_len}", out.len())));
+                return Err(StoreError::Corrupt(format!(
+                    "log chunk is {} bytes, expected {raw_len}",
+                    out.len()
+                )));
             }
             Ok(out)
         }
@@ -113,7 +125,14 @@ fn marker(cap: u64, dropped: u64) -> String {
     format!("[kiln: log truncated at {cap} bytes; {dropped} bytes dropped]\n")
 }
 
-async fn insert_chunk(tx: &mut Transaction<'static, Any>, logid: i64, first: i64, last: i64, raw: &[u8], level: i32) -> Result<()> {
+async fn insert_chunk(
+    tx: &mut Transaction<'static, Any>,
+    logid: i64,
+    first: i64,
+    last: i64,
+    raw: &[u8],
+    level: i32,
+) -> Result<()> {
     let (content, method) = compress(raw, level);
     sqlx::query("INSERT INTO logchunks (logid, first_line, last_line, content, compressed, raw_len) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(logid)
@@ -143,10 +162,12 @@ impl Store {
     }
 
     pub async fn get_log(&self, id: LogId) -> Result<Option<Log>> {
-        let row = sqlx::query("SELECT id, stepid, name, slug, type, complete, num_lines FROM logs WHERE id = $1")
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, stepid, name, slug, type, complete, num_lines FROM logs WHERE id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(row_log).transpose()
     }
 
@@ -174,7 +195,11 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NotFound("log", id.0))?;
-        Ok((get_i64(&r, "total_bytes")? as u64, get_i64(&r, "stored_bytes")? as u64, get_bool(&r, "truncated")?))
+        Ok((
+            get_i64(&r, "total_bytes")? as u64,
+            get_i64(&r, "stored_bytes")? as u64,
+            get_bool(&r, "truncated")?,
+        ))
     }
 
     /// Appends whole lines (a last line without `\n` is stored as a whole line). Past the
@@ -182,15 +207,29 @@ impl Store {
     /// the marker's count is kept up to date.
     pub async fn append_log(&self, id: LogId, text: &str) -> Result<AppendOutcome> {
         if text.is_empty() {
-            let log = self.get_log(id).await?.ok_or(StoreError::NotFound("log", id.0))?;
-            return Ok(AppendOutcome { num_lines: log.num_lines, ..Default::default() });
+            let log = self
+                .get_log(id)
+                .await?
+                .ok_or(StoreError::NotFound("log", id.0))?;
+            return Ok(AppendOutcome {
+                num_lines: log.num_lines,
+                ..Default::default()
+            });
         }
         let mut tx = self.write_tx().await?;
         let sel = match self.backend {
-            Backend::Postgres => "SELECT num_lines, total_bytes, stored_bytes, truncated FROM logs WHERE id = $1 FOR UPDATE",
-            Backend::Sqlite => "SELECT num_lines, total_bytes, stored_bytes, truncated FROM logs WHERE id = $1",
+            Backend::Postgres => {
+                "SELECT num_lines, total_bytes, stored_bytes, truncated FROM logs WHERE id = $1 FOR UPDATE"
+            }
+            Backend::Sqlite => {
+                "SELECT num_lines, total_bytes, stored_bytes, truncated FROM logs WHERE id = $1"
+            }
         };
-        let r = sqlx::query(sel).bind(id.0).fetch_optional(&mut *tx).await?.ok_or(StoreError::NotFound("log", id.0))?;
+        let r = sqlx::query(sel)
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound("log", id.0))?;
         let mut num_lines = get_i64(&r, "num_lines")?;
         let total = get_i64(&r, "total_bytes")? as u64 + text.len() as u64;
         let mut stored = get_i64(&r, "stored_bytes")? as u64;
@@ -210,9 +249,17 @@ impl Store {
                 .bind(num_lines - 1)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE logs SET total_bytes = $1 WHERE id = $2").bind(total as i64).bind(id.0).execute(&mut *tx).await?;
+            sqlx::query("UPDATE logs SET total_bytes = $1 WHERE id = $2")
+                .bind(total as i64)
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
-            return Ok(AppendOutcome { lines_stored: 0, bytes_dropped: text.len() as u64, num_lines });
+            return Ok(AppendOutcome {
+                lines_stored: 0,
+                bytes_dropped: text.len() as u64,
+                num_lines,
+            });
         }
 
         let bytes = text.as_bytes();
@@ -220,7 +267,10 @@ impl Store {
             Some(cap) if stored + bytes.len() as u64 > cap => {
                 let room = (cap - stored.min(cap)) as usize;
                 // The longest prefix of whole lines that fits.
-                let keep = bytes[..room.min(bytes.len())].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                let keep = bytes[..room.min(bytes.len())]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |p| p + 1);
                 (keep, true)
             }
             _ => (bytes.len(), false),
@@ -247,7 +297,15 @@ impl Store {
                 owned_tail.push(b'\n');
                 &owned_tail
             };
-            insert_chunk(&mut tx, id.0, num_lines, num_lines + lines as i64 - 1, raw, 3).await?;
+            insert_chunk(
+                &mut tx,
+                id.0,
+                num_lines,
+                num_lines + lines as i64 - 1,
+                raw,
+                3,
+            )
+            .await?;
             num_lines += lines as i64;
             rest = &rest[end..];
         }
@@ -267,7 +325,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(AppendOutcome { lines_stored: num_lines - first_before, bytes_dropped: (bytes.len() - keep) as u64, num_lines })
+        Ok(AppendOutcome {
+            lines_stored: num_lines - first_before,
+            bytes_dropped: (bytes.len() - keep) as u64,
+            num_lines,
+        })
     }
 
     /// Lines `first..=last` (0-based, without their `\n`, decoded as lossy UTF-8), reading and
@@ -289,13 +351,15 @@ impl Store {
         let mut out = Vec::new();
         for r in &rows {
             let raw = decompress(r)?;
-            let mut n = get_i64(r, "first_line")?;
-            for line in raw.split_inclusive(|&b| b == b'\n') {
-                if n >= first && n <= last {
+            let start = get_i64(r, "first_line")?;
+            for (n, line) in (start..).zip(raw.split_inclusive(|&b| b == b'\n')) {
+                if n > last {
+                    break;
+                }
+                if n >= first {
                     let line = line.strip_suffix(b"\n").unwrap_or(line);
                     out.push(String::from_utf8_lossy(line).into_owned());
                 }
-                n += 1;
             }
         }
         Ok(out)
@@ -331,7 +395,10 @@ impl Store {
     /// Marks a log complete and, if `compress`, merges runs of small chunks into chunks of up to
     /// the chunk limits, recompressed harder (one short transaction per merged run).
     pub async fn finish_log(&self, id: LogId, compress: bool) -> Result<()> {
-        let r = sqlx::query("UPDATE logs SET complete = 1 WHERE id = $1").bind(id.0).execute(&self.pool).await?;
+        let r = sqlx::query("UPDATE logs SET complete = 1 WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound("log", id.0));
         }
@@ -352,12 +419,19 @@ impl Store {
         loop {
             let row = next_chunk(&self.pool, id, next, end).await?;
             let chunk = match &row {
-                Some(r) => Some((get_i64(r, "first_line")?, get_i64(r, "last_line")?, decompress(r)?)),
+                Some(r) => Some((
+                    get_i64(r, "first_line")?,
+                    get_i64(r, "last_line")?,
+                    decompress(r)?,
+                )),
                 None => None,
             };
             let fits = match &chunk {
                 Some((f, l, raw)) => {
-                    g_count > 0 && group.len() + raw.len() <= LOG_CHUNK_MAX_BYTES && (l - g_first + 1) as usize <= LOG_CHUNK_MAX_LINES && *f == g_last + 1
+                    g_count > 0
+                        && group.len() + raw.len() <= LOG_CHUNK_MAX_BYTES
+                        && (l - g_first + 1) as usize <= LOG_CHUNK_MAX_LINES
+                        && *f == g_last + 1
                 }
                 None => false,
             };
@@ -409,7 +483,10 @@ impl Store {
             for r in &ids {
                 let logid = get_i64(r, "id")?;
                 rep.chunks += self.delete_chunks(logid).await?;
-                sqlx::query("UPDATE logs SET type = 'd' WHERE id = $1").bind(logid).execute(&self.pool).await?;
+                sqlx::query("UPDATE logs SET type = 'd' WHERE id = $1")
+                    .bind(logid)
+                    .execute(&self.pool)
+                    .await?;
                 rep.logs += 1;
             }
         }
@@ -439,32 +516,49 @@ impl Store {
     pub async fn delete_old_builds(&self, horizon: Epoch) -> Result<JanitorReport> {
         let mut rep = JanitorReport::default();
         loop {
-            let builds = sqlx::query("SELECT id FROM builds WHERE complete_at < $1 ORDER BY complete_at LIMIT $2")
-                .bind(horizon)
-                .bind(BATCH)
-                .fetch_all(&self.pool)
-                .await?;
+            let builds = sqlx::query(
+                "SELECT id FROM builds WHERE complete_at < $1 ORDER BY complete_at LIMIT $2",
+            )
+            .bind(horizon)
+            .bind(BATCH)
+            .fetch_all(&self.pool)
+            .await?;
             if builds.is_empty() {
                 return Ok(rep);
             }
             for b in &builds {
                 let buildid = get_i64(b, "id")?;
-                let logs = sqlx::query("SELECT l.id FROM steps s JOIN logs l ON l.stepid = s.id WHERE s.buildid = $1")
-                    .bind(buildid)
-                    .fetch_all(&self.pool)
-                    .await?;
+                let logs = sqlx::query(
+                    "SELECT l.id FROM steps s JOIN logs l ON l.stepid = s.id WHERE s.buildid = $1",
+                )
+                .bind(buildid)
+                .fetch_all(&self.pool)
+                .await?;
                 for l in &logs {
                     rep.chunks += self.delete_chunks(get_i64(l, "id")?).await?;
                 }
                 let mut tx = self.write_tx().await?;
-                rep.logs += sqlx::query("DELETE FROM logs WHERE stepid IN (SELECT id FROM steps WHERE buildid = $1)")
+                rep.logs += sqlx::query(
+                    "DELETE FROM logs WHERE stepid IN (SELECT id FROM steps WHERE buildid = $1)",
+                )
+                .bind(buildid)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                rep.steps += sqlx::query("DELETE FROM steps WHERE buildid = $1")
                     .bind(buildid)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                rep.steps += sqlx::query("DELETE FROM steps WHERE buildid = $1").bind(buildid).execute(&mut *tx).await?.rows_affected();
-                sqlx::query("DELETE FROM build_properties WHERE buildid = $1").bind(buildid).execute(&mut *tx).await?;
-                rep.builds += sqlx::query("DELETE FROM builds WHERE id = $1").bind(buildid).execute(&mut *tx).await?.rows_affected();
+                sqlx::query("DELETE FROM build_properties WHERE buildid = $1")
+                    .bind(buildid)
+                    .execute(&mut *tx)
+                    .await?;
+                rep.builds += sqlx::query("DELETE FROM builds WHERE id = $1")
+                    .bind(buildid)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
                 tx.commit().await?;
             }
         }

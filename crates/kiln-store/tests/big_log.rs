@@ -22,11 +22,32 @@ const APPEND: usize = 256 << 10;
 
 async fn big_log(store: Store) {
     let m = store.register_master("m", 1).await.unwrap();
-    let w = store.upsert_worker("w", &serde_json::Map::new()).await.unwrap();
+    let w = store
+        .upsert_worker("w", &serde_json::Map::new())
+        .await
+        .unwrap();
     let b = store.upsert_builder("b", None, &[]).await.unwrap();
-    let (_, brs) = store.add_buildset(&NewBuildset { builders: vec![b], ..Default::default() }, 1).await.unwrap();
+    let (_, brs) = store
+        .add_buildset(
+            &NewBuildset {
+                builders: vec![b],
+                ..Default::default()
+            },
+            1,
+        )
+        .await
+        .unwrap();
     let (build, _) = store
-        .add_build(&NewBuild { builderid: b, buildrequestid: brs[0].1, workerid: w, masterid: m, state_string: String::new() }, 1)
+        .add_build(
+            &NewBuild {
+                builderid: b,
+                buildrequestid: brs[0].1,
+                workerid: w,
+                masterid: m,
+                state_string: String::new(),
+            },
+            1,
+        )
         .await
         .unwrap();
     let (step, _) = store.add_step(build, "big").await.unwrap();
@@ -47,7 +68,12 @@ async fn big_log(store: Store) {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            writeln!(buf, "[{line_no:>9}] compiling Objects/obj{}.c -O2 -Wall id={rng:016x} ... ok ✓", line_no % 9973).unwrap();
+            writeln!(
+                buf,
+                "[{line_no:>9}] compiling Objects/obj{}.c -O2 -Wall id={rng:016x} ... ok ✓",
+                line_no % 9973
+            )
+            .unwrap();
             line_no += 1;
         }
         store.append_log(log, &buf).await.unwrap();
@@ -56,11 +82,17 @@ async fn big_log(store: Store) {
     let after_write = rss_kib("VmHWM:");
     let chunks = store.log_chunks(log).await.unwrap();
     let stored: i64 = chunks.iter().map(|c| c.stored_len).sum();
-    assert_eq!(store.get_log(log).await.unwrap().unwrap().num_lines as u64, line_no);
+    assert_eq!(
+        store.get_log(log).await.unwrap().unwrap().num_lines as u64,
+        line_no
+    );
 
     // read a range in the middle, then stream everything
     let mid = line_no / 2;
-    let got = store.read_log_lines(log, mid as i64, mid as i64 + 2).await.unwrap();
+    let got = store
+        .read_log_lines(log, mid as i64, mid as i64 + 2)
+        .await
+        .unwrap();
     assert!(got[0].starts_with(&format!("[{mid:>9}]")), "{got:?}");
     let mut total = 0usize;
     let mut lines = 0u64;
@@ -72,7 +104,10 @@ async fn big_log(store: Store) {
     }
     assert_eq!((total, lines), (written, line_no));
     store.finish_log(log, false).await.unwrap();
-    store.finish_build(build, Results::Success, 2).await.unwrap();
+    store
+        .finish_build(build, Results::Success, 2)
+        .await
+        .unwrap();
     let peak = rss_kib("VmHWM:");
     eprintln!(
         "{:?}: {} MiB in {} lines, {} chunks, stored {} MiB compressed; RSS before {} MiB, peak growth while writing {} MiB, \
@@ -87,7 +122,11 @@ async fn big_log(store: Store) {
         peak.saturating_sub(before) >> 10,
     );
     // Far below the log's size: memory does not grow with the log.
-    assert!(peak.saturating_sub(before) < 64 << 10, "peak RSS grew by {} KiB", peak - before);
+    assert!(
+        peak.saturating_sub(before) < 64 << 10,
+        "peak RSS grew by {} KiB",
+        peak - before
+    );
 
     // retention drops the whole thing in small batches
     let rep = store.delete_old_logs(10).await.unwrap();
@@ -97,6 +136,20 @@ async fn big_log(store: Store) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_log_sqlite_and_postgres() {
     // One after the other, so each measurement is alone in the process.
-    common::on_sqlite(StoreOptions { log_max_bytes: None, ..Default::default() }, big_log).await;
-    common::on_postgres(StoreOptions { log_max_bytes: None, ..Default::default() }, big_log).await;
+    common::on_sqlite(
+        StoreOptions {
+            log_max_bytes: None,
+            ..Default::default()
+        },
+        big_log,
+    )
+    .await;
+    common::on_postgres(
+        StoreOptions {
+            log_max_bytes: None,
+            ..Default::default()
+        },
+        big_log,
+    )
+    .await;
 }

@@ -14,7 +14,8 @@ use sqlx::Connection;
 static N: AtomicUsize = AtomicUsize::new(0);
 
 fn pg_base() -> String {
-    std::env::var("KILN_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+    std::env::var("KILN_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
 }
 
 pub async fn on_sqlite<F, Fut>(opts: StoreOptions, f: F)
@@ -25,7 +26,10 @@ where
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}?mode=rwc", dir.path().join("kiln.db").display());
     let store = Store::connect_with(&url, opts).await.unwrap();
-    assert_eq!(store.sqlite_journal_mode().await.unwrap().as_deref(), Some("wal"));
+    assert_eq!(
+        store.sqlite_journal_mode().await.unwrap().as_deref(),
+        Some("wal")
+    );
     f(store.clone()).await;
     store.close().await;
 }
@@ -40,19 +44,35 @@ where
         return;
     }
     let base = pg_base();
-    let name = format!("kiln_test_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL is unreachable at {base} ({e}); start it \
+    let name = format!(
+        "kiln_test_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is unreachable at {base} ({e}); start it \
              (pg_ctlcluster --skip-systemctl-redirect <version> main start) or set KILN_SKIP_PG=1"
-        )
-    });
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
-    let store = Store::connect_with(&format!("{base}/{name}"), opts).await.unwrap();
+            )
+        });
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let store = Store::connect_with(&format!("{base}/{name}"), opts)
+        .await
+        .unwrap();
     assert_eq!(store.backend(), kiln_store::Backend::Postgres);
     let outcome = AssertUnwindSafe(f(store.clone())).catch_unwind().await;
     store.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut admin).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
     if let Err(p) = outcome {
         std::panic::resume_unwind(p);
     }
