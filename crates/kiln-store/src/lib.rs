@@ -22,7 +22,8 @@ use sqlx::{Any, AnyPool, AssertSqlSafe, Row, SqlSafeStr, Transaction};
 
 pub use entities::*;
 pub use logs::{
-    AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES, slugify,
+    AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES,
+    MAX_READ_LINES, slugify,
 };
 
 /// Errors from the store.
@@ -94,7 +95,8 @@ fn migrator(backend: Backend) -> Migrator {
 
 impl Store {
     /// Connects with default options and runs the migrations.
-    /// `sqlite:path?mode=rwc` (WAL is switched on) or `postgres://user@host/db`.
+    /// `sqlite:path` (created if missing unless a `mode=` is given; WAL is switched on) or
+    /// `postgres://user@host/db`.
     pub async fn connect(url: &str) -> Result<Store> {
         Store::connect_with(url, StoreOptions::default()).await
     }
@@ -115,6 +117,15 @@ impl Store {
                 "{url}: in-memory SQLite is not supported through the pool; use a file"
             )));
         }
+        // A SQLite file is created when missing unless the URL says otherwise.
+        let url: Cow<str> = if backend == Backend::Sqlite && !url.contains("mode=") {
+            Cow::Owned(format!(
+                "{url}{}mode=rwc",
+                if url.contains('?') { '&' } else { '?' }
+            ))
+        } else {
+            Cow::Borrowed(url)
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(opts.max_connections)
             .after_connect(move |conn, _| {
@@ -127,7 +138,7 @@ impl Store {
                     Ok(())
                 })
             })
-            .connect(url)
+            .connect(&url)
             .await?;
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL")

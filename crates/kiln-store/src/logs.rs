@@ -23,6 +23,8 @@ const COMPRESS_RAW: i64 = 0;
 /// Buildbot's id for zstd.
 const COMPRESS_ZSTD: i64 = 4;
 const BATCH: i64 = 1000;
+/// The most lines one [`Store::read_log_lines`] call returns.
+pub const MAX_READ_LINES: i64 = 100_000;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -333,8 +335,11 @@ impl Store {
     }
 
     /// Lines `first..=last` (0-based, without their `\n`, decoded as lossy UTF-8), reading and
-    /// decompressing only the chunks that overlap the range.
+    /// decompressing only the chunks that overlap the range. At most [`MAX_READ_LINES`] lines
+    /// are returned (page with `first`); stream a whole log with [`Store::log_raw`].
     pub async fn read_log_lines(&self, id: LogId, first: i64, last: i64) -> Result<Vec<String>> {
+        let first = first.max(0);
+        let last = last.min(first.saturating_add(MAX_READ_LINES - 1));
         if last < first {
             return Ok(Vec::new());
         }

@@ -946,6 +946,11 @@ async fn log_chunks(store: Store) {
             .unwrap()
             .is_empty()
     );
+    assert_eq!(store.read_log_lines(log, -5, 1).await.unwrap(), expect[..2]);
+    assert_eq!(
+        store.read_log_lines(log, 0, i64::MAX).await.unwrap().len(),
+        expect.len()
+    );
     let raw: Vec<Vec<u8>> = store.log_raw(log).try_collect().await.unwrap();
     assert_eq!(raw.len(), chunks.len());
     assert_eq!(

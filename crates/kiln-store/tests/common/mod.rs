@@ -24,14 +24,15 @@ where
     Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}?mode=rwc", dir.path().join("kiln.db").display());
-    let store = Store::connect_with(&url, opts).await.unwrap();
+    let url = format!("sqlite:{}", dir.path().join("kiln.db").display());
+    let store = Store::connect_with(&url, opts.clone()).await.unwrap();
     assert_eq!(
         store.sqlite_journal_mode().await.unwrap().as_deref(),
         Some("wal")
     );
     f(store.clone()).await;
     store.close().await;
+    reopen(&url, opts).await;
 }
 
 pub async fn on_postgres<F, Fut>(opts: StoreOptions, f: F)
@@ -61,11 +62,16 @@ where
         .execute(&mut admin)
         .await
         .unwrap();
-    let store = Store::connect_with(&format!("{base}/{name}"), opts)
-        .await
-        .unwrap();
+    let url = format!("{base}/{name}");
+    let store = Store::connect_with(&url, opts.clone()).await.unwrap();
     assert_eq!(store.backend(), kiln_store::Backend::Postgres);
-    let outcome = AssertUnwindSafe(f(store.clone())).catch_unwind().await;
+    let outcome = AssertUnwindSafe(async {
+        f(store.clone()).await;
+        store.close().await;
+        reopen(&url, opts).await;
+    })
+    .catch_unwind()
+    .await;
     store.close().await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
@@ -76,6 +82,14 @@ where
     if let Err(p) = outcome {
         std::panic::resume_unwind(p);
     }
+}
+
+/// Opening an existing database again runs no migration twice and finds the data.
+async fn reopen(url: &str, opts: StoreOptions) {
+    let store = Store::connect_with(url, opts).await.unwrap();
+    let counts = store.table_counts().await.unwrap();
+    assert!(counts["masters"] >= 1, "data survives a reopen: {counts:?}");
+    store.close().await;
 }
 
 /// `both!(sqlite_test, pg_test, suite_fn[, options])`: the same suite function on both databases.
