@@ -40,6 +40,23 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()>,
 {
+    on_postgres_url(|url| async move {
+        let store = Store::connect_with(&url, opts.clone()).await.unwrap();
+        assert_eq!(store.backend(), kiln_store::Backend::Postgres);
+        f(store.clone()).await;
+        store.close().await;
+        reopen(&url, opts).await;
+    })
+    .await;
+}
+
+/// Runs `f` with the URL of a fresh PostgreSQL database, dropped afterwards (even on panic).
+/// Fails clearly when the server is unreachable, unless `KILN_SKIP_PG=1`.
+pub async fn on_postgres_url<F, Fut>(f: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
     if std::env::var("KILN_SKIP_PG").as_deref() == Ok("1") {
         eprintln!("KILN_SKIP_PG=1: PostgreSQL part skipped");
         return;
@@ -62,17 +79,9 @@ where
         .execute(&mut admin)
         .await
         .unwrap();
-    let url = format!("{base}/{name}");
-    let store = Store::connect_with(&url, opts.clone()).await.unwrap();
-    assert_eq!(store.backend(), kiln_store::Backend::Postgres);
-    let outcome = AssertUnwindSafe(async {
-        f(store.clone()).await;
-        store.close().await;
-        reopen(&url, opts).await;
-    })
-    .catch_unwind()
-    .await;
-    store.close().await;
+    let outcome = AssertUnwindSafe(f(format!("{base}/{name}")))
+        .catch_unwind()
+        .await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     )))
