@@ -103,6 +103,32 @@ pub struct BuildFilter {
     pub limit: Option<i64>,
 }
 
+/// A master process as the database knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterRow {
+    pub masterid: MasterId,
+    pub name: String,
+    pub active: bool,
+    pub last_active: Epoch,
+}
+
+/// A builder with requests waiting in the queue (unclaimed and incomplete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingBuilder {
+    pub builderid: BuilderId,
+    pub requests: i64,
+    pub max_priority: i64,
+    pub oldest_submitted_at: Epoch,
+}
+
+/// Filters for [`Store::list_buildsets`]: newest first.
+#[derive(Debug, Clone, Default)]
+pub struct BuildsetFilter {
+    pub complete: Option<bool>,
+    pub before: Option<BuildsetId>,
+    pub limit: Option<i64>,
+}
+
 /// What [`Store::recover_after_crash`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -238,6 +264,54 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(MasterId(get_i64(&row, "id")?))
+    }
+
+    /// Records that a master is alive.
+    pub async fn heartbeat_master(&self, id: MasterId, now: Epoch) -> Result<()> {
+        sqlx::query("UPDATE masters SET active = 1, last_active = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a master inactive (it stopped, or another master found it stale).
+    pub async fn set_master_inactive(&self, id: MasterId) -> Result<()> {
+        sqlx::query("UPDATE masters SET active = 0 WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Active masters whose last heartbeat is older than `before`: candidates for
+    /// [`Store::recover_after_crash`] by a surviving master.
+    pub async fn stale_masters(&self, before: Epoch) -> Result<Vec<MasterId>> {
+        let rows =
+            sqlx::query("SELECT id FROM masters WHERE active = 1 AND last_active < $1 ORDER BY id")
+                .bind(before)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| get_i64(r, "id").map(MasterId))
+            .collect()
+    }
+
+    pub async fn list_masters(&self) -> Result<Vec<MasterRow>> {
+        let rows = sqlx::query("SELECT id, name, active, last_active FROM masters ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MasterRow {
+                    masterid: MasterId(get_i64(r, "id")?),
+                    name: get_str(r, "name")?,
+                    active: get_bool(r, "active")?,
+                    last_active: get_i64(r, "last_active")?,
+                })
+            })
+            .collect()
     }
 
     // ---------------------------------------------------------------- workers
@@ -592,6 +666,46 @@ impl Store {
             sourcestamps,
             parent_buildid: get_opt_i64(&r, "parent_buildid")?.map(BuildId),
         }))
+    }
+
+    /// Buildsets, newest first.
+    pub async fn list_buildsets(&self, f: &BuildsetFilter) -> Result<Vec<Buildset>> {
+        let mut q = Sql::new("SELECT id FROM buildsets");
+        if let Some(c) = f.complete {
+            q.and("complete = ?", Arg::I(c as i64));
+        }
+        if let Some(b) = f.before {
+            q.and("id < ?", Arg::I(b.0));
+        }
+        q.tail("id DESC", clamp_limit(f.limit));
+        let mut out = Vec::new();
+        for r in q.fetch_all(&self.pool).await? {
+            if let Some(bs) = self.get_buildset(BuildsetId(get_i64(&r, "id")?)).await? {
+                out.push(bs);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Builders with unclaimed, incomplete requests (read from the queue's partial index), for
+    /// the dispatcher's wake-up scan.
+    pub async fn pending_builders(&self) -> Result<Vec<PendingBuilder>> {
+        let rows = sqlx::query(
+            "SELECT builderid, COUNT(*) AS n, MAX(priority) AS p, MIN(submitted_at) AS t FROM buildrequests \
+             WHERE complete = 0 AND claimed_by_masterid IS NULL GROUP BY builderid ORDER BY builderid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingBuilder {
+                    builderid: BuilderId(get_i64(r, "builderid")?),
+                    requests: get_i64(r, "n")?,
+                    max_priority: get_i64(r, "p")?,
+                    oldest_submitted_at: get_i64(r, "t")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn get_buildset_properties(&self, id: BuildsetId) -> Result<Properties> {

@@ -76,6 +76,27 @@ async fn entities(store: Store) {
     let m = store.register_master("m1", 10).await.unwrap();
     assert_eq!(store.register_master("m1", 20).await.unwrap(), m);
     assert_ne!(store.register_master("m2", 20).await.unwrap(), m);
+    let m3 = store.register_master("m3", 20).await.unwrap();
+    store.heartbeat_master(m, 100).await.unwrap();
+    assert_eq!(
+        store.stale_masters(50).await.unwrap().len(),
+        2,
+        "m2 and m3 last seen at 20"
+    );
+    store.set_master_inactive(m3).await.unwrap();
+    assert_eq!(store.stale_masters(50).await.unwrap().len(), 1);
+    let ms = store.list_masters().await.unwrap();
+    assert_eq!(
+        ms.iter()
+            .map(|m| (m.name.as_str(), m.active, m.last_active))
+            .collect::<Vec<_>>(),
+        [("m1", true, 100), ("m2", true, 20), ("m3", false, 20)]
+    );
+    assert_eq!(store.register_master("m3", 30).await.unwrap(), m3);
+    assert!(
+        store.list_masters().await.unwrap()[2].active,
+        "re-registering re-activates"
+    );
 
     // workers
     let w = store
@@ -293,6 +314,41 @@ async fn queue(store: Store) {
     let low_new = buildset(&store, &[b1], 0, 200).await[0];
     let high = buildset(&store, &[b1], 5, 300).await[0];
     let first = brs[0].1;
+    let pending = store.pending_builders().await.unwrap();
+    assert_eq!(
+        pending,
+        [
+            PendingBuilder {
+                builderid: b1,
+                requests: 3,
+                max_priority: 5,
+                oldest_submitted_at: 100
+            },
+            PendingBuilder {
+                builderid: b2,
+                requests: 1,
+                max_priority: 0,
+                oldest_submitted_at: 100
+            }
+        ]
+    );
+    let bss = store
+        .list_buildsets(&BuildsetFilter {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(bss.len(), 2);
+    assert!(bss[0].bsid > bss[1].bsid);
+    let older = store
+        .list_buildsets(&BuildsetFilter {
+            before: Some(bss[1].bsid),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(older.iter().map(|b| b.bsid).collect::<Vec<_>>(), [bsid]);
     // highest priority first, then oldest
     let got = store.claim_build_requests(m, b1, 2, 400).await.unwrap();
     assert_eq!(got, vec![high, first]);
@@ -433,6 +489,29 @@ async fn queue(store: Store) {
             .await
             .unwrap()
             .is_empty()
+    );
+    assert!(store.pending_builders().await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .list_buildsets(&BuildsetFilter {
+                complete: Some(true),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .list_buildsets(&BuildsetFilter {
+                complete: Some(false),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        2
     );
 }
 
