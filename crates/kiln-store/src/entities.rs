@@ -1054,8 +1054,9 @@ impl Store {
 
     // ---------------------------------------------------------------- steps
 
-    /// Adds a step with the build's next number (from 0). Returns (id, number).
-    pub async fn add_step(&self, build: BuildId, name: &str) -> Result<(StepId, i64)> {
+    /// Adds a step with the build's next number (from 0). Names are unique in a build, as in
+    /// Buildbot: a repeated name gets `_2`, `_3` … Returns (id, number, the name given).
+    pub async fn add_step(&self, build: BuildId, name: &str) -> Result<(StepId, i64, String)> {
         let mut tx = self.write_tx().await?;
         let row =
             sqlx::query("SELECT COALESCE(MAX(number), -1) + 1 AS n FROM steps WHERE buildid = $1")
@@ -1063,17 +1064,29 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
         let number = get_i64(&row, "n")?;
+        let mut unique = name.to_string();
+        let mut k = 1;
+        while sqlx::query("SELECT id FROM steps WHERE buildid = $1 AND name = $2")
+            .bind(build.0)
+            .bind(unique.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some()
+        {
+            k += 1;
+            unique = format!("{name}_{k}");
+        }
         let row = sqlx::query(
             "INSERT INTO steps (number, name, buildid, complete, state_string, urls, hidden) VALUES ($1, $2, $3, 0, 'pending', '[]', 0) \
              RETURNING id",
         )
         .bind(number)
-        .bind(name)
+        .bind(unique.as_str())
         .bind(build.0)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok((StepId(get_i64(&row, "id")?), number))
+        Ok((StepId(get_i64(&row, "id")?), number, unique))
     }
 
     pub async fn start_step(&self, id: StepId, now: Epoch) -> Result<()> {

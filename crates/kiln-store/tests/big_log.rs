@@ -50,7 +50,7 @@ async fn big_log(store: Store) {
         )
         .await
         .unwrap();
-    let (step, _) = store.add_step(build, "big").await.unwrap();
+    let (step, _, _) = store.add_step(build, "big").await.unwrap();
     let log = store.add_log(step, "stdio", LogType::Stdio).await.unwrap();
 
     // Reset the peak-RSS counter (Linux: writing 5 to clear_refs), then measure from here.

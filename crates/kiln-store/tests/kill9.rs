@@ -51,7 +51,7 @@ async fn kill9_child() {
         )
         .await
         .unwrap();
-    let (step, _) = store.add_step(build, "test").await.unwrap();
+    let (step, _, _) = store.add_step(build, "test").await.unwrap();
     store.start_step(step, 4).await.unwrap();
     let log = store.add_log(step, "stdio", LogType::Stdio).await.unwrap();
     println!("log {}", log.0);

@@ -633,9 +633,15 @@ async fn builds_steps(store: Store) {
     assert_eq!(got.get("buildnumber").unwrap(), 1);
 
     // steps
-    let (s0, sn0) = store.add_step(id1, "git").await.unwrap();
-    let (s1, sn1) = store.add_step(id1, "compile").await.unwrap();
+    let (s0, sn0, _) = store.add_step(id1, "git").await.unwrap();
+    let (s1, sn1, _) = store.add_step(id1, "compile").await.unwrap();
     assert_eq!((sn0, sn1), (0, 1));
+    let (_, sn2, name2) = store.add_step(id1, "git").await.unwrap();
+    let (_, sn3, name3) = store.add_step(id1, "git").await.unwrap();
+    assert_eq!(
+        (sn2, name2.as_str(), sn3, name3.as_str()),
+        (2, "git_2", 3, "git_3")
+    );
     store.start_step(s0, 210).await.unwrap();
     store.set_step_state_string(s0, "updating").await.unwrap();
     store
@@ -665,7 +671,7 @@ async fn builds_steps(store: Store) {
         .await
         .unwrap();
     let steps = store.list_steps(id1).await.unwrap();
-    assert_eq!(steps.len(), 2);
+    assert_eq!(steps.len(), 4);
     assert_eq!(
         (
             steps[0].name.as_str(),
@@ -778,7 +784,7 @@ async fn builds_steps(store: Store) {
     );
     let counts = store.table_counts().await.unwrap();
     assert_eq!(counts["builds"], 11);
-    assert_eq!(counts["steps"], 2);
+    assert_eq!(counts["steps"], 4);
 }
 
 async fn crash_recovery(store: Store) {
@@ -806,12 +812,12 @@ async fn crash_recovery(store: Store) {
         .await
         .unwrap();
     let (running, _) = store.add_build(&nb(mine[1], m), 140).await.unwrap();
-    let (s_done, _) = store.add_step(running, "git").await.unwrap();
+    let (s_done, _, _) = store.add_step(running, "git").await.unwrap();
     store
         .finish_step(s_done, Results::Success, false, 145)
         .await
         .unwrap();
-    let (s_run, _) = store.add_step(running, "test").await.unwrap();
+    let (s_run, _, _) = store.add_step(running, "test").await.unwrap();
     store.start_step(s_run, 146).await.unwrap();
     let log = store.add_log(s_run, "stdio", LogType::Stdio).await.unwrap();
     store.append_log(log, "line 1\nline 2\n").await.unwrap();
@@ -903,7 +909,7 @@ async fn log_chunks(store: Store) {
         )
         .await
         .unwrap();
-    let (step, _) = store.add_step(build, "test").await.unwrap();
+    let (step, _, _) = store.add_step(build, "test").await.unwrap();
     let log = store.add_log(step, "Std IO", LogType::Stdio).await.unwrap();
     let l = store.get_log(log).await.unwrap().unwrap();
     assert_eq!(
@@ -1098,7 +1104,7 @@ async fn log_cap(store: Store) {
         )
         .await
         .unwrap();
-    let (step, _) = store.add_step(build, "test").await.unwrap();
+    let (step, _, _) = store.add_step(build, "test").await.unwrap();
     let log = store.add_log(step, "stdio", LogType::Stdio).await.unwrap();
     let line = format!("{}\n", "a".repeat(99)); // 100 bytes
     let out = store.append_log(log, &line.repeat(6)).await.unwrap();
@@ -1173,7 +1179,7 @@ async fn retention(store: Store) {
             )
             .await
             .unwrap();
-        let (s, _) = store.add_step(b, "test").await.unwrap();
+        let (s, _, _) = store.add_step(b, "test").await.unwrap();
         let l = store.add_log(s, "stdio", LogType::Stdio).await.unwrap();
         // the old build's log has more than one batch of chunks
         let n = if i == 0 { 1100 } else { 3 };

@@ -136,7 +136,8 @@ CREATE TABLE steps (
     results BIGINT,
     urls TEXT NOT NULL DEFAULT '[]',
     hidden SMALLINT NOT NULL DEFAULT 0,
-    UNIQUE (buildid, number)
+    UNIQUE (buildid, number),
+    UNIQUE (buildid, name)
 );
 CREATE TABLE logs (
     id BIGSERIAL PRIMARY KEY,

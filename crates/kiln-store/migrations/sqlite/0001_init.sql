@@ -136,7 +136,8 @@ CREATE TABLE steps (
     results INTEGER,
     urls TEXT NOT NULL DEFAULT '[]',
     hidden INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (buildid, number)
+    UNIQUE (buildid, number),
+    UNIQUE (buildid, name)
 );
 CREATE TABLE logs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
