@@ -1,0 +1,289 @@
+//! Kiln's database layer: SQLite (WAL, the default) and PostgreSQL through sqlx's `Any` driver,
+//! with one set of runtime queries in the SQL subset both accept.
+//!
+//! * All times are epoch seconds passed in by the caller (`now`), so the engine's fake clock
+//!   drives the store too.
+//! * Booleans are integer 0/1 columns; properties are JSON text (`[value, source]`, as Buildbot).
+//! * The build-request queue is the `buildrequests` table: a claim is one conditional `UPDATE`
+//!   (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has a single writer).
+//! * Logs are stored as zstd chunks with a line index ([`logs`](crate::Store::append_log)).
+//! * Write transactions on SQLite start with `BEGIN IMMEDIATE` so they never fail with
+//!   `SQLITE_BUSY` on the read-to-write upgrade.
+
+mod entities;
+mod logs;
+
+use std::borrow::Cow;
+use std::sync::Once;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{Any, AnyPool, AssertSqlSafe, Row, SqlSafeStr, Transaction};
+
+pub use entities::*;
+pub use logs::{
+    AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES,
+    MAX_READ_LINES, slugify,
+};
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0} {1} not found")]
+    NotFound(&'static str, i64),
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?} (use sqlite:… or postgres://…)")]
+    BadUrl(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Tunables of a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Pool size.
+    pub max_connections: u32,
+    /// Per-log cap on stored bytes; past it a marker line is stored and the rest is dropped.
+    pub log_max_bytes: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 8,
+            log_max_bytes: Some(1 << 30),
+        }
+    }
+}
+
+/// The database, cheap to clone (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
+    pub(crate) opts: StoreOptions,
+}
+
+const SQLITE_INIT: &str = include_str!("../migrations/sqlite/0001_init.sql");
+const PG_INIT: &str = include_str!("../migrations/postgres/0001_init.sql");
+
+fn migrator(backend: Backend) -> Migrator {
+    let init = match backend {
+        Backend::Sqlite => SQLITE_INIT,
+        Backend::Postgres => PG_INIT,
+    };
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        AssertSqlSafe(init).into_sql_str(),
+        false,
+    )])
+}
+
+impl Store {
+    /// Connects with default options and runs the migrations.
+    /// `sqlite:path` (created if missing unless a `mode=` is given; WAL is switched on) or
+    /// `postgres://user@host/db`.
+    pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_with(url, StoreOptions::default()).await
+    }
+
+    pub async fn connect_with(url: &str, opts: StoreOptions) -> Result<Store> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::BadUrl(url.to_string()));
+        };
+        if backend == Backend::Sqlite && url.contains(":memory:") {
+            // Every pooled connection would get its own empty database.
+            return Err(StoreError::BadUrl(format!(
+                "{url}: in-memory SQLite is not supported through the pool; use a file"
+            )));
+        }
+        // A SQLite file is created when missing unless the URL says otherwise.
+        let url: Cow<str> = if backend == Backend::Sqlite && !url.contains("mode=") {
+            Cow::Owned(format!(
+                "{url}{}mode=rwc",
+                if url.contains('?') { '&' } else { '?' }
+            ))
+        } else {
+            Cow::Borrowed(url)
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(opts.max_connections)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        migrator(backend).run(&pool).await?;
+        Ok(Store {
+            pool,
+            backend,
+            opts,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    /// Changes the per-log byte cap for logs appended from now on.
+    pub fn set_log_max_bytes(&mut self, cap: Option<u64>) {
+        self.opts.log_max_bytes = cap;
+    }
+
+    /// The SQLite journal mode (`wal` by default); `None` on PostgreSQL.
+    pub async fn sqlite_journal_mode(&self) -> Result<Option<String>> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        let row = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some(row.try_get::<String, _>(0)?))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A write transaction: `BEGIN IMMEDIATE` on SQLite.
+    pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+}
+
+// ---- small helpers shared by the modules ----
+
+pub(crate) fn get_i64(row: &AnyRow, col: &str) -> Result<i64> {
+    Ok(row.try_get::<i64, _>(col)?)
+}
+
+pub(crate) fn get_opt_i64(row: &AnyRow, col: &str) -> Result<Option<i64>> {
+    Ok(row.try_get::<Option<i64>, _>(col)?)
+}
+
+pub(crate) fn get_bool(row: &AnyRow, col: &str) -> Result<bool> {
+    Ok(get_i64(row, col)? != 0)
+}
+
+pub(crate) fn get_str(row: &AnyRow, col: &str) -> Result<String> {
+    Ok(row.try_get::<String, _>(col)?)
+}
+
+pub(crate) fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>> {
+    Ok(row.try_get::<Option<String>, _>(col)?)
+}
+
+pub(crate) fn get_results(row: &AnyRow, col: &str) -> Result<Option<kiln_model::Results>> {
+    match get_opt_i64(row, col)? {
+        None => Ok(None),
+        Some(v) => kiln_model::Results::try_from(v)
+            .map(Some)
+            .map_err(StoreError::Corrupt),
+    }
+}
+
+/// A query argument for dynamically built SQL.
+pub(crate) enum Arg {
+    I(i64),
+    S(String),
+}
+
+/// Builds `WHERE … ORDER BY … LIMIT` with numbered placeholders.
+pub(crate) struct Sql {
+    pub sql: String,
+    pub args: Vec<Arg>,
+    has_where: bool,
+}
+
+impl Sql {
+    pub fn new(base: &str) -> Sql {
+        Sql {
+            sql: base.to_string(),
+            args: Vec::new(),
+            has_where: false,
+        }
+    }
+
+    /// Adds `cond` where `?` stands for the next placeholder.
+    pub fn and(&mut self, cond: &str, arg: Arg) -> &mut Sql {
+        self.args.push(arg);
+        let n = self.args.len();
+        self.sql
+            .push_str(if self.has_where { " AND " } else { " WHERE " });
+        self.has_where = true;
+        self.sql.push_str(&cond.replace('?', &format!("${n}")));
+        self
+    }
+
+    pub fn and_raw(&mut self, cond: &str) -> &mut Sql {
+        self.sql
+            .push_str(if self.has_where { " AND " } else { " WHERE " });
+        self.has_where = true;
+        self.sql.push_str(cond);
+        self
+    }
+
+    pub fn tail(&mut self, order: &str, limit: i64) -> &mut Sql {
+        self.args.push(Arg::I(limit));
+        let n = self.args.len();
+        self.sql.push_str(&format!(" ORDER BY {order} LIMIT ${n}"));
+        self
+    }
+
+    pub async fn fetch_all(self, pool: &AnyPool) -> Result<Vec<AnyRow>> {
+        let mut q = sqlx::query(AssertSqlSafe(self.sql));
+        for a in self.args {
+            q = match a {
+                Arg::I(v) => q.bind(v),
+                Arg::S(s) => q.bind(s),
+            };
+        }
+        Ok(q.fetch_all(pool).await?)
+    }
+}
+
+/// The most rows a list query returns, whatever the caller asks.
+pub const MAX_LIST_LIMIT: i64 = 10_000;
+
+pub(crate) fn clamp_limit(limit: Option<i64>) -> i64 {
+    limit.unwrap_or(100).clamp(1, MAX_LIST_LIMIT)
+}

@@ -1,0 +1,619 @@
+//! Logs: zstd-compressed chunks with a line index (Buildbot's `logchunks`), a per-log byte cap,
+//! and the retention janitor.
+//!
+//! * An append is split on line ends into chunks of at most [`LOG_CHUNK_MAX_BYTES`] and
+//!   [`LOG_CHUNK_MAX_LINES`] (a single longer line gets a chunk of its own), so UTF-8 is never
+//!   split and memory is bounded by the append, not the log.
+//! * Lines are numbered from 0; a chunk holds `first_line..=last_line` and never more than
+//!   [`LOG_CHUNK_MAX_LINES`] lines, which lets a range read use a tight index range.
+//! * Each chunk stores its raw length, which bounds decompression.
+
+use futures_util::Stream;
+use kiln_model::{Epoch, Log, LogId, LogType, StepId};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyPool, Transaction};
+
+use crate::{Backend, Result, Store, StoreError, get_bool, get_i64, get_str};
+
+pub const LOG_CHUNK_MAX_BYTES: usize = 64 * 1024;
+pub const LOG_CHUNK_MAX_LINES: usize = 1000;
+/// The most a chunk may claim to decompress to (a single huge line); refuses bombs.
+const MAX_CHUNK_RAW: i64 = 256 << 20;
+const COMPRESS_RAW: i64 = 0;
+/// Buildbot's id for zstd.
+const COMPRESS_ZSTD: i64 = 4;
+const BATCH: i64 = 1000;
+/// The most lines one [`Store::read_log_lines`] call returns.
+pub const MAX_READ_LINES: i64 = 100_000;
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Lines stored by this append (including a truncation marker).
+    pub lines_stored: i64,
+    /// Bytes of this append that the cap dropped.
+    pub bytes_dropped: u64,
+    /// The log's line count afterwards.
+    pub num_lines: i64,
+}
+
+/// What a janitor pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JanitorReport {
+    pub logs: u64,
+    pub chunks: u64,
+    pub steps: u64,
+    pub builds: u64,
+}
+
+fn type_char(t: LogType) -> &'static str {
+    match t {
+        LogType::Stdio => "s",
+        LogType::Text => "t",
+        LogType::Html => "h",
+        LogType::Deleted => "d",
+    }
+}
+
+fn parse_type(s: &str) -> Result<LogType> {
+    Ok(match s {
+        "s" => LogType::Stdio,
+        "t" => LogType::Text,
+        "h" => LogType::Html,
+        "d" => LogType::Deleted,
+        o => return Err(StoreError::Corrupt(format!("log type {o:?}"))),
+    })
+}
+
+/// Buildbot's slug: lower-case, anything but `[a-z0-9_-]` becomes `_`.
+pub fn slugify(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn row_log(r: &AnyRow) -> Result<Log> {
+    Ok(Log {
+        logid: LogId(get_i64(r, "id")?),
+        stepid: StepId(get_i64(r, "stepid")?),
+        name: get_str(r, "name")?,
+        slug: get_str(r, "slug")?,
+        log_type: parse_type(&get_str(r, "type")?)?,
+        complete: get_bool(r, "complete")?,
+        num_lines: get_i64(r, "num_lines")?,
+    })
+}
+
+fn compress(raw: &[u8], level: i32) -> (Vec<u8>, i64) {
+    match zstd::bulk::compress(raw, level) {
+        Ok(c) if c.len() < raw.len() => (c, COMPRESS_ZSTD),
+        _ => (raw.to_vec(), COMPRESS_RAW),
+    }
+}
+
+fn decompress(r: &AnyRow) -> Result<Vec<u8>> {
+    let content: Vec<u8> = sqlx::Row::try_get(r, "content")?;
+    let method = get_i64(r, "compressed")?;
+    let raw_len = get_i64(r, "raw_len")?;
+    match method {
+        COMPRESS_RAW => Ok(content),
+        COMPRESS_ZSTD => {
+            if !(0..=MAX_CHUNK_RAW).contains(&raw_len) {
+                return Err(StoreError::Corrupt(format!(
+                    "log chunk claims {raw_len} bytes"
+                )));
+            }
+            let out = zstd::bulk::decompress(&content, raw_len as usize)
+                .map_err(|e| StoreError::Corrupt(format!("log chunk: {e}")))?;
+            if out.len() as i64 != raw_len {
+                return Err(StoreError::Corrupt(format!(
+                    "log chunk is {} bytes, expected {raw_len}",
+                    out.len()
+                )));
+            }
+            Ok(out)
+        }
+        m => Err(StoreError::Corrupt(format!("log chunk compression {m}"))),
+    }
+}
+
+fn marker(cap: u64, dropped: u64) -> String {
+    format!("[kiln: log truncated at {cap} bytes; {dropped} bytes dropped]\n")
+}
+
+async fn insert_chunk(
+    tx: &mut Transaction<'static, Any>,
+    logid: i64,
+    first: i64,
+    last: i64,
+    raw: &[u8],
+    level: i32,
+) -> Result<()> {
+    let (content, method) = compress(raw, level);
+    sqlx::query("INSERT INTO logchunks (logid, first_line, last_line, content, compressed, raw_len) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(logid)
+        .bind(first)
+        .bind(last)
+        .bind(content)
+        .bind(method)
+        .bind(raw.len() as i64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+const CHUNK_COLS: &str = "first_line, last_line, content, compressed, raw_len";
+
+impl Store {
+    /// Adds an empty log to a step; its slug comes from the name and is unique in the step.
+    pub async fn add_log(&self, step: StepId, name: &str, log_type: LogType) -> Result<LogId> {
+        let row = sqlx::query("INSERT INTO logs (name, slug, stepid, complete, num_lines, type) VALUES ($1, $2, $3, 0, 0, $4) RETURNING id")
+            .bind(name)
+            .bind(slugify(name))
+            .bind(step.0)
+            .bind(type_char(log_type))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(LogId(get_i64(&row, "id")?))
+    }
+
+    pub async fn get_log(&self, id: LogId) -> Result<Option<Log>> {
+        let row = sqlx::query(
+            "SELECT id, stepid, name, slug, type, complete, num_lines FROM logs WHERE id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(row_log).transpose()
+    }
+
+    pub async fn get_log_by_slug(&self, step: StepId, slug: &str) -> Result<Option<Log>> {
+        let row = sqlx::query("SELECT id, stepid, name, slug, type, complete, num_lines FROM logs WHERE stepid = $1 AND slug = $2")
+            .bind(step.0)
+            .bind(slug)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row_log).transpose()
+    }
+
+    pub async fn list_logs(&self, step: StepId) -> Result<Vec<Log>> {
+        let rows = sqlx::query("SELECT id, stepid, name, slug, type, complete, num_lines FROM logs WHERE stepid = $1 ORDER BY id")
+            .bind(step.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row_log).collect()
+    }
+
+    /// (bytes received, bytes stored, truncated) of a log.
+    pub async fn log_sizes(&self, id: LogId) -> Result<(u64, u64, bool)> {
+        let r = sqlx::query("SELECT total_bytes, stored_bytes, truncated FROM logs WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound("log", id.0))?;
+        Ok((
+            get_i64(&r, "total_bytes")? as u64,
+            get_i64(&r, "stored_bytes")? as u64,
+            get_bool(&r, "truncated")?,
+        ))
+    }
+
+    /// Appends whole lines (a last line without `\n` is stored as a whole line). Past the
+    /// store's per-log cap, one marker line is stored and the rest is counted and dropped;
+    /// the marker's count is kept up to date.
+    pub async fn append_log(&self, id: LogId, text: &str) -> Result<AppendOutcome> {
+        if text.is_empty() {
+            let log = self
+                .get_log(id)
+                .await?
+                .ok_or(StoreError::NotFound("log", id.0))?;
+            return Ok(AppendOutcome {
+                num_lines: log.num_lines,
+                ..Default::default()
+            });
+        }
+        let mut tx = self.write_tx().await?;
+        let sel = match self.backend {
+            Backend::Postgres => {
+                "SELECT num_lines, total_bytes, stored_bytes, truncated FROM logs WHERE id = $1 FOR UPDATE"
+            }
+            Backend::Sqlite => {
+                "SELECT num_lines, total_bytes, stored_bytes, truncated FROM logs WHERE id = $1"
+            }
+        };
+        let r = sqlx::query(sel)
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound("log", id.0))?;
+        let mut num_lines = get_i64(&r, "num_lines")?;
+        let total = get_i64(&r, "total_bytes")? as u64 + text.len() as u64;
+        let mut stored = get_i64(&r, "stored_bytes")? as u64;
+        let truncated = get_bool(&r, "truncated")?;
+        let cap = self.opts.log_max_bytes;
+
+        if truncated {
+            // Already capped: count, and refresh the marker (the last, one-line chunk).
+            let cap = cap.unwrap_or(stored);
+            let m = marker(cap, total - stored);
+            let (content, method) = compress(m.as_bytes(), 3);
+            sqlx::query("UPDATE logchunks SET content = $1, compressed = $2, raw_len = $3 WHERE logid = $4 AND first_line = $5")
+                .bind(content)
+                .bind(method)
+                .bind(m.len() as i64)
+                .bind(id.0)
+                .bind(num_lines - 1)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE logs SET total_bytes = $1 WHERE id = $2")
+                .bind(total as i64)
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(AppendOutcome {
+                lines_stored: 0,
+                bytes_dropped: text.len() as u64,
+                num_lines,
+            });
+        }
+
+        let bytes = text.as_bytes();
+        let (keep, cut) = match cap {
+            Some(cap) if stored + bytes.len() as u64 > cap => {
+                let room = (cap - stored.min(cap)) as usize;
+                // The longest prefix of whole lines that fits.
+                let keep = bytes[..room.min(bytes.len())]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |p| p + 1);
+                (keep, true)
+            }
+            _ => (bytes.len(), false),
+        };
+        let first_before = num_lines;
+        let mut rest = &bytes[..keep];
+        let mut owned_tail;
+        while !rest.is_empty() {
+            // Take up to MAX_LINES lines and MAX_BYTES bytes (at least one line).
+            let mut end = 0;
+            let mut lines = 0;
+            while end < rest.len() && lines < LOG_CHUNK_MAX_LINES {
+                let line_end = memchr_nl(&rest[end..]).map_or(rest.len(), |p| end + p + 1);
+                if lines > 0 && line_end > LOG_CHUNK_MAX_BYTES {
+                    break;
+                }
+                end = line_end;
+                lines += 1;
+            }
+            let raw: &[u8] = if rest[end - 1] == b'\n' {
+                &rest[..end]
+            } else {
+                owned_tail = rest[..end].to_vec();
+                owned_tail.push(b'\n');
+                &owned_tail
+            };
+            insert_chunk(
+                &mut tx,
+                id.0,
+                num_lines,
+                num_lines + lines as i64 - 1,
+                raw,
+                3,
+            )
+            .await?;
+            num_lines += lines as i64;
+            rest = &rest[end..];
+        }
+        stored += keep as u64;
+        if cut {
+            let cap = cap.expect("cut implies a cap");
+            let m = marker(cap, total - stored);
+            insert_chunk(&mut tx, id.0, num_lines, num_lines, m.as_bytes(), 3).await?;
+            num_lines += 1;
+        }
+        sqlx::query("UPDATE logs SET num_lines = $1, total_bytes = $2, stored_bytes = $3, truncated = $4 WHERE id = $5")
+            .bind(num_lines)
+            .bind(total as i64)
+            .bind(stored as i64)
+            .bind(cut as i64)
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(AppendOutcome {
+            lines_stored: num_lines - first_before,
+            bytes_dropped: (bytes.len() - keep) as u64,
+            num_lines,
+        })
+    }
+
+    /// Lines `first..=last` (0-based, without their `\n`, decoded as lossy UTF-8), reading and
+    /// decompressing only the chunks that overlap the range. At most [`MAX_READ_LINES`] lines
+    /// are returned (page with `first`); stream a whole log with [`Store::log_raw`].
+    pub async fn read_log_lines(&self, id: LogId, first: i64, last: i64) -> Result<Vec<String>> {
+        let first = first.max(0);
+        let last = last.min(first.saturating_add(MAX_READ_LINES - 1));
+        if last < first {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT first_line, last_line, content, compressed, raw_len FROM logchunks \
+             WHERE logid = $1 AND first_line > $2 AND first_line <= $3 AND last_line >= $4 ORDER BY first_line",
+        )
+        .bind(id.0)
+        .bind(first - LOG_CHUNK_MAX_LINES as i64)
+        .bind(last)
+        .bind(first)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let raw = decompress(r)?;
+            let start = get_i64(r, "first_line")?;
+            for (n, line) in (start..).zip(raw.split_inclusive(|&b| b == b'\n')) {
+                if n > last {
+                    break;
+                }
+                if n >= first {
+                    let line = line.strip_suffix(b"\n").unwrap_or(line);
+                    out.push(String::from_utf8_lossy(line).into_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole text of a log, one decompressed chunk at a time (one short query per chunk, no
+    /// connection held in between), so memory stays bounded by the chunk size.
+    pub fn log_raw(&self, id: LogId) -> impl Stream<Item = Result<Vec<u8>>> + Send + 'static {
+        let pool = self.pool.clone();
+        futures_util::stream::try_unfold(Some(0i64), move |next| {
+            let pool = pool.clone();
+            async move {
+                let Some(next) = next else { return Ok(None) };
+                let row = sqlx::query(
+                    "SELECT first_line, last_line, content, compressed, raw_len FROM logchunks \
+                     WHERE logid = $1 AND first_line >= $2 ORDER BY first_line LIMIT 1",
+                )
+                .bind(id.0)
+                .bind(next)
+                .fetch_optional(&pool)
+                .await?;
+                match row {
+                    None => Ok(None),
+                    Some(r) => {
+                        let after = get_i64(&r, "last_line")? + 1;
+                        Ok(Some((decompress(&r)?, Some(after))))
+                    }
+                }
+            }
+        })
+    }
+
+    /// Marks a log complete and, if `compress`, merges runs of small chunks into chunks of up to
+    /// the chunk limits, recompressed harder (one short transaction per merged run).
+    pub async fn finish_log(&self, id: LogId, compress: bool) -> Result<()> {
+        let r = sqlx::query("UPDATE logs SET complete = 1 WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound("log", id.0));
+        }
+        if compress {
+            self.merge_chunks(id).await?;
+        }
+        Ok(())
+    }
+
+    async fn merge_chunks(&self, id: LogId) -> Result<()> {
+        let (_, _, truncated) = self.log_sizes(id).await?;
+        let num_lines = self.get_log(id).await?.map_or(0, |l| l.num_lines);
+        // Keep the marker chunk apart so it can still be refreshed.
+        let end = if truncated { num_lines - 1 } else { num_lines };
+        let mut group: Vec<u8> = Vec::new();
+        let (mut g_first, mut g_last, mut g_count) = (0i64, -1i64, 0usize);
+        let mut next = 0i64;
+        loop {
+            let row = next_chunk(&self.pool, id, next, end).await?;
+            let chunk = match &row {
+                Some(r) => Some((
+                    get_i64(r, "first_line")?,
+                    get_i64(r, "last_line")?,
+                    decompress(r)?,
+                )),
+                None => None,
+            };
+            let fits = match &chunk {
+                Some((f, l, raw)) => {
+                    g_count > 0
+                        && group.len() + raw.len() <= LOG_CHUNK_MAX_BYTES
+                        && (l - g_first + 1) as usize <= LOG_CHUNK_MAX_LINES
+                        && *f == g_last + 1
+                }
+                None => false,
+            };
+            if !fits {
+                if g_count > 1 {
+                    let mut tx = self.write_tx().await?;
+                    sqlx::query("DELETE FROM logchunks WHERE logid = $1 AND first_line >= $2 AND first_line <= $3")
+                        .bind(id.0)
+                        .bind(g_first)
+                        .bind(g_last)
+                        .execute(&mut *tx)
+                        .await?;
+                    insert_chunk(&mut tx, id.0, g_first, g_last, &group, 9).await?;
+                    tx.commit().await?;
+                }
+                group.clear();
+                g_count = 0;
+            }
+            let Some((f, l, raw)) = chunk else { break };
+            if g_count == 0 {
+                g_first = f;
+            }
+            group.extend_from_slice(&raw);
+            g_last = l;
+            g_count += 1;
+            next = l + 1;
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- janitor
+
+    /// Deletes the text of logs of builds completed before `horizon` (the logs stay, with type
+    /// `d`). Works in batches of at most 1000 rows per statement, so no lock is held long.
+    pub async fn delete_old_logs(&self, horizon: Epoch) -> Result<JanitorReport> {
+        let mut rep = JanitorReport::default();
+        loop {
+            let ids = sqlx::query(
+                "SELECT l.id FROM builds b JOIN steps s ON s.buildid = b.id JOIN logs l ON l.stepid = s.id \
+                 WHERE b.complete_at < $1 AND l.type <> 'd' ORDER BY l.id LIMIT $2",
+            )
+            .bind(horizon)
+            .bind(BATCH)
+            .fetch_all(&self.pool)
+            .await?;
+            if ids.is_empty() {
+                return Ok(rep);
+            }
+            for r in &ids {
+                let logid = get_i64(r, "id")?;
+                rep.chunks += self.delete_chunks(logid).await?;
+                sqlx::query("UPDATE logs SET type = 'd' WHERE id = $1")
+                    .bind(logid)
+                    .execute(&self.pool)
+                    .await?;
+                rep.logs += 1;
+            }
+        }
+    }
+
+    async fn delete_chunks(&self, logid: i64) -> Result<u64> {
+        let mut n = 0;
+        loop {
+            let d = sqlx::query(
+                "DELETE FROM logchunks WHERE logid = $1 AND first_line IN \
+                 (SELECT first_line FROM logchunks WHERE logid = $1 ORDER BY first_line LIMIT $2)",
+            )
+            .bind(logid)
+            .bind(BATCH)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            n += d;
+            if d == 0 {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Deletes builds completed before `horizon` with their steps, logs, chunks and properties,
+    /// a build at a time (chunks in batches of 1000), so no lock is held long.
+    pub async fn delete_old_builds(&self, horizon: Epoch) -> Result<JanitorReport> {
+        let mut rep = JanitorReport::default();
+        loop {
+            let builds = sqlx::query(
+                "SELECT id FROM builds WHERE complete_at < $1 ORDER BY complete_at LIMIT $2",
+            )
+            .bind(horizon)
+            .bind(BATCH)
+            .fetch_all(&self.pool)
+            .await?;
+            if builds.is_empty() {
+                return Ok(rep);
+            }
+            for b in &builds {
+                let buildid = get_i64(b, "id")?;
+                let logs = sqlx::query(
+                    "SELECT l.id FROM steps s JOIN logs l ON l.stepid = s.id WHERE s.buildid = $1",
+                )
+                .bind(buildid)
+                .fetch_all(&self.pool)
+                .await?;
+                for l in &logs {
+                    rep.chunks += self.delete_chunks(get_i64(l, "id")?).await?;
+                }
+                let mut tx = self.write_tx().await?;
+                rep.logs += sqlx::query(
+                    "DELETE FROM logs WHERE stepid IN (SELECT id FROM steps WHERE buildid = $1)",
+                )
+                .bind(buildid)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                rep.steps += sqlx::query("DELETE FROM steps WHERE buildid = $1")
+                    .bind(buildid)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query("DELETE FROM build_properties WHERE buildid = $1")
+                    .bind(buildid)
+                    .execute(&mut *tx)
+                    .await?;
+                rep.builds += sqlx::query("DELETE FROM builds WHERE id = $1")
+                    .bind(buildid)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+            }
+        }
+    }
+}
+
+async fn next_chunk(pool: &AnyPool, id: LogId, from: i64, end: i64) -> Result<Option<AnyRow>> {
+    Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {CHUNK_COLS} FROM logchunks WHERE logid = $1 AND first_line >= $2 AND first_line < $3 ORDER BY first_line LIMIT 1"
+    )))
+    .bind(id.0)
+    .bind(from)
+    .bind(end)
+    .fetch_optional(pool)
+    .await?)
+}
+
+fn memchr_nl(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == b'\n')
+}
+
+/// One row of a log's chunk index (for diagnostics and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkInfo {
+    pub first_line: i64,
+    pub last_line: i64,
+    pub raw_len: i64,
+    pub stored_len: i64,
+    pub compressed: i64,
+}
+
+impl Store {
+    /// The chunk index of a log, in line order.
+    pub async fn log_chunks(&self, id: LogId) -> Result<Vec<ChunkInfo>> {
+        let rows = sqlx::query(
+            "SELECT first_line, last_line, raw_len, compressed, LENGTH(content) AS stored_len FROM logchunks WHERE logid = $1 ORDER BY first_line",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChunkInfo {
+                    first_line: get_i64(r, "first_line")?,
+                    last_line: get_i64(r, "last_line")?,
+                    raw_len: get_i64(r, "raw_len")?,
+                    stored_len: get_i64(r, "stored_len")?,
+                    compressed: get_i64(r, "compressed")?,
+                })
+            })
+            .collect()
+    }
+}
