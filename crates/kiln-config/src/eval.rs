@@ -80,6 +80,7 @@ pub(crate) fn typed<T: DeserializeOwned>(what: &str, j: Json) -> anyhow::Result<
         let path = e.path().to_string();
         // Paths inside a step/scheduler are `kind.<kind>.arg` or `flags.arg`: show just the argument.
         let mut segs: Vec<&str> = path.split('.').collect();
+        let segs_were_step = segs.first() == Some(&"kind") && STEP_KINDS.contains(&segs.get(1).copied().unwrap_or(""));
         if segs.first() == Some(&"kind") && segs.len() >= 2 {
             segs.drain(..2);
         } else if segs.first() == Some(&"flags") {
@@ -87,7 +88,13 @@ pub(crate) fn typed<T: DeserializeOwned>(what: &str, j: Json) -> anyhow::Result<
         }
         let path = segs.join(".");
         let inner = e.into_inner().to_string();
-        let inner = inner.replace("unknown field", "unknown argument");
+        if inner.starts_with("unknown field") {
+            let flags = if segs_were_step { format!(", or a step flag: {}", STEP_FLAGS.join(", ")) } else { String::new() };
+            return anyhow::anyhow!("{what}(): {}{flags}", inner.replace("unknown field", "unknown argument"));
+        }
+        if path.starts_with("decode_rc") {
+            return anyhow::anyhow!("{what}(): `{path}`: {inner}; decode_rc maps exit codes to results, e.g. {{0: SUCCESS, 5: WARNINGS}}");
+        }
         if path.is_empty() || path == "?" {
             anyhow::anyhow!("{what}(): {inner}")
         } else {
@@ -121,6 +128,23 @@ fn normalize_locks(m: &mut Map<String, Json>) {
         }
     }
 }
+
+const STEP_KINDS: &[&str] = &[
+    "shell",
+    "configure",
+    "compile",
+    "test",
+    "git",
+    "set_property_from_command",
+    "file_upload",
+    "directory_upload",
+    "file_download",
+    "string_download",
+    "mkdir",
+    "rmdir",
+    "rmfile",
+    "trigger",
+];
 
 const STEP_FLAGS: &[&str] = &[
     "halt_on_failure",

@@ -254,8 +254,9 @@ fn load_source(name: &str, src: String, secret_source: &SecretSource) -> Result<
                 loc = Some(l);
             }
         }
-        let global = path.split(['.', '[']).next().unwrap_or("").to_uppercase();
-        ConfigError::one(loc, format!("{global} {path}: {}; build it with the matching builtin (worker(...), builder(...), ...)", e.into_inner()))
+        let first = path.split(['.', '[']).next().unwrap_or("");
+        let shown = format!("{}{}", first.to_uppercase(), &path[first.len()..]);
+        ConfigError::one(loc, format!("{shown}: {}; make each object with its builtin (worker(...), builder(...), shell(...), ...)", e.into_inner()))
     })?;
 
     let mut diags = validate::validate(&mut cfg);
