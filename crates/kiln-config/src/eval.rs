@@ -75,7 +75,7 @@ fn kwargs_json(kwargs: SmallMap<String, Value>) -> anyhow::Result<Map<String, Js
 }
 
 /// Deserializes `j` as `T`, with the failing path in the message; `what` names the call.
-pub(crate) fn typed<T: DeserializeOwned>(what: &str, j: Json) -> anyhow::Result<T> {
+pub(crate) fn typed<T: DeserializeOwned>(what: &str, j: &Json) -> anyhow::Result<T> {
     serde_path_to_error::deserialize(j).map_err(|e| {
         let path = e.path().to_string();
         // Paths inside a step/scheduler are `kind.<kind>.arg` or `flags.arg`: show just the argument.
@@ -103,9 +103,11 @@ pub(crate) fn typed<T: DeserializeOwned>(what: &str, j: Json) -> anyhow::Result<
     })
 }
 
-fn finish<'v, T: DeserializeOwned + serde::Serialize>(what: &str, j: Json, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
-    let t: T = typed(what, j)?;
-    Ok(heap.alloc(serde_json::to_value(&t)?))
+/// Checks `j` as a `T` and hands the checked arguments back to Starlark (defaults are filled in
+/// by the final deserialization, which keeps the values small).
+fn finish<'v, T: DeserializeOwned>(what: &str, j: Json, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
+    let _: T = typed(what, &j)?;
+    Ok(heap.alloc(j))
 }
 
 fn take_name(what: &str, pos: Option<String>, m: &mut Map<String, Json>) -> anyhow::Result<()> {
@@ -208,7 +210,7 @@ fn make_param<'v>(ty: &str, name: String, kwargs: SmallMap<String, Value<'v>>, h
     m.insert("name".into(), Json::String(name));
     m.insert("type".into(), Json::String(ty.into()));
     let what = format!("{ty}_param");
-    let p: ForceParam = typed(&what, Json::Object(m))?;
+    let p: ForceParam = typed(&what, &Json::Object(m))?;
     if p.kind == ForceParamType::Choice && p.choices.is_empty() {
         anyhow::bail!("choice_param(): give choices=[...]");
     }
@@ -222,7 +224,7 @@ fn make_lock<'v>(scope: &str, name: String, kwargs: SmallMap<String, Value<'v>>,
     m.insert("scope".into(), Json::String(scope.into()));
     m.insert("_loc".into(), serde_json::to_value(&loc)?);
     let what = format!("{scope}_lock");
-    let l: Lock = typed(&what, Json::Object(m))?;
+    let l: Lock = typed(&what, &Json::Object(m))?;
     if l.max_count == 0 {
         anyhow::bail!("{what}(): max_count must be at least 1");
     }
@@ -233,7 +235,7 @@ fn make_lock<'v>(scope: &str, name: String, kwargs: SmallMap<String, Value<'v>>,
 }
 
 fn access<'v>(mode: &str, lock: Value<'v>, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
-    let l: Lock = typed(mode, to_json(lock)?)
+    let l: Lock = typed(mode, &to_json(lock)?)
         .map_err(|_| anyhow::anyhow!("{mode}(): expected a lock made by master_lock(...) or worker_lock(...)"))?;
     Ok(heap.alloc(json!({ "lock": l, "access": mode })))
 }
@@ -264,7 +266,7 @@ fn kiln_builtins(builder: &mut GlobalsBuilder) {
         let mut m = kwargs_json(kwargs)?;
         take_name("worker", name, &mut m)?;
         m.insert("_loc".into(), serde_json::to_value(&loc)?);
-        let w: Worker = typed("worker", Json::Object(m))?;
+        let w: Worker = typed("worker", &Json::Object(m))?;
         match (&w.password, &w.password_hash) {
             (Some(_), Some(_)) => anyhow::bail!("worker(): give password= or password_hash=, not both"),
             (None, None) => anyhow::bail!("worker(): give password=secret(\"...\") or password_hash=\"$argon2id$...\""),
