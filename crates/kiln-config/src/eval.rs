@@ -503,3 +503,54 @@ pub(crate) fn globals() -> starlark::environment::Globals {
     }
     g.build()
 }
+
+/// `load("lib/platforms.star", "PLATFORMS")`: files relative to the config's directory, each
+/// evaluated once with the same builtins and frozen (immutable to the loader).
+pub(crate) struct Loader<'g> {
+    pub(crate) root: Option<std::path::PathBuf>,
+    pub(crate) globals: &'g starlark::environment::Globals,
+    cache: RefCell<std::collections::HashMap<std::path::PathBuf, starlark::environment::FrozenModule>>,
+    stack: RefCell<Vec<std::path::PathBuf>>,
+}
+
+impl<'g> Loader<'g> {
+    pub(crate) fn new(root: Option<std::path::PathBuf>, globals: &'g starlark::environment::Globals) -> Self {
+        Loader { root, globals, cache: RefCell::default(), stack: RefCell::default() }
+    }
+}
+
+impl starlark::eval::FileLoader for Loader<'_> {
+    fn load(&self, path: &str) -> starlark::Result<starlark::environment::FrozenModule> {
+        use std::path::{Component, Path};
+        let other = |m: String| starlark::Error::new_other(anyhow::anyhow!(m));
+        let rel = Path::new(path);
+        if !path.ends_with(".star") || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+            return Err(other(format!("load({path:?}): give a path relative to the config's directory, ending in .star, without `..`")));
+        }
+        let Some(root) = &self.root else {
+            return Err(other(format!("load({path:?}): this config has no directory to load from")));
+        };
+        let full = root.join(rel);
+        if let Some(m) = self.cache.borrow().get(&full) {
+            return Ok(m.clone());
+        }
+        if self.stack.borrow().contains(&full) {
+            return Err(other(format!("load({path:?}): files load each other in a cycle")));
+        }
+        let src = std::fs::read_to_string(&full).map_err(|e| other(format!("load({path:?}): cannot read {}: {e}", full.display())))?;
+        let ast = starlark::syntax::AstModule::parse(&full.display().to_string(), src, &starlark::syntax::Dialect::Extended)?;
+        self.stack.borrow_mut().push(full.clone());
+        let res = starlark::environment::Module::with_temp_heap(|m| -> starlark::Result<_> {
+            {
+                let mut ev = Evaluator::new(&m);
+                ev.set_loader(self);
+                ev.eval_module(ast, self.globals)?;
+            }
+            m.freeze().map_err(|e| other(format!("load({path:?}): {e:?}")))
+        });
+        self.stack.borrow_mut().pop();
+        let m = res?;
+        self.cache.borrow_mut().insert(full, m.clone());
+        Ok(m)
+    }
+}

@@ -17,7 +17,9 @@
 //! | `BUILDERS` | list of `builder(...)` | yes |
 //! | `SCHEDULERS` | list of `force`/`single_branch`/`any_branch`/`nightly`/`periodic`/`triggerable`/`dependent` | no |
 //!
-//! Other globals and helper functions are free for the user. A complete example:
+//! Other globals and helper functions are free for the user. A config may be split over files:
+//! `load("lib/factories.star", "unix_steps")` reads a path relative to the config's directory
+//! (no `..`), evaluated once with the same builtins; its values are frozen. A complete example:
 //!
 //! ```python
 //! MASTER = master(
@@ -188,12 +190,13 @@ pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<MasterCon
     let src = std::fs::read_to_string(&file).map_err(|e| ConfigError::one(None, format!("cannot read {}: {e}", file.display())))?;
     let secrets_dir = opts.secrets_dir.clone().or_else(|| file.parent().map(|p| p.join("secrets")));
     let source = SecretSource { dir: secrets_dir, use_env: !opts.ignore_env };
-    load_source(&file.display().to_string(), src, &source)
+    load_source(&file.display().to_string(), src, file.parent().map(Path::to_path_buf), &source)
 }
 
-/// Loads a config from text; `name` is the file name used in locations.
+/// Loads a config from text; `name` is the file name used in locations. `load()` statements
+/// are refused (there is no directory to load from).
 pub fn load_str(name: &str, src: &str, secrets: &SecretSource) -> Result<MasterConfig, ConfigError> {
-    load_source(name, src.to_string(), secrets)
+    load_source(name, src.to_string(), None, secrets)
 }
 
 fn starlark_diag(e: starlark::Error) -> ConfigError {
@@ -206,13 +209,15 @@ fn starlark_diag(e: starlark::Error) -> ConfigError {
     ConfigError::one(loc, msg)
 }
 
-fn load_source(name: &str, src: String, secret_source: &SecretSource) -> Result<MasterConfig, ConfigError> {
+fn load_source(name: &str, src: String, dir: Option<PathBuf>, secret_source: &SecretSource) -> Result<MasterConfig, ConfigError> {
     let ast = AstModule::parse(name, src, &Dialect::Extended).map_err(starlark_diag)?;
     let globals = eval::globals();
     eval::SECRET_USES.with(|s| s.borrow_mut().clear());
     let json = Module::with_temp_heap(|module| -> Result<serde_json::Value, ConfigError> {
         {
+            let loader = eval::Loader::new(dir, &globals);
             let mut ev = Evaluator::new(&module);
+            ev.set_loader(&loader);
             ev.eval_module(ast, &globals).map_err(starlark_diag)?;
         }
         let file_loc = Some(Loc { file: name.to_string(), line: 1, col: 1 });

@@ -168,3 +168,30 @@ fn directory_without_master_star_is_an_error() {
     let e = load(d.dir.path()).unwrap_err();
     assert!(e.to_string().starts_with("error: cannot read "), "{e}");
 }
+
+#[test]
+fn load_splits_a_config_over_files() {
+    let d = Dir::new();
+    std::fs::create_dir(d.dir.path().join("lib")).unwrap();
+    std::fs::write(
+        d.dir.path().join("lib/factories.star"),
+        "load(\"lib/consts.star\", \"REPO\")\ndef unix(branch):\n    return [git(repourl = REPO, branch = branch), compile(command = \"make\")]\n",
+    )
+    .unwrap();
+    std::fs::write(d.dir.path().join("lib/consts.star"), "REPO = \"https://github.com/python/cpython.git\"\n").unwrap();
+    let cfg = d
+        .load(&format!("load(\"lib/factories.star\", \"unix\")\n{}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = unix(\"main\"))]\n", common::W))
+        .unwrap();
+    let s = &cfg.builders[0].steps[0];
+    assert_eq!(s.loc.file, d.dir.path().join("lib/factories.star").display().to_string());
+    assert_eq!((s.loc.line, s.loc.col), (3, 13));
+
+    // errors inside a loaded file point into it
+    std::fs::write(d.dir.path().join("lib/consts.star"), "REPO = \"x\"\nBAD = shell(bogus = 1)\n").unwrap();
+    let e = d.load(&format!("load(\"lib/factories.star\", \"unix\")\n{}BUILDERS = []\n", common::W)).unwrap_err();
+    assert!(e.to_string().contains("consts.star:2:7: error: shell(): unknown argument `bogus`"), "{e}");
+
+    // no escaping the config directory
+    let e = d.load(&format!("load(\"../x.star\", \"y\")\n{}BUILDERS = []\n", common::W)).unwrap_err();
+    assert!(e.to_string().contains("without `..`"), "{e}");
+}
