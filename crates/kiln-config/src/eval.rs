@@ -509,13 +509,33 @@ pub(crate) fn globals() -> starlark::environment::Globals {
 pub(crate) struct Loader<'g> {
     pub(crate) root: Option<std::path::PathBuf>,
     pub(crate) globals: &'g starlark::environment::Globals,
+    limits: Limits,
     cache: RefCell<std::collections::HashMap<std::path::PathBuf, starlark::environment::FrozenModule>>,
     stack: RefCell<Vec<std::path::PathBuf>>,
 }
 
 impl<'g> Loader<'g> {
-    pub(crate) fn new(root: Option<std::path::PathBuf>, globals: &'g starlark::environment::Globals) -> Self {
-        Loader { root, globals, cache: RefCell::default(), stack: RefCell::default() }
+    pub(crate) fn new(root: Option<std::path::PathBuf>, globals: &'g starlark::environment::Globals, limits: Limits) -> Self {
+        Loader { root, globals, limits, cache: RefCell::default(), stack: RefCell::default() }
+    }
+}
+
+/// Evaluation limits: a wall-clock deadline and a tick budget.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub(crate) deadline: Option<std::time::Instant>,
+    pub(crate) max_ticks: Option<u64>,
+}
+
+impl Limits {
+    pub(crate) fn apply(&self, ev: &mut Evaluator<'_, '_, '_>) -> anyhow::Result<()> {
+        if let Some(t) = self.max_ticks {
+            ev.set_max_tick_count(t)?;
+        }
+        if let Some(d) = self.deadline {
+            ev.set_check_cancelled(Box::new(move || std::time::Instant::now() > d));
+        }
+        Ok(())
     }
 }
 
@@ -544,6 +564,7 @@ impl starlark::eval::FileLoader for Loader<'_> {
             {
                 let mut ev = Evaluator::new(&m);
                 ev.set_loader(self);
+                self.limits.apply(&mut ev).map_err(starlark::Error::new_other)?;
                 ev.eval_module(ast, self.globals)?;
             }
             m.freeze().map_err(|e| other(format!("load({path:?}): {e:?}")))

@@ -126,12 +126,24 @@ pub use types::*;
 pub const DEFAULT_FILE: &str = "master.star";
 
 /// Options for [`load_with`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Secrets directory; default `secrets/` beside the config file.
     pub secrets_dir: Option<PathBuf>,
     /// Don't read `KILN_SECRET_*` variables (tests).
     pub ignore_env: bool,
+    /// Give up when evaluation takes longer than this (default 30 s), so a runaway loop in
+    /// `master.star` cannot hang `checkconfig` or a reconfig.
+    pub timeout: Option<std::time::Duration>,
+    /// Give up after this many Starlark "ticks" (function calls and loop iterations; default
+    /// 100 million; the 1,036-builder CPython fixture loads within 1 million).
+    pub max_ticks: Option<u64>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { secrets_dir: None, ignore_env: false, timeout: Some(std::time::Duration::from_secs(30)), max_ticks: Some(100_000_000) }
+    }
 }
 
 /// What `kiln checkconfig` prints on success.
@@ -190,13 +202,23 @@ pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<MasterCon
     let src = std::fs::read_to_string(&file).map_err(|e| ConfigError::one(None, format!("cannot read {}: {e}", file.display())))?;
     let secrets_dir = opts.secrets_dir.clone().or_else(|| file.parent().map(|p| p.join("secrets")));
     let source = SecretSource { dir: secrets_dir, use_env: !opts.ignore_env };
-    load_source(&file.display().to_string(), src, file.parent().map(Path::to_path_buf), &source)
+    load_source(&file.display().to_string(), src, file.parent().map(Path::to_path_buf), &source, opts)
 }
 
 /// Loads a config from text; `name` is the file name used in locations. `load()` statements
 /// are refused (there is no directory to load from).
 pub fn load_str(name: &str, src: &str, secrets: &SecretSource) -> Result<MasterConfig, ConfigError> {
-    load_source(name, src.to_string(), None, secrets)
+    load_source(name, src.to_string(), None, secrets, &LoadOptions::default())
+}
+
+fn starlark_diag_in(file: &str, e: starlark::Error) -> ConfigError {
+    let mut err = starlark_diag(e);
+    for d in &mut err.diagnostics {
+        if d.loc.is_none() {
+            d.message = format!("{file}: {} (a runaway loop? see LoadOptions::timeout and max_ticks)", d.message);
+        }
+    }
+    err
 }
 
 fn starlark_diag(e: starlark::Error) -> ConfigError {
@@ -209,16 +231,18 @@ fn starlark_diag(e: starlark::Error) -> ConfigError {
     ConfigError::one(loc, msg)
 }
 
-fn load_source(name: &str, src: String, dir: Option<PathBuf>, secret_source: &SecretSource) -> Result<MasterConfig, ConfigError> {
+fn load_source(name: &str, src: String, dir: Option<PathBuf>, secret_source: &SecretSource, opts: &LoadOptions) -> Result<MasterConfig, ConfigError> {
     let ast = AstModule::parse(name, src, &Dialect::Extended).map_err(starlark_diag)?;
     let globals = eval::globals();
     eval::SECRET_USES.with(|s| s.borrow_mut().clear());
     let json = Module::with_temp_heap(|module| -> Result<serde_json::Value, ConfigError> {
         {
-            let loader = eval::Loader::new(dir, &globals);
+            let limits = eval::Limits { deadline: opts.timeout.map(|t| std::time::Instant::now() + t), max_ticks: opts.max_ticks };
+            let loader = eval::Loader::new(dir, &globals, limits.clone());
             let mut ev = Evaluator::new(&module);
             ev.set_loader(&loader);
-            ev.eval_module(ast, &globals).map_err(starlark_diag)?;
+            limits.apply(&mut ev).map_err(|e| ConfigError::one(None, e.to_string()))?;
+            ev.eval_module(ast, &globals).map_err(|e| starlark_diag_in(name, e))?;
         }
         let file_loc = Some(Loc { file: name.to_string(), line: 1, col: 1 });
         let get = |g: &str, required: bool| -> Result<serde_json::Value, ConfigError> {

@@ -196,3 +196,17 @@ fn several_errors_are_all_reported() {
     assert_eq!(e.diagnostics.len(), 2);
     assert_eq!(e.to_string().lines().count(), 2);
 }
+
+#[test]
+fn runaway_loops_are_stopped() {
+    let d = Dir::new();
+    std::fs::write(d.file(), "x = 0\nfor i in range(1000000000):\n    x += i\n").unwrap();
+    let opts = kiln_config::LoadOptions { max_ticks: Some(10_000), ignore_env: true, ..Default::default() };
+    let e = kiln_config::load_with(d.file(), &opts).unwrap_err();
+    assert!(e.to_string().contains("10000 ticks has been exceeded"), "{e}");
+    let opts = kiln_config::LoadOptions { max_ticks: None, timeout: Some(std::time::Duration::from_millis(100)), ignore_env: true, ..Default::default() };
+    let t = std::time::Instant::now();
+    let e = kiln_config::load_with(d.file(), &opts).unwrap_err();
+    assert!(t.elapsed() < std::time::Duration::from_secs(20));
+    assert!(e.to_string().contains("master.star"), "{e}");
+}
