@@ -21,7 +21,7 @@ fn secrets_come_from_the_dir_or_the_environment() {
     // an explicit secrets dir
     let other = tempfile::tempdir().unwrap();
     std::fs::write(other.path().join("from-dir"), "other").unwrap();
-    let cfg = load_with(d.dir.path(), &LoadOptions { secrets_dir: Some(other.path().into()), ignore_env: false }).unwrap();
+    let cfg = load_with(d.dir.path(), &LoadOptions { secrets_dir: Some(other.path().into()), ignore_env: false, ..Default::default() }).unwrap();
     assert_eq!(cfg.secrets.get("from-dir"), Some("other"));
 }
 
