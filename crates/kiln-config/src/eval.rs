@@ -36,6 +36,19 @@ pub(crate) fn loc_of(eval: &Evaluator<'_, '_, '_>) -> Loc {
 
 /// Starlark value → JSON. Dicts may have int keys (for `decode_rc`); `None` values in dicts stay.
 pub(crate) fn to_json(v: Value) -> anyhow::Result<Json> {
+    // The common leaves first, without going through serde.
+    if let Some(s) = v.unpack_str() {
+        return Ok(Json::String(s.to_string()));
+    }
+    if v.is_none() {
+        return Ok(Json::Null);
+    }
+    if let Some(b) = v.unpack_bool() {
+        return Ok(Json::Bool(b));
+    }
+    if let Some(i) = v.unpack_i32() {
+        return Ok(Json::from(i));
+    }
     if let Some(d) = DictRef::from_value(v) {
         let mut m = Map::new();
         for (k, x) in d.iter() {
