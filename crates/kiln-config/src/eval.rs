@@ -188,7 +188,8 @@ fn make_step<'v>(kind: &str, kwargs: SmallMap<String, Value<'v>>, eval: &mut Eva
             flags.insert(f.to_string(), v);
         }
     }
-    // `do_step_if=prop("x")` arrives as a renderable prop dict; the same shape is a condition.
+    // `do_step_if=prop("x")` arrives as the prop dict `{"__prop": "x", "default": ...}`, which is
+    // also the shape of a property condition.
     let j = json!({ "name": name, "kind": { kind: m }, "flags": flags, "_loc": loc });
     finish::<Step>(kind, j, eval.heap())
 }
@@ -209,9 +210,6 @@ fn make_scheduler<'v>(
         if let Some(v) = m.remove(*f) {
             top.insert(f.to_string(), v);
         }
-    }
-    if kind == "triggerable" || kind == "dependent" || kind == "force" || kind == "periodic" || kind == "nightly" {
-        // no branch filters here
     }
     top.insert("kind".into(), json!({ kind: m }));
     top.insert("_loc".into(), serde_json::to_value(&loc)?);

@@ -197,3 +197,18 @@ fn load_splits_a_config_over_files() {
     let e = d.load(&format!("load(\"../x.star\", \"y\")\n{}BUILDERS = []\n", common::W)).unwrap_err();
     assert!(e.to_string().contains("without `..`"), "{e}");
 }
+
+#[test]
+fn availability_windows() {
+    let a = Availability::parse("not 22:00–08:00 UTC").unwrap();
+    assert!(a.not && (a.start, a.end) == (1320, 480) && a.tz == chrono_tz::UTC);
+    assert!(a.window_contains(23 * 60) && a.window_contains(0) && !a.window_contains(12 * 60));
+    let b = Availability::parse("09:30-17:00 Europe/Berlin").unwrap();
+    assert!(!b.not && b.window_contains(10 * 60) && !b.window_contains(18 * 60));
+    // 08:30 UTC in January is 09:30 in Berlin: inside the window
+    let t = chrono::DateTime::parse_from_rfc3339("2026-01-05T08:30:00Z").unwrap().to_utc();
+    assert!(b.allows(t));
+    for bad in ["", "not", "22:00", "25:00-01:00", "22:00-08:00 Mars/Base", "22:00-08:00 UTC extra", "10-12"] {
+        assert!(Availability::parse(bad).is_err(), "{bad:?} should be rejected");
+    }
+}

@@ -1,7 +1,5 @@
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::Dir;
 use kiln_config::*;
 
@@ -64,5 +62,4 @@ BUILDERS = [builder(name = "b", workers = ["w1"], steps = [
     assert!(!text.contains("ghp_s3cr3t") && !text.contains("pw1"));
     // rendering without the secrets fails rather than leaking a placeholder into a command
     assert!(g.repourl.render(&RenderContext::default()).is_err());
-    let _ = BTreeMap::<String, String>::new();
 }
