@@ -77,7 +77,9 @@
 //! `int_param`, `bool_param`, `choice_param`; locks `master_lock`, `worker_lock`, `counting`,
 //! `exclusive`; values `interpolate`, `prop`, `prop_equals`, `prop_not_equals`; the result
 //! constants `SUCCESS` … `CANCELLED`. Field-by-field meaning is on the types in [`types`].
-//! A builtin returns a plain dict (its JSON form, with `_loc`), so `b["name"]` works.
+//! A builtin returns a plain dict (its checked arguments, with `_loc`), so `b["name"]` works.
+//! Editing such a dict afterwards is allowed; the edit is checked when the config is
+//! assembled, and its error then points at the object's call rather than at the edit.
 //!
 //! `do_step_if` cannot take a Starlark function: the file is evaluated once, at load, and
 //! functions do not exist at build time. Use `prop("x")` (truthy), `prop_equals`,
