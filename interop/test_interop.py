@@ -50,6 +50,8 @@ class Farm:
     def norm(self, name: str, text: str) -> str:
         """Worker-specific absolute paths → placeholders (<B> = builder dir, <HOME>)."""
         w = self.workers[name]
+        bgdigit = {"kiln": "1", "stock": "2"}[name]   # builder property in master.cfg
+        text = text.replace(f"1000.{self.master.run_tag}{bgdigit}", "1000.<TAG>")
         return (text.replace(str(w.builder_dir(f"{name}-builder")), "<B>")
                 .replace(str(w.home), "<HOME>").replace(str(w.basedir), "<WORKER>"))
 
