@@ -464,7 +464,10 @@ class KilnWorker(WorkerBase):
                 f"KILN_INTEROP_WORKERS=stock)")
 
     def create_cmd(self):
-        return [self.bin, "create-worker", "--protocol", PROTOCOL,
+        # kiln-worker refuses to run build commands as root unless told (README "Root");
+        # the stock worker has no such guard, so allow it to compare like with like.
+        root = ["--allow-root"] if os.geteuid() == 0 else []
+        return [self.bin, "create-worker", "--protocol", PROTOCOL, *root,
                 self.basedir, f"127.0.0.1:{self.master_port}", self.name, self.password]
 
     def start_cmd(self):
