@@ -222,6 +222,7 @@ class Build:
     results: int | None
     state_string: str
     steps: list[Step]
+    properties: dict = field(default_factory=dict)   # name -> (value, source)
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -365,7 +366,9 @@ class Master:
                     parsed = [("", ln) for ln in lines]
                 step.logs[lg["name"]] = Log(lg["name"], lg["type"], parsed)
             steps.append(step)
-        return Build(buildid, builder, b["results"], b["state_string"], steps)
+        props = self.api(f"builds/{buildid}/properties")["properties"]
+        props = {k: tuple(v) for k, v in (props[0] if props else {}).items()}
+        return Build(buildid, builder, b["results"], b["state_string"], steps, props)
 
     def uploads(self, worker: str) -> Path:
         return self.basedir / "uploads" / worker

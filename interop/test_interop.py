@@ -123,6 +123,7 @@ both = pytest.mark.skipif(set(WORKERS) != {"kiln", "stock"},
 EXPECTED_RESULTS = [
     ("worker_preparation", SUCCESS),
     ("prepare", SUCCESS),
+    ("worker-info", SUCCESS),
     ("umask", SUCCESS),
     ("shell-env", SUCCESS),
     ("shell-env-inherit", SUCCESS),
@@ -185,6 +186,60 @@ def test_worker_start_exit_code(farm, wname):
         pytest.fail(farm.errors[wname])
     p = farm.start_results[wname]
     assert p.returncode == 0, f"`{wname} start` exited {p.returncode}:\n{p.stdout}"
+
+
+def os_release_keys() -> set[str]:
+    keys = set()
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            k, sep, v = line.partition("=")
+            if sep and k.strip() and not k.startswith("#") and v.strip().strip('"'):
+                keys.add("os_" + k.strip().lower())
+    except OSError:
+        pass
+    return keys
+
+
+def worker_info(farm, wname) -> dict:
+    import json
+    return json.loads("\n".join(farm.build(wname).step("worker-info").logs["info"].text))
+
+
+ALL_COMMANDS = {"shell", "uploadFile", "upload_file", "uploadDirectory", "upload_directory",
+                "downloadFile", "download_file", "mkdir", "rmdir", "cpdir", "stat", "glob",
+                "listdir", "rmfile"}
+
+
+@per_worker
+def test_worker_info(farm, wname):
+    """get_worker_info as the master stored it (spec §9)."""
+    d = worker_info(farm, wname)
+    info = d["info"]
+    w = farm.workers[wname]
+    assert d["worker_basedir"] == info["basedir"] == str(w.basedir)
+    assert d["worker_system"] == info["system"] == "posix"
+    assert info["numcpus"] == os.cpu_count()
+    assert info["admin"] == "Your Name Here <admin@youraddress.invalid>\n"
+    assert isinstance(info["host"], str) and info["host"].endswith("\n")
+    assert isinstance(info["version"], str) and info["version"]
+    assert "delete_leftover_dirs" in info
+    assert os_release_keys() <= set(info), sorted(os_release_keys() - set(info))
+    assert d["environ_HOME"] == str(w.home) and d["environ_has_PATH"]
+    assert set(d["worker_commands"]) >= ALL_COMMANDS
+    assert all(tuple(map(int, v.split("."))) >= (3, 3) for v in d["worker_commands"].values())
+    rest = farm.master.api(f"workers?name={wname}")["workers"][0]["workerinfo"]
+    assert rest["admin"] == info["admin"] and rest["version"] == info["version"]
+    if wname == "stock":
+        assert info["version"] == "4.3.0"
+        assert info["delete_leftover_dirs"] == 0
+        assert set(d["worker_commands"]) == ALL_COMMANDS
+
+
+@both
+def test_worker_info_same_keys(farm):
+    keys = {w: set(worker_info(farm, w)["info"]) for w in ("kiln", "stock")}
+    # kiln may add its extension key `kiln` (DESIGN.md: Kiln-to-Kiln extensions)
+    assert keys["kiln"] - {"kiln"} == keys["stock"]
 
 
 @per_worker
