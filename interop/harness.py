@@ -328,8 +328,27 @@ class Master:
         ws = self.api(f"workers?name={name}")["workers"]
         return bool(ws and ws[0]["connected_to"])
 
+    def attach_failure(self, name: str) -> str | None:
+        """The master's reason for refusing to attach `name`, if its log has one."""
+        try:
+            log = self.log_path.read_text(errors="replace")
+        except OSError:
+            return None
+        if f"worker {name} cannot attach" not in log:
+            return None
+        excerpt = [ln for ln in log.splitlines()
+                   if "cannot attach" in ln or "failed" in ln.lower() or "Failure" in ln]
+        return "\n".join(excerpt[-6:])
+
     def wait_worker_connected(self, name: str, timeout: float = 60):
-        wait_for(lambda: self.worker_connected(name), timeout, what=f"worker {name} to connect")
+        """Waits until the master lists `name` as connected; fails at once when the master
+        logged that it could not attach it."""
+        def ok():
+            why = self.attach_failure(name)
+            if why:
+                raise RuntimeError(f"the master could not attach worker {name}:\n{why}")
+            return self.worker_connected(name)
+        wait_for(ok, timeout, what=f"worker {name} to connect")
 
     def force(self, builder: str) -> int:
         """Forces a build; returns the buildrequest id."""
@@ -337,8 +356,15 @@ class Master:
         result = self.rpc("forceschedulers/force", "force", {"builderid": str(bid)})
         return int(list(result[1].values())[0])
 
-    def wait_build(self, brid: int, timeout: float = 300) -> int:
-        """Waits for the (single) build of buildrequest `brid` to complete; returns its id."""
+    def wait_build(self, brid: int, timeout: float = 300, start_timeout: float = 60) -> int:
+        """Waits for the (single) build of buildrequest `brid` to complete; returns its id.
+        Fails early when no build started within `start_timeout` (worker not attached)."""
+        try:
+            wait_for(lambda: self.api(f"builds?buildrequestid={brid}")["builds"], start_timeout,
+                     interval=0.5, what=f"a build to start for build request {brid}")
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; is the worker attached? master log:\n{self.log_tail(15)}")
+
         def done():
             reqs = self.api(f"buildrequests/{brid}")["buildrequests"]
             if not reqs or not reqs[0]["complete"]:
