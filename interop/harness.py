@@ -328,27 +328,36 @@ class Master:
         ws = self.api(f"workers?name={name}")["workers"]
         return bool(ws and ws[0]["connected_to"])
 
-    def attach_failure(self, name: str) -> str | None:
-        """The master's reason for refusing to attach `name`, if its log has one."""
+    def log_size(self) -> int:
         try:
-            log = self.log_path.read_text(errors="replace")
+            return self.log_path.stat().st_size
         except OSError:
-            return None
-        if f"worker {name} cannot attach" not in log:
-            return None
-        excerpt = [ln for ln in log.splitlines()
-                   if "cannot attach" in ln or "failed" in ln.lower() or "Failure" in ln]
-        return "\n".join(excerpt[-6:])
+            return 0
 
-    def wait_worker_connected(self, name: str, timeout: float = 60):
-        """Waits until the master lists `name` as connected; fails at once when the master
-        logged that it could not attach it."""
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_attached(self, name: str, builder: str | None = None, *, since: int = 0,
+                      timeout: float = 60):
+        """Waits until the master has fully attached worker `name` (its log says
+        `Worker <name> attached to <builder>`, after byte offset `since` of twistd.log).
+        Fails at once if the master logged that it cannot attach the worker."""
+        builder = builder or f"{name}-quick"
+
         def ok():
-            why = self.attach_failure(name)
-            if why:
-                raise RuntimeError(f"the master could not attach worker {name}:\n{why}")
-            return self.worker_connected(name)
-        wait_for(ok, timeout, what=f"worker {name} to connect")
+            text = self._log_since(since)
+            if f"worker {name} cannot attach" in text:
+                lines = [ln for ln in text.splitlines()
+                         if "cannot attach" in ln or "Failure" in ln or "failed" in ln.lower()]
+                raise RuntimeError(f"the master could not attach worker {name}:\n"
+                                   + "\n".join(lines[-6:]))
+            return f"Worker {name} attached to {builder}" in text
+        wait_for(ok, timeout, what=f"the master to attach worker {name} to {builder}")
 
     def force(self, builder: str) -> int:
         """Forces a build; returns the buildrequest id."""

@@ -56,6 +56,7 @@ class Farm:
                 .replace(str(w.home), "<HOME>").replace(str(w.basedir), "<WORKER>"))
 
     def uploads(self, name: str) -> Path:
+        self.build(name)   # fails with the reason when that worker has no build
         return self.master.uploads(name)
 
 
@@ -81,7 +82,7 @@ def farm():
             if name in farm.errors:
                 continue
             try:
-                master.wait_worker_connected(name, 60)
+                master.wait_attached(name, f"{name}-builder", timeout=60)
                 brids[name] = master.force(f"{name}-builder")
             except Exception as e:
                 farm.errors[name] = (f"{e}\n--- {name} start output ---\n"

@@ -110,14 +110,15 @@ def test_reconnects_after_master_restart(lab, wname):
     w = lab.worker(wname)
     p = w.start()
     assert p.returncode == 0, p.stdout
-    lab.master.wait_worker_connected(wname)
+    lab.master.wait_attached(wname)
     b = lab.quick_build(wname)
     assert b.results == SUCCESS and b.step("quick").stdio.stdout == ["quick-ok"]
     pid = w.pid()
     attached_before = log_text(w).count("message from master: attached")
 
+    since = lab.master.log_size()
     lab.master.restart()
-    lab.master.wait_worker_connected(wname, timeout=90)
+    lab.master.wait_attached(wname, since=since, timeout=90)
 
     # the same process reconnected by itself, and the master ran the attach sequence again
     assert w.pid() == pid and w.running()
@@ -180,6 +181,7 @@ def test_start_exits_0_once_attached(lab, wname):
     # `start` returned because it saw the greeting: it is in the log already
     assert "message from master: attached" in log_text(w)
     assert w.running(), "the worker must keep running in the background"
+    lab.master.wait_attached(wname, timeout=30)   # and the master finished attaching it
     assert lab.master.worker_connected(wname)
     pid = w.pid()
 
