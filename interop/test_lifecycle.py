@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -163,6 +164,9 @@ def test_wrong_password_backs_off(lab, wname):
         assert len(gaps) >= 4, info
         assert gaps[3] > gaps[0], info
         assert max(gaps) >= 2.5, info
+        # and its log says so ("retrying in N s", growing)
+        delays = [float(x) for x in re.findall(r"retrying in ([0-9.]+) s", log_text(w))]
+        assert len(delays) >= 4 and max(delays[3:]) > delays[0], f"logged delays {delays}"
     s = w.stop()
     assert s.returncode == 0, s.stdout
     assert not w.running()
