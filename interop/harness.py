@@ -319,6 +319,13 @@ class Master:
             raise RuntimeError(f"JSON-RPC {method} on {path} failed: {res['error']}")
         return res["result"]
 
+    def worker_id(self, name: str) -> int:
+        return self.api(f"workers?name={name}")["workers"][0]["workerid"]
+
+    def control_worker(self, name: str, action: str):
+        """REST control of a worker: 'kill' (→ msgpack `shutdown`), 'stop' (graceful), ..."""
+        return self.rpc(f"workers/{self.worker_id(name)}", action, {})
+
     def builder_id(self, name: str) -> int:
         for b in self.api(f"builders?name={name}")["builders"]:
             return b["builderid"]
@@ -439,6 +446,13 @@ class WorkerBase:
     def start(self, timeout: float = 60) -> subprocess.CompletedProcess:
         return run(self.start_cmd(), env=self.env, cwd=self.root, timeout=timeout)
 
+    def run_foreground(self) -> subprocess.Popen:
+        """The worker in the foreground (kiln-worker run / buildbot-worker start --nodaemon)."""
+        log = open(self.root / f"{self.name}-foreground.out", "wb")
+        return subprocess.Popen([str(c) for c in self.foreground_cmd()], env=self.env,
+                                cwd=self.root, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)
+
     def stop(self, timeout: float = 60) -> subprocess.CompletedProcess | None:
         pid = self.pid()
         p = run(self.stop_cmd(), env=self.env, cwd=self.root, timeout=timeout)
@@ -480,6 +494,9 @@ class StockWorker(WorkerBase):
     def stop_cmd(self):
         return [VENV_BIN / "buildbot-worker", "stop", self.basedir]
 
+    def foreground_cmd(self):
+        return [VENV_BIN / "buildbot-worker", "start", "--nodaemon", self.basedir]
+
     @property
     def pidfile(self) -> Path:
         return self.basedir / "twistd.pid"
@@ -513,6 +530,9 @@ class KilnWorker(WorkerBase):
 
     def stop_cmd(self):
         return [self.bin, "stop", self.basedir]
+
+    def foreground_cmd(self):
+        return [self.bin, "run", self.basedir]
 
     @property
     def pidfile(self) -> Path:

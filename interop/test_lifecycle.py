@@ -13,6 +13,7 @@ import base64
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -197,5 +198,56 @@ def test_start_exits_0_once_attached(lab, wname):
     s = w.stop()
     assert s.returncode == 0, s.stdout
     harness.wait_for(lambda: not harness.pid_alive(pid), 15, what="the worker to exit")
+    harness.wait_for(lambda: not lab.master.worker_connected(wname), 30,
+                     what="the master to see the worker go")
+
+
+# (d) ------------------------------------------------------------------------------------------
+
+@per_worker
+@pytest.mark.parametrize("action", ["kill", "stop"])
+def test_master_shuts_the_worker_down(lab, wname, action):
+    """REST `kill` (immediate) and `stop` (graceful, the worker is idle) make the master send
+    the msgpack `shutdown` op; the worker answers and its process exits (spec §5.7)."""
+    w = lab.worker(wname)
+    assert w.start().returncode == 0
+    lab.master.wait_attached(wname)
+    pid = w.pid()
+    t0 = time.monotonic()
+    lab.master.control_worker(wname, action)
+    harness.wait_for(lambda: not harness.pid_alive(pid), 20, what=f"{wname} to exit after {action}")
+    took = time.monotonic() - t0
+    assert took < 10, f"exited {took:.1f} s after the request"
+    harness.wait_for(lambda: not lab.master.worker_connected(wname), 30,
+                     what="the master to see the worker go")
+    assert "'op': 'shutdown'" in lab.master.log_path.read_text(errors="replace")
+    # it stays down: nobody restarts it
+    time.sleep(3)
+    assert not lab.master.worker_connected(wname)
+
+
+# (e) ------------------------------------------------------------------------------------------
+
+@per_worker
+def test_foreground_run_and_sigterm(lab, wname):
+    """`kiln-worker run` (stock: `buildbot-worker start --nodaemon`) serves builds in the
+    foreground and exits on SIGTERM."""
+    w = lab.worker(wname)
+    proc = w.run_foreground()
+    try:
+        lab.master.wait_attached(wname, timeout=30)
+        b = lab.quick_build(wname)
+        assert b.results == SUCCESS and b.step("quick").stdio.stdout == ["quick-ok"]
+        proc.terminate()
+        rc = proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = (lab.root / f"{wname}-foreground.out").read_text(errors="replace")
+    # buildbot-worker: twistd shuts down cleanly, then re-raises the signal so the exit
+    # status says what stopped it (-15); kiln-worker exits 0 after a clean stop.
+    expected = -signal.SIGTERM if wname == "stock" else 0
+    assert rc == expected, f"exit status {rc} after SIGTERM:\n{out[-2000:]}"
     harness.wait_for(lambda: not lab.master.worker_connected(wname), 30,
                      what="the master to see the worker go")
