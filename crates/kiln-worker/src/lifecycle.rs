@@ -95,15 +95,18 @@ fn check_user_policy(_config: &WorkerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn apply_umask(config: &WorkerConfig) {
+/// The configured umask; a daemon without one gets 077, as `buildbot-worker start`
+/// (twistd) gives its builds, so files a build writes stay private to its user. In the
+/// foreground (`run`, under a service manager) the inherited umask is kept, as twistd does.
+fn apply_umask(config: &WorkerConfig, daemon: bool) {
     #[cfg(unix)]
-    if let Some(umask) = config.umask {
+    if let Some(umask) = config.umask.or(daemon.then_some(0o077)) {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
             umask as nix::libc::mode_t,
         ));
     }
     #[cfg(not(unix))]
-    let _ = config;
+    let _ = (config, daemon);
 }
 
 fn lock_or_report(path: &Path) -> anyhow::Result<Result<PidLock, String>> {
@@ -126,7 +129,7 @@ pub fn run(basedir: &Path) -> anyhow::Result<ExitCode> {
     };
     std::env::set_current_dir(&config.basedir)
         .with_context(|| format!("cannot chdir to {}", config.basedir.display()))?;
-    apply_umask(&config);
+    apply_umask(&config, false);
     logging::init(&config.basedir, config.log_size, config.log_count, true)
         .context("cannot open the log")?;
     worker_main(config, lock, None)
@@ -266,7 +269,7 @@ pub fn start(basedir: &Path, opts: &StartOptions) -> anyhow::Result<ExitCode> {
     match daemonize(&dir)? {
         Forked::Daemon(mut reporter) => {
             // The detached worker. Errors end up in the report (and the log if it is open).
-            apply_umask(&config);
+            apply_umask(&config, true);
             if let Err(e) = logging::init(&dir, config.log_size, config.log_count, false) {
                 reporter.failed(&format!("cannot open {}: {e}", log_path.display()));
                 std::process::exit(1);

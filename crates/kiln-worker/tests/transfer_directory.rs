@@ -117,6 +117,29 @@ async fn upload_and_extract(compress: Option<&str>, modes: &[&str]) {
     }
 }
 
+/// The directory itself is an entry: an empty directory arrives, with its mode.
+#[cfg(unix)]
+#[tokio::test]
+async fn an_empty_directory_arrives_with_its_mode() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("emptydir");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let rec = run_command("upload_directory", dir_args(&s(&src), 16_384, None, None), Script::default()).await;
+    rec.assert_rc_then_elapsed(0);
+    let archive = tmp.path().join("upload.tar");
+    std::fs::write(&archive, &rec.uploaded).unwrap();
+    let dest = tmp.path().join("on-master/emptydir");
+    python(EXTRACT, &[&s(&archive), "r|", &s(&dest)]);
+    let meta = std::fs::metadata(&dest).expect("the master gets the directory");
+    assert!(meta.is_dir());
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+    // The 'data' filter gives extracted directories default modes; the archive has the real one.
+    let listing = python("import sys, tarfile\nwith tarfile.open(sys.argv[1], 'r|') as t:\n    for m in t: print(m.name, oct(m.mode), m.isdir())", &[&s(&archive)]);
+    assert_eq!(listing.trim(), format!(". {} True", "0o750"));
+}
+
 #[tokio::test]
 async fn plain_tar_unpacks_with_python_tarfile() {
     upload_and_extract(None, &["r", "r|"]).await;
@@ -148,7 +171,7 @@ async fn plain_tar_is_padded_to_whole_records_and_lists_members() {
     let lines: Vec<&str> = listing.lines().collect();
     let first: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
     let long = format!("sub/{}.txt", "n".repeat(120));
-    let mut expected = vec!["a.txt", "empty", "link-to-b", "run.sh", "sub", "sub/b.txt", "sub/deeper", "sub/deeper/blob.bin", long.as_str(), "sub/zero.txt"];
+    let mut expected = vec![".", "a.txt", "empty", "link-to-b", "run.sh", "sub", "sub/b.txt", "sub/deeper", "sub/deeper/blob.bin", long.as_str(), "sub/zero.txt"];
     if cfg!(not(unix)) {
         expected.retain(|n| *n != "link-to-b");
     }

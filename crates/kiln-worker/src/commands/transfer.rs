@@ -489,6 +489,19 @@ fn not_a_directory() -> io::Error {
 /// links, then the end-of-archive blocks and zero padding to a whole record.
 fn write_tar<W: Write>(root: &Path, out: W) -> Result<W, String> {
     let mut builder = tar::Builder::new(Counting { inner: out, count: 0 });
+    // The directory itself comes first (Python's tarfile names it ''; we write "./"),
+    // so an empty directory still arrives, with its mode.
+    let meta = std::fs::symlink_metadata(root).map_err(|e| python_oserror(&e, root))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+    #[cfg(unix)]
+    header.set_mode(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777);
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_size(0);
+    // tar's path setter drops "." components, so the name is written directly.
+    header.as_old_mut().name[..2].copy_from_slice(b"./");
+    header.set_cksum();
+    builder.append(&header, io::empty()).map_err(|e| python_oserror(&e, root))?;
     add_children(&mut builder, root, Path::new(""))?;
     let mut counting = builder.into_inner().map_err(|e| e.to_string())?;
     let pad = (RECORD_SIZE - counting.count % RECORD_SIZE) % RECORD_SIZE;

@@ -359,13 +359,19 @@ impl ProcessTree {
         // link to them is lost.
         #[cfg(target_os = "linux")]
         let members = linux::members(self.pid, &self.cookie, self.reaped, &mut self.known);
-        if !self.reaped {
-            let _ = killpg(Pid::from_raw(self.pid), sig.0);
-            let _ = kill(Pid::from_raw(self.pid), sig.0);
+        // Each process gets the signal once: a shell's TERM trap must not run twice.
+        let group = Pid::from_raw(self.pid);
+        let group_signalled = !self.reaped && killpg(group, sig.0).is_ok();
+        if !self.reaped && !group_signalled {
+            let _ = kill(group, sig.0);
         }
         #[cfg(target_os = "linux")]
         for (p, _) in members {
-            let _ = kill(Pid::from_raw(p), sig.0);
+            let p = Pid::from_raw(p);
+            if group_signalled && nix::unistd::getpgid(Some(p)).ok() == Some(group) {
+                continue;
+            }
+            let _ = kill(p, sig.0);
         }
     }
 
