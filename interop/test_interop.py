@@ -65,7 +65,7 @@ class Farm:
 
 @pytest.fixture(scope="module")
 def farm():
-    root = Path(tempfile.mkdtemp(prefix="kiln-interop-"))
+    root = Path(tempfile.mkdtemp(prefix="kiln-interop-suite-"))
     tag = str(random.randint(100, 999))
     master = harness.Master(root, run_tag=tag)
     farm = Farm(root, master)

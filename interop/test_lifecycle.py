@@ -55,7 +55,7 @@ class Lab:
 
 @pytest.fixture
 def lab():
-    root = Path(tempfile.mkdtemp(prefix="kiln-lifecycle-"))
+    root = Path(tempfile.mkdtemp(prefix="kiln-interop-lifecycle-"))
     lab = Lab(root)
     try:
         lab.master.create()
