@@ -77,6 +77,14 @@ async fn run_as_nobody() {
     assert!(ExecPolicy::new(Some("no-such-user-kiln"), false, None, Limits::default()).is_err());
 }
 
+/// A directory for sandbox tests outside /tmp (inside the sandbox /tmp is a private
+/// tmpfs, where any write "succeeds" and vanishes), wherever the checkout lives.
+fn sandbox_test_dir() -> tempfile::TempDir {
+    let target = env!("CARGO_TARGET_TMPDIR");
+    let parent = if std::path::Path::new(target).starts_with("/tmp") { "/var/tmp" } else { target };
+    tempfile::tempdir_in(parent).unwrap()
+}
+
 #[tokio::test]
 async fn bwrap_sandbox_confines_writes_to_the_builder_directory() {
     if !std::path::Path::new("/usr/bin/bwrap").exists() {
@@ -84,7 +92,7 @@ async fn bwrap_sandbox_confines_writes_to_the_builder_directory() {
         return;
     }
     // Outside /tmp: inside the sandbox /tmp is a private tmpfs.
-    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let base = sandbox_test_dir();
     let workdir = base.path().join("b1/build");
     let script = "echo in > inside.txt && echo inside-ok; \
                   echo b > ../builder-level.txt && echo builder-ok; \
@@ -110,7 +118,7 @@ async fn a_sandboxed_tree_is_killed_too() {
         eprintln!("skipped: no bwrap");
         return;
     }
-    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let base = sandbox_test_dir();
     let m = marker(20);
     let workdir = base.path().join("b1/build");
     let script = format!("sleep {m} & setsid sh -c 'sleep {m}' & sleep 0.2; echo started; wait");
