@@ -63,5 +63,8 @@ KILN_WORKER_BIN="$PWD/target/debug/kiln-worker" bash interop/run.sh
 step "benchmarks (smoke scale)"
 python3 bench/worker-stream/run.py --scale smoke
 
+step "the README's first command (demo build, then stop)"
+KILN_DEMO_WEB_PORT=18019 KILN_DEMO_WORKER_PORT=19999 bash demo/quickstart.sh --once
+
 echo
 echo "all suites passed"
