@@ -330,6 +330,13 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
     Ok(Spawned { child, stdin, stdout, stderr, tree })
 }
 
+/// The members that still need a signal of their own: all of them, unless the
+/// command's process group was signalled, which already reached its members.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn outside_group(group: i32, group_signalled: bool, members: &[(i32, u64, i32)]) -> Vec<i32> {
+    members.iter().filter(|(_, _, pgrp)| !(group_signalled && *pgrp == group)).map(|(pid, _, _)| *pid).collect()
+}
+
 /// Everything one command started. Dropping it before [`ProcessTree::finish`]
 /// kills the whole tree.
 pub struct ProcessTree {
@@ -366,12 +373,8 @@ impl ProcessTree {
             let _ = kill(group, sig.0);
         }
         #[cfg(target_os = "linux")]
-        for (p, _) in members {
-            let p = Pid::from_raw(p);
-            if group_signalled && nix::unistd::getpgid(Some(p)).ok() == Some(group) {
-                continue;
-            }
-            let _ = kill(p, sig.0);
+        for p in outside_group(self.pid, group_signalled, &members) {
+            let _ = kill(Pid::from_raw(p), sig.0);
         }
     }
 
@@ -383,7 +386,7 @@ impl ProcessTree {
         {
             let mut frozen: HashMap<i32, u64> = HashMap::new();
             for _ in 0..50 {
-                let fresh: Vec<(i32, u64)> = linux::members(self.pid, &self.cookie, self.reaped, &mut self.known).into_iter().filter(|(p, start)| frozen.insert(*p, *start).is_none()).collect();
+                let fresh: Vec<(i32, u64)> = linux::members(self.pid, &self.cookie, self.reaped, &mut self.known).into_iter().map(|(p, start, _)| (p, start)).filter(|(p, start)| frozen.insert(*p, *start).is_none()).collect();
                 if fresh.is_empty() {
                     break;
                 }
@@ -487,7 +490,8 @@ mod linux {
     /// every process carrying its cookie, every process seen before (`known`, pid and
     /// start time), and all their descendants. All are added to `known`, and noted
     /// for reaping should they end up as the worker's zombie children.
-    pub(super) fn members(pid: i32, cookie: &str, reaped: bool, known: &mut HashMap<i32, u64>) -> Vec<(i32, u64)> {
+    /// The command's live processes as (pid, start time, process group).
+    pub(super) fn members(pid: i32, cookie: &str, reaped: bool, known: &mut HashMap<i32, u64>) -> Vec<(i32, u64, i32)> {
         let me = std::process::id() as i32;
         let procs = all();
         let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
@@ -529,7 +533,7 @@ mod linux {
                 remember_group(&mut reg, p.pgrp);
             }
         }
-        members.iter().filter(|p| !p.zombie).map(|p| (p.pid, p.start)).collect()
+        members.iter().filter(|p| !p.zombie).map(|p| (p.pid, p.start, p.pgrp)).collect()
     }
 
     /// The worker's children, from `/proc/self/task/*/children` (or a full scan).
@@ -603,5 +607,18 @@ mod linux {
             assert!(!has_cookie(b"XKILN_COMMAND_COOKIE=ab-12\0", "ab-12", false));
             assert!(has_cookie(b"KILN_COMMAND_COOKIE=ab-12", "ab-12", false));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outside_group;
+
+    #[test]
+    fn a_signalled_group_is_not_signalled_again_member_by_member() {
+        // (pid, start, pgrp): 10 leads the group, 11 is in it, 12 escaped with setsid.
+        let members = [(10, 1, 10), (11, 2, 10), (12, 3, 12)];
+        assert_eq!(outside_group(10, true, &members), vec![12], "each process gets the signal once");
+        assert_eq!(outside_group(10, false, &members), vec![10, 11, 12], "without the group signal, everyone individually");
     }
 }
