@@ -32,7 +32,8 @@ impl Lines {
 
     /// Appends `other` (merging two batches of the same stream).
     pub fn extend(&mut self, other: &Lines) {
-        let shift = self.text.chars().count() as u32;
+        // Text ends with its last newline, so the character count is that index + 1.
+        let shift = self.newlines.last().map_or(0, |p| p + 1);
         self.text.push_str(&other.text);
         self.newlines.extend(other.newlines.iter().map(|p| p + shift));
         self.times.extend_from_slice(&other.times);

@@ -592,6 +592,16 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+impl WorkerConfig {
+    /// A configuration with every default and a password, for tests and tools.
+    #[doc(hidden)]
+    pub fn for_tests(basedir: &Path) -> WorkerConfig {
+        let mut config = WorkerConfig::new(basedir, "127.0.0.1", DEFAULT_MASTER_PORT, "test-worker");
+        config.password = "pass".to_owned();
+        config
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,15 +687,5 @@ mod tests {
             e.contains("name") && e.contains("protocol") && e.contains("no password"),
             "{e}"
         );
-    }
-}
-
-impl WorkerConfig {
-    /// A configuration with every default and a password, for tests and tools.
-    #[doc(hidden)]
-    pub fn for_tests(basedir: &Path) -> WorkerConfig {
-        let mut config = WorkerConfig::new(basedir, "127.0.0.1", DEFAULT_MASTER_PORT, "test-worker");
-        config.password = "pass".to_owned();
-        config
     }
 }
