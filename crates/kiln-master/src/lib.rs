@@ -1,0 +1,11 @@
+//! Kiln's master. `main.rs` is the `kiln` command line; this library holds the parts:
+//!
+//! * [`endpoint`]: the worker endpoint (msgpack over WebSocket) and connected workers;
+//! * [`remote`]: what a build needs from a worker, as a trait;
+//! * [`steps`]: configured steps → remote commands, logs and results;
+//! * [`api`]: the REST API (`/api/v2`), `/metrics` and `/health`.
+
+pub mod api;
+pub mod endpoint;
+pub mod remote;
+pub mod steps;
