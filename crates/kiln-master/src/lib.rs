@@ -7,5 +7,6 @@
 
 pub mod api;
 pub mod endpoint;
+pub mod master;
 pub mod remote;
 pub mod steps;
