@@ -9,4 +9,8 @@ pub mod api;
 pub mod endpoint;
 pub mod master;
 pub mod remote;
+mod runner;
+pub mod sched;
 pub mod steps;
+pub mod tls;
+mod web;
