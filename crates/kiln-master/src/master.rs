@@ -162,7 +162,8 @@ impl Master {
         let config_file = opts.config_file.clone().unwrap_or_else(|| basedir.join("master.star"));
         let config = load_config(&config_file).map_err(|e| anyhow::anyhow!("{e}"))?;
         let db_url = resolve_db_url(&config.master.db_url, &basedir);
-        let store = Store::connect_with(&db_url, StoreOptions::default())
+        let store_opts = StoreOptions { log_max_bytes: config.master.log_max_bytes, ..StoreOptions::default() };
+        let store = Store::connect_with(&db_url, store_opts)
             .await
             .with_context(|| format!("opening the database {}", config.master.db_url))?;
         let clock = kiln_engine::SystemClock;
@@ -251,6 +252,7 @@ impl Master {
         tasks.push(tokio::spawn(worker_events(inner.clone(), events_rx, shutdown_rx.clone())));
         tasks.push(tokio::spawn(distribute_loop(inner.clone(), shutdown_rx.clone())));
         tasks.push(tokio::spawn(heartbeat(inner.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(janitor(inner.clone(), shutdown_rx.clone())));
         inner.wake.notify_one();
         Ok(Master { inner, web_addr, worker_addr, shutdown, tasks })
     }
@@ -347,6 +349,36 @@ async fn heartbeat(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let _ = inner.store.heartbeat_master(inner.master_id, inner.now()).await;
+    }
+}
+
+/// Applies the retention horizons once an hour (and once shortly after start). The store
+/// deletes in small batches, so builds keep running while it works.
+async fn janitor(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        wait = Duration::from_secs(3600);
+        let m = inner.config().master.clone();
+        let now = inner.now();
+        let day = 86_400;
+        if let Some(days) = m.build_horizon_days {
+            match inner.store.delete_old_builds(now - i64::from(days) * day).await {
+                Ok(r) if r.builds > 0 => tracing::info!("janitor: deleted {} builds older than {days} days", r.builds),
+                Ok(_) => {}
+                Err(e) => tracing::error!("janitor (builds): {e}"),
+            }
+        }
+        if let Some(days) = m.log_horizon_days {
+            match inner.store.delete_old_logs(now - i64::from(days) * day).await {
+                Ok(r) if r.logs > 0 => tracing::info!("janitor: deleted {} logs older than {days} days", r.logs),
+                Ok(_) => {}
+                Err(e) => tracing::error!("janitor (logs): {e}"),
+            }
+        }
     }
 }
 

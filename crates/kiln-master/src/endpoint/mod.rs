@@ -56,3 +56,6 @@ impl Default for EndpointOptions {
         }
     }
 }
+
+mod stub;
+pub use stub::*;
