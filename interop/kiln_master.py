@@ -18,7 +18,7 @@ import urllib.error
 from pathlib import Path
 
 import harness
-from harness import REPO, free_port, pid_alive, run, tail, wait_for
+from harness import REPO, free_port, run, tail, wait_for
 
 
 def kiln_master_bin() -> Path:
@@ -72,6 +72,7 @@ class KilnMaster(harness.Master):
         self.env.setdefault("RUST_LOG", "info")
         self.proc: subprocess.Popen | None = None
         self._log_fh = None
+        self.properties_fallback = False
         harness.ACTIVE.append(self)
 
     # -- process control ----------------------------------------------------------------
@@ -191,6 +192,39 @@ class KilnMaster(harness.Master):
             builds = [b for b in self.builds_of_request(brid) if b["complete"]]
             return builds[-1]["buildid"] if builds else None
         return wait_for(done, timeout, interval=0.5, what=f"build request {brid} to complete")
+
+    def build_properties(self, buildid: int) -> dict:
+        """name -> (value, source). Buildbot serves `builds/{id}/properties`; when the Kiln
+        master answers 404 there, the `?property=*` field of `builds/{id}` is used instead
+        (and `properties_fallback` is set, so a test can assert the endpoint itself)."""
+        try:
+            props = self.api(f"builds/{buildid}/properties")["properties"]
+            props = props[0] if props else {}
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
+                raise
+            self.properties_fallback = True
+            props = self.api(f"builds/{buildid}?property=*")["builds"][0].get("properties") or {}
+        return {k: tuple(v) if isinstance(v, list) else (v, None) for k, v in props.items()}
+
+    def fetch_build(self, buildid: int) -> harness.Build:
+        b = self.api(f"builds/{buildid}")["builds"][0]
+        builder = self.api(f"builders/{b['builderid']}")["builders"][0]["name"]
+        steps = []
+        for s in self.api(f"builds/{buildid}/steps")["steps"]:
+            step = harness.Step(s["number"], s["name"], s["results"], s["state_string"])
+            for lg in self.api(f"steps/{s['stepid']}/logs")["logs"]:
+                content = "".join(c["content"] for c in
+                                  self.api(f"logs/{lg['logid']}/contents")["logchunks"])
+                lines = content.split("\n")
+                if lines and lines[-1] == "":
+                    lines.pop()
+                parsed = ([(ln[:1], ln[1:]) for ln in lines] if lg["type"] == "s"
+                          else [("", ln) for ln in lines])
+                step.logs[lg["name"]] = harness.Log(lg["name"], lg["type"], parsed)
+            steps.append(step)
+        return harness.Build(buildid, builder, b["results"], b["state_string"], steps,
+                             self.build_properties(buildid))
 
     def builds_of_builder(self, builder: str) -> list[dict]:
         bid = self.builder_id(builder)

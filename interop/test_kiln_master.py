@@ -17,11 +17,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import random
 import shutil
-import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
