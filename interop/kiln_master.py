@@ -113,16 +113,16 @@ class KilnMaster(harness.Master):
         wait_for(up, timeout, what="the Kiln master's REST API")
 
     def stop(self, timeout: float = 30):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
         if self._log_fh:
             self._log_fh.close()
+            self._log_fh = None
 
     def pid(self) -> int | None:
         return self.proc.pid if self.proc and self.proc.poll() is None else None

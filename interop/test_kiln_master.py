@@ -33,7 +33,7 @@ WORKERS = harness.selected_workers()
 per_worker = pytest.mark.parametrize("wname", WORKERS)
 
 _why_not = kiln_master.kiln_master_available()
-pytestmark = pytest.mark.skipif(_why_not is not None, reason=_why_not or "")
+needs_kiln = pytest.mark.skipif(_why_not is not None, reason=_why_not or "")
 
 # Bytes sent master → worker (file_download) and back (file_upload of the same file).
 PAYLOAD = bytes((i * 7 + 3) % 256 for i in range(300_000))
@@ -170,6 +170,8 @@ class KFarm:
 
 @pytest.fixture(scope="module")
 def kfarm():
+    if _why_not is not None:
+        pytest.skip(_why_not)
     root = Path(tempfile.mkdtemp(prefix="kiln-interop-kmaster-"))
     head = make_git_repo(root / "repo")
     (root / "uploads").mkdir()
@@ -439,6 +441,7 @@ def test_malformed_frame_closes_only_that_connection(kfarm, kind):
 # Side by side with Buildbot 4.3.0
 # --------------------------------------------------------------------------------------------
 
+@needs_kiln
 @pytest.mark.skipif("kiln" not in WORKERS, reason="the side-by-side scenario runs on kiln-worker")
 def test_side_by_side():
     root = Path(tempfile.mkdtemp(prefix="kiln-side-by-side-"))
