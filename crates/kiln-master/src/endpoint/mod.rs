@@ -102,7 +102,7 @@ struct Inner {
 
 /// Socket buffers per connection: small, because most workers are idle most of the time
 /// (tungstenite's default is 128 KiB each way). Bigger messages still work; the buffers grow.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 2 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
 
 impl Endpoint {
@@ -209,7 +209,8 @@ async fn handshake(State(ep): State<Endpoint>, req: Request) -> Response {
 }
 
 /// One upgraded connection, from duplicate arbitration to `Detached`. Runs as one task: the
-/// attach sequence and the socket loop are two futures polled side by side.
+/// attach sequence and the socket loop are two futures polled side by side; the attach one
+/// is boxed so its state is freed once the worker is attached (memory per idle worker).
 async fn connection(ep: Endpoint, mut ws: WebSocket, name: String, peer: SocketAddr) {
     let inner = ep.0.clone();
     let conn_id = inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
@@ -247,7 +248,7 @@ async fn connection(ep: Endpoint, mut ws: WebSocket, name: String, peer: SocketA
         let Some(entry) = entry else {
             tracing::info!(worker = %name, "worker no longer configured; closing");
             link.close();
-            return std::future::pending::<()>().await;
+            return;
         };
         match attach::attach(&link, &entry).await {
             Ok(a) => {
@@ -273,12 +274,19 @@ async fn connection(ep: Endpoint, mut ws: WebSocket, name: String, peer: SocketA
                 link.abort();
             }
         }
-        std::future::pending::<()>().await
     };
-    let end = tokio::select! {
-        end = io => end,
-        _ = driver => unreachable!("the driver never ends"),
+    let mut io = std::pin::pin!(io);
+    let mut driver = Some(Box::pin(driver));
+    let end = loop {
+        match driver.as_mut() {
+            Some(d) => tokio::select! {
+                end = &mut io => break end,
+                () = d => driver = None,
+            },
+            None => break io.await,
+        }
     };
+    drop(driver);
     tracing::info!(worker = %name, %peer, conn_id, "worker connection ended: {end:?}");
     if attached.get().is_some() {
         {

@@ -263,6 +263,20 @@ fn answer(s: &Script, seq_number: i64, op: Op, seq: &mut i64) -> Vec<Message> {
     }
 }
 
+/// A lean scripted worker (no injection, no recording): answers until the socket ends.
+pub async fn serve_script(mut ws: Client, script: Script) {
+    let mut seq = 1000i64;
+    while let Some(Ok(frame)) = ws.next().await {
+        let Ws::Binary(data) = frame else { continue };
+        let Message::Request { seq_number, op } = decode(&data) else { continue };
+        for m in answer(&script, seq_number, op, &mut seq) {
+            if ws.send(encode(&m)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Logs a worker in and runs the scripted worker on the connection.
 pub async fn login(port: u16, name: &str, password: &str, script: Script) -> FakeWorker {
     let ws = connect_raw(port, "/", Some(basic(name, password))).await.expect("login refused");
