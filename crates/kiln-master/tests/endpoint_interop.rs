@@ -236,3 +236,43 @@ async fn real_buildbot_worker() {
     exercise(&conn, &basedir).await;
     finish(child).await;
 }
+
+/// A self-signed certificate for 127.0.0.1: (server config, CA PEM for the worker).
+fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    (Arc::new(config), ck.cert.pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_kiln_worker_over_tls() {
+    let (config, ca) = tls_config();
+    let mut srv = Server::start_with(&[("kt", "tpass", &["b1"])], quick_opts(), Some(config)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let basedir = dir.path().join("worker");
+    let bin = kiln_worker_bin();
+    let master = format!("127.0.0.1:{}", srv.port);
+    sync_run(
+        std::process::Command::new(&bin)
+            .args(["create-worker", "--allow-root", "--use-tls", "--ca-file"])
+            .arg(&ca_file)
+            .arg(&basedir)
+            .args([&master, "kt", "tpass"]),
+    );
+    let child = Command::new(&bin).arg("run").arg(&basedir).kill_on_drop(true).spawn().unwrap();
+    let conn = srv.attached().await;
+    assert_eq!(conn.name(), "kt");
+    let b1 = kiln_master::remote::join_worker_path(false, conn.basedir(), "b1");
+    let shell = Args(vec![(s("workdir"), s(&b1)), (s("command"), Value::Array(vec![s("echo"), s("tls")]))]);
+    let (stdout, rc, _) = run(&conn, "shell", shell, Transfer::None).await;
+    assert_eq!((stdout.as_str(), rc), ("tls\n", Some(0)));
+    finish(child).await;
+}

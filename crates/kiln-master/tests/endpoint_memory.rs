@@ -116,4 +116,5 @@ fn memory_per_idle_worker() {
     let per = (after.saturating_sub(before)) as f64 / n as f64;
     println!("endpoint memory: {n} idle workers, RSS {before} -> {after} bytes, {per:.0} bytes ({:.1} KiB) per worker", per / 1024.0);
     let _ = child.kill();
+    let _ = child.wait();
 }

@@ -37,6 +37,15 @@ impl Drop for Server {
 impl Server {
     /// Serves an endpoint on 127.0.0.1 with workers `(name, password, builder_dirs)`.
     pub async fn start(workers: &[(&str, &str, &[&str])], opts: EndpointOptions) -> Server {
+        Server::start_with(workers, opts, None).await
+    }
+
+    /// Like [`Server::start`], over TLS when `tls` is set.
+    pub async fn start_with(
+        workers: &[(&str, &str, &[&str])],
+        opts: EndpointOptions,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Server {
         let map: HashMap<String, WorkerEntry> = workers
             .iter()
             .map(|(n, p, dirs)| {
@@ -55,7 +64,7 @@ impl Server {
         let (stop, stopped) = oneshot::channel::<()>();
         let ep = endpoint.clone();
         tokio::spawn(async move {
-            kiln_master::endpoint::serve(listener, None, ep, async move {
+            kiln_master::endpoint::serve(listener, tls, ep, async move {
                 let _ = stopped.await;
             })
             .await
