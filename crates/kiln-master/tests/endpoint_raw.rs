@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use endpoint_common::*;
-use kiln_master::endpoint::{EndpointOptions, WorkerEvent};
+use kiln_master::endpoint::{EndpointOptions, PasswordCheck, WorkerEntry, WorkerEvent};
 use kiln_master::remote::{CommandEvent, CommandSpec, Remote, RemoteError, Transfer};
 use kiln_proto::args::Args;
 use kiln_proto::update::UpdateItem;
@@ -38,6 +38,18 @@ async fn handshake_statuses() {
 fn basic_raw(s: &str) -> String {
     use base64::Engine as _;
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s))
+}
+
+#[tokio::test]
+async fn argon2_passwords_are_checked() {
+    use argon2::PasswordHasher as _;
+    let mut srv = Server::start(&[], quick_opts()).await;
+    let phc = argon2::Argon2::default().hash_password_with_salt(b"hashed pw", b"0123456789abcdef").unwrap().to_string();
+    let entry = WorkerEntry { password: PasswordCheck::Argon2(phc), builder_dirs: vec![] };
+    srv.roster.0.write().unwrap().insert("wa".into(), entry);
+    assert_eq!(http_status(connect_raw(srv.port, "/", Some(basic("wa", "wrong"))).await), 401);
+    let _w = login(srv.port, "wa", "hashed pw", Script::new("/wk")).await;
+    assert_eq!(srv.attached().await.name(), "wa");
 }
 
 #[tokio::test]
@@ -282,4 +294,28 @@ async fn commands_route_updates_and_report_loss() {
     assert_eq!(again.err(), Some(RemoteError::NotConnected));
     assert_eq!(conn.ping().await, Err(RemoteError::NotConnected));
     assert!(matches!(srv.next_event().await, WorkerEvent::Detached { .. }));
+}
+
+#[tokio::test]
+async fn a_stalled_consumer_slows_the_worker_but_disconnect_still_works() {
+    let mut srv = Server::start(&[("w1", "pw", &[])], quick_opts()).await;
+    let _w = login(srv.port, "w1", "pw", Script::new("/wk")).await;
+    let conn = srv.attached().await;
+    let spec = CommandSpec { builder: None, name: "flood".into(), args: Args::default() };
+    let mut cmd = conn.start(spec, Transfer::None).await.unwrap();
+    // Nobody reads `cmd.events`: the connection waits for room instead of buffering ...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!conn.is_closed());
+    // ... and can still be dropped while it waits.
+    srv.endpoint.disconnect("w1");
+    conn.closed().await;
+    let mut updates = 0;
+    let last = loop {
+        match cmd.events.recv().await.expect("a final event") {
+            CommandEvent::Update(_) => updates += 1,
+            other => break other,
+        }
+    };
+    assert_eq!(last, CommandEvent::Lost);
+    assert!(updates < 100, "the channel is bounded, got {updates} updates");
 }

@@ -233,7 +233,7 @@ pub(crate) async fn run_loop(
     opts: LoopOpts,
     mut shutdown: watch::Receiver<bool>,
 ) -> End {
-    let mut io = Io { ws, next_seq: 0, pending: HashMap::new(), commands: HashMap::new(), limits: opts.limits };
+    let mut io = Io { ws, next_seq: 0, pending: HashMap::new(), commands: HashMap::new(), limits: opts.limits, link: link.clone() };
     let mut last_rx = Instant::now();
     let mut ping_sent: Option<Instant> = None;
     let end = loop {
@@ -323,6 +323,8 @@ struct Io {
     pending: HashMap<i64, (Option<oneshot::Sender<Response>>, Option<String>)>,
     commands: HashMap<String, Cmd>,
     limits: Limits,
+    /// For `abort` while waiting on a slow command consumer.
+    link: Link,
 }
 
 const UNKNOWN_COMMAND: &str = "unknown \"command_id\"";
@@ -399,26 +401,35 @@ impl Io {
                 Ok(())
             }
             Message::Request { seq_number, op } => {
-                let resp = self.on_request(seq_number, op).await;
+                let resp = self.on_request(seq_number, op).await?;
                 self.respond(resp).await
             }
         }
     }
 
-    async fn on_request(&mut self, seq: i64, op: Op) -> Response {
-        match op {
+    /// Hands an event to a command's consumer, waiting while its channel is full (the
+    /// worker is slowed down, not buffered), but not past an abort.
+    async fn deliver(&mut self, events: mpsc::Sender<CommandEvent>, ev: CommandEvent) -> Result<(), End> {
+        let link = self.link.clone();
+        tokio::select! {
+            _ = events.send(ev) => Ok(()),
+            _ = link.0.abort.notified() => Err(End::Aborted),
+        }
+    }
+
+    async fn on_request(&mut self, seq: i64, op: Op) -> Result<Response, End> {
+        Ok(match op {
             Op::Update { command_id, items } => match self.commands.get(&command_id) {
                 Some(cmd) => {
                     let events = cmd.events.clone();
-                    // Waits when the consumer is behind: the worker is slowed down, not buffered.
-                    let _ = events.send(CommandEvent::Update(items)).await;
+                    self.deliver(events, CommandEvent::Update(items)).await?;
                     Response::ok(seq)
                 }
                 None => Response::error(seq, UNKNOWN_COMMAND),
             },
             Op::Complete { command_id, failure } => match self.commands.remove(&command_id) {
                 Some(cmd) => {
-                    let _ = cmd.events.send(CommandEvent::Complete { failure }).await;
+                    self.deliver(cmd.events, CommandEvent::Complete { failure }).await?;
                     Response::ok(seq)
                 }
                 None => Response::error(seq, UNKNOWN_COMMAND),
@@ -451,7 +462,7 @@ impl Io {
             },
             // Master→worker ops and unknown ones alike: the master has no handler for them.
             other => Response::error(seq, Op::unknown_error(other.name())),
-        }
+        })
     }
 
     fn with_upload(

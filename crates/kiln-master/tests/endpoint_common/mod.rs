@@ -22,6 +22,7 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Server {
     pub port: u16,
     pub endpoint: Endpoint,
+    pub roster: Roster,
     pub events: mpsc::UnboundedReceiver<WorkerEvent>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -58,7 +59,7 @@ impl Server {
             .collect();
         let roster = Roster(Arc::new(RwLock::new(map)));
         let (tx, events) = mpsc::unbounded_channel();
-        let endpoint = Endpoint::new(roster, opts, tx);
+        let endpoint = Endpoint::new(roster.clone(), opts, tx);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -70,7 +71,7 @@ impl Server {
             .await
             .unwrap();
         });
-        Server { port, endpoint, events, stop: Some(stop) }
+        Server { port, endpoint, roster, events, stop: Some(stop) }
     }
 
     pub async fn next_event(&mut self) -> WorkerEvent {
@@ -254,6 +255,13 @@ fn answer(s: &Script, seq_number: i64, op: Op, seq: &mut i64) -> Vec<Message> {
                 "shell" => {
                     let lines = kiln_proto::update::Lines::from_text("fake\n", 1.0);
                     out.push(update(&id, vec![UpdateItem::Stdout(lines), UpdateItem::Rc(3)], seq));
+                    out.push(complete(&id, seq));
+                }
+                // More updates than a command channel holds, then complete.
+                "flood" => {
+                    for _ in 0..100 {
+                        out.push(update(&id, vec![UpdateItem::Rc(0)], seq));
+                    }
                     out.push(complete(&id, seq));
                 }
                 // Never answers: the test drops the connection meanwhile.
