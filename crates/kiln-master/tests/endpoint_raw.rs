@@ -319,3 +319,24 @@ async fn a_stalled_consumer_slows_the_worker_but_disconnect_still_works() {
     assert_eq!(last, CommandEvent::Lost);
     assert!(updates < 100, "the channel is bounded, got {updates} updates");
 }
+
+#[tokio::test]
+async fn shutdown_drops_every_worker() {
+    let mut srv = Server::start(&[("w1", "pw", &[]), ("w2", "pw", &[])], quick_opts()).await;
+    let mut w1 = login(srv.port, "w1", "pw", Script::new("/1")).await;
+    let c1 = srv.attached().await;
+    // w2 is mid-handshake-sequence: it never answers, so it is not attached yet.
+    let ws = connect_raw(srv.port, "/", Some(basic("w2", "pw"))).await.unwrap();
+    let mut w2 = FakeWorker::spawn(ws, Script::new("/2"));
+    w2.silent.store(true, Ordering::SeqCst);
+    assert_eq!(op_of(&w2.next_seen().await), &Op::Print { message: "attached".into() });
+    srv.stop();
+    c1.closed().await;
+    w1.wait_closed().await;
+    w2.wait_closed().await;
+    match srv.next_event().await {
+        WorkerEvent::Detached { name, .. } => assert_eq!(name, "w1"),
+        other => panic!("{other:?}"),
+    }
+    assert!(srv.endpoint.connected().is_empty());
+}

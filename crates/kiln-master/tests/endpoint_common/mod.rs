@@ -74,6 +74,13 @@ impl Server {
         Server { port, endpoint, roster, events, stop: Some(stop) }
     }
 
+    /// Resolves the `shutdown` future given to `serve`.
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
     pub async fn next_event(&mut self) -> WorkerEvent {
         tokio::time::timeout(Duration::from_secs(60), self.events.recv())
             .await
