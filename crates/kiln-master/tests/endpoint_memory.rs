@@ -106,9 +106,19 @@ fn memory_per_idle_worker() {
         serve_script(ws, script(0)).await
     });
     let before = ask(1);
+    // Bounded concurrency with retries: the listen backlog cannot take 10,000 SYNs at once.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(100));
     for i in 1..=n {
+        let gate = gate.clone();
         rt.spawn(async move {
-            let ws = connect_raw(port, "/", Some(basic(&format!("w{i}"), "pw"))).await.unwrap();
+            let permit = gate.acquire_owned().await.unwrap();
+            let ws = loop {
+                match connect_raw(port, "/", Some(basic(&format!("w{i}"), "pw"))).await {
+                    Ok(ws) => break ws,
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                }
+            };
+            drop(permit);
             serve_script(ws, script(i)).await
         });
     }

@@ -241,19 +241,12 @@ pub(crate) async fn run_loop(
             None => last_rx + opts.idle_ping_after,
             Some(at) => at + opts.dead_after,
         };
+        // Biased: an abort wins, and the master's own (finite) queue goes before a worker
+        // that floods us, so a busy worker cannot starve outgoing requests.
         tokio::select! {
             biased;
             _ = link.0.abort.notified() => break End::Aborted,
             _ = until_set(&mut shutdown) => break End::Shutdown,
-            msg = io.ws.recv() => {
-                last_rx = Instant::now();
-                ping_sent = None;
-                match msg {
-                    None => break End::PeerClosed,
-                    Some(Err(e)) => break End::Error(e.to_string()),
-                    Some(Ok(m)) => if let Err(e) = io.on_frame(m).await { break e },
-                }
-            }
             out = rx.recv() => match out {
                 None => break End::Closed,
                 Some(Out::Close) => {
@@ -271,6 +264,15 @@ pub(crate) async fn run_loop(
                     if let Err(e) = io.send_request(op, Some(reply), Some(command_id)).await { break e }
                 }
             },
+            msg = io.ws.recv() => {
+                last_rx = Instant::now();
+                ping_sent = None;
+                match msg {
+                    None => break End::PeerClosed,
+                    Some(Err(e)) => break End::Error(e.to_string()),
+                    Some(Ok(m)) => if let Err(e) = io.on_frame(m).await { break e },
+                }
+            }
             _ = sleep_until(deadline) => {
                 if ping_sent.is_some() {
                     break End::Dead;
