@@ -41,6 +41,29 @@ impl UploadSink for FileSink {
     }
 }
 
+/// Collects an `upload_directory` tar stream.
+struct TarSink {
+    data: Arc<std::sync::Mutex<Vec<u8>>>,
+    unpacked: Arc<AtomicBool>,
+}
+
+impl UploadSink for TarSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.data.lock().unwrap().extend_from_slice(data);
+        Ok(())
+    }
+    fn utime(&mut self, _: f64, _: f64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn close(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn unpack(&mut self) -> std::io::Result<()> {
+        self.unpacked.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 struct BytesSource {
     data: Vec<u8>,
     pos: usize,
@@ -145,6 +168,48 @@ async fn exercise(conn: &WorkerConn, basedir: &Path) {
     assert_eq!(rc, Some(0));
     assert!(closed.load(Ordering::SeqCst), "update_read_file_close reached the source");
     assert_eq!(std::fs::read(basedir.join("b1/dl/down.bin")).unwrap(), data);
+
+    // upload_directory: the tar stream reaches the sink, then unpack.
+    std::fs::create_dir_all(basedir.join("b1/tree/sub")).unwrap();
+    std::fs::write(basedir.join("b1/tree/sub/f.txt"), b"in a tree\n").unwrap();
+    let tar = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let unpacked = Arc::new(AtomicBool::new(false));
+    let sink = TarSink { data: tar.clone(), unpacked: unpacked.clone() };
+    let updir = Args(vec![
+        (s("workdir"), s("build")),
+        (s("workersrc"), s("../tree")),
+        (s("path"), s(&format!("{b1}/tree"))),
+        (s("maxsize"), Value::Nil),
+        (s("blocksize"), Value::from(4096)),
+        (s("compress"), Value::Nil),
+    ]);
+    let (_, rc, _) = run(conn, "upload_directory", updir, Transfer::Upload(Box::new(sink))).await;
+    assert_eq!(rc, Some(0));
+    assert!(unpacked.load(Ordering::SeqCst), "update_upload_directory_unpack reached the sink");
+    let tar = tar.lock().unwrap().clone();
+    let names: Vec<String> = tar::Archive::new(&tar[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().trim_end_matches('/').to_string())
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with("sub/f.txt")), "tar members: {names:?}");
+
+    // interrupt: a long shell command ends early.
+    let sleeper = Args(vec![(s("workdir"), s(&b1)), (s("command"), s("sleep 30")), (s("interruptSignal"), s("KILL"))]);
+    let spec = CommandSpec { builder: Some("b1".into()), name: "shell".into(), args: sleeper };
+    let mut cmd = conn.start(spec, Transfer::None).await.unwrap();
+    cmd.interrupt.interrupt("test interrupt");
+    let mut rc = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), cmd.events.recv()).await.expect("interrupt ignored").unwrap() {
+            CommandEvent::Update(items) => {
+                rc = items.iter().find_map(|i| if let UpdateItem::Rc(r) = i { Some(*r) } else { None }).or(rc)
+            }
+            CommandEvent::Complete { .. } => break,
+            CommandEvent::Lost => panic!("connection lost"),
+        }
+    }
+    assert!(rc.is_some_and(|r| r != 0), "interrupted shell rc: {rc:?}");
 
     // mkdir / stat / rmdir
     let newdir = format!("{b1}/newdir/sub");
