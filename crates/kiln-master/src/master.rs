@@ -566,7 +566,14 @@ impl Inner {
                 Running { builder: a.builder, worker: a.worker, build: None, stop: tx },
             );
             let inner = self.clone();
-            tokio::spawn(runner::run(inner, Claimed { assignment: a, stop: rx }));
+            tokio::spawn(async move {
+                let task = tokio::spawn(runner::run(inner.clone(), Claimed { assignment: a.clone(), stop: rx }));
+                if let Err(e) = task.await {
+                    // A bug in a build task must not leave its request claimed forever.
+                    tracing::error!("build of request {} crashed: {e}", a.request.0);
+                    inner.build_crashed(a).await;
+                }
+            });
         }
         Ok(())
     }
@@ -584,6 +591,28 @@ impl Inner {
         // Not at once: the worker that failed may still look connected for a moment.
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.wake.notify_one();
+    }
+
+    /// A build task panicked: its build ends EXCEPTION and so does its request (retrying
+    /// would likely crash again).
+    async fn build_crashed(&self, a: Assignment) {
+        let build = self
+            .running
+            .lock()
+            .expect("running lock")
+            .get(&a.request)
+            .and_then(|r| r.build);
+        let now = self.now();
+        if let Some(b) = build {
+            let _ = self.store.set_build_state_string(b, "exception: internal error").await;
+            let _ = self.store.finish_build(b, Results::Exception, now).await;
+        }
+        let outcome = kiln_engine::build::BuildOutcome {
+            results: Results::Exception,
+            requeue: false,
+            state_string: "exception".into(),
+        };
+        self.build_ended(a, outcome).await;
     }
 
     pub(crate) async fn build_ended(&self, a: Assignment, outcome: kiln_engine::build::BuildOutcome) {
