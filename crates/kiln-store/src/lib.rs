@@ -10,6 +10,7 @@
 //! * Write transactions on SQLite start with `BEGIN IMMEDIATE` so they never fail with
 //!   `SQLITE_BUSY` on the read-to-write upgrade.
 
+pub mod api_queries;
 mod entities;
 mod logs;
 

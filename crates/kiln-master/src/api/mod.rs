@@ -62,3 +62,63 @@ pub trait Control: Send + Sync {
     /// Cancels an unclaimed build request. False if it was already claimed or complete.
     fn cancel_request(&self, request: BuildRequestId) -> BoxFuture<'_, bool>;
 }
+
+mod control;
+mod metrics;
+mod query;
+mod rest;
+
+pub use metrics::Metrics;
+pub use query::{FType, Filter, Spec};
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: kiln_store::Store,
+    pub control: Arc<dyn Control>,
+    pub metrics: Metrics,
+}
+
+/// The REST API, `/change_hook/base`, `/metrics` and `/health`, to mount at `/`.
+pub fn router(state: ApiState) -> axum::Router {
+    rest::routes().merge(control::routes()).with_state(state)
+}
+
+/// An error answered as Buildbot does for REST: `{"error": "..."}` with its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad(msg: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, message: msg.into() }
+    }
+    pub fn not_found(msg: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::NOT_FOUND, message: msg.into() }
+    }
+    pub fn internal(msg: impl std::fmt::Display) -> ApiError {
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: msg.to_string() }
+    }
+}
+
+impl From<kiln_store::StoreError> for ApiError {
+    fn from(e: kiln_store::StoreError) -> ApiError {
+        ApiError::internal(format!("database error: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message }).to_string();
+        let mut r = (self.status, body).into_response();
+        // Buildbot sends REST errors as text/plain holding JSON.
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        r
+    }
+}
