@@ -189,8 +189,8 @@ fn conditions(q: &mut Sql, table: ApiTable, backend: Backend, query: &ApiQuery) 
                 if op == ApiOp::In {
                     format!("{col} IN ({})", ps.join(", "))
                 } else {
-                    // Python's `None not in [..]` is true: keep NULL rows.
-                    format!("({col} IS NULL OR {col} NOT IN ({}))", ps.join(", "))
+                    // SQL semantics, as Buildbot's SQL pushdown: NULL rows do not match.
+                    format!("{col} NOT IN ({})", ps.join(", "))
                 }
             }
             ApiOp::Contains => {
@@ -207,10 +207,6 @@ fn conditions(q: &mut Sql, table: ApiTable, backend: Backend, query: &ApiQuery) 
                     .collect();
                 format!("({})", parts.join(" OR "))
             }
-            ApiOp::Ne => {
-                let p = push(q, &c.values[0]);
-                format!("({col} IS NULL OR {col} <> {p})")
-            }
             _ => {
                 let p = push(q, &c.values[0]);
                 let sym = match op {
@@ -218,6 +214,7 @@ fn conditions(q: &mut Sql, table: ApiTable, backend: Backend, query: &ApiQuery) 
                     ApiOp::Lt => "<",
                     ApiOp::Le => "<=",
                     ApiOp::Gt => ">",
+                    ApiOp::Ne => "<>",
                     _ => ">=",
                 };
                 format!("{col} {sym} {p}")
