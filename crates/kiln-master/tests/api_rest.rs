@@ -412,8 +412,18 @@ async fn workers_changes_requests(fx: &Fx) {
     assert_eq!(fs["meta"], json!({"total": 1}));
     assert_eq!(fs["forceschedulers"][0]["name"], "force");
     assert_eq!(fs["forceschedulers"][0]["builder_names"], json!(["linux"]));
-    let fields = &fs["forceschedulers"][0]["all_fields"][0]["fields"];
-    assert!(fields.as_array().unwrap().iter().any(|f| f["name"] == "testopts" && f["type"] == "text"));
+    let all = &fs["forceschedulers"][0]["all_fields"];
+    let names = |v: &Value| v.as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    // Buildbot 4.3's layout: owner/reason/priority, the source group, then the parameters.
+    assert_eq!(names(all), vec!["", "", "testopts"]);
+    assert_eq!(names(&all[0]["fields"]), vec!["username", "reason", "priority"]);
+    assert_eq!(names(&all[1]["fields"]), vec!["branch", "project", "repository", "revision"]);
+    assert_eq!(
+        all[2],
+        json!({"autopopulate": null, "default": "", "fullName": "testopts", "hide": false, "label": "testopts", "maxsize": null,
+            "multiple": false, "name": "testopts", "regex": null, "required": false, "size": 10, "tablabel": "testopts",
+            "tooltip": "", "type": "text"})
+    );
     assert_eq!(fx.ok("/api/v2/forceschedulers/force").await["forceschedulers"][0]["label"], "force");
     assert_eq!(
         fx.ok("/api/v2/masters").await,
@@ -478,7 +488,7 @@ async fn control(fx: &Fx) {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert_eq!(a.json()["error"]["code"], -32600);
     let a = fx.rpc("/api/v2/forceschedulers/force", json!({"jsonrpc": "2.0", "id": 3, "method": "force"})).await;
-    assert_eq!(a.json(), json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": "missing key 'params'"}}));
+    assert_eq!(a.json(), json!({"jsonrpc": "2.0", "error": {"code": -32600, "message": "missing key 'params'"}}));
     let a = fx
         .send(Request::post("/api/v2/builds/3").header(header::CONTENT_TYPE, "text/plain").body(Body::from("{}")).unwrap())
         .await;

@@ -35,13 +35,16 @@ struct Rpc {
     params: Map<String, Value>,
 }
 
-fn reply(id: Value, r: Result<Value, RpcError>) -> Response {
-    let (status, body) = match r {
-        Ok(v) => (StatusCode::OK, json!({"jsonrpc": "2.0", "id": id, "result": v})),
-        Err(RpcError(s, code, msg)) => {
-            (s, json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": msg}}))
-        }
+/// The reply; `id` is `None` when the request could not be decoded far enough to have one
+/// (Buildbot then leaves the key out).
+fn reply(id: Option<Value>, r: Result<Value, RpcError>) -> Response {
+    let (status, mut body) = match r {
+        Ok(v) => (StatusCode::OK, json!({"jsonrpc": "2.0", "result": v})),
+        Err(RpcError(s, code, msg)) => (s, json!({"jsonrpc": "2.0", "error": {"code": code, "message": msg}})),
     };
+    if let Some(id) = id {
+        body["id"] = id;
+    }
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
@@ -92,10 +95,10 @@ where
     Fut: Future<Output = Result<Value, RpcError>>,
 {
     match decode(headers, body) {
-        Err(e) => reply(Value::Null, Err(e)),
+        Err(e) => reply(None, Err(e)),
         Ok(r) => {
             let id = r.id.clone();
-            reply(id, f(r).await)
+            reply(Some(id), f(r).await)
         }
     }
 }
@@ -163,7 +166,10 @@ pub(super) async fn force_rpc(State(st): State<ApiState>, Path(name): Path<Strin
         }
         let req = ForceRequest {
             builder_names,
-            owner: opt_string(p.remove("owner")).or_else(|| Some("anonymous".into())),
+            // The form's owner field is `username`; Buildbot fills `owner` from the session.
+            owner: opt_string(p.remove("owner"))
+                .or_else(|| opt_string(p.remove("username")).filter(|u| !u.is_empty()))
+                .or_else(|| Some("anonymous".into())),
             reason: opt_string(p.remove("reason")),
             branch: opt_string(p.remove("branch")),
             revision: opt_string(p.remove("revision")),

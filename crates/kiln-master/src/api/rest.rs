@@ -883,26 +883,41 @@ async fn buildset(State(st): State<ApiState>, h: HeaderMap, Path(id): Path<Strin
 
 // ------------------------------------------------------------------ force schedulers, masters
 
-fn field(name: &str, label: &str, ty: &str, default: Value) -> Value {
+fn field(name: &str, label: &str, ty: &str, default: Value, size: i64) -> Value {
     json!({
         "name": name, "fullName": name, "label": label, "tablabel": label, "type": ty,
         "default": default, "multiple": false, "regex": null, "hide": false, "maxsize": null,
-        "autopopulate": null, "tooltip": "", "required": false,
+        "autopopulate": null, "tooltip": "", "required": false, "size": size,
     })
 }
 
-/// Buildbot's `ForceScheduler` as the UI reads it; `all_fields` is one vertical nested group
-/// holding reason, owner, the source fields and the typed parameters.
+fn group(columns: i64, fields: Vec<Value>) -> Value {
+    json!({
+        "name": "", "fullName": null, "label": "", "tablabel": "", "type": "nested",
+        "default": "", "multiple": false, "regex": null, "hide": false, "maxsize": null,
+        "autopopulate": null, "tooltip": "", "required": false, "layout": "vertical",
+        "columns": columns, "fields": fields,
+    })
+}
+
+/// Buildbot's `ForceScheduler` as the UI reads it, laid out as Buildbot 4.3 does: a group with
+/// `username`, `reason` and `priority`, a two-column group with the source fields, then the
+/// typed parameters.
 pub(super) fn forcescheduler_json(s: &kiln_config::Scheduler) -> Option<Obj> {
     let SchedulerKind::Force(args) = &s.kind else { return None };
-    let mut fields = vec![
-        field("reason", "reason", "text", json!("force build")),
-        field("owner", "Your name:", "username", json!("")),
-    ];
+    let mut user = field("username", "Your name:", "username", json!(""), 30);
+    user["need_email"] = json!(true);
+    let mut all = vec![group(1, vec![
+        user,
+        field("reason", "reason", "text", json!("force build"), 20),
+        field("priority", "priority", "int", json!(0), 10),
+    ])];
     if args.source {
-        for f in ["branch", "revision", "repository", "project"] {
-            fields.push(field(f, f, "text", json!("")));
-        }
+        let src = [("branch", "Branch:"), ("project", "Project:"), ("repository", "Repository:"), ("revision", "Revision:")]
+            .iter()
+            .map(|(n, l)| field(n, l, "text", json!(""), 10))
+            .collect();
+        all.push(group(2, src));
     }
     for p in &args.params {
         let ty = match p.kind {
@@ -913,21 +928,22 @@ pub(super) fn forcescheduler_json(s: &kiln_config::Scheduler) -> Option<Obj> {
             kiln_config::ForceParamType::Choice => "list",
         };
         let label = p.label.clone().unwrap_or_else(|| p.name.clone());
-        let mut f = field(&p.name, &label, ty, p.default.clone().unwrap_or(Value::Null));
+        let default = p.default.clone().unwrap_or_else(|| match p.kind {
+            kiln_config::ForceParamType::Int => json!(0),
+            kiln_config::ForceParamType::Bool => json!(false),
+            _ => json!(""),
+        });
+        let mut f = field(&p.name, &label, ty, default, 10);
         f["required"] = json!(p.required);
         if p.kind == kiln_config::ForceParamType::Choice {
             f["choices"] = json!(p.choices);
         }
-        fields.push(f);
+        all.push(f);
     }
-    let mut group = field("", "", "nested", json!(""));
-    group["layout"] = json!("vertical");
-    group["columns"] = json!(1);
-    group["fields"] = Value::Array(fields);
     let label = args.label.clone().unwrap_or_else(|| s.name.clone());
     Some(obj(json!({
         "name": s.name, "button_name": label, "label": label,
-        "builder_names": s.builder_names, "enabled": true, "all_fields": [group],
+        "builder_names": s.builder_names, "enabled": true, "all_fields": all,
     })))
 }
 
