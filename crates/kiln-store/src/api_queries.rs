@@ -72,6 +72,12 @@ pub enum ApiTable {
 
 const CLAIMED: &str = "(CASE WHEN claimed_by_masterid IS NULL THEN 0 ELSE 1 END)";
 
+/// Columns that may hold NULL (the others sort the same on both backends without help).
+const NULLABLE: &[&str] = &[
+    "complete_at", "results", "started_at", "claimed_at", "claimed_by_masterid", "committer",
+    "revision", "branch", "category",
+];
+
 impl ApiTable {
     fn table(self) -> &'static str {
         match self {
@@ -177,6 +183,16 @@ fn conditions(q: &mut Sql, table: ApiTable, backend: Backend, query: &ApiQuery) 
         if c.values.is_empty() {
             return Err(StoreError::Corrupt(format!("filter on {} without a value", c.field)));
         }
+        // `claimed=true/false` as IS [NOT] NULL, which an index on the column can serve.
+        if col == CLAIMED
+            && c.values.len() == 1
+            && matches!(c.op, ApiOp::Eq | ApiOp::Ne)
+            && let ApiValue::Int(v) = c.values[0]
+        {
+            let want = (v != 0) == (c.op == ApiOp::Eq);
+            q.and_raw(if want { "claimed_by_masterid IS NOT NULL" } else { "claimed_by_masterid IS NULL" });
+            continue;
+        }
         let many = c.values.len() > 1;
         let op = match (c.op, many) {
             (ApiOp::Eq, true) => ApiOp::In,
@@ -253,11 +269,18 @@ impl Store {
         for (field, desc) in &query.order {
             let col = table.column(field)?;
             let dir = if *desc { "DESC" } else { "ASC" };
-            // NULL first ascending, last descending, on both backends.
-            order.push(format!("(CASE WHEN {col} IS NULL THEN 0 ELSE 1 END) {dir}"));
-            order.push(format!("{col} {dir}"));
+            // NULL first ascending, last descending: SQLite's own order; PostgreSQL is told.
+            // Plain terms elsewhere, so indexes serve ORDER BY … LIMIT.
+            let nulls = match (self.backend, NULLABLE.contains(&col) || col == CLAIMED, desc) {
+                (Backend::Postgres, true, false) => " NULLS FIRST",
+                (Backend::Postgres, true, true) => " NULLS LAST",
+                _ => "",
+            };
+            order.push(format!("{col} {dir}{nulls}"));
         }
-        order.push(format!("{} ASC", table.key()));
+        if !query.order.iter().any(|(f, _)| table.column(f).ok() == Some(table.key())) {
+            order.push(format!("{} ASC", table.key()));
+        }
         let limit = query.limit.unwrap_or(MAX_LIST_LIMIT).clamp(0, MAX_LIST_LIMIT);
         let offset = query.offset.unwrap_or(0).max(0);
         q.args.push(Arg::I(limit));

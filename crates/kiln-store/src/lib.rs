@@ -79,19 +79,30 @@ pub struct Store {
 
 const SQLITE_INIT: &str = include_str!("../migrations/sqlite/0001_init.sql");
 const PG_INIT: &str = include_str!("../migrations/postgres/0001_init.sql");
+const SQLITE_API_INDEXES: &str = include_str!("../migrations/sqlite/0002_api_indexes.sql");
+const PG_API_INDEXES: &str = include_str!("../migrations/postgres/0002_api_indexes.sql");
 
 fn migrator(backend: Backend) -> Migrator {
-    let init = match backend {
-        Backend::Sqlite => SQLITE_INIT,
-        Backend::Postgres => PG_INIT,
+    let (init, api) = match backend {
+        Backend::Sqlite => (SQLITE_INIT, SQLITE_API_INDEXES),
+        Backend::Postgres => (PG_INIT, PG_API_INDEXES),
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        AssertSqlSafe(init).into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            AssertSqlSafe(init).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("api_indexes"),
+            MigrationType::Simple,
+            AssertSqlSafe(api).into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 impl Store {
