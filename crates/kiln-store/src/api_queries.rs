@@ -74,8 +74,15 @@ const CLAIMED: &str = "(CASE WHEN claimed_by_masterid IS NULL THEN 0 ELSE 1 END)
 
 /// Columns that may hold NULL (the others sort the same on both backends without help).
 const NULLABLE: &[&str] = &[
-    "complete_at", "results", "started_at", "claimed_at", "claimed_by_masterid", "committer",
-    "revision", "branch", "category",
+    "complete_at",
+    "results",
+    "started_at",
+    "claimed_at",
+    "claimed_by_masterid",
+    "committer",
+    "revision",
+    "branch",
+    "category",
 ];
 
 impl ApiTable {
@@ -181,7 +188,10 @@ fn conditions(q: &mut Sql, table: ApiTable, backend: Backend, query: &ApiQuery) 
     for c in &query.conds {
         let col = table.column(&c.field)?;
         if c.values.is_empty() {
-            return Err(StoreError::Corrupt(format!("filter on {} without a value", c.field)));
+            return Err(StoreError::Corrupt(format!(
+                "filter on {} without a value",
+                c.field
+            )));
         }
         // `claimed=true/false` as IS [NOT] NULL, which an index on the column can serve.
         if col == CLAIMED
@@ -190,7 +200,11 @@ fn conditions(q: &mut Sql, table: ApiTable, backend: Backend, query: &ApiQuery) 
             && let ApiValue::Int(v) = c.values[0]
         {
             let want = (v != 0) == (c.op == ApiOp::Eq);
-            q.and_raw(if want { "claimed_by_masterid IS NOT NULL" } else { "claimed_by_masterid IS NULL" });
+            q.and_raw(if want {
+                "claimed_by_masterid IS NOT NULL"
+            } else {
+                "claimed_by_masterid IS NULL"
+            });
             continue;
         }
         let many = c.values.len() > 1;
@@ -257,7 +271,12 @@ impl Store {
     }
 
     /// Runs `query` on `table`: the matching primary keys of the page, and the total.
-    async fn api_ids(&self, table: ApiTable, query: &ApiQuery, cols: &str) -> Result<(Vec<AnyRow>, i64)> {
+    async fn api_ids(
+        &self,
+        table: ApiTable,
+        query: &ApiQuery,
+        cols: &str,
+    ) -> Result<(Vec<AnyRow>, i64)> {
         let t = table.table();
         let mut count = Sql::new(&format!("SELECT COUNT(*) AS n FROM {t}"));
         conditions(&mut count, table, self.backend, query)?;
@@ -271,17 +290,28 @@ impl Store {
             let dir = if *desc { "DESC" } else { "ASC" };
             // NULL first ascending, last descending: SQLite's own order; PostgreSQL is told.
             // Plain terms elsewhere, so indexes serve ORDER BY … LIMIT.
-            let nulls = match (self.backend, NULLABLE.contains(&col) || col == CLAIMED, desc) {
+            let nulls = match (
+                self.backend,
+                NULLABLE.contains(&col) || col == CLAIMED,
+                desc,
+            ) {
                 (Backend::Postgres, true, false) => " NULLS FIRST",
                 (Backend::Postgres, true, true) => " NULLS LAST",
                 _ => "",
             };
             order.push(format!("{col} {dir}{nulls}"));
         }
-        if !query.order.iter().any(|(f, _)| table.column(f).ok() == Some(table.key())) {
+        if !query
+            .order
+            .iter()
+            .any(|(f, _)| table.column(f).ok() == Some(table.key()))
+        {
             order.push(format!("{} ASC", table.key()));
         }
-        let limit = query.limit.unwrap_or(MAX_LIST_LIMIT).clamp(0, MAX_LIST_LIMIT);
+        let limit = query
+            .limit
+            .unwrap_or(MAX_LIST_LIMIT)
+            .clamp(0, MAX_LIST_LIMIT);
         let offset = query.offset.unwrap_or(0).max(0);
         q.args.push(Arg::I(limit));
         q.args.push(Arg::I(offset));
@@ -304,7 +334,9 @@ impl Store {
     }
 
     pub async fn api_build_requests(&self, query: &ApiQuery) -> Result<ApiPage<BuildRequest>> {
-        let (rows, total) = self.api_ids(ApiTable::BuildRequests, query, BR_COLS).await?;
+        let (rows, total) = self
+            .api_ids(ApiTable::BuildRequests, query, BR_COLS)
+            .await?;
         Ok(ApiPage {
             rows: rows.iter().map(row_br).collect::<Result<_>>()?,
             total,

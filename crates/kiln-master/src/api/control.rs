@@ -40,32 +40,67 @@ struct Rpc {
 fn reply(id: Option<Value>, r: Result<Value, RpcError>) -> Response {
     let (status, mut body) = match r {
         Ok(v) => (StatusCode::OK, json!({"jsonrpc": "2.0", "result": v})),
-        Err(RpcError(s, code, msg)) => (s, json!({"jsonrpc": "2.0", "error": {"code": code, "message": msg}})),
+        Err(RpcError(s, code, msg)) => (
+            s,
+            json!({"jsonrpc": "2.0", "error": {"code": code, "message": msg}}),
+        ),
     };
     if let Some(id) = id {
         body["id"] = id;
     }
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// Buildbot's `decodeJsonRPC2`: content type, object root, and the four keys with their types.
 fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Rpc, RpcError> {
     let bad = |code, msg: String| RpcError(StatusCode::BAD_REQUEST, code, msg);
-    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if ctype.split(';').next().map(str::trim) != Some("application/json") {
-        return Err(bad(INVALID_REQUEST, "Invalid content-type (use application/json)".into()));
+        return Err(bad(
+            INVALID_REQUEST,
+            "Invalid content-type (use application/json)".into(),
+        ));
     }
-    let data: Value =
-        serde_json::from_slice(body).map_err(|e| bad(PARSE_ERROR, format!("JSON parse error: {e}")))?;
+    let data: Value = serde_json::from_slice(body)
+        .map_err(|e| bad(PARSE_ERROR, format!("JSON parse error: {e}")))?;
     let Value::Object(mut data) = data else {
-        let msg = if data.is_array() { "JSONRPC batch requests are not supported" } else { "JSONRPC root object must be an object" };
+        let msg = if data.is_array() {
+            "JSONRPC batch requests are not supported"
+        } else {
+            "JSONRPC root object must be an object"
+        };
         return Err(bad(INVALID_REQUEST, msg.into()));
     };
     for (k, ok, ty) in [
-        ("jsonrpc", data.get("jsonrpc").is_some_and(Value::is_string), "a string"),
-        ("method", data.get("method").is_some_and(Value::is_string), "a string"),
-        ("id", data.get("id").is_some_and(|v| v.is_string() || v.is_i64() || v.is_u64() || v.is_null()), "a string, number, or null"),
-        ("params", data.get("params").is_some_and(Value::is_object), "an object"),
+        (
+            "jsonrpc",
+            data.get("jsonrpc").is_some_and(Value::is_string),
+            "a string",
+        ),
+        (
+            "method",
+            data.get("method").is_some_and(Value::is_string),
+            "a string",
+        ),
+        (
+            "id",
+            data.get("id")
+                .is_some_and(|v| v.is_string() || v.is_i64() || v.is_u64() || v.is_null()),
+            "a string, number, or null",
+        ),
+        (
+            "params",
+            data.get("params").is_some_and(Value::is_object),
+            "an object",
+        ),
     ] {
         if !data.contains_key(k) {
             return Err(bad(INVALID_REQUEST, format!("missing key '{k}'")));
@@ -104,15 +139,27 @@ where
 }
 
 fn not_found(what: String) -> RpcError {
-    RpcError(StatusCode::NOT_FOUND, INVALID_REQUEST, format!("Invalid path: {what}"))
+    RpcError(
+        StatusCode::NOT_FOUND,
+        INVALID_REQUEST,
+        format!("Invalid path: {what}"),
+    )
 }
 
 fn internal(e: impl std::fmt::Display) -> RpcError {
-    RpcError(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_ERROR, e.to_string())
+    RpcError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        INTERNAL_ERROR,
+        e.to_string(),
+    )
 }
 
 fn unknown_action(method: &str) -> RpcError {
-    RpcError(StatusCode::NOT_IMPLEMENTED, METHOD_NOT_FOUND, format!("action: {method} is not supported"))
+    RpcError(
+        StatusCode::NOT_IMPLEMENTED,
+        METHOD_NOT_FOUND,
+        format!("action: {method} is not supported"),
+    )
 }
 
 fn num(s: &str, what: &str) -> Result<i64, RpcError> {
@@ -133,10 +180,18 @@ fn opt_string(v: Option<Value>) -> Option<String> {
 
 /// `POST /api/v2/forceschedulers/{name}` `force`: answers `[bsid, {"<builderid>": brid}]` as
 /// Buildbot's `ForceScheduler.force`.
-pub(super) async fn force_rpc(State(st): State<ApiState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn force_rpc(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     rpc(&headers, &body, |r| async move {
         let cfg = st.control.config();
-        let Some(sched) = cfg.scheduler(&name).filter(|s| matches!(s.kind, kiln_config::SchedulerKind::Force(_))) else {
+        let Some(sched) = cfg
+            .scheduler(&name)
+            .filter(|s| matches!(s.kind, kiln_config::SchedulerKind::Force(_)))
+        else {
             return Err(not_found(format!("forceschedulers/{name}")));
         };
         if r.method != "force" {
@@ -144,7 +199,10 @@ pub(super) async fn force_rpc(State(st): State<ApiState>, Path(name): Path<Strin
         }
         let mut p = r.params;
         let mut builder_names: Vec<String> = match p.remove("builderNames") {
-            Some(Value::Array(a)) => a.into_iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+            Some(Value::Array(a)) => a
+                .into_iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
             Some(Value::String(s)) => vec![s],
             _ => vec![],
         };
@@ -154,10 +212,25 @@ pub(super) async fn force_rpc(State(st): State<ApiState>, Path(name): Path<Strin
                 let id = v
                     .as_i64()
                     .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                    .ok_or_else(|| RpcError(StatusCode::BAD_REQUEST, INVALID_PARAMS, format!("builderid {v} is not a number")))?;
-                let b = st.store.get_builder(BuilderId(id)).await.map_err(internal)?.ok_or_else(|| {
-                    RpcError(StatusCode::BAD_REQUEST, INVALID_PARAMS, format!("no builder with id {id}"))
-                })?;
+                    .ok_or_else(|| {
+                        RpcError(
+                            StatusCode::BAD_REQUEST,
+                            INVALID_PARAMS,
+                            format!("builderid {v} is not a number"),
+                        )
+                    })?;
+                let b = st
+                    .store
+                    .get_builder(BuilderId(id))
+                    .await
+                    .map_err(internal)?
+                    .ok_or_else(|| {
+                        RpcError(
+                            StatusCode::BAD_REQUEST,
+                            INVALID_PARAMS,
+                            format!("no builder with id {id}"),
+                        )
+                    })?;
                 builder_names = vec![b.name];
             }
         }
@@ -194,16 +267,28 @@ pub(super) async fn force_rpc(State(st): State<ApiState>, Path(name): Path<Strin
 }
 
 /// `POST /api/v2/builds/{id}` `stop`: answers `null` as Buildbot does.
-pub(super) async fn build_rpc(State(st): State<ApiState>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn build_rpc(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     rpc(&headers, &body, |r| async move {
         let n = num(&id, &format!("builds/{id}"))?;
-        if st.store.get_build(BuildId(n)).await.map_err(internal)?.is_none() {
+        if st
+            .store
+            .get_build(BuildId(n))
+            .await
+            .map_err(internal)?
+            .is_none()
+        {
             return Err(not_found(format!("builds/{id}")));
         }
         if r.method != "stop" {
             return Err(unknown_action(&r.method));
         }
-        let reason = opt_string(r.params.get("reason").cloned()).unwrap_or_else(|| "no reason".into());
+        let reason =
+            opt_string(r.params.get("reason").cloned()).unwrap_or_else(|| "no reason".into());
         st.control.stop_build(BuildId(n), reason).await;
         Ok(Value::Null)
     })
@@ -212,20 +297,36 @@ pub(super) async fn build_rpc(State(st): State<ApiState>, Path(id): Path<String>
 
 /// `POST /api/v2/buildrequests/{id}` `cancel`: an unclaimed request is cancelled; a claimed
 /// one has its running builds stopped (as Buildbot's `cancel`). Answers `null`.
-pub(super) async fn buildrequest_rpc(State(st): State<ApiState>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn buildrequest_rpc(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     rpc(&headers, &body, |r| async move {
         let n = num(&id, &format!("buildrequests/{id}"))?;
-        if st.store.get_build_request(BuildRequestId(n)).await.map_err(internal)?.is_none() {
+        if st
+            .store
+            .get_build_request(BuildRequestId(n))
+            .await
+            .map_err(internal)?
+            .is_none()
+        {
             return Err(not_found(format!("buildrequests/{id}")));
         }
         if r.method != "cancel" {
             return Err(unknown_action(&r.method));
         }
-        let reason = opt_string(r.params.get("reason").cloned()).unwrap_or_else(|| "no reason".into());
+        let reason =
+            opt_string(r.params.get("reason").cloned()).unwrap_or_else(|| "no reason".into());
         if !st.control.cancel_request(BuildRequestId(n)).await {
             let running = st
                 .store
-                .list_builds(&BuildFilter { buildrequestid: Some(BuildRequestId(n)), complete: Some(false), ..Default::default() })
+                .list_builds(&BuildFilter {
+                    buildrequestid: Some(BuildRequestId(n)),
+                    complete: Some(false),
+                    ..Default::default()
+                })
                 .await
                 .map_err(internal)?;
             for b in running {
@@ -239,14 +340,23 @@ pub(super) async fn buildrequest_rpc(State(st): State<ApiState>, Path(id): Path<
 
 /// `POST /change_hook/base`: form fields (query string or urlencoded body) as Buildbot's base
 /// hook, or the same names in a JSON object body. Answers 202 `1 change found`.
-async fn change_hook(State(st): State<ApiState>, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+async fn change_hook(
+    State(st): State<ApiState>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let bad = |msg: String| (StatusCode::BAD_REQUEST, msg).into_response();
-    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     // Field name → first value (Buildbot's firstOrNothing), as JSON.
     let mut args: BTreeMap<String, Value> = BTreeMap::new();
     let mut take_form = |bytes: &[u8]| {
         for (k, v) in form_urlencoded::parse(bytes) {
-            args.entry(k.into_owned()).or_insert(Value::String(v.into_owned()));
+            args.entry(k.into_owned())
+                .or_insert(Value::String(v.into_owned()));
         }
     };
     take_form(q.as_deref().unwrap_or("").as_bytes());
@@ -269,13 +379,22 @@ async fn change_hook(State(st): State<ApiState>, RawQuery(q): RawQuery, headers:
         match args.get(k) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => serde_json::from_str(s).map(Some).map_err(|e| format!("{k} is not valid JSON: {e}")),
+            Some(Value::String(s)) => serde_json::from_str(s)
+                .map(Some)
+                .map_err(|e| format!("{k} is not valid JSON: {e}")),
             Some(v) => Ok(Some(v.clone())),
         }
     };
     let files = match json_field("files") {
         Ok(None) => vec![],
-        Ok(Some(Value::Array(a))) => a.into_iter().map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).collect(),
+        Ok(Some(Value::Array(a))) => a
+            .into_iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .collect(),
         Ok(Some(_)) => return bad("files must be a JSON list of file names".into()),
         Err(e) => return bad(e),
     };
@@ -292,7 +411,9 @@ async fn change_hook(State(st): State<ApiState>, RawQuery(q): RawQuery, headers:
             Err(_) => return bad(format!("when_timestamp {s:?} is not a number of seconds")),
         },
     };
-    let author = text("author").filter(|a| !a.is_empty()).or_else(|| text("who"));
+    let author = text("author")
+        .filter(|a| !a.is_empty())
+        .or_else(|| text("who"));
     let Some(author) = author else {
         return bad("a change needs an author (field `author` or `who`)".into());
     };

@@ -81,12 +81,35 @@ impl Metrics {
         let i = &self.0;
         let mut out = String::new();
         let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+            );
         };
-        gauge(&mut out, "kiln_workers_connected", "Workers connected to this master.", i.workers_connected.load(Ordering::Relaxed));
-        gauge(&mut out, "kiln_builds_running", "Builds running on this master.", i.builds_running.load(Ordering::Relaxed));
-        gauge(&mut out, "kiln_buildrequests_pending", "Build requests waiting for a worker.", i.requests_pending.load(Ordering::Relaxed));
-        gauge(&mut out, "kiln_log_bytes_stored", "Bytes of log text stored (before compression).", i.log_bytes_stored.load(Ordering::Relaxed));
+        gauge(
+            &mut out,
+            "kiln_workers_connected",
+            "Workers connected to this master.",
+            i.workers_connected.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "kiln_builds_running",
+            "Builds running on this master.",
+            i.builds_running.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "kiln_buildrequests_pending",
+            "Build requests waiting for a worker.",
+            i.requests_pending.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "kiln_log_bytes_stored",
+            "Bytes of log text stored (before compression).",
+            i.log_bytes_stored.load(Ordering::Relaxed),
+        );
         let _ = write!(
             out,
             "# HELP kiln_log_bytes_received_total Bytes of log text received from workers.\n\
@@ -105,7 +128,11 @@ impl Metrics {
             Results::Cancelled,
         ] {
             let n = result_name(r);
-            let _ = writeln!(out, "kiln_builds_finished_total{{results=\"{n}\"}} {}", m.get(n).copied().unwrap_or(0));
+            let _ = writeln!(
+                out,
+                "kiln_builds_finished_total{{results=\"{n}\"}} {}",
+                m.get(n).copied().unwrap_or(0)
+            );
         }
         out
     }

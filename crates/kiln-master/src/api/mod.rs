@@ -56,7 +56,10 @@ pub trait Control: Send + Sync {
         req: ForceRequest,
     ) -> BoxFuture<'_, Result<(BuildsetId, Vec<BuildRequestId>), String>>;
     /// Stores a change and hands it to the schedulers.
-    fn add_change(&self, change: ChangeRequest) -> BoxFuture<'_, Result<kiln_model::ChangeId, String>>;
+    fn add_change(
+        &self,
+        change: ChangeRequest,
+    ) -> BoxFuture<'_, Result<kiln_model::ChangeId, String>>;
     /// Stops a running build (it ends CANCELLED). False if it is not running here.
     fn stop_build(&self, build: BuildId, reason: String) -> BoxFuture<'_, bool>;
     /// Cancels an unclaimed build request. False if it was already claimed or complete.
@@ -96,13 +99,22 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad(msg: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, message: msg.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: msg.into(),
+        }
     }
     pub fn not_found(msg: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, message: msg.into() }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: msg.into(),
+        }
     }
     pub fn internal(msg: impl std::fmt::Display) -> ApiError {
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: msg.to_string() }
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: msg.to_string(),
+        }
     }
 }
 
@@ -117,8 +129,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": self.message }).to_string();
         let mut r = (self.status, body).into_response();
         // Buildbot sends REST errors as text/plain holding JSON.
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         r
     }
 }

@@ -76,7 +76,11 @@ fn parse_value(t: FType, s: &str) -> Option<Value> {
 
 /// Parses a raw query string against a resource's fields. `collection` is false for single
 /// resources, which accept no filters (Buildbot: "this is not a collection").
-pub fn parse(raw: Option<&str>, fields: &[(&str, FType)], collection: bool) -> Result<Spec, ApiError> {
+pub fn parse(
+    raw: Option<&str>,
+    fields: &[(&str, FType)],
+    collection: bool,
+) -> Result<Spec, ApiError> {
     // Group repeated keys, keeping their first order (Twisted's request.args).
     let mut args: Vec<(String, Vec<String>)> = Vec::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
@@ -112,10 +116,20 @@ pub fn parse(raw: Option<&str>, fields: &[(&str, FType)], collection: bool) -> R
                 spec.fields = Some(vals.clone());
             }
             "limit" => {
-                spec.limit = Some(vals[0].trim().parse().map_err(|_| ApiError::bad("invalid limit"))?)
+                spec.limit = Some(
+                    vals[0]
+                        .trim()
+                        .parse()
+                        .map_err(|_| ApiError::bad("invalid limit"))?,
+                )
             }
             "offset" => {
-                spec.offset = Some(vals[0].trim().parse().map_err(|_| ApiError::bad("invalid offset"))?)
+                spec.offset = Some(
+                    vals[0]
+                        .trim()
+                        .parse()
+                        .map_err(|_| ApiError::bad("invalid offset"))?,
+                )
             }
             "property" => spec.properties.extend(vals.iter().cloned()),
             name if ftype(name).is_some() => {
@@ -125,24 +139,37 @@ pub fn parse(raw: Option<&str>, fields: &[(&str, FType)], collection: bool) -> R
                     .map(|v| parse_value(t, v))
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| ApiError::bad(format!("invalid filter value for {name}")))?;
-                spec.filters.push(Filter { field: name.to_string(), op: ApiOp::Eq, values });
+                spec.filters.push(Filter {
+                    field: name.to_string(),
+                    op: ApiOp::Eq,
+                    values,
+                });
             }
             other => {
                 let parsed = other.rsplit_once("__").and_then(|(f, op)| {
                     let op = op_of(op)?;
-                    let plural_ok = matches!(op, ApiOp::Eq | ApiOp::Ne | ApiOp::Contains | ApiOp::In | ApiOp::NotIn);
+                    let plural_ok = matches!(
+                        op,
+                        ApiOp::Eq | ApiOp::Ne | ApiOp::Contains | ApiOp::In | ApiOp::NotIn
+                    );
                     (vals.len() == 1 || plural_ok).then_some(())?;
                     Some((f, op, ftype(f)?))
                 });
                 let Some((field, op, t)) = parsed else {
-                    return Err(ApiError::bad(format!("unrecognized query parameter '{other}'")));
+                    return Err(ApiError::bad(format!(
+                        "unrecognized query parameter '{other}'"
+                    )));
                 };
                 let values = vals
                     .iter()
                     .map(|v| parse_value(t, v))
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| ApiError::bad(format!("invalid filter value for {other}")))?;
-                spec.filters.push(Filter { field: field.to_string(), op, values });
+                spec.filters.push(Filter {
+                    field: field.to_string(),
+                    op,
+                    values,
+                });
             }
         }
     }
@@ -233,13 +260,20 @@ pub fn select(spec: &Spec, mut obj: Map<String, Value>) -> Map<String, Value> {
 pub fn apply(spec: &Spec, rows: Vec<Map<String, Value>>) -> (Vec<Map<String, Value>>, usize) {
     let mut rows: Vec<_> = rows
         .into_iter()
-        .filter(|r| spec.filters.iter().all(|f| matches(r.get(&f.field).unwrap_or(&Value::Null), f)))
+        .filter(|r| {
+            spec.filters
+                .iter()
+                .all(|f| matches(r.get(&f.field).unwrap_or(&Value::Null), f))
+        })
         .collect();
     let total = rows.len();
     if !spec.order.is_empty() {
         rows.sort_by(|a, b| {
             for (k, desc) in &spec.order {
-                let o = cmp_json(a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null));
+                let o = cmp_json(
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                );
                 let o = if *desc { o.reverse() } else { o };
                 if o != Ordering::Equal {
                     return o;
@@ -274,7 +308,10 @@ pub fn to_sql(spec: &Spec, table: ApiTable, extra: Vec<ApiCond>) -> Result<ApiQu
     let mut conds = extra;
     for f in &spec.filters {
         if !known(&f.field) {
-            return Err(ApiError::bad(format!("cannot filter on '{}' here", f.field)));
+            return Err(ApiError::bad(format!(
+                "cannot filter on '{}' here",
+                f.field
+            )));
         }
         conds.push(ApiCond {
             field: f.field.clone(),
@@ -287,5 +324,82 @@ pub fn to_sql(spec: &Spec, table: ApiTable, extra: Vec<ApiCond>) -> Result<ApiQu
             return Err(ApiError::bad(format!("cannot order on '{o}' here")));
         }
     }
-    Ok(ApiQuery { conds, order: spec.order.clone(), limit: spec.limit, offset: spec.offset })
+    Ok(ApiQuery {
+        conds,
+        order: spec.order.clone(),
+        limit: spec.limit,
+        offset: spec.offset,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: &[(&str, FType)] = &[
+        ("id", FType::Int),
+        ("name", FType::Str),
+        ("ok", FType::Bool),
+        ("tags", FType::StrList),
+        ("res", FType::Int),
+    ];
+
+    fn rows() -> Vec<Map<String, Value>> {
+        [
+            serde_json::json!({"id": 1, "name": "a", "ok": true, "tags": ["x"], "res": 2}),
+            serde_json::json!({"id": 2, "name": "b", "ok": false, "tags": ["x", "y"], "res": null}),
+            serde_json::json!({"id": 3, "name": "c", "ok": true, "tags": [], "res": 0}),
+        ]
+        .into_iter()
+        .map(|v| v.as_object().unwrap().clone())
+        .collect()
+    }
+
+    fn ids(q: &str) -> (Vec<i64>, usize) {
+        let spec = parse(Some(q), F, true).unwrap();
+        let (r, total) = apply(&spec, rows());
+        (r.iter().map(|o| o["id"].as_i64().unwrap()).collect(), total)
+    }
+
+    #[test]
+    fn in_memory_filters_order_and_paging_follow_buildbot() {
+        assert_eq!(ids("ok=yes"), (vec![1, 3], 2));
+        assert_eq!(ids("ok=0"), (vec![2], 1));
+        assert_eq!(ids("tags__contains=y"), (vec![2], 1));
+        assert_eq!(ids("tags__contains=x&tags__contains=q"), (vec![1, 2], 2));
+        assert_eq!(ids("name__ne=a&name__ne=b"), (vec![3], 1));
+        assert_eq!(ids("id__gt=1&id__le=3"), (vec![2, 3], 2));
+        // Python's `None != 0` holds; `None < 1` is no match here.
+        assert_eq!(ids("res__ne=0"), (vec![1, 2], 2));
+        assert_eq!(ids("res__lt=1"), (vec![3], 1));
+        // None sorts first ascending and last descending.
+        assert_eq!(ids("order=res"), (vec![2, 3, 1], 3));
+        assert_eq!(ids("order=-res"), (vec![1, 3, 2], 3));
+        assert_eq!(ids("order=-ok&order=-id&offset=1&limit=1"), (vec![1], 3));
+        assert_eq!(ids("limit=0"), (vec![], 3));
+    }
+
+    #[test]
+    fn selection_and_refusals() {
+        let spec = parse(Some("field=id&field=name&order=-id&limit=1"), F, true).unwrap();
+        let (r, _) = apply(&spec, rows());
+        assert_eq!(
+            Value::Object(r[0].clone()),
+            serde_json::json!({"id": 3, "name": "c"})
+        );
+        for (q, msg) in [
+            ("id=x", "invalid filter value for id"),
+            ("nope=1", "unrecognized query parameter 'nope'"),
+            ("id__gt=1&id__gt=2", "unrecognized query parameter 'id__gt'"),
+            ("field=nope", "no such field 'nope'"),
+            ("offset=x", "invalid offset"),
+        ] {
+            assert_eq!(parse(Some(q), F, true).unwrap_err().message, msg, "{q}");
+        }
+        assert_eq!(
+            parse(Some("id=1"), F, false).unwrap_err().message,
+            "this is not a collection"
+        );
+        assert!(parse(Some("limit=5&offset=2"), F, false).is_ok());
+    }
 }

@@ -16,7 +16,7 @@ use kiln_model::{
     LogId, LogType, MasterId, Properties, SourceStamp, Step, StepId, Worker, WorkerId,
 };
 use kiln_store::api_queries::{ApiCond, ApiOp, ApiTable, ApiValue};
-use kiln_store::{BuildsetFilter, BuilderRow, MAX_READ_LINES};
+use kiln_store::{BuilderRow, BuildsetFilter, MAX_READ_LINES};
 use serde_json::{Map, Value, json};
 
 use super::query::{self, FType, Spec};
@@ -28,52 +28,122 @@ type Res = Result<Response, ApiError>;
 use FType::{Bool, Int, IntList, Other, Str, StrList};
 
 pub(super) const BUILDER_F: &[(&str, FType)] = &[
-    ("builderid", Int), ("name", Str), ("masterids", IntList), ("description", Str),
-    ("description_format", Str), ("description_html", Str), ("projectid", Int), ("tags", StrList),
+    ("builderid", Int),
+    ("name", Str),
+    ("masterids", IntList),
+    ("description", Str),
+    ("description_format", Str),
+    ("description_html", Str),
+    ("projectid", Int),
+    ("tags", StrList),
 ];
 pub(super) const BUILD_F: &[(&str, FType)] = &[
-    ("buildid", Int), ("number", Int), ("builderid", Int), ("buildrequestid", Int),
-    ("workerid", Int), ("masterid", Int), ("started_at", Int), ("complete", Bool),
-    ("complete_at", Int), ("locks_duration_s", Int), ("results", Int), ("state_string", Str),
+    ("buildid", Int),
+    ("number", Int),
+    ("builderid", Int),
+    ("buildrequestid", Int),
+    ("workerid", Int),
+    ("masterid", Int),
+    ("started_at", Int),
+    ("complete", Bool),
+    ("complete_at", Int),
+    ("locks_duration_s", Int),
+    ("results", Int),
+    ("state_string", Str),
     ("properties", Other),
 ];
 const STEP_F: &[(&str, FType)] = &[
-    ("stepid", Int), ("number", Int), ("name", Str), ("buildid", Int), ("started_at", Int),
-    ("locks_acquired_at", Int), ("complete", Bool), ("complete_at", Int), ("results", Int),
-    ("state_string", Str), ("urls", Other), ("hidden", Bool),
+    ("stepid", Int),
+    ("number", Int),
+    ("name", Str),
+    ("buildid", Int),
+    ("started_at", Int),
+    ("locks_acquired_at", Int),
+    ("complete", Bool),
+    ("complete_at", Int),
+    ("results", Int),
+    ("state_string", Str),
+    ("urls", Other),
+    ("hidden", Bool),
 ];
 const LOG_F: &[(&str, FType)] = &[
-    ("logid", Int), ("name", Str), ("slug", Str), ("stepid", Int), ("complete", Bool),
-    ("num_lines", Int), ("type", Str),
+    ("logid", Int),
+    ("name", Str),
+    ("slug", Str),
+    ("stepid", Int),
+    ("complete", Bool),
+    ("num_lines", Int),
+    ("type", Str),
 ];
 const LOGCHUNK_F: &[(&str, FType)] = &[("logid", Int), ("firstline", Int), ("content", Str)];
 const WORKER_F: &[(&str, FType)] = &[
-    ("workerid", Int), ("name", Str), ("connected_to", Other), ("configured_on", Other),
-    ("workerinfo", Other), ("paused", Bool), ("pause_reason", Str), ("graceful", Bool),
+    ("workerid", Int),
+    ("name", Str),
+    ("connected_to", Other),
+    ("configured_on", Other),
+    ("workerinfo", Other),
+    ("paused", Bool),
+    ("pause_reason", Str),
+    ("graceful", Bool),
 ];
 const CHANGE_F: &[(&str, FType)] = &[
-    ("changeid", Int), ("parent_changeids", IntList), ("author", Str), ("committer", Str),
-    ("files", StrList), ("comments", Str), ("revision", Str), ("when_timestamp", Int),
-    ("branch", Str), ("category", Str), ("revlink", Str), ("properties", Other),
-    ("repository", Str), ("project", Str), ("codebase", Str),
+    ("changeid", Int),
+    ("parent_changeids", IntList),
+    ("author", Str),
+    ("committer", Str),
+    ("files", StrList),
+    ("comments", Str),
+    ("revision", Str),
+    ("when_timestamp", Int),
+    ("branch", Str),
+    ("category", Str),
+    ("revlink", Str),
+    ("properties", Other),
+    ("repository", Str),
+    ("project", Str),
+    ("codebase", Str),
 ];
 const BR_F: &[(&str, FType)] = &[
-    ("buildrequestid", Int), ("buildsetid", Int), ("builderid", Int), ("priority", Int),
-    ("claimed", Bool), ("claimed_at", Int), ("claimed_by_masterid", Int), ("complete", Bool),
-    ("results", Int), ("submitted_at", Int), ("complete_at", Int), ("waited_for", Bool),
+    ("buildrequestid", Int),
+    ("buildsetid", Int),
+    ("builderid", Int),
+    ("priority", Int),
+    ("claimed", Bool),
+    ("claimed_at", Int),
+    ("claimed_by_masterid", Int),
+    ("complete", Bool),
+    ("results", Int),
+    ("submitted_at", Int),
+    ("complete_at", Int),
+    ("waited_for", Bool),
     ("properties", Other),
 ];
 const BUILDSET_F: &[(&str, FType)] = &[
-    ("bsid", Int), ("external_idstring", Str), ("reason", Str), ("rebuilt_buildid", Int),
-    ("submitted_at", Int), ("complete", Bool), ("complete_at", Int), ("results", Int),
-    ("sourcestamps", Other), ("parent_buildid", Int), ("parent_relationship", Str),
+    ("bsid", Int),
+    ("external_idstring", Str),
+    ("reason", Str),
+    ("rebuilt_buildid", Int),
+    ("submitted_at", Int),
+    ("complete", Bool),
+    ("complete_at", Int),
+    ("results", Int),
+    ("sourcestamps", Other),
+    ("parent_buildid", Int),
+    ("parent_relationship", Str),
 ];
 const FS_F: &[(&str, FType)] = &[
-    ("name", Str), ("button_name", Str), ("label", Str), ("builder_names", StrList),
-    ("enabled", Bool), ("all_fields", Other),
+    ("name", Str),
+    ("button_name", Str),
+    ("label", Str),
+    ("builder_names", StrList),
+    ("enabled", Bool),
+    ("all_fields", Other),
 ];
 const MASTER_F: &[(&str, FType)] = &[
-    ("masterid", Int), ("name", Str), ("active", Bool), ("last_active", Int),
+    ("masterid", Int),
+    ("name", Str),
+    ("active", Bool),
+    ("last_active", Int),
 ];
 
 pub(super) fn routes() -> Router<ApiState> {
@@ -84,20 +154,38 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/api/v2/builders/{b}", get(builder))
         .route("/api/v2/builders/{b}/builds", get(builder_builds))
         .route("/api/v2/builders/{b}/builds/{n}", get(builder_build))
-        .route("/api/v2/builders/{b}/builds/{n}/steps", get(builder_build_steps))
+        .route(
+            "/api/v2/builders/{b}/builds/{n}/steps",
+            get(builder_build_steps),
+        )
         .route("/api/v2/builders/{b}/buildrequests", get(builder_requests))
         .route("/api/v2/builds", get(builds))
-        .route("/api/v2/builds/{id}", get(build).post(super::control::build_rpc))
+        .route(
+            "/api/v2/builds/{id}",
+            get(build).post(super::control::build_rpc),
+        )
         .route("/api/v2/builds/{id}/steps", get(build_steps))
         .route("/api/v2/builds/{id}/steps/{s}", get(build_step))
         .route("/api/v2/builds/{id}/steps/{s}/logs", get(build_step_logs))
-        .route("/api/v2/builds/{id}/steps/{s}/logs/{slug}", get(build_step_log))
-        .route("/api/v2/builds/{id}/steps/{s}/logs/{slug}/contents", get(build_step_log_contents))
-        .route("/api/v2/builds/{id}/steps/{s}/logs/{slug}/raw", get(build_step_log_raw))
+        .route(
+            "/api/v2/builds/{id}/steps/{s}/logs/{slug}",
+            get(build_step_log),
+        )
+        .route(
+            "/api/v2/builds/{id}/steps/{s}/logs/{slug}/contents",
+            get(build_step_log_contents),
+        )
+        .route(
+            "/api/v2/builds/{id}/steps/{s}/logs/{slug}/raw",
+            get(build_step_log_raw),
+        )
         .route("/api/v2/steps/{id}", get(step))
         .route("/api/v2/steps/{id}/logs", get(step_logs))
         .route("/api/v2/steps/{id}/logs/{slug}", get(step_log))
-        .route("/api/v2/steps/{id}/logs/{slug}/contents", get(step_log_contents))
+        .route(
+            "/api/v2/steps/{id}/logs/{slug}/contents",
+            get(step_log_contents),
+        )
         .route("/api/v2/steps/{id}/logs/{slug}/raw", get(step_log_raw))
         .route("/api/v2/logs/{id}", get(log))
         .route("/api/v2/logs/{id}/contents", get(log_contents))
@@ -108,12 +196,21 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/api/v2/changes", get(changes))
         .route("/api/v2/changes/{id}", get(change))
         .route("/api/v2/buildrequests", get(buildrequests))
-        .route("/api/v2/buildrequests/{id}", get(buildrequest).post(super::control::buildrequest_rpc))
-        .route("/api/v2/buildrequests/{id}/builds", get(buildrequest_builds))
+        .route(
+            "/api/v2/buildrequests/{id}",
+            get(buildrequest).post(super::control::buildrequest_rpc),
+        )
+        .route(
+            "/api/v2/buildrequests/{id}/builds",
+            get(buildrequest_builds),
+        )
         .route("/api/v2/buildsets", get(buildsets))
         .route("/api/v2/buildsets/{id}", get(buildset))
         .route("/api/v2/forceschedulers", get(forceschedulers))
-        .route("/api/v2/forceschedulers/{name}", get(forcescheduler).post(super::control::force_rpc))
+        .route(
+            "/api/v2/forceschedulers/{name}",
+            get(forcescheduler).post(super::control::force_rpc),
+        )
         .route("/api/v2/masters", get(masters))
         .route("/api/v2/masters/{id}", get(master))
         .route("/api/v2", get(root))
@@ -125,7 +222,13 @@ pub(super) fn routes() -> Router<ApiState> {
 
 /// The envelope, redacted; compact JSON when the client accepts `application/json`, else
 /// indented `text/plain` (as Buildbot does for browsers).
-pub(super) fn render(st: &ApiState, headers: &HeaderMap, plural: &str, rows: Vec<Obj>, total: Option<usize>) -> Response {
+pub(super) fn render(
+    st: &ApiState,
+    headers: &HeaderMap,
+    plural: &str,
+    rows: Vec<Obj>,
+    total: Option<usize>,
+) -> Response {
     let mut meta = Map::new();
     if let Some(t) = total {
         meta.insert("total".into(), t.into());
@@ -142,14 +245,25 @@ pub(super) fn render(st: &ApiState, headers: &HeaderMap, plural: &str, rows: Vec
     let (body, ctype) = if compact {
         (v.to_string(), "application/json; charset=utf-8")
     } else {
-        (serde_json::to_string_pretty(&v).unwrap_or_default(), "text/plain; charset=utf-8")
+        (
+            serde_json::to_string_pretty(&v).unwrap_or_default(),
+            "text/plain; charset=utf-8",
+        )
     };
     let mut r = body.into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     r
 }
 
-fn one(st: &ApiState, h: &HeaderMap, plural: &str, spec: &Spec, obj: Option<Obj>, what: String) -> Res {
+fn one(
+    st: &ApiState,
+    h: &HeaderMap,
+    plural: &str,
+    spec: &Spec,
+    obj: Option<Obj>,
+    what: String,
+) -> Res {
     match obj {
         Some(o) => Ok(render(st, h, plural, vec![query::select(spec, o)], None)),
         None => Err(not_found(what)),
@@ -184,17 +298,31 @@ struct Json404;
 impl Json404 {
     fn root() -> Response {
         let names = [
-            "builders", "builds", "buildrequests", "buildsets", "changes", "forceschedulers",
-            "logs", "masters", "steps", "workers",
+            "builders",
+            "builds",
+            "buildrequests",
+            "buildsets",
+            "changes",
+            "forceschedulers",
+            "logs",
+            "masters",
+            "steps",
+            "workers",
         ];
         let v = json!({ "api_version": 2, "links": names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>() });
-        ([(header::CONTENT_TYPE, "application/json; charset=utf-8")], v.to_string()).into_response()
+        (
+            [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+            v.to_string(),
+        )
+            .into_response()
     }
 }
 
 fn num(s: &str) -> Option<i64> {
     // Buildbot's `n:` path components: digits only.
-    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 fn num_or_invalid(s: &str, path: &str) -> Result<i64, ApiError> {
@@ -208,12 +336,11 @@ fn props_json(p: &Properties, filters: &[String]) -> Option<Value> {
         return None;
     }
     let all = filters.iter().any(|f| f == "*");
-    let m: Map<String, Value> = p
-        .0
-        .iter()
-        .filter(|(k, _)| all || filters.contains(k))
-        .map(|(k, v)| (k.clone(), json!([v.0, v.1])))
-        .collect();
+    let m: Map<String, Value> =
+        p.0.iter()
+            .filter(|(k, _)| all || filters.contains(k))
+            .map(|(k, v)| (k.clone(), json!([v.0, v.1])))
+            .collect();
     Some(Value::Object(m))
 }
 
@@ -295,7 +422,10 @@ async fn br_json(st: &ApiState, spec: &Spec, r: &BuildRequest) -> Result<Obj, Ap
     let props = if spec.properties.is_empty() {
         None
     } else {
-        props_json(&st.store.get_buildset_properties(r.buildsetid).await?, &spec.properties)
+        props_json(
+            &st.store.get_buildset_properties(r.buildsetid).await?,
+            &spec.properties,
+        )
     };
     Ok(obj(json!({
         "buildrequestid": r.buildrequestid.0, "buildsetid": r.buildsetid.0,
@@ -310,14 +440,24 @@ async fn br_json(st: &ApiState, spec: &Spec, r: &BuildRequest) -> Result<Obj, Ap
 /// The masters active now, lowest id first: the ones this process's builders and workers are
 /// reported on (a single-master farm has exactly one).
 async fn active_master(st: &ApiState) -> Result<Option<MasterId>, ApiError> {
-    let mut ms: Vec<_> = st.store.list_masters().await?.into_iter().filter(|m| m.active).collect();
+    let mut ms: Vec<_> = st
+        .store
+        .list_masters()
+        .await?
+        .into_iter()
+        .filter(|m| m.active)
+        .collect();
     ms.sort_by_key(|m| m.masterid.0);
     Ok(ms.first().map(|m| m.masterid))
 }
 
 async fn builder_json(st: &ApiState, b: &BuilderRow, master: Option<MasterId>) -> Obj {
     let configured = st.control.config().builder(&b.name).is_some();
-    let masterids: Vec<i64> = if configured { master.map(|m| m.0).into_iter().collect() } else { vec![] };
+    let masterids: Vec<i64> = if configured {
+        master.map(|m| m.0).into_iter().collect()
+    } else {
+        vec![]
+    };
     obj(json!({
         "builderid": b.builderid.0, "name": b.name, "masterids": masterids,
         "description": b.description, "description_format": null, "description_html": null,
@@ -328,10 +468,17 @@ async fn builder_json(st: &ApiState, b: &BuilderRow, master: Option<MasterId>) -
 /// Keys of worker info that may hold credentials are never shown.
 fn is_secret_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
-    ["passw", "secret", "token", "credential", "private"].iter().any(|s| k.contains(s))
+    ["passw", "secret", "token", "credential", "private"]
+        .iter()
+        .any(|s| k.contains(s))
 }
 
-fn worker_json(st: &ApiState, w: &Worker, master: Option<MasterId>, builder_ids: &HashMap<String, BuilderId>) -> Obj {
+fn worker_json(
+    st: &ApiState,
+    w: &Worker,
+    master: Option<MasterId>,
+    builder_ids: &HashMap<String, BuilderId>,
+) -> Obj {
     let cfg = st.control.config();
     let connected = st.control.connected_workers().contains(&w.name);
     let mut info = w.workerinfo.clone();
@@ -373,7 +520,10 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         st.metrics.log_bytes_stored(n);
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         st.metrics.render(),
     )
         .into_response()
@@ -400,7 +550,12 @@ async fn builders(State(st): State<ApiState>, h: HeaderMap, RawQuery(q): RawQuer
     many(&st, &h, "builders", &spec, rows)
 }
 
-async fn builder(State(st): State<ApiState>, h: HeaderMap, Path(b): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn builder(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(b): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let spec = query::parse(q.as_deref(), BUILDER_F, false)?;
     let master = active_master(&st).await?;
     let row = match find_builder(&st, &b).await? {
@@ -413,7 +568,11 @@ async fn builder(State(st): State<ApiState>, h: HeaderMap, Path(b): Path<String>
 // ------------------------------------------------------------------ builds
 
 fn eq_cond(field: &str, v: i64) -> ApiCond {
-    ApiCond { field: field.into(), op: ApiOp::Eq, values: vec![ApiValue::Int(v)] }
+    ApiCond {
+        field: field.into(),
+        op: ApiOp::Eq,
+        values: vec![ApiValue::Int(v)],
+    }
 }
 
 async fn builds_where(st: &ApiState, h: &HeaderMap, q: Option<&str>, extra: Vec<ApiCond>) -> Res {
@@ -429,9 +588,22 @@ async fn builds(State(st): State<ApiState>, h: HeaderMap, RawQuery(q): RawQuery)
     builds_where(&st, &h, q.as_deref(), vec![]).await
 }
 
-async fn builder_builds(State(st): State<ApiState>, h: HeaderMap, Path(b): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn builder_builds(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(b): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     match find_builder(&st, &b).await? {
-        Some(row) => builds_where(&st, &h, q.as_deref(), vec![eq_cond("builderid", row.builderid.0)]).await,
+        Some(row) => {
+            builds_where(
+                &st,
+                &h,
+                q.as_deref(),
+                vec![eq_cond("builderid", row.builderid.0)],
+            )
+            .await
+        }
         // Buildbot answers an empty collection for an unknown builder.
         None => {
             query::parse(q.as_deref(), BUILD_F, true)?;
@@ -440,17 +612,33 @@ async fn builder_builds(State(st): State<ApiState>, h: HeaderMap, Path(b): Path<
     }
 }
 
-async fn worker_builds(State(st): State<ApiState>, h: HeaderMap, Path(w): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn worker_builds(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(w): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let id = num_or_invalid(&w, &format!("workers/{w}/builds"))?;
     builds_where(&st, &h, q.as_deref(), vec![eq_cond("workerid", id)]).await
 }
 
-async fn buildrequest_builds(State(st): State<ApiState>, h: HeaderMap, Path(r): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn buildrequest_builds(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(r): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let id = num_or_invalid(&r, &format!("buildrequests/{r}/builds"))?;
     builds_where(&st, &h, q.as_deref(), vec![eq_cond("buildrequestid", id)]).await
 }
 
-async fn one_build(st: &ApiState, h: &HeaderMap, q: Option<&str>, b: Option<Build>, what: String) -> Res {
+async fn one_build(
+    st: &ApiState,
+    h: &HeaderMap,
+    q: Option<&str>,
+    b: Option<Build>,
+    what: String,
+) -> Res {
     let spec = query::parse(q, BUILD_F, false)?;
     let row = match b {
         Some(b) => builds_json(st, &spec, &[b]).await?.pop(),
@@ -459,7 +647,12 @@ async fn one_build(st: &ApiState, h: &HeaderMap, q: Option<&str>, b: Option<Buil
     one(st, h, "builds", &spec, row, what)
 }
 
-async fn build(State(st): State<ApiState>, h: HeaderMap, Path(id): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn build(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let n = num_or_invalid(&id, &format!("builds/{id}"))?;
     let b = st.store.get_build(BuildId(n)).await?;
     one_build(&st, &h, q.as_deref(), b, format!("/builds/{id}")).await
@@ -473,9 +666,21 @@ async fn build_by_number(st: &ApiState, b: &str, n: &str) -> Result<Option<Build
     })
 }
 
-async fn builder_build(State(st): State<ApiState>, h: HeaderMap, Path((b, n)): Path<(String, String)>, RawQuery(q): RawQuery) -> Res {
+async fn builder_build(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path((b, n)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let build = build_by_number(&st, &b, &n).await?;
-    one_build(&st, &h, q.as_deref(), build, format!("/builders/{b}/builds/{n}")).await
+    one_build(
+        &st,
+        &h,
+        q.as_deref(),
+        build,
+        format!("/builders/{b}/builds/{n}"),
+    )
+    .await
 }
 
 // ------------------------------------------------------------------ steps
@@ -487,16 +692,30 @@ async fn steps_where(st: &ApiState, h: &HeaderMap, q: Option<&str>, build: Optio
     };
     let sql = query::to_sql(&spec, ApiTable::Steps, vec![eq_cond("buildid", build.0)])?;
     let page = st.store.api_steps(&sql).await?;
-    let rows = page.rows.iter().map(|s| query::select(&spec, step_json(s))).collect();
+    let rows = page
+        .rows
+        .iter()
+        .map(|s| query::select(&spec, step_json(s)))
+        .collect();
     Ok(render(st, h, "steps", rows, Some(page.total as usize)))
 }
 
-async fn build_steps(State(st): State<ApiState>, h: HeaderMap, Path(id): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn build_steps(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let n = num_or_invalid(&id, &format!("builds/{id}/steps"))?;
     steps_where(&st, &h, q.as_deref(), Some(BuildId(n))).await
 }
 
-async fn builder_build_steps(State(st): State<ApiState>, h: HeaderMap, Path((b, n)): Path<(String, String)>, RawQuery(q): RawQuery) -> Res {
+async fn builder_build_steps(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path((b, n)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let build = build_by_number(&st, &b, &n).await?;
     steps_where(&st, &h, q.as_deref(), build.map(|b| b.buildid)).await
 }
@@ -511,17 +730,41 @@ async fn find_build_step(st: &ApiState, id: &str, s: &str) -> Result<Option<Step
     })
 }
 
-async fn step(State(st): State<ApiState>, h: HeaderMap, Path(id): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn step(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let spec = query::parse(q.as_deref(), STEP_F, false)?;
     let n = num_or_invalid(&id, &format!("steps/{id}"))?;
     let s = st.store.get_step(StepId(n)).await?;
-    one(&st, &h, "steps", &spec, s.as_ref().map(step_json), format!("/steps/{id}"))
+    one(
+        &st,
+        &h,
+        "steps",
+        &spec,
+        s.as_ref().map(step_json),
+        format!("/steps/{id}"),
+    )
 }
 
-async fn build_step(State(st): State<ApiState>, h: HeaderMap, Path((id, s)): Path<(String, String)>, RawQuery(q): RawQuery) -> Res {
+async fn build_step(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path((id, s)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let spec = query::parse(q.as_deref(), STEP_F, false)?;
     let step = find_build_step(&st, &id, &s).await?;
-    one(&st, &h, "steps", &spec, step.as_ref().map(step_json), format!("/builds/{id}/steps/{s}"))
+    one(
+        &st,
+        &h,
+        "steps",
+        &spec,
+        step.as_ref().map(step_json),
+        format!("/builds/{id}/steps/{s}"),
+    )
 }
 
 // ------------------------------------------------------------------ logs
@@ -535,12 +778,22 @@ async fn logs_of(st: &ApiState, h: &HeaderMap, q: Option<&str>, step: Option<Ste
     many(st, h, "logs", &spec, rows)
 }
 
-async fn step_logs(State(st): State<ApiState>, h: HeaderMap, Path(id): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn step_logs(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let n = num_or_invalid(&id, &format!("steps/{id}/logs"))?;
     logs_of(&st, &h, q.as_deref(), Some(StepId(n))).await
 }
 
-async fn build_step_logs(State(st): State<ApiState>, h: HeaderMap, Path((id, s)): Path<(String, String)>, RawQuery(q): RawQuery) -> Res {
+async fn build_step_logs(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path((id, s)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let step = find_build_step(&st, &id, &s).await?;
     logs_of(&st, &h, q.as_deref(), step.map(|s| s.stepid)).await
 }
@@ -555,7 +808,12 @@ async fn log_by_step(st: &ApiState, step: &str, slug: &str) -> Result<Option<Log
     Ok(st.store.get_log_by_slug(StepId(n), slug).await?)
 }
 
-async fn log_by_build_step(st: &ApiState, id: &str, s: &str, slug: &str) -> Result<Option<Log>, ApiError> {
+async fn log_by_build_step(
+    st: &ApiState,
+    id: &str,
+    s: &str,
+    slug: &str,
+) -> Result<Option<Log>, ApiError> {
     Ok(match find_build_step(st, id, s).await? {
         Some(step) => st.store.get_log_by_slug(step.stepid, slug).await?,
         None => None,
@@ -567,26 +825,55 @@ fn one_log(st: &ApiState, h: &HeaderMap, q: Option<&str>, l: Option<Log>, what: 
     one(st, h, "logs", &spec, l.as_ref().map(log_json), what)
 }
 
-async fn log(State(st): State<ApiState>, h: HeaderMap, Path(id): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn log(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let l = log_by_id(&st, &id).await?;
     one_log(&st, &h, q.as_deref(), l, format!("/logs/{id}"))
 }
 
-async fn step_log(State(st): State<ApiState>, h: HeaderMap, Path((id, slug)): Path<(String, String)>, RawQuery(q): RawQuery) -> Res {
+async fn step_log(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path((id, slug)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let l = log_by_step(&st, &id, &slug).await?;
     one_log(&st, &h, q.as_deref(), l, format!("/steps/{id}/logs/{slug}"))
 }
 
-async fn build_step_log(State(st): State<ApiState>, h: HeaderMap, Path((id, s, slug)): Path<(String, String, String)>, RawQuery(q): RawQuery) -> Res {
+async fn build_step_log(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path((id, s, slug)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let l = log_by_build_step(&st, &id, &s, &slug).await?;
-    one_log(&st, &h, q.as_deref(), l, format!("/builds/{id}/steps/{s}/logs/{slug}"))
+    one_log(
+        &st,
+        &h,
+        q.as_deref(),
+        l,
+        format!("/builds/{id}/steps/{s}/logs/{slug}"),
+    )
 }
 
 /// `logchunks`: lines `offset .. offset+limit-1` (the whole log without them), each ending in
 /// `\n`, as Buildbot's `LogChunkEndpoint`.
-async fn contents(st: &ApiState, h: &HeaderMap, q: Option<&str>, l: Option<Log>, what: String) -> Res {
+async fn contents(
+    st: &ApiState,
+    h: &HeaderMap,
+    q: Option<&str>,
+    l: Option<Log>,
+    what: String,
+) -> Res {
     let spec = query::parse(q, LOGCHUNK_F, false)?;
-    let Some(l) = l else { return Err(not_found(what)) };
+    let Some(l) = l else {
+        return Err(not_found(what));
+    };
     let first = spec.offset.unwrap_or(0);
     let last = match spec.limit {
         Some(n) => first + n - 1,
@@ -613,19 +900,48 @@ async fn contents(st: &ApiState, h: &HeaderMap, q: Option<&str>, l: Option<Log>,
     one(st, h, "logchunks", &spec, Some(o), what)
 }
 
-async fn log_contents(State(st): State<ApiState>, h: HeaderMap, Path(id): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn log_contents(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let l = log_by_id(&st, &id).await?;
     contents(&st, &h, q.as_deref(), l, format!("/logs/{id}/contents")).await
 }
 
-async fn step_log_contents(State(st): State<ApiState>, h: HeaderMap, Path((id, slug)): Path<(String, String)>, RawQuery(q): RawQuery) -> Res {
+async fn step_log_contents(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path((id, slug)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let l = log_by_step(&st, &id, &slug).await?;
-    contents(&st, &h, q.as_deref(), l, format!("/steps/{id}/logs/{slug}/contents")).await
+    contents(
+        &st,
+        &h,
+        q.as_deref(),
+        l,
+        format!("/steps/{id}/logs/{slug}/contents"),
+    )
+    .await
 }
 
-async fn build_step_log_contents(State(st): State<ApiState>, h: HeaderMap, Path((id, s, slug)): Path<(String, String, String)>, RawQuery(q): RawQuery) -> Res {
+async fn build_step_log_contents(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path((id, s, slug)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let l = log_by_build_step(&st, &id, &s, &slug).await?;
-    contents(&st, &h, q.as_deref(), l, format!("/builds/{id}/steps/{s}/logs/{slug}/contents")).await
+    contents(
+        &st,
+        &h,
+        q.as_deref(),
+        l,
+        format!("/builds/{id}/steps/{s}/logs/{slug}/contents"),
+    )
+    .await
 }
 
 /// Drops the channel character that starts each stdio line (chunks hold whole lines).
@@ -643,7 +959,9 @@ fn strip_channels(chunk: &str) -> String {
 /// `RawLogChunkEndpoint`: stdio logs get a `Builder/Build number/Worker name` header and lose
 /// their channel characters; the file name is `<builder>_build_<n>_step_<step>_log_<slug>`.
 async fn raw(st: &ApiState, l: Option<Log>, what: String) -> Res {
-    let Some(l) = l else { return Err(not_found(what)) };
+    let Some(l) = l else {
+        return Err(not_found(what));
+    };
     let step = st.store.get_step(l.stepid).await?;
     let build = match &step {
         Some(s) => st.store.get_build(s.buildid).await?,
@@ -684,20 +1002,37 @@ async fn raw(st: &ApiState, l: Option<Log>, what: String) -> Res {
     let filename: String = parts
         .join("_")
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let red = st.control.config().redactor();
-    let head = futures_util::stream::iter((!prefix.is_empty()).then(|| Ok::<_, std::io::Error>(red.redact(&prefix).into_bytes())));
+    let head = futures_util::stream::iter(
+        (!prefix.is_empty()).then(|| Ok::<_, std::io::Error>(red.redact(&prefix).into_bytes())),
+    );
     let red2 = red.clone();
     let body = st.store.log_raw(l.logid).map(move |chunk| {
         let chunk = chunk.map_err(std::io::Error::other)?;
         let text = String::from_utf8_lossy(&chunk);
-        let text = if stdio { strip_channels(&text) } else { text.into_owned() };
+        let text = if stdio {
+            strip_channels(&text)
+        } else {
+            text.into_owned()
+        };
         Ok(red2.redact(&text).into_bytes())
     });
-    let mime = if l.log_type == LogType::Html { "text/html; charset=utf-8" } else { "text/plain; charset=utf-8" };
+    let mime = if l.log_type == LogType::Html {
+        "text/html; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
     let mut r = Response::new(Body::from_stream(head.chain(body)));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={filename}")) {
         r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
@@ -714,7 +1049,10 @@ async fn step_log_raw(State(st): State<ApiState>, Path((id, slug)): Path<(String
     raw(&st, l, format!("/steps/{id}/logs/{slug}/raw")).await
 }
 
-async fn build_step_log_raw(State(st): State<ApiState>, Path((id, s, slug)): Path<(String, String, String)>) -> Res {
+async fn build_step_log_raw(
+    State(st): State<ApiState>,
+    Path((id, s, slug)): Path<(String, String, String)>,
+) -> Res {
     let l = log_by_build_step(&st, &id, &s, &slug).await?;
     raw(&st, l, format!("/builds/{id}/steps/{s}/logs/{slug}/raw")).await
 }
@@ -723,8 +1061,13 @@ async fn build_step_log_raw(State(st): State<ApiState>, Path((id, s, slug)): Pat
 
 async fn worker_rows(st: &ApiState) -> Result<Vec<(Worker, Obj)>, ApiError> {
     let master = active_master(st).await?;
-    let ids: HashMap<String, BuilderId> =
-        st.store.list_builders().await?.into_iter().map(|b| (b.name, b.builderid)).collect();
+    let ids: HashMap<String, BuilderId> = st
+        .store
+        .list_builders()
+        .await?
+        .into_iter()
+        .map(|b| (b.name, b.builderid))
+        .collect();
     let mut ws = st.store.list_workers().await?;
     ws.sort_by_key(|w| w.workerid.0);
     Ok(ws
@@ -738,11 +1081,20 @@ async fn worker_rows(st: &ApiState) -> Result<Vec<(Worker, Obj)>, ApiError> {
 
 async fn workers(State(st): State<ApiState>, h: HeaderMap, RawQuery(q): RawQuery) -> Res {
     let spec = query::parse(q.as_deref(), WORKER_F, true)?;
-    let rows = worker_rows(&st).await?.into_iter().map(|(_, o)| o).collect();
+    let rows = worker_rows(&st)
+        .await?
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
     many(&st, &h, "workers", &spec, rows)
 }
 
-async fn worker(State(st): State<ApiState>, h: HeaderMap, Path(w): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn worker(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(w): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let spec = query::parse(q.as_deref(), WORKER_F, false)?;
     let id = num(&w);
     let row = worker_rows(&st)
@@ -769,7 +1121,12 @@ async fn changes(State(st): State<ApiState>, h: HeaderMap, RawQuery(q): RawQuery
     Ok(render(&st, &h, "changes", rows, Some(page.total as usize)))
 }
 
-async fn change(State(st): State<ApiState>, h: HeaderMap, Path(id): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn change(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let spec = query::parse(q.as_deref(), CHANGE_F, false)?;
     let n = num_or_invalid(&id, &format!("changes/{id}"))?;
     let row = match st.store.get_change(ChangeId(n)).await? {
@@ -789,26 +1146,49 @@ async fn requests_where(st: &ApiState, h: &HeaderMap, q: Option<&str>, extra: Ve
     for r in &page.rows {
         rows.push(query::select(&spec, br_json(st, &spec, r).await?));
     }
-    Ok(render(st, h, "buildrequests", rows, Some(page.total as usize)))
+    Ok(render(
+        st,
+        h,
+        "buildrequests",
+        rows,
+        Some(page.total as usize),
+    ))
 }
 
 async fn buildrequests(State(st): State<ApiState>, h: HeaderMap, RawQuery(q): RawQuery) -> Res {
     requests_where(&st, &h, q.as_deref(), vec![]).await
 }
 
-async fn builder_requests(State(st): State<ApiState>, h: HeaderMap, Path(b): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn builder_requests(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(b): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let id = num_or_invalid(&b, &format!("builders/{b}/buildrequests"))?;
     requests_where(&st, &h, q.as_deref(), vec![eq_cond("builderid", id)]).await
 }
 
-async fn buildrequest(State(st): State<ApiState>, h: HeaderMap, Path(id): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn buildrequest(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let spec = query::parse(q.as_deref(), BR_F, false)?;
     let n = num_or_invalid(&id, &format!("buildrequests/{id}"))?;
     let row = match st.store.get_build_request(BuildRequestId(n)).await? {
         Some(r) => Some(br_json(&st, &spec, &r).await?),
         None => None,
     };
-    one(&st, &h, "buildrequests", &spec, row, format!("/buildrequests/{id}"))
+    one(
+        &st,
+        &h,
+        "buildrequests",
+        &spec,
+        row,
+        format!("/buildrequests/{id}"),
+    )
 }
 
 async fn buildset_json(st: &ApiState, bs: &kiln_model::Buildset) -> Result<Obj, ApiError> {
@@ -838,7 +1218,11 @@ async fn buildsets(State(st): State<ApiState>, h: HeaderMap, RawQuery(q): RawQue
         .and_then(|f| f.values[0].as_bool());
     let mut list = st
         .store
-        .list_buildsets(&BuildsetFilter { complete, before: None, limit: Some(kiln_store::MAX_LIST_LIMIT) })
+        .list_buildsets(&BuildsetFilter {
+            complete,
+            before: None,
+            limit: Some(kiln_store::MAX_LIST_LIMIT),
+        })
         .await?;
     list.sort_by_key(|b| b.bsid.0);
     let mut rows = Vec::with_capacity(list.len());
@@ -847,7 +1231,10 @@ async fn buildsets(State(st): State<ApiState>, h: HeaderMap, RawQuery(q): RawQue
         o.insert("sourcestamps".into(), json!([]));
         rows.push(o);
     }
-    let unselected = Spec { fields: None, ..spec.clone() };
+    let unselected = Spec {
+        fields: None,
+        ..spec.clone()
+    };
     let (page, total) = query::apply(&unselected, rows);
     let by_id: BTreeMap<i64, &kiln_model::Buildset> = list.iter().map(|b| (b.bsid.0, b)).collect();
     let mut out = Vec::with_capacity(page.len());
@@ -871,7 +1258,12 @@ fn buildset_json_shallow(bs: &kiln_model::Buildset) -> Obj {
     }))
 }
 
-async fn buildset(State(st): State<ApiState>, h: HeaderMap, Path(id): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn buildset(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let spec = query::parse(q.as_deref(), BUILDSET_F, false)?;
     let n = num_or_invalid(&id, &format!("buildsets/{id}"))?;
     let row = match st.store.get_buildset(BuildsetId(n)).await? {
@@ -904,19 +1296,29 @@ fn group(columns: i64, fields: Vec<Value>) -> Value {
 /// `username`, `reason` and `priority`, a two-column group with the source fields, then the
 /// typed parameters.
 pub(super) fn forcescheduler_json(s: &kiln_config::Scheduler) -> Option<Obj> {
-    let SchedulerKind::Force(args) = &s.kind else { return None };
+    let SchedulerKind::Force(args) = &s.kind else {
+        return None;
+    };
     let mut user = field("username", "Your name:", "username", json!(""), 30);
     user["need_email"] = json!(true);
-    let mut all = vec![group(1, vec![
-        user,
-        field("reason", "reason", "text", json!("force build"), 20),
-        field("priority", "priority", "int", json!(0), 10),
-    ])];
+    let mut all = vec![group(
+        1,
+        vec![
+            user,
+            field("reason", "reason", "text", json!("force build"), 20),
+            field("priority", "priority", "int", json!(0), 10),
+        ],
+    )];
     if args.source {
-        let src = [("branch", "Branch:"), ("project", "Project:"), ("repository", "Repository:"), ("revision", "Revision:")]
-            .iter()
-            .map(|(n, l)| field(n, l, "text", json!(""), 10))
-            .collect();
+        let src = [
+            ("branch", "Branch:"),
+            ("project", "Project:"),
+            ("repository", "Repository:"),
+            ("revision", "Revision:"),
+        ]
+        .iter()
+        .map(|(n, l)| field(n, l, "text", json!(""), 10))
+        .collect();
         all.push(group(2, src));
     }
     for p in &args.params {
@@ -949,30 +1351,71 @@ pub(super) fn forcescheduler_json(s: &kiln_config::Scheduler) -> Option<Obj> {
 
 async fn forceschedulers(State(st): State<ApiState>, h: HeaderMap, RawQuery(q): RawQuery) -> Res {
     let spec = query::parse(q.as_deref(), FS_F, true)?;
-    let rows = st.control.config().schedulers.iter().filter_map(forcescheduler_json).collect();
+    let rows = st
+        .control
+        .config()
+        .schedulers
+        .iter()
+        .filter_map(forcescheduler_json)
+        .collect();
     many(&st, &h, "forceschedulers", &spec, rows)
 }
 
-async fn forcescheduler(State(st): State<ApiState>, h: HeaderMap, Path(name): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn forcescheduler(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let spec = query::parse(q.as_deref(), FS_F, false)?;
-    let row = st.control.config().scheduler(&name).and_then(forcescheduler_json);
-    one(&st, &h, "forceschedulers", &spec, row, format!("/forceschedulers/{name}"))
+    let row = st
+        .control
+        .config()
+        .scheduler(&name)
+        .and_then(forcescheduler_json);
+    one(
+        &st,
+        &h,
+        "forceschedulers",
+        &spec,
+        row,
+        format!("/forceschedulers/{name}"),
+    )
 }
 
 fn master_json(m: &kiln_store::MasterRow) -> Obj {
-    obj(json!({"masterid": m.masterid.0, "name": m.name, "active": m.active, "last_active": m.last_active}))
+    obj(
+        json!({"masterid": m.masterid.0, "name": m.name, "active": m.active, "last_active": m.last_active}),
+    )
 }
 
 async fn masters(State(st): State<ApiState>, h: HeaderMap, RawQuery(q): RawQuery) -> Res {
     let spec = query::parse(q.as_deref(), MASTER_F, true)?;
     let mut ms = st.store.list_masters().await?;
     ms.sort_by_key(|m| m.masterid.0);
-    many(&st, &h, "masters", &spec, ms.iter().map(master_json).collect())
+    many(
+        &st,
+        &h,
+        "masters",
+        &spec,
+        ms.iter().map(master_json).collect(),
+    )
 }
 
-async fn master(State(st): State<ApiState>, h: HeaderMap, Path(id): Path<String>, RawQuery(q): RawQuery) -> Res {
+async fn master(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
     let spec = query::parse(q.as_deref(), MASTER_F, false)?;
     let n = num_or_invalid(&id, &format!("masters/{id}"))?;
-    let row = st.store.list_masters().await?.iter().find(|m| m.masterid.0 == n).map(master_json);
+    let row = st
+        .store
+        .list_masters()
+        .await?
+        .iter()
+        .find(|m| m.masterid.0 == n)
+        .map(master_json);
     one(&st, &h, "masters", &spec, row, format!("/masters/{id}"))
 }
