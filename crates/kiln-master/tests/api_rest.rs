@@ -780,6 +780,24 @@ async fn workers_changes_requests(fx: &Fx) {
             "tooltip": "", "type": "text"})
     );
     assert_eq!(
+        fx.ids("/api/v2/builders/1/workers", "workers", "workerid")
+            .await,
+        (vec![1, 2], 2)
+    );
+    assert_eq!(
+        fx.ids("/api/v2/builders/2/workers", "workers", "workerid")
+            .await,
+        (vec![], 0)
+    );
+    assert_eq!(
+        fx.ok("/api/v2/builders/1/forceschedulers").await["meta"]["total"],
+        1
+    );
+    assert_eq!(
+        fx.ok("/api/v2/builders/2/forceschedulers").await["meta"]["total"],
+        0
+    );
+    assert_eq!(
         fx.ok("/api/v2/forceschedulers/force").await["forceschedulers"][0]["label"],
         "force"
     );

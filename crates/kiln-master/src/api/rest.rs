@@ -159,6 +159,11 @@ pub(super) fn routes() -> Router<ApiState> {
             get(builder_build_steps),
         )
         .route("/api/v2/builders/{b}/buildrequests", get(builder_requests))
+        .route("/api/v2/builders/{b}/workers", get(builder_workers))
+        .route(
+            "/api/v2/builders/{b}/forceschedulers",
+            get(builder_forceschedulers),
+        )
         .route("/api/v2/builds", get(builds))
         .route(
             "/api/v2/builds/{id}",
@@ -1089,6 +1094,28 @@ async fn workers(State(st): State<ApiState>, h: HeaderMap, RawQuery(q): RawQuery
     many(&st, &h, "workers", &spec, rows)
 }
 
+/// Workers configured on a builder (`/builders/n:builderid/workers`).
+async fn builder_workers(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(b): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
+    let spec = query::parse(q.as_deref(), WORKER_F, true)?;
+    let id = num_or_invalid(&b, &format!("builders/{b}/workers"))?;
+    let rows = worker_rows(&st)
+        .await?
+        .into_iter()
+        .map(|(_, o)| o)
+        .filter(|o| {
+            o["configured_on"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|x| x["builderid"] == id))
+        })
+        .collect();
+    many(&st, &h, "workers", &spec, rows)
+}
+
 async fn worker(
     State(st): State<ApiState>,
     h: HeaderMap,
@@ -1358,6 +1385,29 @@ async fn forceschedulers(State(st): State<ApiState>, h: HeaderMap, RawQuery(q): 
         .iter()
         .filter_map(forcescheduler_json)
         .collect();
+    many(&st, &h, "forceschedulers", &spec, rows)
+}
+
+/// Force schedulers that can start a builder (`/builders/n:builderid/forceschedulers`).
+async fn builder_forceschedulers(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(b): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Res {
+    let spec = query::parse(q.as_deref(), FS_F, true)?;
+    let id = num_or_invalid(&b, &format!("builders/{b}/forceschedulers"))?;
+    let rows = match st.store.get_builder(BuilderId(id)).await? {
+        Some(row) => st
+            .control
+            .config()
+            .schedulers
+            .iter()
+            .filter(|s| s.builder_names.contains(&row.name))
+            .filter_map(forcescheduler_json)
+            .collect(),
+        None => vec![],
+    };
     many(&st, &h, "forceschedulers", &spec, rows)
 }
 
