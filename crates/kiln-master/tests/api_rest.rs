@@ -1112,3 +1112,50 @@ async fn api_on_postgres() {
         std::panic::resume_unwind(p);
     }
 }
+
+/// Over a real socket, `/raw` is sent chunked (streamed from the store, no Content-Length).
+#[tokio::test]
+async fn api_raw_is_streamed_over_http() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite:{}", dir.path().join("kiln.db").display()))
+        .await
+        .unwrap();
+    let fx = fixture(store).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = fx.app.clone();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /api/v2/logs/{}/raw HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        fx.stdio
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let (head, mut rest) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    // Undo the chunked framing.
+    let (mut body, mut chunks) = (String::new(), 0);
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        body.push_str(&after[..n]);
+        rest = &after[n + 2..];
+        chunks += 1;
+    }
+    assert!(chunks >= 3, "one HTTP chunk per stored chunk, got {chunks}");
+    assert!(
+        body.starts_with("Builder: linux\nBuild number: 1\nWorker name: w1\nmake -j4\nline 0\n")
+    );
+    assert!(body.ends_with("line 2499\ntoken=<secret:token>\n"));
+    server.abort();
+}
