@@ -23,7 +23,11 @@ const INVALID_PARAMS: i64 = -32602;
 const INTERNAL_ERROR: i64 = -32603;
 
 pub(super) fn routes() -> Router<ApiState> {
-    Router::new().route("/change_hook/base", post(change_hook))
+    // `/change_hook/` without a dialect is the base hook in Buildbot too.
+    Router::new()
+        .route("/change_hook/base", post(change_hook))
+        .route("/change_hook/", post(change_hook))
+        .route("/change_hook", post(change_hook))
 }
 
 /// A JSON-RPC failure: HTTP status, JSON-RPC code, message.

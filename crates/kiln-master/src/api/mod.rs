@@ -1,6 +1,18 @@
 //! REST API under `/api/v2` in Buildbot's shape (resource names, field names, `field__op`
 //! filters, `order`, `limit`, `offset`, and the `{"<resource>": [...], "meta": {"total": N}}`
 //! envelope), plus `/metrics` (Prometheus text) and `/health` for operators.
+//!
+//! * [`router`] serves everything below on the master's web port (mount at `/`):
+//!   `GET /api/v2/{builders,builds,steps,logs,workers,changes,buildrequests,buildsets,
+//!   forceschedulers,masters}` and their nested paths (see `rest.rs`), `/logs/{id}/contents`
+//!   and `/raw`; JSON-RPC `POST`s `force`, `stop`, `cancel` (`control.rs`); `POST
+//!   /change_hook/base`; `GET /metrics`; `GET /health`.
+//! * Builds, build requests, changes and steps are filtered, ordered and paged in SQL
+//!   (`kiln_store::api_queries`); a page holds at most `kiln_store::MAX_LIST_LIMIT` rows even
+//!   without `limit`. Other collections are small and filtered in memory.
+//! * Every JSON answer, log text and raw log goes through the config's redactor.
+//! * The master core keeps [`Metrics`] current: `workers_connected(n)`, `builds_running(n)`,
+//!   `requests_pending(n)`, `build_finished(results)`, `log_bytes_received(bytes)`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
