@@ -313,6 +313,9 @@ pub fn to_sql(spec: &Spec, table: ApiTable, extra: Vec<ApiCond>) -> Result<ApiQu
                 f.field
             )));
         }
+        if f.op == ApiOp::Contains && !f.values.iter().all(Value::is_string) {
+            return Err(ApiError::bad(format!("'{}__contains' needs a text field", f.field)));
+        }
         conds.push(ApiCond {
             field: f.field.clone(),
             op: f.op,
