@@ -842,7 +842,10 @@ async fn errors(fx: &Fx) {
             "invalid filter value for number__gt",
         ),
         ("/api/v2/builds?limit=x", "invalid limit"),
-        ("/api/v2/builds?number__contains=1", "'number__contains' needs a text field"),
+        (
+            "/api/v2/builds?number__contains=1",
+            "'number__contains' needs a text field",
+        ),
         ("/api/v2/builds/1?complete=true", "this is not a collection"),
         (
             "/api/v2/builds?field=buildid&order=number",

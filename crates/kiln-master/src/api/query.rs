@@ -314,7 +314,10 @@ pub fn to_sql(spec: &Spec, table: ApiTable, extra: Vec<ApiCond>) -> Result<ApiQu
             )));
         }
         if f.op == ApiOp::Contains && !f.values.iter().all(Value::is_string) {
-            return Err(ApiError::bad(format!("'{}__contains' needs a text field", f.field)));
+            return Err(ApiError::bad(format!(
+                "'{}__contains' needs a text field",
+                f.field
+            )));
         }
         conds.push(ApiCond {
             field: f.field.clone(),
