@@ -3,15 +3,25 @@
 //! step's end ([`StepEnd`]). Path joining follows the msgpack master (spec §8.2): every path
 //! sent is absolute, `builder_dir/workdir/...`.
 
+mod command;
+mod git;
+mod shell;
+mod simple;
+mod transfer;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kiln_config::{Renderable, Secrets, SourceAttrs, Step};
+use kiln_config::{Renderable, Secrets, SourceAttrs, Step, StepKind};
 use kiln_engine::results::StepEnd;
-use kiln_model::{LogType, Properties};
+use kiln_model::{LogType, Properties, Results};
 use tokio::sync::watch;
 
 use crate::remote::{BoxFuture, Remote};
+
+pub use transfer::{DirectorySink, FileSink, FileSource, StringSource};
+
+use command::{Halt, LogSet};
 
 /// A log of the running step, as the store numbers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +78,41 @@ pub struct StepCtx<'a> {
 /// A lost connection ends with [`StepEnd::ConnectionLost`]; a bad argument or a failed
 /// render (missing secret) with [`StepEnd::Exception`] and the reason in a log.
 pub async fn run_step(step: &Step, ctx: &mut StepCtx<'_>) -> StepEnd {
-    let _ = (step, ctx);
-    todo!("steps helper")
+    let mut logs = LogSet::default();
+    let running = step.flags.description.clone().unwrap_or_else(|| step.name.clone());
+    let done_text = step.flags.description_done.clone().or_else(|| step.flags.description.clone()).unwrap_or_else(|| step.name.clone());
+    let _ = ctx.logs.set_state_string(&running).await;
+    let outcome = match &step.kind {
+        StepKind::Shell(a) | StepKind::Configure(a) | StepKind::Compile(a) | StepKind::Test(a) => shell::run_shell(step, a, ctx, &mut logs).await,
+        StepKind::SetPropertyFromCommand(a) => shell::run_set_property(step, a, ctx, &mut logs).await,
+        StepKind::Git(a) => git::run_git(step, a, ctx, &mut logs).await,
+        StepKind::FileUpload(a) => transfer::run_file_upload(step, a, ctx, &mut logs).await,
+        StepKind::DirectoryUpload(a) => transfer::run_directory_upload(step, a, ctx, &mut logs).await,
+        StepKind::FileDownload(a) => transfer::run_file_download(step, a, ctx, &mut logs).await,
+        StepKind::StringDownload(a) => transfer::run_string_download(step, a, ctx, &mut logs).await,
+        StepKind::Mkdir(a) => simple::run_mkdir(step, a, ctx, &mut logs).await,
+        StepKind::Rmdir(a) => simple::run_rmdir(step, a, ctx, &mut logs).await,
+        StepKind::Rmfile(a) => simple::run_rmfile(step, a, ctx, &mut logs).await,
+        StepKind::Trigger(a) => simple::run_trigger(step, a, ctx, &mut logs).await,
+    };
+    let (end, summary) = match outcome {
+        Ok(done) => (StepEnd::Finished(done.result), done.summary(&done_text)),
+        Err(Halt::Failed) => (StepEnd::Finished(Results::Failure), format!("{done_text} (failure)")),
+        Err(Halt::Cancelled) => (StepEnd::Cancelled, format!("{done_text} (cancelled)")),
+        Err(Halt::Lost) => (StepEnd::ConnectionLost, format!("{done_text} (retry)")),
+        Err(Halt::Exception(text)) => {
+            // Buildbot shows a step's exception in a text log named `err.text`.
+            if let Ok(log) = logs.named(&mut *ctx.logs, "err.text", LogType::Text).await {
+                let mut text = text;
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                let _ = ctx.logs.append(log, &text).await;
+            }
+            (StepEnd::Exception, format!("{done_text} (exception)"))
+        }
+    };
+    let _ = ctx.logs.set_state_string(&summary).await;
+    logs.finish_all(&mut *ctx.logs).await;
+    end
 }
