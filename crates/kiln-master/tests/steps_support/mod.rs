@@ -279,9 +279,12 @@ impl StepLogs for MemLogs {
     }
 }
 
+/// One `trigger` call: scheduler names, properties, sources, wait.
+pub type TriggerCall = (Vec<String>, Properties, BTreeMap<String, SourceAttrs>, bool);
+
 /// Records trigger calls and answers with `result`.
 pub struct RecordingTriggerer {
-    pub calls: Mutex<Vec<(Vec<String>, Properties, BTreeMap<String, SourceAttrs>, bool)>>,
+    pub calls: Mutex<Vec<TriggerCall>>,
     pub result: Results,
 }
 
