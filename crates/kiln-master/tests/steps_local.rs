@@ -52,7 +52,7 @@ async fn warning_pattern_counts_lines() {
     let s = step("compile", json!({"command": "echo 'a.c:1: warning: x'; echo fine; echo 'b.c:2: warning: y' >&2", "warning_pattern": "warning:"}), json!({}));
     assert_eq!(h.run(&worker, &s).await, StepEnd::Finished(Results::Warnings));
     assert_eq!(h.logs.text("warnings"), "a.c:1: warning: x\nb.c:2: warning: y\n");
-    assert_eq!(h.logs.last_state(), "compile (warnings: 2) (warnings)");
+    assert_eq!(h.logs.last_state(), "compile (warnings: 2)");
     assert_eq!(h.properties.get("warnings-count"), Some(&json!(2)));
 }
 

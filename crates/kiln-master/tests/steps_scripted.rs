@@ -152,6 +152,7 @@ async fn stop_interrupts_waits_for_the_end_and_cancels() {
     // The output after the interrupt still reached the log.
     assert!(h.logs.text("stdio").ends_with("hprogram finished with exit code -1\n"), "{}", h.logs.text("stdio"));
     assert_eq!(h.logs.last_state(), "shell (cancelled)");
+    assert_eq!(h.logs.text("cancelled"), "stopped by alice\n");
 
     // Already stopped: nothing starts.
     let idle = ScriptedRemote::new(vec![vec![complete()]]);

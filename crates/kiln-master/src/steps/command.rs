@@ -47,7 +47,9 @@ impl Done {
         if let Some(n) = &self.note {
             s.push_str(&format!(" ({n})"));
         }
-        if self.result != Results::Success {
+        // `compile (warnings: 3)` already says WARNINGS; other results are spelled out.
+        let said = self.result == Results::Warnings && self.note.is_some();
+        if self.result != Results::Success && !said {
             s.push_str(&format!(" ({})", self.result.name().to_lowercase()));
             if self.timed_out {
                 s.push_str(" (timed out)");

@@ -98,7 +98,12 @@ pub async fn run_step(step: &Step, ctx: &mut StepCtx<'_>) -> StepEnd {
     let (end, summary) = match outcome {
         Ok(done) => (StepEnd::Finished(done.result), done.summary(&done_text)),
         Err(Halt::Failed) => (StepEnd::Finished(Results::Failure), format!("{done_text} (failure)")),
-        Err(Halt::Cancelled) => (StepEnd::Cancelled, format!("{done_text} (cancelled)")),
+        Err(Halt::Cancelled) => {
+            // Buildbot records why in a log named `cancelled`.
+            let why = ctx.stop.borrow().clone().unwrap_or_default();
+            let _ = logs.write(&mut *ctx.logs, "cancelled", LogType::Text, &why).await;
+            (StepEnd::Cancelled, format!("{done_text} (cancelled)"))
+        }
         Err(Halt::Lost) => (StepEnd::ConnectionLost, format!("{done_text} (retry)")),
         Err(Halt::Exception(text)) => {
             // Buildbot shows a step's exception in a text log named `err.text`.
