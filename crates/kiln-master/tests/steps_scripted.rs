@@ -188,3 +188,12 @@ async fn transfer_and_fs_wire_arguments() {
     assert_eq!(path(4, "keepstamp").as_bool(), Some(false));
     assert_eq!(started[4].args.0.get_key("maxsize"), Some(&Value::Nil));
 }
+
+#[tokio::test]
+async fn no_rc_is_failure_for_shell_and_success_for_transfers() {
+    let remote = ScriptedRemote::new(vec![vec![complete()], vec![complete()]]);
+    let mut h = harness();
+    assert_eq!(h.run(&remote, &step("shell", json!({"command": "x"}), json!({}))).await, StepEnd::Finished(Results::Failure));
+    let s = step("string_download", json!({"s": "abc", "workerdest": "x"}), json!({}));
+    assert_eq!(h.run(&remote, &s).await, StepEnd::Finished(Results::Success));
+}

@@ -2,6 +2,21 @@
 //! ([`crate::remote::Remote`]), streams their output into logs ([`StepLogs`]), and decides the
 //! step's end ([`StepEnd`]). Path joining follows the msgpack master (spec §8.2): every path
 //! sent is absolute, `builder_dir/workdir/...`.
+//!
+//! * `command`: rendering, the step's logs, and [`run_step`]'s one way of running a remote
+//!   command (output → `stdio` as `h`/`o`/`e` lines, `rc` → "program finished with exit code",
+//!   stop → interrupt → CANCELLED, `complete` with failure text → EXCEPTION, lost → RETRY);
+//! * `shell`: `shell`/`configure`/`compile`/`test` (decode_rc, warning_pattern) and
+//!   `set_property_from_command`;
+//! * `git`: Buildbot 4.3's Git step, command for command (listdir, clone/fetch/checkout,
+//!   clean, rmdir, cpdir, submodules), ending with `got_revision`;
+//! * `transfer`: uploads and downloads with the master ends ([`FileSink`], [`DirectorySink`],
+//!   [`FileSource`], [`StringSource`]) that an endpoint hands the worker's transfer ops to;
+//! * `simple`: `mkdir`, `rmdir`, `rmfile`, `trigger`.
+//!
+//! Differences from Buildbot worth knowing: `warning_pattern` is searched anywhere in a line
+//! (Buildbot anchors it at the start); a failed `directory_upload` leaves an already unpacked
+//! destination in place (Buildbot deletes the whole tree).
 
 mod command;
 mod git;
