@@ -97,6 +97,7 @@ pub(crate) struct Inner {
     scheds: tokio::sync::Mutex<SchedulerSet>,
     clock: kiln_engine::SystemClock,
     reconfig_lock: tokio::sync::Mutex<()>,
+    pub(crate) metrics: crate::api::Metrics,
 }
 
 /// A started master. Dropping it does not stop it; call [`Master::shutdown`].
@@ -204,6 +205,7 @@ impl Master {
             scheds: tokio::sync::Mutex::new(scheds),
             clock,
             reconfig_lock: tokio::sync::Mutex::new(()),
+            metrics: crate::api::Metrics::new(),
         });
         inner.sync_ids().await?;
 
@@ -405,6 +407,7 @@ async fn worker_events(
             }
             WorkerEvent::Detached { name, .. } => tracing::info!("worker {name} detached"),
         }
+        inner.metrics.workers_connected(inner.endpoint.connected().len() as i64);
         inner.wake.notify_one();
     }
 }
@@ -559,14 +562,25 @@ impl Inner {
         let won = queue::dispatch(&self.queue, &LogBus, world, self.now())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Ok(p) = self.store.pending_builders().await {
+            self.metrics.requests_pending(p.iter().map(|b| b.requests).sum::<i64>() - won.len() as i64);
+        }
         for a in won {
             let (tx, rx) = watch::channel(None);
             self.running.lock().expect("running lock").insert(
                 a.request,
                 Running { builder: a.builder, worker: a.worker, build: None, stop: tx },
             );
+            self.metrics.builds_running(self.running.lock().expect("running lock").len() as i64);
             let inner = self.clone();
-            tokio::spawn(runner::run(inner, Claimed { assignment: a, stop: rx }));
+            tokio::spawn(async move {
+                let task = tokio::spawn(runner::run(inner.clone(), Claimed { assignment: a.clone(), stop: rx }));
+                if let Err(e) = task.await {
+                    // A bug in a build task must not leave its request claimed forever.
+                    tracing::error!("build of request {} crashed: {e}", a.request.0);
+                    inner.build_crashed(a).await;
+                }
+            });
         }
         Ok(())
     }
@@ -586,8 +600,36 @@ impl Inner {
         self.wake.notify_one();
     }
 
+    /// A build task panicked: its build ends EXCEPTION and so does its request (retrying
+    /// would likely crash again).
+    async fn build_crashed(&self, a: Assignment) {
+        let build = self
+            .running
+            .lock()
+            .expect("running lock")
+            .get(&a.request)
+            .and_then(|r| r.build);
+        let now = self.now();
+        if let Some(b) = build {
+            let _ = self.store.set_build_state_string(b, "exception: internal error").await;
+            let _ = self.store.finish_build(b, Results::Exception, now).await;
+        }
+        let outcome = kiln_engine::build::BuildOutcome {
+            results: Results::Exception,
+            requeue: false,
+            state_string: "exception".into(),
+        };
+        self.build_ended(a, outcome).await;
+    }
+
     pub(crate) async fn build_ended(&self, a: Assignment, outcome: kiln_engine::build::BuildOutcome) {
-        self.running.lock().expect("running lock").remove(&a.request);
+        let n = {
+            let mut running = self.running.lock().expect("running lock");
+            running.remove(&a.request);
+            running.len()
+        };
+        self.metrics.builds_running(n as i64);
+        self.metrics.build_finished(outcome.results);
         let now = self.now();
         self.quarantine
             .lock()
@@ -818,6 +860,9 @@ impl Control for MasterControl {
                         input.insert(k.to_string(), serde_json::Value::String(v.clone()));
                     }
                 }
+                // Like Buildbot, values that are not parameters of this scheduler (the
+                // form's `priority`, a client's extras) are ignored, not refused.
+                input.retain(|k, _| f.params.iter().any(|p| &p.name == k));
                 let builders = if req.builder_names.is_empty() {
                     f.builders.clone()
                 } else {

@@ -183,7 +183,12 @@ async fn run_inner(
                 let end = if skip {
                     StepEnd::Skipped
                 } else {
-                    let mut logs = StoreLogs { store: store.clone(), step: step_id, redactor: redactor.clone() };
+                    let mut logs = StoreLogs {
+                        store: store.clone(),
+                        step: step_id,
+                        redactor: redactor.clone(),
+                        metrics: inner.metrics.clone(),
+                    };
                     let mut ctx = StepCtx {
                         remote: conn.as_ref(),
                         builder_name: &bcfg.name,
@@ -229,6 +234,7 @@ struct StoreLogs {
     store: Store,
     step: StepId,
     redactor: kiln_config::Redactor,
+    metrics: crate::api::Metrics,
 }
 
 impl StepLogs for StoreLogs {
@@ -241,6 +247,7 @@ impl StepLogs for StoreLogs {
     }
 
     fn append(&mut self, log: LogHandle, text: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        self.metrics.log_bytes_received(text.len() as u64);
         let text = if self.redactor.is_empty() { text.to_string() } else { self.redactor.redact(text) };
         Box::pin(async move {
             self.store.append_log(LogId(log.0), &text).await?;

@@ -132,3 +132,48 @@ async fn every_step_type_runs_on_kiln_worker() {
     assert_eq!(parent[0].results, Some(Results::Success));
     master.shutdown().await;
 }
+
+const STOP_CONFIG: &str = r#"
+WORKERS = [worker("w1", password = secret("worker"), max_builds = 1)]
+BUILDERS = [
+    builder(name = "long", workers = ["w1"], collapse_requests = False, steps = [
+        shell(name = "sleep", command = "sleep 60"),
+        shell(name = "after", command = "echo after-stop", always_run = True),
+    ]),
+]
+SCHEDULERS = [force("force", builder_names = ["long"])]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_a_build_and_cancel_a_queued_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = master_dir(tmp.path(), STOP_CONFIG);
+    let master = start_master(&dir).await;
+    let _w = WorkerProc::start(tmp.path(), "w1", master.worker_addr());
+    let control = master.control();
+    let store = master.store().clone();
+    control.force("force", force("long")).await.unwrap();
+    let (_, queued) = control.force("force", force("long")).await.unwrap();
+    let b = wait_builds(&store, "long", 60, "the first build", |b| !b.is_empty()).await;
+    // The running step must exist before the stop, so the stop interrupts a real command.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.list_steps(b[0].buildid).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(control.cancel_request(queued[0]).await, "a queued request can be cancelled");
+    assert!(!control.cancel_request(queued[0]).await, "only once");
+    assert!(control.stop_build(b[0].buildid, "no longer needed".into()).await);
+    let b = wait_builds(&store, "long", 30, "the stop", |b| finished_with(b, 1)).await;
+    assert_eq!(b[0].results, Some(Results::Cancelled));
+    assert!(b[0].state_string.contains("no longer needed"), "{}", b[0].state_string);
+    let steps = store.list_steps(b[0].buildid).await.unwrap();
+    let got: Vec<_> = steps.iter().map(|s| (s.name.as_str(), s.results)).collect();
+    assert_eq!(got, [("sleep", Some(Results::Cancelled)), ("after", Some(Results::Success))]);
+    let req = store.get_build_request(queued[0]).await.unwrap().unwrap();
+    assert_eq!(req.results, Some(Results::Cancelled));
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(builds_of(&store, "long").await.len(), 1, "the cancelled request never ran");
+    master.shutdown().await;
+}

@@ -10,6 +10,7 @@
 //! * Write transactions on SQLite start with `BEGIN IMMEDIATE` so they never fail with
 //!   `SQLITE_BUSY` on the read-to-write upgrade.
 
+pub mod api_queries;
 mod entities;
 mod logs;
 mod queue;
@@ -85,6 +86,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "init",
         include_str!("../migrations/sqlite/0001_init.sql"),
         include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "api_indexes",
+        include_str!("../migrations/sqlite/0002_api_indexes.sql"),
+        include_str!("../migrations/postgres/0002_api_indexes.sql"),
     ),
     (
         3,
