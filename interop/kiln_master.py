@@ -240,14 +240,18 @@ class KilnMaster(harness.Master):
 # Raw WebSocket client pieces for the endpoint's negative tests
 # ------------------------------------------------------------------------------------------
 
-def ws_upgrade(port: int, user: str, password: str, *, timeout: float = 10) -> tuple[socket.socket, int, bytes]:
-    """Sends a WebSocket upgrade to 127.0.0.1:<port> with Basic auth; returns (socket, HTTP
+def ws_upgrade(port: int, user: str | None, password: str | None = None, *,
+               authorization: str | None = None, timeout: float = 10) -> tuple[socket.socket, int, bytes]:
+    """Sends a WebSocket upgrade to 127.0.0.1:<port> with Basic auth `user:password` (or the
+    raw `authorization` header value; no header when both are None); returns (socket, HTTP
     status, raw response head). The socket stays open for the caller."""
     key = base64.b64encode(os.urandom(16)).decode()
-    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    if authorization is None and user is not None:
+        authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    auth = f"Authorization: {authorization}\r\n" if authorization is not None else ""
     req = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-           f"Authorization: Basic {auth}\r\n\r\n").encode()
+           f"{auth}\r\n").encode()
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.sendall(req)
     head = b""
