@@ -1,7 +1,7 @@
 """One scenario on the real Buildbot 4.3.0 master and on the Kiln master, both with kiln-worker,
 compared through each master's REST API.
 
-    python interop/side_by_side.py        (under the interop venv; see run.sh / README)
+    python interop/side_by_side.py [--worker kiln|stock]   (interop venv; default kiln-worker)
 
 The scenario is `interop/scenario/master.cfg` (Buildbot) and `interop/scenario/master.star`
 (Kiln): the same steps with the same names. For every step the comparison takes the result
@@ -12,6 +12,7 @@ pseudo-step is not part of the scenario and is dropped. It also compares the bui
 the property set from the command, and the bytes of the uploaded file.
 
 Prints a table and exits 1 on any difference (2 when a side could not run at all).
+With `--worker stock` both masters get the stock buildbot-worker instead of kiln-worker.
 """
 
 from __future__ import annotations
@@ -80,8 +81,15 @@ def view(build: harness.Build, replacements: dict[str, str]) -> list[StepView]:
     return out
 
 
-def _run_side(side: str, master, root: Path, upload: Path) -> SideResult:
-    w = harness.KilnWorker(root, master.msgpack_port, master.passwords["kiln"])
+def scenario_worker(kind: str, root: Path, master) -> harness.WorkerBase:
+    """kiln-worker or the stock buildbot-worker, logging in as the scenario's worker `kiln`."""
+    cls = type(f"Scenario{harness.WORKER_CLASSES[kind].__name__}", (harness.WORKER_CLASSES[kind],),
+               {"name": "kiln"})
+    return cls(root, master.msgpack_port, master.passwords["kiln"])
+
+
+def _run_side(side: str, master, root: Path, upload: Path, worker: str) -> SideResult:
+    w = scenario_worker(worker, root, master)
     try:
         master.create()
         master.start()
@@ -106,15 +114,15 @@ def _run_side(side: str, master, root: Path, upload: Path) -> SideResult:
         harness.kill_strays(root)
 
 
-def run_buildbot(root: Path) -> SideResult:
+def run_buildbot(root: Path, worker: str = "kiln") -> SideResult:
     m = ScenarioBuildbotMaster(root)
-    return _run_side("buildbot", m, root, m.basedir / "uploads" / "dl.txt")
+    return _run_side("buildbot", m, root, m.basedir / "uploads" / "dl.txt", worker)
 
 
-def run_kiln(root: Path) -> SideResult:
+def run_kiln(root: Path, worker: str = "kiln") -> SideResult:
     star = (SCENARIO / "master.star").read_text()
     m = kiln_master.KilnMaster(root, star, title="kiln-side-by-side")
-    return _run_side("kiln", m, root, m.basedir / "uploads" / "dl.txt")
+    return _run_side("kiln", m, root, m.basedir / "uploads" / "dl.txt", worker)
 
 
 def compare(bb: SideResult, kn: SideResult) -> tuple[list[str], list[str]]:
@@ -160,22 +168,30 @@ def compare(bb: SideResult, kn: SideResult) -> tuple[list[str], list[str]]:
     return table, diffs
 
 
-def run_both(root: Path) -> tuple[SideResult, SideResult]:
+def run_both(root: Path, worker: str = "kiln") -> tuple[SideResult, SideResult]:
+    """The scenario on Buildbot, then on Kiln, both with `worker` ('kiln' or 'stock')."""
     sides = {}
     for side, fn in (("buildbot", run_buildbot), ("kiln", run_kiln)):
         d = root / side
         d.mkdir(parents=True)
         try:
-            sides[side] = fn(d)
+            sides[side] = fn(d, worker)
         except Exception as e:
             sides[side] = SideResult(side, "-", [], None, None, error=f"{type(e).__name__}: {e}")
     return sides["buildbot"], sides["kiln"]
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    worker = "kiln"
+    if argv[:1] == ["--worker"] and len(argv) == 2 and argv[1] in harness.ALL_WORKERS:
+        worker = argv[1]
+    elif argv:
+        print(f"usage: side_by_side.py [--worker {'|'.join(harness.ALL_WORKERS)}]", file=sys.stderr)
+        return 2
     root = Path(tempfile.mkdtemp(prefix="kiln-side-by-side-"))
     try:
-        bb, kn = run_both(root)
+        print(f"scenario {SCENARIO} with the {worker} worker")
+        bb, kn = run_both(root, worker)
         for s in (bb, kn):
             if s.error:
                 print(f"{s.side} side failed to run: {s.error}", file=sys.stderr)
@@ -199,4 +215,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

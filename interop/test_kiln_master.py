@@ -502,11 +502,12 @@ def test_malformed_frame_closes_only_that_connection(kfarm, kind):
 # --------------------------------------------------------------------------------------------
 
 @needs_kiln
-@pytest.mark.skipif("kiln" not in WORKERS, reason="the side-by-side scenario runs on kiln-worker")
-def test_side_by_side():
+@per_worker
+def test_side_by_side(wname):
+    """The scenario on Buildbot 4.3.0 and on Kiln, both masters with the same worker."""
     root = Path(tempfile.mkdtemp(prefix="kiln-side-by-side-"))
     try:
-        bb, kn = side_by_side.run_both(root)
+        bb, kn = side_by_side.run_both(root, wname)
         assert bb.error is None, f"Buildbot side: {bb.error}"
         assert kn.error is None, f"Kiln side: {kn.error}"
         table, diffs = side_by_side.compare(bb, kn)
