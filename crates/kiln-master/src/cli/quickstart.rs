@@ -321,3 +321,51 @@ fn stop_worker(child: &mut std::process::Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo repository builds and tests with the same commands the `demo` builder runs,
+    /// and the quickstart config loads with it.
+    #[test]
+    fn demo_repo_builds_and_config_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let repo = dir.join("demo-repo");
+        make_demo_repo(&repo).unwrap();
+        create::ensure_secret(dir, LOCAL_WORKER_SECRET).unwrap();
+        let text = create::render(
+            QUICKSTART_TEMPLATE,
+            &[
+                ("DB_URL", &create::default_db_url(dir)),
+                ("REPO_URL", &format!("file://{}", repo.display())),
+                ("WEB_PORT", "0"),
+                ("WORKER_PORT", "9989"),
+            ],
+        );
+        assert!(!text.contains("{{"), "every placeholder filled: {text}");
+        std::fs::write(dir.join("master.star"), text).unwrap();
+        let cfg = kiln_config::load(dir).unwrap();
+        assert_eq!(cfg.builder("demo").unwrap().steps.len(), 3);
+
+        // What the git step checks out (branch main), built and tested as the steps do.
+        let work = dir.join("checkout");
+        let st = Command::new("git")
+            .args(["clone", "-q", "--branch", "main"])
+            .arg(format!("file://{}", repo.display()))
+            .arg(&work)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let run = |args: &[&str]| Command::new("sh").args(args).current_dir(&work).output().unwrap();
+        let build = run(&["build.sh"]);
+        assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+        let test = run(&["build.sh", "test"]);
+        assert!(test.status.success(), "{}", String::from_utf8_lossy(&test.stderr));
+        assert!(String::from_utf8_lossy(&test.stdout).contains("test passed"));
+        // The test step really tests: a broken ./hello fails it.
+        std::fs::write(work.join("hello"), "#!/bin/sh\necho bye\n").unwrap();
+        assert!(!run(&["build.sh", "test"]).status.success());
+    }
+}
