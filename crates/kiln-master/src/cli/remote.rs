@@ -35,7 +35,7 @@ pub struct ForceArgs {
     pub props: Vec<(String, String)>,
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
-    /// Who asks (shown as the build's owner).
+    /// Who asks (shown as the build's owner) [default: $USER].
     #[arg(long, value_name = "NAME")]
     pub owner: Option<String>,
     /// Wait for the build; exit 0 on SUCCESS or WARNINGS, 1 otherwise.
@@ -102,9 +102,10 @@ pub fn force(a: ForceArgs) -> anyhow::Result<ExitCode> {
         let mut params = serde_json::Map::new();
         params.insert("builderNames".into(), json!([a.builder]));
         params.insert("reason".into(), json!(a.reason.clone().unwrap_or_else(|| "forced from the command line".into())));
-        if let Some(o) = &a.owner {
+        // Buildbot's `username` form field wants "Name <email>"; `owner` is taken as given.
+        let owner = a.owner.clone().or_else(|| std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok());
+        if let Some(o) = owner {
             params.insert("owner".into(), json!(o));
-            params.insert("username".into(), json!(o));
         }
         for (k, v) in [("branch", &a.branch), ("revision", &a.revision)] {
             if let Some(v) = v {
