@@ -61,7 +61,7 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
         make_demo_repo(&repo)?;
         println!("created the demo repository {}", repo.display());
     }
-    let password = create::ensure_secret(&dir, LOCAL_WORKER_SECRET)?;
+    create::ensure_secret(&dir, LOCAL_WORKER_SECRET)?;
     let config = dir.join(kiln_config::DEFAULT_FILE);
     if !config.exists() {
         let text = create::render(
@@ -98,13 +98,13 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
         .thread_name("kiln")
         .build()
         .context("cannot start the async runtime")?;
-    let code = runtime.block_on(run(&dir, &worker_bin, &password, a.port, a.once));
+    let code = runtime.block_on(run(&dir, &worker_bin, a.port, a.once));
     runtime.shutdown_timeout(Duration::from_secs(5));
     drop(lock);
     code
 }
 
-async fn run(dir: &Path, worker_bin: &Path, password: &str, port: u16, once: bool) -> anyhow::Result<ExitCode> {
+async fn run(dir: &Path, worker_bin: &Path, port: u16, once: bool) -> anyhow::Result<ExitCode> {
     let mut opts = MasterOptions::new(dir);
     opts.bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
     opts.web_port = Some(port);
@@ -116,7 +116,7 @@ async fn run(dir: &Path, worker_bin: &Path, password: &str, port: u16, once: boo
     tracing::info!("{}: web http://{web}/ workers ws://{worker_addr}", lifecycle::UP_MARKER);
     println!("kiln master is up: web http://{web}/ workers ws://{worker_addr}");
 
-    let mut worker = match start_worker(dir, worker_bin, password, worker_addr.port()) {
+    let mut worker = match start_worker(dir, worker_bin, worker_addr.port()) {
         Ok(w) => w,
         Err(e) => {
             master.shutdown().await;
@@ -268,7 +268,7 @@ fn is_root() -> bool {
 }
 
 /// (Re)creates `DIR/worker` for the picked port and runs `kiln-worker run` on it.
-fn start_worker(dir: &Path, bin: &Path, password: &str, port: u16) -> anyhow::Result<std::process::Child> {
+fn start_worker(dir: &Path, bin: &Path, port: u16) -> anyhow::Result<std::process::Child> {
     let wdir = dir.join("worker");
     let mut create = Command::new(bin);
     create
@@ -276,7 +276,9 @@ fn start_worker(dir: &Path, bin: &Path, password: &str, port: u16) -> anyhow::Re
         .arg(&wdir)
         .arg(format!("127.0.0.1:{port}"))
         .arg("local")
-        .arg(password)
+        // The worker reads the master's secret file: no second copy of the password.
+        .arg("--passwd-file")
+        .arg(dir.join("secrets").join(LOCAL_WORKER_SECRET))
         .args(["--force", "--quiet"]);
     if is_root() {
         println!(
