@@ -45,8 +45,12 @@ fn dead_pid() -> u32 {
     pid
 }
 
+/// Running (a zombie left for an init that does not reap counts as gone).
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
 }
 
 #[test]
@@ -121,7 +125,7 @@ fn stop_in_a_directory_that_is_not_a_master() {
 }
 
 /// `start` over a pidfile naming a dead pid, `start` again (refused), `reconfig` (OK, then
-/// FAILED on a broken file), `stop`.
+/// FAILED on a broken file), `restart`, `stop`.
 #[test]
 #[ignore = "needs Master::start (the core's src/master.rs)"]
 fn start_over_a_stale_pidfile_reconfig_and_stop() {
@@ -156,6 +160,15 @@ fn start_over_a_stale_pidfile_reconfig_and_stop() {
     assert!(stderr.contains("reconfig: FAILED") && stderr.contains("unknown worker \"nosuch\""), "{stderr}");
     assert!(stderr.contains(&format!("{}:", file.display())), "file:line:col: {stderr}");
     assert!(alive(pid), "a broken reconfig keeps the master running");
+
+    // restart: the old master goes, a new one (with the good config back) comes.
+    std::fs::write(&file, &good).unwrap();
+    let out = kiln(&["restart", d]);
+    assert!(out.status.success(), "restart: {}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("master process {pid} is dead")), "{}", text(&out.stdout));
+    assert!(!alive(pid));
+    let pid: u32 = std::fs::read_to_string(dir.join("kiln.pid")).unwrap().trim().parse().unwrap();
+    assert!(alive(pid));
 
     let out = kiln(&["stop", d]);
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -38,7 +38,7 @@ pub enum Cmd {
     Stop(StopArgs),
     /// Stop the master if it runs, then start it.
     Restart(StartArgs),
-    /// Run the master in the foreground (for systemd, containers); logs to stderr.
+    /// Run the master in the foreground (systemd, containers); logs to stderr and kiln.log.
     Run(DirArg),
     /// Re-read master.star in the running master and print the outcome.
     Reconfig(ReconfigArgs),

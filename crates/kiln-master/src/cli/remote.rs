@@ -26,13 +26,16 @@ pub struct ForceArgs {
     /// The force scheduler [default: the one that lists BUILDER].
     #[arg(long, value_name = "NAME")]
     pub scheduler: Option<String>,
+    /// The branch to build.
     #[arg(long)]
     pub branch: Option<String>,
+    /// The revision to build.
     #[arg(long)]
     pub revision: Option<String>,
     /// A property or scheduler parameter (repeatable).
     #[arg(long = "prop", value_name = "K=V", value_parser = parse_eq)]
     pub props: Vec<(String, String)>,
+    /// Why (shown on the build).
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
     /// Who asks (shown as the build's owner) [default: $USER].
@@ -51,6 +54,7 @@ pub struct SendchangeArgs {
     /// The change's author.
     #[arg(long, short = 'W', value_name = "AUTHOR")]
     pub who: String,
+    /// The repository URL.
     #[arg(long, short = 'R')]
     pub repository: Option<String>,
     #[arg(long, short = 'P')]
@@ -61,6 +65,7 @@ pub struct SendchangeArgs {
     pub revision: Option<String>,
     #[arg(long, short = 'C')]
     pub category: Option<String>,
+    /// The commit message.
     #[arg(long, short = 'c', value_name = "TEXT")]
     pub comments: Option<String>,
     /// A change property (repeatable).
