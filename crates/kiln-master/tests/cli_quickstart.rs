@@ -19,7 +19,7 @@ fn worker_binary() -> PathBuf {
 }
 
 #[test]
-#[ignore = "needs Master::start and Control (the core's src/master.rs) and the REST API"]
+#[ignore = "needs Master::start and Control (the core's src/master.rs) and the worker endpoint"]
 fn quickstart_once_runs_the_demo_build() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("qs");

@@ -12,7 +12,6 @@ use clap::Args;
 use kiln_model::Results;
 
 use super::create::{self, LOCAL_WORKER_SECRET};
-use super::http::BaseUrl;
 use super::lifecycle;
 use crate::api::ForceRequest;
 use crate::master::{Master, MasterOptions};
@@ -90,6 +89,9 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     lock.write_pid(std::process::id())?;
+    // Relative paths in master.star (a `sqlite:state.sqlite`) mean what they mean under
+    // `kiln start`, which runs in the master directory.
+    std::env::set_current_dir(&dir).with_context(|| format!("cannot chdir to {}", dir.display()))?;
     lifecycle::init_logging(&dir, false)?;
     println!("master log: {}", lifecycle::log_path(&dir).display());
 
@@ -123,9 +125,8 @@ async fn run(dir: &Path, worker_bin: &Path, port: u16, once: bool) -> anyhow::Re
             return Err(e);
         }
     };
-    let base = BaseUrl::parse(&format!("http://{web}"))?;
     let outcome = tokio::select! {
-        r = demo_build(&master, &base) => r,
+        r = demo_build(&master) => r,
         _ = wait_for_stop() => {
             println!("interrupted; stopping ...");
             stop_worker(&mut worker);
@@ -155,8 +156,8 @@ async fn run(dir: &Path, worker_bin: &Path, port: u16, once: bool) -> anyhow::Re
     Ok(if once { code } else { ExitCode::SUCCESS })
 }
 
-/// Forces the demo build through the Control and polls the REST API for its result.
-async fn demo_build(master: &Master, base: &BaseUrl) -> anyhow::Result<Results> {
+/// Forces the demo build through the Control and waits for its result.
+async fn demo_build(master: &Master) -> anyhow::Result<Results> {
     let control = master.control();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !control.connected_workers().iter().any(|w| w == "local") {
@@ -177,12 +178,45 @@ async fn demo_build(master: &Master, base: &BaseUrl) -> anyhow::Result<Results> 
         .await
         .map_err(|e| anyhow::anyhow!("forcing the demo build failed: {e}"))?;
     println!("forced the demo build (buildset {bsid})");
+    // Read the outcome from the master's own database (this process owns the master, so it
+    // needs no web API for that; `kiln force --wait` is the over-the-wire equivalent).
+    let db_url = control.config().master.db_url.clone();
+    let store = kiln_store::Store::connect(&db_url)
+        .await
+        .with_context(|| format!("cannot open the master's database {db_url}"))?;
     let mut worst: Option<Results> = None;
     for brid in brids {
-        let r = super::remote::wait_for_request(base, brid.0, |line| println!("{line}")).await?;
+        let r = wait_in_store(&store, brid).await?;
         worst = Some(worst.map_or(r, |w| w.worst(r)));
     }
     worst.ok_or_else(|| anyhow::anyhow!("the force made no build request"))
+}
+
+/// Polls build request `brid` until it is complete, printing its builds as they start.
+async fn wait_in_store(store: &kiln_store::Store, brid: kiln_model::BuildRequestId) -> anyhow::Result<Results> {
+    let mut seen = None;
+    loop {
+        let req = store
+            .get_build_request(brid)
+            .await?
+            .with_context(|| format!("build request {brid} is not in the database"))?;
+        let filter = kiln_store::BuildFilter { buildrequestid: Some(brid), limit: Some(1), ..Default::default() };
+        let build = store.list_builds(&filter).await?.into_iter().next();
+        if let Some(b) = &build
+            && seen != Some(b.buildid)
+        {
+            seen = Some(b.buildid);
+            println!("build #{} started (build id {})", b.number, b.buildid);
+        }
+        if req.complete {
+            let result = req.results.or(build.as_ref().and_then(|b| b.results)).unwrap_or(Results::Exception);
+            if let Some(b) = &build {
+                println!("build #{}: {} ({})", b.number, result.name(), b.state_string);
+            }
+            return Ok(result);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 async fn wait_for_stop() {
