@@ -24,7 +24,7 @@ fn quickstart_once_runs_the_demo_build() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("qs");
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["quickstart", "--port", "0", "--once", "--dir"])
+        .args(["quickstart", "--port", "0", "--once", "--timeout", "300", "--dir"])
         .arg(&dir)
         .env("KILN_WORKER_BIN", worker_binary())
         .output()

@@ -48,6 +48,9 @@ pub struct QuickstartArgs {
     /// Exit after the demo build: 0 on SUCCESS, 1 otherwise.
     #[arg(long)]
     pub once: bool,
+    /// Give up on the demo build after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub timeout: u64,
 }
 
 /// `kiln quickstart`.
@@ -100,13 +103,13 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
         .thread_name("kiln")
         .build()
         .context("cannot start the async runtime")?;
-    let code = runtime.block_on(run(&dir, &worker_bin, a.port, a.once));
+    let code = runtime.block_on(run(&dir, &worker_bin, a.port, a.once, Duration::from_secs(a.timeout)));
     runtime.shutdown_timeout(Duration::from_secs(5));
     drop(lock);
     code
 }
 
-async fn run(dir: &Path, worker_bin: &Path, port: u16, once: bool) -> anyhow::Result<ExitCode> {
+async fn run(dir: &Path, worker_bin: &Path, port: u16, once: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
     let mut opts = MasterOptions::new(dir);
     opts.bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
     opts.web_port = Some(port);
@@ -126,7 +129,12 @@ async fn run(dir: &Path, worker_bin: &Path, port: u16, once: bool) -> anyhow::Re
         }
     };
     let outcome = tokio::select! {
-        r = demo_build(&master) => r,
+        r = tokio::time::timeout(timeout, demo_build(&master)) => r.unwrap_or_else(|_| Err(anyhow::anyhow!(
+            "no result after {} s; the master log {} and the worker log {} say what is going on",
+            timeout.as_secs(),
+            lifecycle::log_path(dir).display(),
+            dir.join("worker/kiln-worker.log").display()
+        ))),
         _ = wait_for_stop() => {
             println!("interrupted; stopping ...");
             stop_worker(&mut worker);
