@@ -11,7 +11,11 @@ fn text(b: &[u8]) -> String {
 }
 
 fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).env_remove("KILN_SECRET_LOCAL_WORKER").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env_remove("KILN_SECRET_LOCAL_WORKER")
+        .output()
+        .unwrap()
 }
 
 /// The `kiln-worker` binary beside `kiln` in the target dir, built if missing.
@@ -19,7 +23,10 @@ fn worker_binary() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_kiln")).with_file_name("kiln-worker");
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo).args(["build", "-p", "kiln-worker", "--bin", "kiln-worker"]).status().unwrap();
+        let st = Command::new(cargo)
+            .args(["build", "-p", "kiln-worker", "--bin", "kiln-worker"])
+            .status()
+            .unwrap();
         assert!(st.success(), "cannot build kiln-worker");
     }
     bin
@@ -27,8 +34,14 @@ fn worker_binary() -> PathBuf {
 
 /// `HOST:PORT` after `prefix` in the "kiln master is up" line.
 fn port_after(line: &str, prefix: &str) -> u16 {
-    let rest = &line[line.find(prefix).unwrap_or_else(|| panic!("{prefix} in {line}")) + prefix.len()..];
-    let addr: String = rest.chars().take_while(|c| !c.is_whitespace() && *c != '/').collect();
+    let rest = &line[line
+        .find(prefix)
+        .unwrap_or_else(|| panic!("{prefix} in {line}"))
+        + prefix.len()..];
+    let addr: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '/')
+        .collect();
     addr.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 
@@ -50,42 +63,95 @@ fn force_wait_and_sendchange_on_a_kiln_master() {
     let d = dir.to_str().unwrap();
     assert!(kiln(&["create-master", d]).status.success());
     let file = dir.join("master.star");
-    let src = std::fs::read_to_string(&file).unwrap().replace("web_port = 8010", "web_port = 0").replace("worker_port = 9989", "worker_port = 0");
+    let src = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("web_port = 8010", "web_port = 0")
+        .replace("worker_port = 9989", "worker_port = 0");
     std::fs::write(&file, src).unwrap();
 
     let out = kiln(&["start", d]);
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let up = text(&out.stdout);
-    let (web, wport) = (port_after(&up, "web http://"), port_after(&up, "workers ws://"));
+    let (web, wport) = (
+        port_after(&up, "web http://"),
+        port_after(&up, "workers ws://"),
+    );
     let worker = worker_binary();
     let wdir = tmp.path().join("w");
     let mut stop = Stop(vec![
-        vec![worker.display().to_string(), "stop".into(), wdir.display().to_string()],
+        vec![
+            worker.display().to_string(),
+            "stop".into(),
+            wdir.display().to_string(),
+        ],
         vec![env!("CARGO_BIN_EXE_kiln").into(), "stop".into(), d.into()],
     ]);
     let secret = dir.join("secrets/local-worker");
     let mut create = Command::new(&worker);
-    create.args(["create-worker", "-q"]).arg(&wdir).arg(format!("127.0.0.1:{wport}")).arg("local").arg("--passwd-file").arg(&secret);
+    create
+        .args(["create-worker", "-q"])
+        .arg(&wdir)
+        .arg(format!("127.0.0.1:{wport}"))
+        .arg("local")
+        .arg("--passwd-file")
+        .arg(&secret);
     if nix::unistd::geteuid().is_root() {
         create.arg("--allow-root");
     }
     assert!(create.status().unwrap().success());
-    let out = Command::new(&worker).arg("start").arg(&wdir).output().unwrap();
-    assert!(out.status.success(), "worker start: {}{}", text(&out.stdout), text(&out.stderr));
+    let out = Command::new(&worker)
+        .arg("start")
+        .arg(&wdir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "worker start: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 
     let master = format!("http://127.0.0.1:{web}");
-    let out = kiln(&["force", "hello", "--master", &master, "--reason", "cli test", "--wait"]);
+    let out = kiln(&[
+        "force", "hello", "--master", &master, "--reason", "cli test", "--wait",
+    ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "force: {stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("build #1 started") && stdout.contains(": SUCCESS"), "{stdout}");
+    assert!(
+        stdout.contains("build #1 started") && stdout.contains(": SUCCESS"),
+        "{stdout}"
+    );
 
-    let out = kiln(&["sendchange", "--master", &master, "--who", "Ada <ada@example.org>", "--branch", "main", "src/a.c"]);
+    let out = kiln(&[
+        "sendchange",
+        "--master",
+        &master,
+        "--who",
+        "Ada <ada@example.org>",
+        "--branch",
+        "main",
+        "src/a.c",
+    ]);
     assert!(out.status.success(), "sendchange: {}", text(&out.stderr));
 
     let out = kiln(&["force", "nosuch", "--master", &master]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("nosuch"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nosuch"),
+        "{}",
+        text(&out.stderr)
+    );
 
-    drop(std::mem::take(&mut stop.0).into_iter().map(|c| Command::new(&c[0]).args(&c[1..]).output()).collect::<Vec<_>>());
+    drop(
+        std::mem::take(&mut stop.0)
+            .into_iter()
+            .map(|c| Command::new(&c[0]).args(&c[1..]).output())
+            .collect::<Vec<_>>(),
+    );
     assert!(!dir.join("kiln.pid").exists(), "the master stopped cleanly");
 }

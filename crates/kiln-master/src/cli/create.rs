@@ -102,7 +102,10 @@ pub fn create_master(basedir: &Path, db: Option<&str>) -> anyhow::Result<ExitCod
     std::fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
     // Check what we wrote, so a broken template is caught here and not at `start`.
     if let Err(e) = kiln_config::check(&config) {
-        bail!("the new {} does not load (a bug in kiln):\n{e}", config.display());
+        bail!(
+            "the new {} does not load (a bug in kiln):\n{e}",
+            config.display()
+        );
     }
     println!("Created a master in {}", dir.display());
     println!("  config:  {}", config.display());

@@ -38,7 +38,9 @@ impl BaseUrl {
         if authority.is_empty() {
             bail!("{url}: no host; expected http://HOST:PORT");
         }
-        let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         {
             authority.to_owned()
         } else {
@@ -128,7 +130,12 @@ pub async fn request(
 pub async fn get_json(base: &BaseUrl, path: &str) -> anyhow::Result<serde_json::Value> {
     let resp = request(base, Method::GET, path, None).await?;
     if !resp.status.is_success() {
-        bail!("GET {} answered {}: {}", base.url(path), resp.status, resp.text().trim());
+        bail!(
+            "GET {} answered {}: {}",
+            base.url(path),
+            resp.status,
+            resp.text().trim()
+        );
     }
     resp.json()
 }
@@ -164,11 +171,17 @@ mod tests {
         let b = BaseUrl::parse("http://127.0.0.1:8010").unwrap();
         assert_eq!(b.authority, "127.0.0.1:8010");
         assert_eq!(b.prefix, "");
-        assert_eq!(b.url("/api/v2/builds"), "http://127.0.0.1:8010/api/v2/builds");
+        assert_eq!(
+            b.url("/api/v2/builds"),
+            "http://127.0.0.1:8010/api/v2/builds"
+        );
         let b = BaseUrl::parse("http://ci.example/bb/").unwrap();
         assert_eq!(b.authority, "ci.example:80");
         assert_eq!(b.prefix, "/bb");
-        assert_eq!(BaseUrl::parse("localhost:9000").unwrap().authority, "localhost:9000");
+        assert_eq!(
+            BaseUrl::parse("localhost:9000").unwrap().authority,
+            "localhost:9000"
+        );
         assert!(BaseUrl::parse("https://ci.example").is_err());
         assert_eq!(percent("a b/ü&"), "a%20b%2F%C3%BC%26");
         assert_eq!(

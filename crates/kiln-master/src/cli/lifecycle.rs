@@ -288,10 +288,7 @@ pub fn start(basedir: &Path, wait: Duration) -> anyhow::Result<ExitCode> {
                     if let Some(line) = find_in_log(&log, offset, UP_MARKER) {
                         println!("{line}");
                     }
-                    println!(
-                        "kiln master started (pid {pid}); log: {}",
-                        log.display()
-                    );
+                    println!("kiln master started (pid {pid}); log: {}", log.display());
                     Ok(ExitCode::SUCCESS)
                 }
                 Report::Failed(why) => {
@@ -302,10 +299,7 @@ pub fn start(basedir: &Path, wait: Duration) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
                 Report::Silent => {
-                    let running = matches!(
-                        pidfile::probe(&pid_path(&dir)),
-                        Ok(Status::Running(_))
-                    );
+                    let running = matches!(pidfile::probe(&pid_path(&dir)), Ok(Status::Running(_)));
                     if running {
                         eprintln!(
                             "kiln: the master is still starting after {} s; it keeps going in the \
@@ -445,7 +439,10 @@ pub fn stop(basedir: &Path, clean: bool, timeout: Duration) -> anyhow::Result<Ex
 
 #[cfg(not(unix))]
 pub fn stop(basedir: &Path, _clean: bool, _timeout: Duration) -> anyhow::Result<ExitCode> {
-    bail!("`kiln stop` is not supported on this system; stop `kiln run {}` with Ctrl-C", basedir.display())
+    bail!(
+        "`kiln stop` is not supported on this system; stop `kiln run {}` with Ctrl-C",
+        basedir.display()
+    )
 }
 
 /// `kiln restart DIR`: stop (a failure is reported, not fatal), then start.
@@ -463,7 +460,10 @@ pub fn reconfig(basedir: &Path, wait: Duration) -> anyhow::Result<ExitCode> {
     let pid = match running_pid(&dir)? {
         Ok(pid) => pid,
         Err(message) => {
-            eprintln!("kiln: {message}; start it with `kiln start {}`", dir.display());
+            eprintln!(
+                "kiln: {message}; start it with `kiln start {}`",
+                dir.display()
+            );
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -512,7 +512,10 @@ pub fn reconfig(basedir: &Path, wait: Duration) -> anyhow::Result<ExitCode> {
 
 #[cfg(not(unix))]
 pub fn reconfig(basedir: &Path, _wait: Duration) -> anyhow::Result<ExitCode> {
-    bail!("`kiln reconfig` needs signals; restart `kiln run {}` instead", basedir.display())
+    bail!(
+        "`kiln reconfig` needs signals; restart `kiln run {}` instead",
+        basedir.display()
+    )
 }
 
 /// Finds the reconfig outcome in log text: `Ok(line)` or `Err(lines)` (the FAILED entry
@@ -555,7 +558,10 @@ mod tests {
     #[test]
     fn reconfig_outcome_reads_ok_and_multiline_failures() {
         assert_eq!(reconfig_outcome("x INFO a: starting\n"), None);
-        assert_eq!(reconfig_outcome("x INFO a: reconfig: OK 2 builders chan"), None);
+        assert_eq!(
+            reconfig_outcome("x INFO a: reconfig: OK 2 builders chan"),
+            None
+        );
         assert_eq!(
             reconfig_outcome("t INFO k: reconfig: OK builders +1\n"),
             Some(Ok("reconfig: OK builders +1".into()))

@@ -69,13 +69,20 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
         let text = create::render(
             QUICKSTART_TEMPLATE,
             &[
-                ("DB_URL", &create::star_escape(&create::default_db_url(&dir))),
-                ("REPO_URL", &create::star_escape(&format!("file://{}", repo.display()))),
+                (
+                    "DB_URL",
+                    &create::star_escape(&create::default_db_url(&dir)),
+                ),
+                (
+                    "REPO_URL",
+                    &create::star_escape(&format!("file://{}", repo.display())),
+                ),
                 ("WEB_PORT", &a.port.to_string()),
                 ("WORKER_PORT", "9989"),
             ],
         );
-        std::fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
+        std::fs::write(&config, text)
+            .with_context(|| format!("cannot write {}", config.display()))?;
         println!("wrote {}", config.display());
     } else {
         println!("using the existing {}", config.display());
@@ -94,7 +101,8 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
     lock.write_pid(std::process::id())?;
     // Relative paths in master.star (a `sqlite:state.sqlite`) mean what they mean under
     // `kiln start`, which runs in the master directory.
-    std::env::set_current_dir(&dir).with_context(|| format!("cannot chdir to {}", dir.display()))?;
+    std::env::set_current_dir(&dir)
+        .with_context(|| format!("cannot chdir to {}", dir.display()))?;
     lifecycle::init_logging(&dir, false)?;
     println!("master log: {}", lifecycle::log_path(&dir).display());
 
@@ -103,22 +111,39 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
         .thread_name("kiln")
         .build()
         .context("cannot start the async runtime")?;
-    let code = runtime.block_on(run(&dir, &worker_bin, a.port, a.once, Duration::from_secs(a.timeout)));
+    let code = runtime.block_on(run(
+        &dir,
+        &worker_bin,
+        a.port,
+        a.once,
+        Duration::from_secs(a.timeout),
+    ));
     runtime.shutdown_timeout(Duration::from_secs(5));
     drop(lock);
     code
 }
 
-async fn run(dir: &Path, worker_bin: &Path, port: u16, once: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
+async fn run(
+    dir: &Path,
+    worker_bin: &Path,
+    port: u16,
+    once: bool,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
     let mut opts = MasterOptions::new(dir);
     opts.bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
     opts.web_port = Some(port);
     // Any free worker port: the worker is (re)created below with whatever was picked.
     opts.worker_port = Some(0);
-    let master = Master::start(opts).await.context("the master could not start")?;
+    let master = Master::start(opts)
+        .await
+        .context("the master could not start")?;
     let web = master.web_addr();
     let worker_addr = master.worker_addr();
-    tracing::info!("{}: web http://{web}/ workers ws://{worker_addr}", lifecycle::UP_MARKER);
+    tracing::info!(
+        "{}: web http://{web}/ workers ws://{worker_addr}",
+        lifecycle::UP_MARKER
+    );
     println!("kiln master is up: web http://{web}/ workers ws://{worker_addr}");
 
     let mut worker = match start_worker(dir, worker_bin, worker_addr.port()) {
@@ -146,7 +171,11 @@ async fn run(dir: &Path, worker_bin: &Path, port: u16, once: bool, timeout: Dura
         Ok(r) => {
             println!("demo build finished: {}", r.name());
             println!("see it at http://{web}/");
-            if *r == Results::Success { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if *r == Results::Success {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("kiln: the demo build did not complete: {e:#}");
@@ -170,7 +199,9 @@ async fn demo_build(master: &Master) -> anyhow::Result<Results> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !control.connected_workers().iter().any(|w| w == "local") {
         if Instant::now() >= deadline {
-            println!("the worker has not connected after 30 s; forcing anyway (the build waits for it)");
+            println!(
+                "the worker has not connected after 30 s; forcing anyway (the build waits for it)"
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -201,14 +232,21 @@ async fn demo_build(master: &Master) -> anyhow::Result<Results> {
 }
 
 /// Polls build request `brid` until it is complete, printing its builds as they start.
-async fn wait_in_store(store: &kiln_store::Store, brid: kiln_model::BuildRequestId) -> anyhow::Result<Results> {
+async fn wait_in_store(
+    store: &kiln_store::Store,
+    brid: kiln_model::BuildRequestId,
+) -> anyhow::Result<Results> {
     let mut seen = None;
     loop {
         let req = store
             .get_build_request(brid)
             .await?
             .with_context(|| format!("build request {brid} is not in the database"))?;
-        let filter = kiln_store::BuildFilter { buildrequestid: Some(brid), limit: Some(1), ..Default::default() };
+        let filter = kiln_store::BuildFilter {
+            buildrequestid: Some(brid),
+            limit: Some(1),
+            ..Default::default()
+        };
         let build = store.list_builds(&filter).await?.into_iter().next();
         if let Some(b) = &build
             && seen != Some(b.buildid)
@@ -217,9 +255,17 @@ async fn wait_in_store(store: &kiln_store::Store, brid: kiln_model::BuildRequest
             println!("build #{} started (build id {})", b.number, b.buildid);
         }
         if req.complete {
-            let result = req.results.or(build.as_ref().and_then(|b| b.results)).unwrap_or(Results::Exception);
+            let result = req
+                .results
+                .or(build.as_ref().and_then(|b| b.results))
+                .unwrap_or(Results::Exception);
             if let Some(b) = &build {
-                println!("build #{}: {} ({})", b.number, result.name(), b.state_string);
+                println!(
+                    "build #{}: {} ({})",
+                    b.number,
+                    result.name(),
+                    b.state_string
+                );
             }
             return Ok(result);
         }
@@ -231,7 +277,10 @@ async fn wait_for_stop() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
             (Ok(mut int), Ok(mut term)) => {
                 tokio::select! {
                     _ = int.recv() => {}
@@ -270,7 +319,9 @@ fn find_worker_binary() -> anyhow::Result<PathBuf> {
     bail!(
         "cannot find the kiln-worker binary next to {} or on PATH; install it \
          (e.g. `cargo install --path crates/kiln-worker`) or set KILN_WORKER_BIN",
-        std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "kiln".into())
+        std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "kiln".into())
     )
 }
 
@@ -278,12 +329,24 @@ fn git(repo: &Path, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("git")
         .arg("-C")
         .arg(repo)
-        .args(["-c", "user.name=Kiln Quickstart", "-c", "user.email=quickstart@kiln.invalid", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=Kiln Quickstart",
+            "-c",
+            "user.email=quickstart@kiln.invalid",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .output()
         .context("cannot run git; the demo needs git installed")?;
     if !out.status.success() {
-        bail!("git {} failed in {}: {}", args.join(" "), repo.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "git {} failed in {}: {}",
+            args.join(" "),
+            repo.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -293,7 +356,10 @@ fn make_demo_repo(repo: &Path) -> anyhow::Result<()> {
     git(repo, &["init", "-q"])?;
     git(repo, &["symbolic-ref", "HEAD", "refs/heads/main"])?;
     std::fs::write(repo.join("build.sh"), BUILD_SH)?;
-    std::fs::write(repo.join("README"), "The demo project of `kiln quickstart`.\n")?;
+    std::fs::write(
+        repo.join("README"),
+        "The demo project of `kiln quickstart`.\n",
+    )?;
     git(repo, &["add", "build.sh", "README"])?;
     git(repo, &["commit", "-q", "-m", "The demo project"])?;
     Ok(())
@@ -329,7 +395,9 @@ fn start_worker(dir: &Path, bin: &Path, port: u16) -> anyhow::Result<std::proces
         );
         create.arg("--allow-root");
     }
-    let out = create.output().with_context(|| format!("cannot run {}", bin.display()))?;
+    let out = create
+        .output()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
     if !out.status.success() {
         bail!(
             "{} create-worker failed: {}",
@@ -345,7 +413,11 @@ fn start_worker(dir: &Path, bin: &Path, port: u16) -> anyhow::Result<std::proces
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {} run", bin.display()))?;
-    println!("started the local worker (pid {}); its log: {}", child.id(), wdir.join("kiln-worker.log").display());
+    println!(
+        "started the local worker (pid {}); its log: {}",
+        child.id(),
+        wdir.join("kiln-worker.log").display()
+    );
     Ok(child)
 }
 
@@ -402,11 +474,25 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
-        let run = |args: &[&str]| Command::new("sh").args(args).current_dir(&work).output().unwrap();
+        let run = |args: &[&str]| {
+            Command::new("sh")
+                .args(args)
+                .current_dir(&work)
+                .output()
+                .unwrap()
+        };
         let build = run(&["build.sh"]);
-        assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+        assert!(
+            build.status.success(),
+            "{}",
+            String::from_utf8_lossy(&build.stderr)
+        );
         let test = run(&["build.sh", "test"]);
-        assert!(test.status.success(), "{}", String::from_utf8_lossy(&test.stderr));
+        assert!(
+            test.status.success(),
+            "{}",
+            String::from_utf8_lossy(&test.stderr)
+        );
         assert!(String::from_utf8_lossy(&test.stdout).contains("test passed"));
         // The test step really tests: a broken ./hello fails it.
         std::fs::write(work.join("hello"), "#!/bin/sh\necho bye\n").unwrap();

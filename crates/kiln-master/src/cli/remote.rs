@@ -106,9 +106,20 @@ pub fn force(a: ForceArgs) -> anyhow::Result<ExitCode> {
         };
         let mut params = serde_json::Map::new();
         params.insert("builderNames".into(), json!([a.builder]));
-        params.insert("reason".into(), json!(a.reason.clone().unwrap_or_else(|| "forced from the command line".into())));
+        params.insert(
+            "reason".into(),
+            json!(
+                a.reason
+                    .clone()
+                    .unwrap_or_else(|| "forced from the command line".into())
+            ),
+        );
         // Buildbot's `username` form field wants "Name <email>"; `owner` is taken as given.
-        let owner = a.owner.clone().or_else(|| std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok());
+        let owner = a.owner.clone().or_else(|| {
+            std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .ok()
+        });
         if let Some(o) = owner {
             params.insert("owner".into(), json!(o));
         }
@@ -122,21 +133,40 @@ pub fn force(a: ForceArgs) -> anyhow::Result<ExitCode> {
         }
         let body = json!({"jsonrpc": "2.0", "id": 1, "method": "force", "params": params});
         let path = format!("/api/v2/forceschedulers/{}", http::percent(&scheduler));
-        let resp = http::request(&base, Method::POST, &path, Some(("application/json", body.to_string().into_bytes()))).await?;
+        let resp = http::request(
+            &base,
+            Method::POST,
+            &path,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await?;
         let answer = resp.json().ok();
         if let Some(err) = answer.as_ref().and_then(|v| v.get("error")) {
-            let msg = err.get("message").and_then(Value::as_str).map_or_else(|| err.to_string(), str::to_owned);
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .map_or_else(|| err.to_string(), str::to_owned);
             bail!("the master refused the force on scheduler {scheduler:?}: {msg}");
         }
         if !resp.status.is_success() {
-            bail!("POST {} answered {}: {}", base.url(&path), resp.status, resp.text().trim());
+            bail!(
+                "POST {} answered {}: {}",
+                base.url(&path),
+                resp.status,
+                resp.text().trim()
+            );
         }
-        let answer = answer.ok_or_else(|| anyhow!("the master's answer is not JSON: {}", resp.text()))?;
+        let answer =
+            answer.ok_or_else(|| anyhow!("the master's answer is not JSON: {}", resp.text()))?;
         let (bsid, brids) = parse_force_result(&answer)?;
         println!(
             "buildset {bsid} submitted through scheduler {scheduler:?}; build request{} {}",
             if brids.len() == 1 { "" } else { "s" },
-            brids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+            brids
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         if !a.wait {
             return Ok(ExitCode::SUCCESS);
@@ -159,11 +189,20 @@ async fn find_force_scheduler(base: &BaseUrl, builder: &str) -> anyhow::Result<S
     let items = list
         .get("forceschedulers")
         .and_then(Value::as_array)
-        .ok_or_else(|| anyhow!("{} has no \"forceschedulers\" list", base.url("/api/v2/forceschedulers")))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "{} has no \"forceschedulers\" list",
+                base.url("/api/v2/forceschedulers")
+            )
+        })?;
     let names_of = |s: &Value| -> Vec<String> {
         s.get("builder_names")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let found: Vec<&str> = items
@@ -177,7 +216,11 @@ async fn find_force_scheduler(base: &BaseUrl, builder: &str) -> anyhow::Result<S
             let all: Vec<String> = items.iter().flat_map(names_of).collect();
             bail!(
                 "no force scheduler lists builder {builder:?}; builders that can be forced: {}",
-                if all.is_empty() { "none".to_owned() } else { all.join(", ") }
+                if all.is_empty() {
+                    "none".to_owned()
+                } else {
+                    all.join(", ")
+                }
             )
         }
         many => bail!(
@@ -190,7 +233,11 @@ async fn find_force_scheduler(base: &BaseUrl, builder: &str) -> anyhow::Result<S
 /// Buildbot answers `[bsid, {builderid: brid, ...}]`.
 pub fn parse_force_result(answer: &Value) -> anyhow::Result<(i64, Vec<i64>)> {
     let result = answer.get("result").unwrap_or(answer);
-    let bad = || anyhow!("unexpected answer to force (want [buildsetid, {{builderid: requestid}}]): {answer}");
+    let bad = || {
+        anyhow!(
+            "unexpected answer to force (want [buildsetid, {{builderid: requestid}}]): {answer}"
+        )
+    };
     let arr = result.as_array().ok_or_else(bad)?;
     let bsid = arr.first().and_then(Value::as_i64).ok_or_else(bad)?;
     let brids = match arr.get(1) {
@@ -202,30 +249,45 @@ pub fn parse_force_result(answer: &Value) -> anyhow::Result<(i64, Vec<i64>)> {
 }
 
 fn first(v: &Value, key: &str) -> Option<Value> {
-    v.get(key).and_then(Value::as_array).and_then(|a| a.first()).cloned()
+    v.get(key)
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .cloned()
 }
 
 fn results_of(v: &Value) -> Option<Results> {
-    v.get("results").and_then(Value::as_i64).and_then(|r| Results::try_from(r).ok())
+    v.get("results")
+        .and_then(Value::as_i64)
+        .and_then(|r| Results::try_from(r).ok())
 }
 
 /// Polls a build request until it is complete; `say` gets progress lines. Returns its result.
-pub async fn wait_for_request(base: &BaseUrl, brid: i64, mut say: impl FnMut(String)) -> anyhow::Result<Results> {
+pub async fn wait_for_request(
+    base: &BaseUrl,
+    brid: i64,
+    mut say: impl FnMut(String),
+) -> anyhow::Result<Results> {
     let mut seen_build: Option<i64> = None;
     loop {
         let br = http::get_json(base, &format!("/api/v2/buildrequests/{brid}")).await?;
-        let req = first(&br, "buildrequests").ok_or_else(|| anyhow!("build request {brid} not found on the master"))?;
-        let builds = http::get_json(base, &format!("/api/v2/builds?buildrequestid={brid}&order=-buildid&limit=1"))
-            .await
-            .ok()
-            .and_then(|b| first(&b, "builds"));
+        let req = first(&br, "buildrequests")
+            .ok_or_else(|| anyhow!("build request {brid} not found on the master"))?;
+        let builds = http::get_json(
+            base,
+            &format!("/api/v2/builds?buildrequestid={brid}&order=-buildid&limit=1"),
+        )
+        .await
+        .ok()
+        .and_then(|b| first(&b, "builds"));
         if let Some(b) = &builds
             && let Some(id) = b.get("buildid").and_then(Value::as_i64)
             && seen_build != Some(id)
         {
             seen_build = Some(id);
             let number = b.get("number").and_then(Value::as_i64).unwrap_or(0);
-            say(format!("build request {brid}: build #{number} started (build id {id})"));
+            say(format!(
+                "build request {brid}: build #{number} started (build id {id})"
+            ));
         }
         if req.get("complete").and_then(Value::as_bool) == Some(true) {
             let result = results_of(&req)
@@ -233,12 +295,20 @@ pub async fn wait_for_request(base: &BaseUrl, brid: i64, mut say: impl FnMut(Str
                 .unwrap_or(Results::Exception);
             let state = builds
                 .as_ref()
-                .and_then(|b| b.get("state_string").and_then(Value::as_str).map(str::to_owned))
+                .and_then(|b| {
+                    b.get("state_string")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
                 .unwrap_or_default();
             say(format!(
                 "build request {brid}: {}{}",
                 result.name(),
-                if state.is_empty() { String::new() } else { format!(" ({state})") }
+                if state.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({state})")
+                }
             ));
             return Ok(result);
         }
@@ -265,8 +335,15 @@ pub fn sendchange_fields(a: &SendchangeArgs) -> Vec<(&'static str, String)> {
         }
     }
     if !a.properties.is_empty() {
-        let props: BTreeMap<&str, &str> = a.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        f.push(("properties", serde_json::to_string(&props).expect("strings")));
+        let props: BTreeMap<&str, &str> = a
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        f.push((
+            "properties",
+            serde_json::to_string(&props).expect("strings"),
+        ));
     }
     f
 }
@@ -301,7 +378,9 @@ mod tests {
 
     #[test]
     fn force_results_in_buildbot_shape() {
-        let (bs, brs) = parse_force_result(&json!({"jsonrpc": "2.0", "id": 1, "result": [7, {"3": 12}]})).unwrap();
+        let (bs, brs) =
+            parse_force_result(&json!({"jsonrpc": "2.0", "id": 1, "result": [7, {"3": 12}]}))
+                .unwrap();
         assert_eq!((bs, brs), (7, vec![12]));
         assert!(parse_force_result(&json!({"result": "nope"})).is_err());
     }
