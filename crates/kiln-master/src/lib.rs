@@ -6,6 +6,7 @@
 //! * [`api`]: the REST API (`/api/v2`), `/metrics` and `/health`.
 
 pub mod api;
+pub mod cli;
 pub mod endpoint;
 pub mod master;
 pub mod remote;

@@ -169,6 +169,7 @@ async fn run_inner(
     let mut machine = BuildMachine::new(defs);
     let redactor = config.redactor();
     let triggerer = BuildTriggerer { inner: inner.clone(), build: build_id };
+    let (_keep_no_stop, no_stop) = watch::channel(None);
     let outcome = loop {
         if let Some(reason) = stop.borrow().clone() {
             machine.stop(&reason);
@@ -199,7 +200,8 @@ async fn run_inner(
                         builder_env: &bcfg.env,
                         logs: &mut logs,
                         master_dir: inner.basedir.clone(),
-                        stop: stop.clone(),
+                        // After a stop, `always_run` steps still run to their end.
+                        stop: if stop.borrow().is_some() { no_stop.clone() } else { stop.clone() },
                         triggerer: &triggerer,
                     };
                     crate::steps::run_step(step, &mut ctx).await

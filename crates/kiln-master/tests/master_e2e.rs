@@ -57,12 +57,28 @@ fn force(builder: &str) -> ForceRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_step_type_runs_on_kiln_worker() {
+    every_step_type(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_step_type_runs_on_the_stock_buildbot_worker() {
+    let Some(bin) = stock_worker_bin() else {
+        println!("SKIP: no buildbot-worker (set KILN_INTEROP_VENV to the Buildbot venv)");
+        return;
+    };
+    every_step_type(Some(bin)).await;
+}
+
+async fn every_step_type(stock: Option<std::path::PathBuf>) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = master_dir(tmp.path(), CONFIG);
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(dir.join("to-worker.bin"), &payload).unwrap();
     let master = start_master(&dir).await;
-    let _w = WorkerProc::start(tmp.path(), "w1", master.worker_addr());
+    let _w = match &stock {
+        None => WorkerProc::start(tmp.path(), "w1", master.worker_addr()),
+        Some(bin) => WorkerProc::start_stock(bin, tmp.path(), "w1", master.worker_addr()),
+    };
     let control = master.control();
     for b in ["all", "halts", "parent"] {
         control.force("force", force(b)).await.expect("force");
@@ -95,7 +111,16 @@ async fn every_step_type_runs_on_kiln_worker() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), Some(v)))
     .collect();
-    assert_eq!(got, want, "per-step results");
+    if got != want {
+        let mut why = String::new();
+        for s in steps.iter().filter(|s| s.results != Some(Results::Success)) {
+            for l in store.list_logs(s.stepid).await.unwrap() {
+                let text = store.read_log_lines(l.logid, 0, l.num_lines.max(1) - 1).await.unwrap();
+                why.push_str(&format!("--- {} / {}\n{}\n", s.name, l.name, text.join("\n")));
+            }
+        }
+        panic!("per-step results differ:\n got {got:?}\nwant {want:?}\n{why}");
+    }
     assert_eq!(b.results, Some(Results::Warnings), "warnings from warn/rc5/fails(warn_on_failure)");
 
     let hello = log_text(&store, b, "hello", "stdio").await;

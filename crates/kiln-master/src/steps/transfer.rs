@@ -178,6 +178,16 @@ fn escapes(what: &str, path: &Path, root: &Path) -> io::Error {
 /// How deep `rel` ends up below a directory `start` levels under the root; `None` if it leaves
 /// the root or is absolute.
 fn depth_after(start: usize, rel: &Path) -> Option<usize> {
+    depth_in(start, rel, false)
+}
+
+/// Entry names lose their leading `/` first, as Python's `data` filter does: the stock
+/// buildbot-worker names the uploaded directory itself `/`.
+fn entry_depth(rel: &Path) -> Option<usize> {
+    depth_in(0, rel, true)
+}
+
+fn depth_in(start: usize, rel: &Path, strip_root: bool) -> Option<usize> {
     let mut depth = start as isize;
     for c in rel.components() {
         match c {
@@ -189,6 +199,7 @@ fn depth_after(start: usize, rel: &Path) -> Option<usize> {
                     return None;
                 }
             }
+            Component::RootDir if strip_root => {}
             Component::RootDir | Component::Prefix(_) => return None,
         }
     }
@@ -205,7 +216,7 @@ pub(crate) fn unpack_tar(reader: impl Read, root: &Path) -> io::Result<()> {
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
-        let Some(depth) = depth_after(0, &path) else {
+        let Some(depth) = entry_depth(&path) else {
             return Err(escapes("", &path, root));
         };
         if depth == 0 {
@@ -437,6 +448,30 @@ mod tests {
         unpack_tar(&data[..], dir.path()).unwrap();
         assert_eq!(fs::read(dir.path().join("sub/a.txt")).unwrap(), b"hello");
         assert_eq!(fs::read(dir.path().join("sub/link")).unwrap(), b"hello");
+    }
+
+    /// The stock buildbot-worker's tar names the uploaded directory `/` and its files
+    /// `/a.txt`: like Python's `data` filter, the leading slash is dropped.
+    #[test]
+    fn leading_slashes_are_stripped_like_pythons_data_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let mut raw = Vec::new();
+        for (name, ty, body) in [("/", tar::EntryType::Directory, &b""[..]), ("/a.txt", tar::EntryType::Regular, &b"hi"[..])] {
+            let mut h = header(ty, body.len() as u64);
+            let n = name.as_bytes();
+            h.as_old_mut().name[..n.len()].copy_from_slice(n);
+            h.set_cksum();
+            raw.extend_from_slice(h.as_bytes());
+            if !body.is_empty() {
+                let mut block = body.to_vec();
+                block.resize(512, 0);
+                raw.extend_from_slice(&block);
+            }
+        }
+        raw.extend_from_slice(&[0; 1024]);
+        unpack_tar(&raw[..], &root).unwrap();
+        assert_eq!(fs::read(root.join("a.txt")).unwrap(), b"hi");
     }
 
     #[test]

@@ -158,3 +158,37 @@ pub async fn log_text(store: &Store, build: &Build, step: &str, log: &str) -> St
     let lines = store.read_log_lines(l.logid, 0, l.num_lines.max(1) - 1).await.unwrap();
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
+
+/// The stock `buildbot-worker` 4.3 from the interop venv (`KILN_INTEROP_VENV`, default
+/// `/tmp/bbvenv`), or `None` (the caller prints SKIP).
+pub fn stock_worker_bin() -> Option<PathBuf> {
+    let venv = std::env::var_os("KILN_INTEROP_VENV").map(PathBuf::from).unwrap_or_else(|| "/tmp/bbvenv".into());
+    let bin = venv.join("bin/buildbot-worker");
+    bin.exists().then_some(bin)
+}
+
+impl WorkerProc {
+    /// A stock buildbot-worker in the foreground (`start --nodaemon`).
+    pub fn start_stock(bin: &Path, root: &Path, name: &str, master: SocketAddr) -> WorkerProc {
+        let dir = root.join(format!("stock-{name}"));
+        let st = Command::new(bin)
+            .args(["create-worker", "--protocol", "msgpack_experimental_v7"])
+            .arg(&dir)
+            .arg(format!("127.0.0.1:{}", master.port()))
+            .arg(name)
+            .arg(PASSWORD)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "buildbot-worker create-worker {name}");
+        let log = std::fs::File::create(root.join(format!("stock-{name}.log"))).unwrap();
+        let child = Command::new(bin)
+            .args(["start", "--nodaemon"])
+            .arg(&dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        WorkerProc { dir, child }
+    }
+}
