@@ -50,7 +50,8 @@ def q(s: str) -> str:
 
 
 def master_star(repo: Path, uploads: Path, payload: Path) -> str:
-    """Workers `kiln`, `stock`, `spare`; per worker: all-<w>, child-<w>, quick-<w>."""
+    """Workers `kiln`, `stock`, `spare`; per worker the builders all-<w> (every step type and
+    flag), child-<w> (triggered), dirup-<w> (directory upload) and quick-<w>."""
     return f'''
 WORKERS = [
     worker("kiln", password = secret("kiln"), max_builds = 2),
@@ -132,8 +133,7 @@ def make_git_repo(path: Path) -> str:
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
     path.mkdir(parents=True)
-    for cmd in (["git", "init", "-q", "-b", "main"],):
-        harness.run(cmd, cwd=path, env=env, check=True)
+    harness.run(["git", "init", "-q", "-b", "main"], cwd=path, env=env, check=True)
     (path / "README.txt").write_text(GIT_README)
     harness.run(["git", "add", "README.txt"], cwd=path, env=env, check=True)
     harness.run(["git", "commit", "-q", "-m", "first"], cwd=path, env=env, check=True)
@@ -262,6 +262,7 @@ def test_step_results(kfarm, wname):
 @per_worker
 def test_git_and_property_interpolation(kfarm, wname):
     assert out(kfarm, wname, "check-git") == ["from-git", kfarm.head]
+    assert kfarm.build(wname).properties["got_revision"][0] == kfarm.head
     assert kfarm.build(wname).properties["fromcmd"][0] == "prop-from-worker"
     assert out(kfarm, wname, "useprop") == ["got=prop-from-worker"]
     assert out(kfarm, wname, "setprop") == ["  prop-from-worker  "]
