@@ -37,7 +37,8 @@ pub struct MasterOptions {
     pub basedir: PathBuf,
     /// Defaults to `basedir/master.star`.
     pub config_file: Option<PathBuf>,
-    /// Address both ports listen on (`0.0.0.0` for a real farm; tests use 127.0.0.1).
+    /// Address both ports listen on (`0.0.0.0` for a real farm; tests use 127.0.0.1). When
+    /// left unspecified, `master(bind = ...)` in the config decides.
     pub bind: IpAddr,
     /// Override the config's ports (0 = pick a free port; tests and benchmarks use it).
     pub web_port: Option<u16>,
@@ -210,6 +211,11 @@ impl Master {
         inner.sync_ids().await?;
 
         let cfg = inner.config();
+        let bind = match (opts.bind, cfg.master.bind) {
+            (IpAddr::V4(a), Some(b)) if a.is_unspecified() => b,
+            (a, _) => a,
+        };
+        let opts = MasterOptions { bind, ..opts };
         let worker_port = opts.worker_port.unwrap_or(cfg.master.worker_port);
         let web_port = opts.web_port.unwrap_or(cfg.master.web_port);
         let worker_listener = tokio::net::TcpListener::bind((opts.bind, worker_port))
