@@ -99,6 +99,7 @@ pub(crate) struct Inner {
     clock: kiln_engine::SystemClock,
     reconfig_lock: tokio::sync::Mutex<()>,
     pub(crate) metrics: crate::api::Metrics,
+    pub(crate) step_locks: crate::locks::StepLocks,
 }
 
 /// A started master. Dropping it does not stop it; call [`Master::shutdown`].
@@ -207,6 +208,7 @@ impl Master {
             clock,
             reconfig_lock: tokio::sync::Mutex::new(()),
             metrics: crate::api::Metrics::new(),
+            step_locks: crate::locks::StepLocks::default(),
         });
         inner.sync_ids().await?;
 
