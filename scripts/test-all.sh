@@ -68,7 +68,13 @@ KILN_WORKER_BIN="$PWD/target/debug/kiln-worker" bash interop/run.sh
 step "benchmarks (smoke scale)"
 python3 bench/worker-stream/run.py --scale smoke
 
-step "the README's first command (demo build, then stop)"
+step "the README's first command (kiln quickstart: demo build, then stop)"
+cargo build -p kiln-master -p kiln-worker
+qs=$(mktemp -d)
+target/debug/kiln quickstart --dir "$qs/kiln-quickstart" --port 18019 --once
+rm -rf "$qs"
+
+step "kiln-worker on a stock Buildbot master (demo/quickstart.sh, then stop)"
 KILN_DEMO_WEB_PORT=18019 KILN_DEMO_WORKER_PORT=19999 bash demo/quickstart.sh --once
 
 echo

@@ -112,6 +112,10 @@ pub struct MasterSettings {
     pub worker_port: u16,
     #[serde(default = "default_web_port")]
     pub web_port: u16,
+    /// The address both ports listen on (default all interfaces; "127.0.0.1" keeps a
+    /// test or single-machine master on loopback).
+    #[serde(default)]
+    pub bind: Option<std::net::IpAddr>,
     #[serde(default)]
     pub tls_cert: Option<String>,
     #[serde(default)]

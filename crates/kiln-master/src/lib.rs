@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod endpoint;
+mod locks;
 pub mod master;
 pub mod remote;
 mod runner;

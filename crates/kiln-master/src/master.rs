@@ -37,7 +37,8 @@ pub struct MasterOptions {
     pub basedir: PathBuf,
     /// Defaults to `basedir/master.star`.
     pub config_file: Option<PathBuf>,
-    /// Address both ports listen on (`0.0.0.0` for a real farm; tests use 127.0.0.1).
+    /// Address both ports listen on (`0.0.0.0` for a real farm; tests use 127.0.0.1). When
+    /// left unspecified, `master(bind = ...)` in the config decides.
     pub bind: IpAddr,
     /// Override the config's ports (0 = pick a free port; tests and benchmarks use it).
     pub web_port: Option<u16>,
@@ -98,6 +99,7 @@ pub(crate) struct Inner {
     clock: kiln_engine::SystemClock,
     reconfig_lock: tokio::sync::Mutex<()>,
     pub(crate) metrics: crate::api::Metrics,
+    pub(crate) step_locks: crate::locks::StepLocks,
 }
 
 /// A started master. Dropping it does not stop it; call [`Master::shutdown`].
@@ -206,10 +208,16 @@ impl Master {
             clock,
             reconfig_lock: tokio::sync::Mutex::new(()),
             metrics: crate::api::Metrics::new(),
+            step_locks: crate::locks::StepLocks::default(),
         });
         inner.sync_ids().await?;
 
         let cfg = inner.config();
+        let bind = match (opts.bind, cfg.master.bind) {
+            (IpAddr::V4(a), Some(b)) if a.is_unspecified() => b,
+            (a, _) => a,
+        };
+        let opts = MasterOptions { bind, ..opts };
         let worker_port = opts.worker_port.unwrap_or(cfg.master.worker_port);
         let web_port = opts.web_port.unwrap_or(cfg.master.web_port);
         let worker_listener = tokio::net::TcpListener::bind((opts.bind, worker_port))

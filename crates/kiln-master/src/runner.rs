@@ -181,8 +181,23 @@ async fn run_inner(
                 store.start_step(step_id, inner.now()).await?;
                 let _ = store.set_build_state_string(build_id, &step.name).await;
                 let skip = step.flags.do_step_if.as_ref().is_some_and(|c| !c.eval(&props));
+                // After a stop, `always_run` steps still run to their end.
+                let step_stop = if stop.borrow().is_some() { no_stop.clone() } else { stop.clone() };
+                // Step locks: wait for them, unless the build is stopped meanwhile.
+                let mut held = None;
+                let mut cancelled_waiting = false;
+                if !skip && !step.flags.locks.is_empty() {
+                    let _ = store.set_step_state_string(step_id, "waiting for locks").await;
+                    let mut stop_w = step_stop.clone();
+                    tokio::select! {
+                        h = inner.step_locks.acquire(&step.flags.locks, &worker_name) => held = Some(h),
+                        _ = stop_w.wait_for(|s| s.is_some()) => cancelled_waiting = true,
+                    }
+                }
                 let end = if skip {
                     StepEnd::Skipped
+                } else if cancelled_waiting {
+                    StepEnd::Cancelled
                 } else {
                     let mut logs = StoreLogs {
                         store: store.clone(),
@@ -200,12 +215,12 @@ async fn run_inner(
                         builder_env: &bcfg.env,
                         logs: &mut logs,
                         master_dir: inner.basedir.clone(),
-                        // After a stop, `always_run` steps still run to their end.
-                        stop: if stop.borrow().is_some() { no_stop.clone() } else { stop.clone() },
+                        stop: step_stop.clone(),
                         triggerer: &triggerer,
                     };
                     crate::steps::run_step(step, &mut ctx).await
                 };
+                drop(held);
                 if end == StepEnd::ConnectionLost {
                     machine.worker_lost();
                 }

@@ -1,16 +1,34 @@
-//! The web port: the REST API, `/change_hook/base`, `/metrics` and `/health` (and, with the
-//! web issue, the UI).
+//! The web port: the REST API, `/change_hook/base`, `/metrics` and `/health`, and a small
+//! landing page at `/` that links them (the waterfall, grid and build pages come later).
 
 use std::sync::Arc;
+
+use axum::response::Html;
+use axum::routing::get;
 
 use crate::api::{ApiState, router as api_router};
 use crate::master::{Inner, MasterControl};
 
 pub(crate) fn router(inner: Arc<Inner>) -> axum::Router {
+    let title = html_escape(&inner.config().master.title);
+    let page = format!(
+        "<!doctype html><meta charset=utf-8><title>{title}</title>\
+         <h1>{title}</h1><p>Kiln master. Results so far, as JSON (Buildbot's <code>/api/v2</code>):</p><ul>\
+         <li><a href=\"api/v2/builds?order=-buildid&amp;limit=50\">latest builds</a></li>\
+         <li><a href=\"api/v2/builders\">builders</a></li>\
+         <li><a href=\"api/v2/workers\">workers</a></li>\
+         <li><a href=\"api/v2/buildrequests?complete=false\">build requests waiting</a></li>\
+         <li><a href=\"api/v2/changes?order=-changeid&amp;limit=50\">changes</a></li>\
+         <li><a href=\"metrics\">metrics</a> · <a href=\"health\">health</a></li></ul>"
+    );
     let state = ApiState {
         store: inner.store.clone(),
         metrics: inner.metrics.clone(),
         control: Arc::new(MasterControl(inner)),
     };
-    api_router(state)
+    api_router(state).route("/", get(move || async move { Html(page) }))
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

@@ -31,7 +31,7 @@ fn master_dir(tmp: &Path) -> PathBuf {
     let file = dir.join("master.star");
     let src = std::fs::read_to_string(&file)
         .unwrap()
-        .replace("web_port = 8010", "web_port = 0")
+        .replace("web_port = 8010", "web_port = 0, bind = \"127.0.0.1\"")
         .replace("worker_port = 9989", "worker_port = 0");
     std::fs::write(&file, src).unwrap();
     dir

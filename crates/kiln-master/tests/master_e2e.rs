@@ -202,3 +202,52 @@ async fn stop_a_build_and_cancel_a_queued_request() {
     assert_eq!(builds_of(&store, "long").await.len(), 1, "the cancelled request never ran");
     master.shutdown().await;
 }
+
+/// Two builders on two workers share an exclusive master lock around one step: the steps
+/// never overlap (each fails if it finds the other's marker), while the unlocked steps do run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_locks_serialize_steps_across_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let guarded = format!(
+        "if [ -e {d}/held ]; then echo OVERLAP; exit 1; fi; touch {d}/held; sleep 1; rm {d}/held",
+        d = shared.display()
+    );
+    let config = format!(
+        r#"
+WORKERS = [worker("w1", password = secret("worker")), worker("w2", password = secret("worker"))]
+ONE = master_lock("one-at-a-time", max_count = 1)
+def steps():
+    return [shell(name = "guarded", command = ["sh", "-c", {guarded:?}], locks = [exclusive(ONE)])]
+BUILDERS = [
+    builder(name = "a", workers = ["w1"], steps = steps()),
+    builder(name = "b", workers = ["w2"], steps = steps()),
+]
+SCHEDULERS = [force("force", builder_names = ["a", "b"])]
+"#
+    );
+    let dir = master_dir(tmp.path(), &config);
+    let master = start_master(&dir).await;
+    let _w1 = WorkerProc::start(tmp.path(), "w1", master.worker_addr());
+    let _w2 = WorkerProc::start(tmp.path(), "w2", master.worker_addr());
+    let store = master.store().clone();
+    // Both workers attached before the force, so both builds start together.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while master.control().connected_workers().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "workers did not attach");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let req = ForceRequest { builder_names: vec!["a".into(), "b".into()], ..Default::default() };
+    master.control().force("force", req).await.unwrap();
+    let a = wait_builds(&store, "a", 60, "build a", |b| finished_with(b, 1)).await;
+    let b = wait_builds(&store, "b", 60, "build b", |b| finished_with(b, 1)).await;
+    assert_eq!(
+        (a[0].results, b[0].results),
+        (Some(Results::Success), Some(Results::Success)),
+        "a: {}\nb: {}",
+        log_text(&store, &a[0], "guarded", "stdio").await,
+        log_text(&store, &b[0], "guarded", "stdio").await
+    );
+    master.shutdown().await;
+}

@@ -156,7 +156,7 @@ async fn master_killed_mid_build_loses_nothing() {
     let marker = tmp.path().join("marker");
     let (web, wport) = (free_port(), free_port());
     let body = format!(
-        "MASTER = master(web_port = {web}, worker_port = {wport}, db_url = \"sqlite:state.sqlite\")\n{}",
+        "MASTER = master(web_port = {web}, worker_port = {wport}, bind = \"127.0.0.1\", db_url = \"sqlite:state.sqlite\")\n{}",
         sleepy_config(&marker, "")
     );
     let dir = master_dir(tmp.path(), &body);
