@@ -3,7 +3,7 @@
 The Kiln master serves Buildbot's `/api/v2` shape, so `KilnMaster` reuses `harness.Master`'s
 REST readers (`api`, `rpc`, `fetch_build`, ...) and only replaces process control and the
 few places where it must not depend on Buildbot's twistd.log. Everything listens on
-127.0.0.1 (`--bind 127.0.0.1` when the CLI has it; the ports are free loopback ports).
+127.0.0.1 (`bind = "127.0.0.1"` in master(), and `--bind` too should `kiln run` grow it).
 """
 
 from __future__ import annotations
@@ -77,8 +77,10 @@ class KilnMaster(harness.Master):
 
     # -- process control ----------------------------------------------------------------
     def master_star(self) -> str:
+        # bind: both ports on loopback only (master(bind=...), since main 26a0035)
         head = (f'MASTER = master(title = "{self.title}", web_port = {self.www_port}, '
-                f'worker_port = {self.msgpack_port}, db_url = "sqlite:state.sqlite")\n\n')
+                f'worker_port = {self.msgpack_port}, db_url = "sqlite:state.sqlite", '
+                f'bind = "127.0.0.1")\n\n')
         return head + self.star
 
     def create(self):
@@ -126,6 +128,35 @@ class KilnMaster(harness.Master):
 
     def pid(self) -> int | None:
         return self.proc.pid if self.proc and self.proc.poll() is None else None
+
+    def listening_addresses(self) -> set[str]:
+        """Local addresses of this process's listening TCP sockets (from /proc/net/tcp*)."""
+        pid = self.pid()
+        if pid is None:
+            return set()
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                t = os.readlink(fd)
+            except OSError:
+                continue
+            if t.startswith("socket:["):
+                inodes.add(t[8:-1])
+        out = set()
+        for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+            try:
+                rows = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                f = row.split()
+                if f[3] != "0A" or f[9] not in inodes:     # 0A = LISTEN
+                    continue
+                addr, port = f[1].split(":")
+                # IPv6 stays raw hex: any such listener is already not IPv4 loopback
+                ip = f"[{addr}]" if v6 else socket.inet_ntoa(bytes.fromhex(addr)[::-1])
+                out.add(f"{ip}:{int(port, 16)}")
+        return out
 
     @property
     def log_path(self) -> Path:

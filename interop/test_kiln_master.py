@@ -227,6 +227,11 @@ def kfarm():
             shutil.rmtree(root, ignore_errors=True)
 
 
+def test_master_listens_on_loopback_only(kfarm):
+    m = kfarm.master
+    assert m.listening_addresses() == {f"127.0.0.1:{m.www_port}", f"127.0.0.1:{m.msgpack_port}"}
+
+
 # --------------------------------------------------------------------------------------------
 # Every step type and flag, per worker
 # --------------------------------------------------------------------------------------------
