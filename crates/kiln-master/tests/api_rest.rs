@@ -509,6 +509,10 @@ async fn builds(fx: &Fx) {
         fx.ok("/api/v2/builds/2?property=*").await["builds"][0]["properties"],
         json!({})
     );
+    assert_eq!(
+        fx.ok("/api/v2/builds/1/properties").await,
+        json!({"properties": [{"got_revision": ["abc", "Git"], "token": ["<secret:token>", "Secret"]}], "meta": {"total": 1}})
+    );
 }
 
 async fn steps_and_logs(fx: &Fx) {

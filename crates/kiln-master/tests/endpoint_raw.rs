@@ -55,12 +55,14 @@ async fn argon2_passwords_are_checked() {
 #[tokio::test]
 async fn failed_logins_are_rate_limited_per_address() {
     let opts = EndpointOptions { failed_logins_per_minute: 3, ..Default::default() };
-    let srv = Server::start(&[("w1", "good", &[])], opts).await;
+    let srv = Server::start(&[("w1", "good", &[]), ("w2", "good2", &[])], opts).await;
     for _ in 0..3 {
         assert_eq!(http_status(connect_raw(srv.port, "/", Some(basic("w1", "bad"))).await), 401);
     }
-    // Beyond the limit even the right password is not checked.
+    // Beyond the limit even the right password is not checked …
     assert_eq!(http_status(connect_raw(srv.port, "/", Some(basic("w1", "good"))).await), 429);
+    // … but another worker at the same address (a NAT, a shared host) still logs in.
+    assert_eq!(http_status(connect_raw(srv.port, "/", Some(basic("w2", "good2"))).await), 101);
 }
 
 #[tokio::test]

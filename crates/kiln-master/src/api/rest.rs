@@ -169,6 +169,7 @@ pub(super) fn routes() -> Router<ApiState> {
             "/api/v2/builds/{id}",
             get(build).post(super::control::build_rpc),
         )
+        .route("/api/v2/builds/{id}/properties", get(build_properties))
         .route("/api/v2/builds/{id}/steps", get(build_steps))
         .route("/api/v2/builds/{id}/steps/{s}", get(build_step))
         .route("/api/v2/builds/{id}/steps/{s}/logs", get(build_step_logs))
@@ -661,6 +662,21 @@ async fn build(
     let n = num_or_invalid(&id, &format!("builds/{id}"))?;
     let b = st.store.get_build(BuildId(n)).await?;
     one_build(&st, &h, q.as_deref(), b, format!("/builds/{id}")).await
+}
+
+/// `/builds/{id}/properties`: Buildbot answers one object of `name: [value, source]`.
+async fn build_properties(
+    State(st): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Res {
+    let n = num_or_invalid(&id, &format!("builds/{id}/properties"))?;
+    if st.store.get_build(BuildId(n)).await?.is_none() {
+        return Err(not_found(format!("/builds/{id}/properties")));
+    }
+    let p = st.store.get_build_properties(BuildId(n)).await?;
+    let m: Obj = p.0.iter().map(|(k, v)| (k.clone(), json!([v.0, v.1]))).collect();
+    Ok(render(&st, &h, "properties", vec![m], Some(1)))
 }
 
 async fn build_by_number(st: &ApiState, b: &str, n: &str) -> Result<Option<Build>, ApiError> {

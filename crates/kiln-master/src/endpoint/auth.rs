@@ -55,28 +55,31 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-/// Failed logins per remote address over a fixed one-minute window.
+/// Failed logins per (remote address, worker name) over a fixed one-minute window. Keyed by
+/// name too, so one misconfigured worker behind a shared address (a NAT, a host with several
+/// workers) does not lock the others out, while guesses at any one worker stay limited.
 #[derive(Default)]
 pub struct FailedLogins {
-    by_addr: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    by_addr: Mutex<HashMap<(IpAddr, String), (Instant, u32)>>,
 }
 
 const WINDOW: Duration = Duration::from_secs(60);
 
 impl FailedLogins {
     /// Whether `addr` already used up its failures for the current window.
-    pub fn blocked(&self, addr: IpAddr, limit: u32) -> bool {
+    pub fn blocked(&self, addr: IpAddr, name: &str, limit: u32) -> bool {
         let map = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&addr).is_some_and(|(start, n)| start.elapsed() < WINDOW && *n >= limit)
+        map.get(&(addr, name.to_string()))
+            .is_some_and(|(start, n)| start.elapsed() < WINDOW && *n >= limit)
     }
 
-    pub fn record(&self, addr: IpAddr) {
+    pub fn record(&self, addr: IpAddr, name: &str) {
         let mut map = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
         // Bound the map: a scan of many addresses must not grow it for ever.
         if map.len() >= 4096 {
             map.retain(|_, (start, _)| start.elapsed() < WINDOW);
         }
-        let slot = map.entry(addr).or_insert((Instant::now(), 0));
+        let slot = map.entry((addr, name.to_string())).or_insert((Instant::now(), 0));
         if slot.0.elapsed() >= WINDOW {
             *slot = (Instant::now(), 0);
         }
@@ -121,11 +124,12 @@ mod tests {
     fn blocks_after_the_limit() {
         let f = FailedLogins::default();
         let a: IpAddr = "127.0.0.9".parse().unwrap();
-        assert!(!f.blocked(a, 2));
-        f.record(a);
-        assert!(!f.blocked(a, 2));
-        f.record(a);
-        assert!(f.blocked(a, 2));
-        assert!(!f.blocked("127.0.0.8".parse().unwrap(), 2));
+        assert!(!f.blocked(a, "w1", 2));
+        f.record(a, "w1");
+        assert!(!f.blocked(a, "w1", 2));
+        f.record(a, "w1");
+        assert!(f.blocked(a, "w1", 2));
+        assert!(!f.blocked(a, "w2", 2), "another worker at the same address is not locked out");
+        assert!(!f.blocked("127.0.0.8".parse().unwrap(), "w1", 2));
     }
 }

@@ -55,7 +55,8 @@ pub struct Roster(pub Arc<RwLock<HashMap<String, WorkerEntry>>>);
 pub struct EndpointOptions {
     /// Largest WebSocket message accepted; a bigger one closes that connection only.
     pub max_message_bytes: usize,
-    /// Failed logins allowed per remote address per minute; more get 429 without a check.
+    /// Failed logins allowed per remote address and worker name per minute; more get 429
+    /// without a check.
     pub failed_logins_per_minute: u32,
     /// A WebSocket ping is sent after this long without traffic from the worker …
     pub idle_ping_after: Duration,
@@ -171,27 +172,34 @@ async fn handshake(State(ep): State<Endpoint>, req: Request) -> Response {
         .or_else(|| parts.extensions.get::<ConnectInfo<PeerAddr>>().map(|c| c.0.0))
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let inner = &ep.0;
-    if inner.failed.blocked(peer.ip(), inner.opts.failed_logins_per_minute) {
-        return status(StatusCode::TOO_MANY_REQUESTS, "Too many failed logins; try again in a minute\n");
-    }
+    let limit = inner.opts.failed_logins_per_minute;
+    let too_many = || status(StatusCode::TOO_MANY_REQUESTS, "Too many failed logins; try again in a minute\n");
     let (name, password) = match auth::parse_basic(parts.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
         Ok(c) => c,
-        Err(CredError::Missing) => {
-            inner.failed.record(peer.ip());
-            return status(StatusCode::UNAUTHORIZED, "Unauthorized\n");
-        }
-        Err(CredError::Malformed) => {
-            inner.failed.record(peer.ip());
-            return status(StatusCode::BAD_REQUEST, "Bad request: expected Authorization: Basic base64(name:password)\n");
+        Err(e) => {
+            if inner.failed.blocked(peer.ip(), "", limit) {
+                return too_many();
+            }
+            inner.failed.record(peer.ip(), "");
+            return match e {
+                CredError::Missing => status(StatusCode::UNAUTHORIZED, "Unauthorized\n"),
+                CredError::Malformed => status(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request: expected Authorization: Basic base64(name:password)\n",
+                ),
+            };
         }
     };
+    if inner.failed.blocked(peer.ip(), &name, limit) {
+        return too_many();
+    }
     let check = inner.roster.0.read().unwrap_or_else(|e| e.into_inner()).get(&name).map(|e| e.password.clone());
     let ok = match check {
         Some(check) => auth::verify(&check, password).await,
         None => false,
     };
     if !ok {
-        inner.failed.record(peer.ip());
+        inner.failed.record(peer.ip(), &name);
         tracing::info!(worker = %name, %peer, "worker login refused: unknown name or wrong password");
         return status(StatusCode::UNAUTHORIZED, "Unauthorized\n");
     }
