@@ -49,8 +49,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 SCALES = {
-    "smoke": {"w1_builds": 40, "w2_sizes": [2 * MB, 10 * MB], "w3_kiln": 200, "w3_buildbot": 20, "w5_runs": 3},
-    "full": {"w1_builds": 400, "w2_sizes": [100 * MB, 1000 * MB], "w3_kiln": 10_000, "w3_buildbot": 100, "w5_runs": 5},
+    "smoke": {"w1_builds": 40, "w2_sizes": [2 * MB, 10 * MB], "w3_kiln": 200, "w3_buildbot": 20, "w3_buildbot_swarm": 50,
+              "w5_runs": 3},
+    "full": {"w1_builds": 400, "w2_sizes": [100 * MB, 1000 * MB], "w3_kiln": 10_000, "w3_buildbot": 100,
+             "w3_buildbot_swarm": 1000, "w5_runs": 5},
 }
 SYSTEMS = ("kiln", "buildbot")
 
@@ -547,15 +549,19 @@ def w2(m, workers, scale):
     return out
 
 
-def w3(system, args, scale, kiln_worker, swarm_bin):
-    n = scale["w3_kiln"] if system.name == "kiln" else scale["w3_buildbot"]
-    m = system.start("w3", n, [])
+def w3(system, args, scale, kiln_worker, swarm_bin, use_swarm=None):
+    """Idle workers: the swarm on Kiln; real kiln-worker processes on Buildbot (or, with
+    use_swarm, the swarm on Buildbot too: the same client on both masters)."""
+    if use_swarm is None:
+        use_swarm = system.name == "kiln"
+    n = scale["w3_kiln"] if system.name == "kiln" else scale["w3_buildbot_swarm" if use_swarm else "w3_buildbot"]
+    m = system.start("w3-swarm" if use_swarm else "w3", n, [])
     workers = swarm = None
     try:
         time.sleep(3)
         rss0 = rss_kb(m.pid)
         t0 = time.monotonic()
-        if system.name == "kiln":
+        if use_swarm:
             # several loopback source addresses: 10,000 connections plus TIME_WAITs of earlier runs
             swarm_out = open(m.dir / "swarm.out", "w")
             swarm = subprocess.Popen([str(swarm_bin), "--master", f"127.0.0.1:{m.worker_port}", "--count", str(n),
@@ -652,6 +658,9 @@ def figures(report, scale):
     row("W3", f"master KiB per idle worker (Kiln {get(k, 'w3', 'workers') or scale['w3_kiln']}, "
         f"Buildbot {get(b, 'w3', 'workers') or scale['w3_buildbot']})",
         get(k, "w3", "kib_per_worker"), get(b, "w3", "kib_per_worker"), "abs<=", 16, "KiB")
+    row("W3", f"… same client on both: kiln-swarm (Kiln {get(k, 'w3', 'workers') or scale['w3_kiln']}, "
+        f"Buildbot {get(b, 'w3_swarm', 'workers') or scale['w3_buildbot_swarm']})",
+        get(k, "w3", "kib_per_worker"), get(b, "w3_swarm", "kib_per_worker"), "abs<=", 16, "KiB")
     row("W5", "start-up ms (spawn → 200 on /api/v2/builders)", get(k, "w5", "startup_ms_median"), get(b, "w5", "startup_ms_median"), "abs<=", 50, "ms")
     row("W5", "idle RSS MB after start", kb_mb(get(k, "w5", "idle_rss_kb_median")), kb_mb(get(b, "w5", "idle_rss_kb_median")), "abs<=", 20, "MB")
     return rows
@@ -809,8 +818,7 @@ def main():
     rel = args.target_dir / "release"
     kiln_worker, swarm_bin = rel / "kiln-worker", rel / "kiln-swarm"
     kiln_bin = Path(os.environ.get("KILN_BIN", rel / "kiln"))
-    needed = ([kiln_worker] if {"w1", "w3"} & set(workloads) else []) + \
-        ([swarm_bin] if "w3" in workloads and "kiln" in systems else [])
+    needed = ([kiln_worker] if {"w1", "w3"} & set(workloads) else []) + ([swarm_bin] if "w3" in workloads else [])
     for b in needed:
         if not b.exists():
             sys.exit(f"{b} is missing: build it (bench/run does: cargo build --release -p kiln-worker -p kiln-testkit)")
@@ -865,6 +873,9 @@ def main():
                 elif wl == "w3":
                     sysres["w3"] = w3(impls[name], args, scale, kiln_worker, swarm_bin)
                     log(f"  W3 {name}: {sysres['w3']['kib_per_worker']:.1f} KiB per worker")
+                    if name == "buildbot":
+                        sysres["w3_swarm"] = w3(impls[name], args, scale, kiln_worker, swarm_bin, use_swarm=True)
+                        log(f"  W3 {name} (kiln-swarm): {sysres['w3_swarm']['kib_per_worker']:.1f} KiB per worker")
                 elif wl == "w5":
                     sysres["w5"] = w5(impls[name], args, scale)
                     log(f"  W5 {name}: start-up {sysres['w5']['startup_ms_median']:.0f} ms, "
