@@ -850,12 +850,12 @@ def main():
     if "kiln" in systems:
         ok = kiln_bin.exists()
         if ok:
-            r = subprocess.run([str(kiln_bin), "--version"], capture_output=True, text=True, timeout=30)
-            ok = r.returncode == 0
+            ok = any(subprocess.run([str(kiln_bin), a], capture_output=True, timeout=30).returncode == 0
+                     for a in ("--version", "--help"))
         if ok:
             impls["kiln"] = Kiln(args, kiln_bin)
         else:
-            report["errors"]["kiln"] = (f"{kiln_bin} is missing or not usable (`kiln --version` failed): "
+            report["errors"]["kiln"] = (f"{kiln_bin} is missing or not usable (`kiln --version` and `--help` failed): "
                                         "every Kiln figure is missing")
             report["systems"]["kiln"] = {}
     # Buildbot first: it works today and is the reference.
