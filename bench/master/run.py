@@ -558,14 +558,21 @@ def w3(system, args, scale, kiln_worker, swarm_bin, use_swarm=None):
     m = system.start("w3-swarm" if use_swarm else "w3", n, [])
     workers = swarm = None
     try:
+        # Buildbot registers configured workers after its web port is up, and times out
+        # every WebSocket handshake (5 s) while it does: wait until all n are listed.
+        wait_for(lambda: len(m.api("workers")["workers"]) >= n, 900, f"{n} configured workers listed", interval=1)
         time.sleep(3)
         rss0 = rss_kb(m.pid)
         t0 = time.monotonic()
         if use_swarm:
             # several loopback source addresses: 10,000 connections plus TIME_WAITs of earlier runs
             swarm_out = open(m.dir / "swarm.out", "w")
+            # Buildbot times out WebSocket handshakes after 5 s and serves them one at a time:
+            # a storm of 128 concurrent ones never finishes there, so it gets a trickle.
+            conc, retries = ("256", "3") if system.name == "kiln" else ("8", "10")
             swarm = subprocess.Popen([str(swarm_bin), "--master", f"127.0.0.1:{m.worker_port}", "--count", str(n),
-                                      "--password", PASSWORD, "--source-ips", "4", "--quiet-ms", "3000"],
+                                      "--password", PASSWORD, "--source-ips", "4", "--quiet-ms", "3000",
+                                      "--concurrency", conc, "--retries", retries, "--ready-timeout", "1200"],
                                      stdout=subprocess.PIPE, stderr=swarm_out, text=True, start_new_session=True)
             ready = None
             for line in swarm.stdout:
@@ -770,6 +777,10 @@ def write_report_md(report, rows, pngs):
           "Produced by `bench/run --scale " + report["scale"] + "`; raw figures in "
           f"`bench/results/master-{report['scale']}.json`; method in `bench/README.md`.", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if report.get("merged_with"):
+        mw = report["merged_with"]
+        md[4:4] = [f"Figures not re-measured in this run come from the run of {mw['date']} "
+                   f"(commit `{mw['git_commit']}`, load average {mw['load_avg_before']} / {mw['load_avg_after']}).", ""]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
     md.append("")
     if report.get("errors"):
@@ -807,6 +818,8 @@ def main():
     ap.add_argument("--scale", choices=sorted(SCALES), default=os.environ.get("BENCH_SCALE", "smoke"))
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of: kiln, buildbot")
     ap.add_argument("--workloads", default="w1,w3,w5", help="comma-separated subset of w1 (includes w2), w3, w5")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other systems'/workloads' figures of the existing results file")
     ap.add_argument("--target-dir", type=Path, default=Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")))
     args = ap.parse_args()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -841,6 +854,18 @@ def main():
     except OSError:
         report["buildbot_version"] = None
 
+    out = RESULTS / f"master-{args.scale}.json"
+    if args.merge and out.exists():
+        old = json.loads(out.read_text())
+        wl_of = {"w1": "w1", "w3": "w3", "w3_swarm": "w3", "w5": "w5"}
+        for name, res in old.get("systems", {}).items():
+            report["systems"][name] = {k: v for k, v in res.items()
+                                       if not (name in systems and wl_of.get(k) in workloads)}
+        report["errors"] = {k: v for k, v in old.get("errors", {}).items()
+                            if not (k.split(".")[0] in systems and (k.count(".") == 0 or k.split(".")[1] in workloads))}
+        report["merged_with"] = {"date": old.get("date"), "git_commit": old.get("git_commit"),
+                                 "load_avg_before": old.get("load_avg_before"),
+                                 "load_avg_after": old.get("load_avg_after")}
     impls = {}
     if "buildbot" in systems:
         if not (venv / "bin" / "buildbot").exists():
@@ -892,7 +917,6 @@ def main():
     report["missing"] = missing
     report["ok"] = not missing and not report["errors"]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"master-{args.scale}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print_table(rows)
     pngs = plots(report, args.scale, rows)
