@@ -7,6 +7,11 @@ export CARGO_TERM_COLOR=never
 step() { printf '\n=== %s ===\n' "$*"; }
 
 step "unit and integration tests (cargo test)"
+# The master's tests run the stock buildbot-worker from the Buildbot venv when it exists.
+if [ -z "${KILN_INTEROP_VENV:-}" ] && venv=$(bash interop/setup.sh 2>/dev/null | tail -n 1) && [ -x "$venv/bin/buildbot-worker" ]; then
+  export KILN_INTEROP_VENV="$venv"
+fi
+cargo build -p kiln-worker
 cargo test --workspace
 
 step "kiln-worker links no database, web server or config engine"

@@ -119,6 +119,15 @@ pub struct MasterSettings {
     /// Properties every build gets.
     #[serde(default)]
     pub properties: Props,
+    /// Logs of builds older than this many days are deleted by the janitor (CPython: 180).
+    #[serde(default)]
+    pub log_horizon_days: Option<u32>,
+    /// Builds (with their steps and logs) older than this many days are deleted.
+    #[serde(default)]
+    pub build_horizon_days: Option<u32>,
+    /// Per-log cap in bytes: past it a visible marker line is stored and the rest dropped.
+    #[serde(default)]
+    pub log_max_bytes: Option<u64>,
     #[serde(rename = "_loc", default)]
     pub loc: Loc,
 }

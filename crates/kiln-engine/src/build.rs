@@ -54,6 +54,9 @@ pub struct BuildMachine {
     terminated: bool,
     stopped: bool,
     stop_reason: Option<String>,
+    /// The step that was running when the build was stopped: only it is "interrupted"
+    /// (`always_run` steps started after the stop run normally, as in Buildbot).
+    interrupted: Option<usize>,
     worker_lost: bool,
     step_results: Vec<Option<Results>>,
     outcome: Option<BuildOutcome>,
@@ -70,6 +73,7 @@ impl BuildMachine {
             terminated: false,
             stopped: false,
             stop_reason: None,
+            interrupted: None,
             worker_lost: false,
             step_results: vec![None; n],
             outcome: None,
@@ -126,7 +130,7 @@ impl BuildMachine {
             "step {index} is not the running step"
         );
         self.current = None;
-        let r = step_result(end, self.stopped);
+        let r = step_result(end, self.interrupted == Some(index));
         self.step_results[index] = Some(r);
         let (build, terminate) = combine(&self.steps[index].flags, r, self.results);
         self.results = build;
@@ -145,6 +149,7 @@ impl BuildMachine {
             return None;
         }
         self.stopped = true;
+        self.interrupted = self.current;
         self.stop_reason = Some(reason.to_string());
         self.results = Results::Cancelled;
         self.current

@@ -6,7 +6,12 @@
 //! * [`api`]: the REST API (`/api/v2`), `/metrics` and `/health`.
 
 pub mod api;
+pub mod cli;
 pub mod endpoint;
 pub mod master;
 pub mod remote;
+mod runner;
+pub mod sched;
 pub mod steps;
+pub mod tls;
+mod web;

@@ -1,4 +1,5 @@
-fn main() {
-    eprintln!("kiln: not built yet");
-    std::process::exit(2);
+//! The `kiln` command; everything lives in [`kiln_master::cli`].
+
+fn main() -> std::process::ExitCode {
+    kiln_master::cli::main()
 }

@@ -2,11 +2,34 @@
 //! the worker endpoint and the web port, runs schedulers and the distribution loop, and
 //! applies `reconfig` in place.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use crate::api::Control;
+use anyhow::Context as _;
+use kiln_config::{ConfigDiff, MasterConfig};
+use kiln_engine::Clock as _;
+use kiln_engine::distributor::{
+    Assignment, BuilderDef, LockAccess, LockDef, LockScope, Quarantine, RunningBuild, Snapshot,
+    WorkerState,
+};
+use kiln_engine::queue::{self, Bus, Event};
+use kiln_engine::schedulers::{BuildsetRequest, CompletedBuildset, SourceSpec};
+use kiln_model::{
+    BuildId, BuildRequestId, BuilderId, BuildsetId, ChangeId, Epoch, MasterId, Properties,
+    Results, WorkerId,
+};
+use kiln_store::{QueueStore, Store, StoreOptions};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::api::{ChangeRequest, Control, ForceRequest};
+use crate::endpoint::{Endpoint, EndpointOptions, PasswordCheck, Roster, WorkerEntry, WorkerEvent};
+use crate::remote::BoxFuture;
+use crate::runner::{self, Claimed};
+use crate::sched::{self, SchedulerSet};
 
 #[derive(Debug, Clone)]
 pub struct MasterOptions {
@@ -39,40 +62,861 @@ pub struct ReconfigReport {
     pub summary: String,
 }
 
+/// A build this master runs (claimed; `build` is set once its row exists).
+struct Running {
+    builder: BuilderId,
+    worker: WorkerId,
+    build: Option<BuildId>,
+    stop: watch::Sender<Option<String>>,
+}
+
+/// Events go to the log at debug level; the web issue adds live subscribers.
+struct LogBus;
+
+impl Bus for LogBus {
+    fn publish(&self, event: Event) {
+        tracing::debug!(?event, "event");
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) basedir: PathBuf,
+    config_file: PathBuf,
+    pub(crate) store: Store,
+    queue: QueueStore,
+    pub(crate) master_id: MasterId,
+    config: RwLock<Arc<MasterConfig>>,
+    builder_ids: RwLock<BTreeMap<String, BuilderId>>,
+    worker_ids: RwLock<BTreeMap<String, WorkerId>>,
+    pub(crate) endpoint: Endpoint,
+    roster: Roster,
+    running: Mutex<HashMap<BuildRequestId, Running>>,
+    quarantine: Mutex<HashMap<WorkerId, Quarantine>>,
+    wake: Notify,
+    buildset_done: Notify,
+    scheds: tokio::sync::Mutex<SchedulerSet>,
+    clock: kiln_engine::SystemClock,
+    reconfig_lock: tokio::sync::Mutex<()>,
+    pub(crate) metrics: crate::api::Metrics,
+}
+
 /// A started master. Dropping it does not stop it; call [`Master::shutdown`].
 pub struct Master {
-    _private: (),
+    inner: Arc<Inner>,
+    web_addr: SocketAddr,
+    worker_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// `sqlite:state.sqlite` is relative to the master directory.
+fn resolve_db_url(url: &str, basedir: &Path) -> String {
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let path = rest.trim_start_matches("//");
+        let (file, query) = path.split_once('?').map_or((path, None), |(f, q)| (f, Some(q)));
+        if !file.starts_with('/') && !file.is_empty() {
+            let abs = basedir.join(file);
+            return match query {
+                Some(q) => format!("sqlite:{}?{q}", abs.display()),
+                None => format!("sqlite:{}", abs.display()),
+            };
+        }
+        return format!("sqlite:{}", path);
+    }
+    url.to_string()
+}
+
+fn roster_entries(config: &MasterConfig) -> HashMap<String, WorkerEntry> {
+    let mut out = HashMap::new();
+    for w in &config.workers {
+        let password = match (&w.password, &w.password_hash) {
+            (_, Some(hash)) => PasswordCheck::Argon2(hash.clone()),
+            (Some(s), None) => match config.secrets.get(&s.name) {
+                Some(v) => PasswordCheck::Plain(v.to_string()),
+                None => continue,
+            },
+            (None, None) => continue,
+        };
+        let mut dirs: Vec<String> = config
+            .builders
+            .iter()
+            .filter(|b| b.workers.contains(&w.name))
+            .map(|b| b.builddir.clone().unwrap_or_else(|| b.name.clone()))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        out.insert(w.name.clone(), WorkerEntry { password, builder_dirs: dirs });
+    }
+    out
+}
+
+fn load_config(file: &Path) -> Result<MasterConfig, kiln_config::ConfigError> {
+    kiln_config::load(file)
 }
 
 impl Master {
     /// Loads the config (an error carries file:line:col), opens and migrates the store,
     /// requeues what a crashed master left, binds both ports and starts every loop.
     pub async fn start(opts: MasterOptions) -> anyhow::Result<Master> {
-        let _ = opts;
-        todo!("core")
+        let basedir = std::path::absolute(&opts.basedir)
+            .with_context(|| format!("master directory {}", opts.basedir.display()))?;
+        let config_file = opts.config_file.clone().unwrap_or_else(|| basedir.join("master.star"));
+        let config = load_config(&config_file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let db_url = resolve_db_url(&config.master.db_url, &basedir);
+        let store_opts = StoreOptions { log_max_bytes: config.master.log_max_bytes, ..StoreOptions::default() };
+        let store = Store::connect_with(&db_url, store_opts)
+            .await
+            .with_context(|| format!("opening the database {}", config.master.db_url))?;
+        let clock = kiln_engine::SystemClock;
+        let now = clock.now();
+        let host = nix_hostname();
+        let master_name = format!("{host}:{}", basedir.display());
+        let master_id = store.register_master(&master_name, now).await?;
+        let rec = store.recover_after_crash(master_id, now).await?;
+        if rec.builds + rec.requests_requeued > 0 {
+            tracing::warn!(
+                "recovered after an unclean stop: {} unfinished builds marked RETRY, {} requests back in the queue",
+                rec.builds,
+                rec.requests_requeued
+            );
+        }
+
+        let roster = Roster::default();
+        *roster.0.write().expect("roster lock") = roster_entries(&config);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let endpoint = Endpoint::new(roster.clone(), EndpointOptions::default(), events_tx);
+
+        let scheds = sched::build(&config, now);
+        let inner = Arc::new(Inner {
+            basedir: basedir.clone(),
+            config_file,
+            queue: QueueStore { store: store.clone(), master: master_id },
+            store,
+            master_id,
+            config: RwLock::new(Arc::new(config)),
+            builder_ids: RwLock::new(BTreeMap::new()),
+            worker_ids: RwLock::new(BTreeMap::new()),
+            endpoint: endpoint.clone(),
+            roster,
+            running: Mutex::new(HashMap::new()),
+            quarantine: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            buildset_done: Notify::new(),
+            scheds: tokio::sync::Mutex::new(scheds),
+            clock,
+            reconfig_lock: tokio::sync::Mutex::new(()),
+            metrics: crate::api::Metrics::new(),
+        });
+        inner.sync_ids().await?;
+
+        let cfg = inner.config();
+        let worker_port = opts.worker_port.unwrap_or(cfg.master.worker_port);
+        let web_port = opts.web_port.unwrap_or(cfg.master.web_port);
+        let worker_listener = tokio::net::TcpListener::bind((opts.bind, worker_port))
+            .await
+            .with_context(|| format!("cannot listen for workers on {}:{worker_port}", opts.bind))?;
+        let web_listener = tokio::net::TcpListener::bind((opts.bind, web_port))
+            .await
+            .with_context(|| format!("cannot listen for the web on {}:{web_port}", opts.bind))?;
+        let worker_addr = worker_listener.local_addr()?;
+        let web_addr = web_listener.local_addr()?;
+        let tls = match (&cfg.master.tls_cert, &cfg.master.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(
+                &basedir.join(cert),
+                &basedir.join(key),
+            )?),
+            _ => None,
+        };
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let stop = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        {
+            let ep = endpoint.clone();
+            let sd = stop(shutdown_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::endpoint::serve(worker_listener, tls, ep, sd).await {
+                    tracing::error!("worker endpoint stopped: {e}");
+                }
+            }));
+        }
+        {
+            let app = crate::web::router(inner.clone());
+            let sd = stop(shutdown_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(web_listener, app).with_graceful_shutdown(sd).await {
+                    tracing::error!("web server stopped: {e}");
+                }
+            }));
+        }
+        tasks.push(tokio::spawn(worker_events(inner.clone(), events_rx, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(distribute_loop(inner.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(heartbeat(inner.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(janitor(inner.clone(), shutdown_rx.clone())));
+        inner.wake.notify_one();
+        Ok(Master { inner, web_addr, worker_addr, shutdown, tasks })
     }
 
     pub fn web_addr(&self) -> SocketAddr {
-        todo!("core")
+        self.web_addr
     }
 
     pub fn worker_addr(&self) -> SocketAddr {
-        todo!("core")
+        self.worker_addr
     }
 
     /// Re-reads `master.star` and applies the difference. A broken file is rejected with its
     /// error and the running config stays.
     pub async fn reconfig(&self) -> Result<ReconfigReport, kiln_config::ConfigError> {
-        todo!("core")
+        self.inner.reconfig().await
     }
 
     pub fn control(&self) -> Arc<dyn Control> {
-        todo!("core")
+        Arc::new(MasterControl(self.inner.clone()))
+    }
+
+    /// The database this master uses (tests and the quickstart read results from it).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
 
     /// Stops accepting work, disconnects workers (their builds end RETRY and are requeued by
     /// the next start), closes the store.
     pub async fn shutdown(self) {
-        todo!("core")
+        let _ = self.shutdown.send(true);
+        for w in self.inner.endpoint.connected() {
+            self.inner.endpoint.disconnect(w.name());
+        }
+        // Give running builds a moment to record the lost worker (RETRY, requeued).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.inner.running.lock().expect("running lock").is_empty()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+        // Anything still claimed goes back to the queue for the next start.
+        if let Ok(ids) = self.inner.store.claimed_by(self.inner.master_id).await {
+            let _ = self.inner.store.unclaim_build_requests(self.inner.master_id, &ids).await;
+        }
+        let _ = self.inner.store.set_master_inactive(self.inner.master_id).await;
+        self.inner.store.close().await;
+    }
+}
+
+/// One line: what a reconfig added (+), removed (-) and changed (~).
+fn describe(diff: &ConfigDiff) -> String {
+    if diff.is_empty() {
+        return "no changes".into();
+    }
+    let mut parts = Vec::new();
+    if diff.master_changed {
+        parts.push("master settings changed (ports and database apply at the next restart)".to_string());
+    }
+    for (what, d) in [
+        ("workers", &diff.workers),
+        ("builders", &diff.builders),
+        ("schedulers", &diff.schedulers),
+        ("locks", &diff.locks),
+    ] {
+        if d.is_empty() {
+            continue;
+        }
+        let mut p = format!("{what}:");
+        for (sign, names) in [("+", &d.added), ("-", &d.removed), ("~", &d.changed)] {
+            for n in names {
+                p.push_str(&format!(" {sign}{n}"));
+            }
+        }
+        parts.push(p);
+    }
+    parts.join("; ")
+}
+
+fn nix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+async fn heartbeat(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let _ = inner.store.heartbeat_master(inner.master_id, inner.now()).await;
+    }
+}
+
+/// Applies the retention horizons once an hour (and once shortly after start). The store
+/// deletes in small batches, so builds keep running while it works.
+async fn janitor(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        wait = Duration::from_secs(3600);
+        let m = inner.config().master.clone();
+        let now = inner.now();
+        let day = 86_400;
+        if let Some(days) = m.build_horizon_days {
+            match inner.store.delete_old_builds(now - i64::from(days) * day).await {
+                Ok(r) if r.builds > 0 => tracing::info!("janitor: deleted {} builds older than {days} days", r.builds),
+                Ok(_) => {}
+                Err(e) => tracing::error!("janitor (builds): {e}"),
+            }
+        }
+        if let Some(days) = m.log_horizon_days {
+            match inner.store.delete_old_logs(now - i64::from(days) * day).await {
+                Ok(r) if r.logs > 0 => tracing::info!("janitor: deleted {} logs older than {days} days", r.logs),
+                Ok(_) => {}
+                Err(e) => tracing::error!("janitor (logs): {e}"),
+            }
+        }
+    }
+}
+
+async fn worker_events(
+    inner: Arc<Inner>,
+    mut rx: mpsc::UnboundedReceiver<WorkerEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => match ev { Some(ev) => ev, None => return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match ev {
+            WorkerEvent::Attached(conn) => {
+                let name = conn.name().to_string();
+                match inner.store.upsert_worker(&name, conn.info()).await {
+                    Ok(id) => {
+                        inner.worker_ids.write().expect("ids lock").insert(name.clone(), id);
+                        tracing::info!("worker {name} attached from {}", conn.peer());
+                    }
+                    Err(e) => tracing::error!("storing worker {name}: {e}"),
+                }
+            }
+            WorkerEvent::Detached { name, .. } => tracing::info!("worker {name} detached"),
+        }
+        inner.metrics.workers_connected(inner.endpoint.connected().len() as i64);
+        inner.wake.notify_one();
+    }
+}
+
+async fn distribute_loop(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let due = {
+            let mut s = inner.scheds.lock().await;
+            s.events.poll(inner.now())
+        };
+        for bs in due {
+            if let Err(e) = inner.submit(&bs).await {
+                tracing::error!("scheduler {}: {e}", bs.scheduler);
+            }
+        }
+        if let Err(e) = inner.dispatch_round().await {
+            tracing::error!("distribution: {e}");
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn config(&self) -> Arc<MasterConfig> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    pub(crate) fn now(&self) -> Epoch {
+        self.clock.now()
+    }
+
+    pub(crate) fn builder_name(&self, id: BuilderId) -> Option<String> {
+        self.builder_ids
+            .read()
+            .expect("ids lock")
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(k, _)| k.clone())
+    }
+
+    pub(crate) fn worker_name(&self, id: WorkerId) -> Option<String> {
+        self.worker_ids
+            .read()
+            .expect("ids lock")
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(k, _)| k.clone())
+    }
+
+    /// Makes sure every configured builder and worker has a row and an id.
+    async fn sync_ids(&self) -> anyhow::Result<()> {
+        let cfg = self.config();
+        let mut b = BTreeMap::new();
+        for builder in &cfg.builders {
+            let id = self
+                .store
+                .upsert_builder(&builder.name, builder.description.as_deref(), &builder.tags)
+                .await?;
+            b.insert(builder.name.clone(), id);
+        }
+        let mut w = BTreeMap::new();
+        for worker in &cfg.workers {
+            let id = match self.store.get_worker_by_name(&worker.name).await? {
+                Some(row) => row.workerid,
+                None => self.store.upsert_worker(&worker.name, &serde_json::Map::new()).await?,
+            };
+            w.insert(worker.name.clone(), id);
+        }
+        *self.builder_ids.write().expect("ids lock") = b;
+        *self.worker_ids.write().expect("ids lock") = w;
+        Ok(())
+    }
+
+    fn snapshot(&self, cfg: &MasterConfig) -> Snapshot {
+        let bids = self.builder_ids.read().expect("ids lock").clone();
+        let wids = self.worker_ids.read().expect("ids lock").clone();
+        let now_dt = chrono::Utc::now();
+        let builders = cfg
+            .builders
+            .iter()
+            .filter_map(|b| {
+                Some(BuilderDef {
+                    id: *bids.get(&b.name)?,
+                    workers: b.workers.iter().filter_map(|w| wids.get(w).copied()).collect(),
+                    priority: b.priority,
+                    collapse_requests: b.collapse_requests,
+                    locks: b
+                        .locks
+                        .iter()
+                        .map(|l| {
+                            let access = match l.access {
+                                kiln_config::AccessMode::Exclusive => LockAccess::Exclusive,
+                                _ => LockAccess::Counting,
+                            };
+                            (l.lock.name.clone(), access)
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        let quarantine = self.quarantine.lock().expect("quarantine lock").clone();
+        let workers = cfg
+            .workers
+            .iter()
+            .filter_map(|w| {
+                let id = *wids.get(&w.name)?;
+                let available = w.availability.iter().all(|a| a.allows(now_dt));
+                Some(WorkerState {
+                    id,
+                    connected: self.endpoint.get(&w.name).is_some(),
+                    paused: !available,
+                    max_builds: w.max_builds.unwrap_or(u32::MAX),
+                    downtime: Vec::new(),
+                    quarantined_until: quarantine.get(&id).and_then(|q| q.until),
+                })
+            })
+            .collect();
+        let running = self
+            .running
+            .lock()
+            .expect("running lock")
+            .values()
+            .map(|r| RunningBuild { builder: r.builder, worker: r.worker })
+            .collect();
+        let locks = cfg
+            .locks
+            .values()
+            .map(|l| LockDef {
+                name: l.name.clone(),
+                scope: match l.scope {
+                    kiln_config::LockScope::Master => LockScope::Master,
+                    _ => LockScope::Worker,
+                },
+                max_count: l.max_count,
+                max_count_for_worker: l
+                    .max_count_for_worker
+                    .iter()
+                    .filter_map(|(w, n)| Some((*wids.get(w)?, *n)))
+                    .collect(),
+            })
+            .collect();
+        Snapshot { pending: Vec::new(), builders, workers, running, locks }
+    }
+
+    async fn dispatch_round(self: &Arc<Self>) -> anyhow::Result<()> {
+        let cfg = self.config();
+        let world = self.snapshot(&cfg);
+        let won = queue::dispatch(&self.queue, &LogBus, world, self.now())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Ok(p) = self.store.pending_builders().await {
+            self.metrics.requests_pending(p.iter().map(|b| b.requests).sum::<i64>() - won.len() as i64);
+        }
+        for a in won {
+            let (tx, rx) = watch::channel(None);
+            self.running.lock().expect("running lock").insert(
+                a.request,
+                Running { builder: a.builder, worker: a.worker, build: None, stop: tx },
+            );
+            self.metrics.builds_running(self.running.lock().expect("running lock").len() as i64);
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let task = tokio::spawn(runner::run(inner.clone(), Claimed { assignment: a.clone(), stop: rx }));
+                if let Err(e) = task.await {
+                    // A bug in a build task must not leave its request claimed forever.
+                    tracing::error!("build of request {} crashed: {e}", a.request.0);
+                    inner.build_crashed(a).await;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn build_started(&self, request: BuildRequestId, build: BuildId) {
+        if let Some(r) = self.running.lock().expect("running lock").get_mut(&request) {
+            r.build = Some(build);
+        }
+    }
+
+    /// A claimed request whose build never started goes back to the queue.
+    pub(crate) async fn requeue_unstarted(&self, a: Assignment) {
+        self.running.lock().expect("running lock").remove(&a.request);
+        let _ = self.store.unclaim_build_requests(self.master_id, &[a.request]).await;
+        // Not at once: the worker that failed may still look connected for a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.wake.notify_one();
+    }
+
+    /// A build task panicked: its build ends EXCEPTION and so does its request (retrying
+    /// would likely crash again).
+    async fn build_crashed(&self, a: Assignment) {
+        let build = self
+            .running
+            .lock()
+            .expect("running lock")
+            .get(&a.request)
+            .and_then(|r| r.build);
+        let now = self.now();
+        if let Some(b) = build {
+            let _ = self.store.set_build_state_string(b, "exception: internal error").await;
+            let _ = self.store.finish_build(b, Results::Exception, now).await;
+        }
+        let outcome = kiln_engine::build::BuildOutcome {
+            results: Results::Exception,
+            requeue: false,
+            state_string: "exception".into(),
+        };
+        self.build_ended(a, outcome).await;
+    }
+
+    pub(crate) async fn build_ended(&self, a: Assignment, outcome: kiln_engine::build::BuildOutcome) {
+        let n = {
+            let mut running = self.running.lock().expect("running lock");
+            running.remove(&a.request);
+            running.len()
+        };
+        self.metrics.builds_running(n as i64);
+        self.metrics.build_finished(outcome.results);
+        let now = self.now();
+        self.quarantine
+            .lock()
+            .expect("quarantine lock")
+            .entry(a.worker)
+            .or_default()
+            .build_finished(outcome.results, now);
+        if let Err(e) = queue::build_finished(&self.queue, &LogBus, a.request, &outcome, now).await {
+            tracing::error!("ending build request {}: {e}", a.request.0);
+        }
+        self.wake.notify_one();
+        if !outcome.requeue {
+            self.after_request_complete(a.request).await;
+        }
+    }
+
+    /// A request completed: if its buildset is now complete, tell `dependent` schedulers and
+    /// anyone waiting on it (a `trigger` step with `wait_for_finish`).
+    async fn after_request_complete(&self, request: BuildRequestId) {
+        let Ok(Some(req)) = self.store.get_build_request(request).await else { return };
+        let Ok(Some(bs)) = self.store.get_buildset(req.buildsetid).await else { return };
+        if !bs.complete {
+            return;
+        }
+        self.buildset_done.notify_waiters();
+        let scheduler = self.store.buildset_scheduler(bs.bsid).await.unwrap_or_default();
+        let mut sources = Vec::new();
+        for ss in &bs.sourcestamps {
+            if let Ok(Some(s)) = self.store.get_sourcestamp(*ss).await {
+                sources.push(SourceSpec {
+                    codebase: s.codebase,
+                    repository: s.repository,
+                    branch: s.branch,
+                    revision: s.revision,
+                    project: s.project,
+                });
+            }
+        }
+        let properties = self.store.get_buildset_properties(bs.bsid).await.unwrap_or_default();
+        let done = CompletedBuildset {
+            scheduler,
+            results: bs.results.unwrap_or(Results::Success),
+            sources,
+            properties,
+        };
+        let next = self.scheds.lock().await.events.on_buildset_complete(&done, self.now());
+        for bs in next {
+            if let Err(e) = self.submit(&bs).await {
+                tracing::error!("scheduler {}: {e}", bs.scheduler);
+            }
+        }
+    }
+
+    /// Stores a scheduler's buildset and wakes the distributor.
+    pub(crate) async fn submit(&self, bs: &BuildsetRequest) -> anyhow::Result<(BuildsetId, Vec<BuildRequestId>)> {
+        let cfg = self.config();
+        let ids = self.builder_ids.read().expect("ids lock").clone();
+        let builders: BTreeMap<String, (BuilderId, i64)> = cfg
+            .builders
+            .iter()
+            .filter_map(|b| Some((b.name.clone(), (*ids.get(&b.name)?, b.priority))))
+            .collect();
+        let unknown: Vec<&String> = bs.builders.iter().filter(|b| !builders.contains_key(*b)).collect();
+        if !unknown.is_empty() {
+            tracing::warn!("scheduler {}: no such builders {unknown:?}", bs.scheduler);
+        }
+        let out = queue::submit(&self.queue, &LogBus, bs, &builders, self.now())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.wake.notify_one();
+        Ok(out)
+    }
+
+    pub(crate) async fn trigger_request(
+        &self,
+        scheduler: &str,
+        parent: BuildId,
+        sources: Vec<SourceSpec>,
+        properties: &Properties,
+        wait: bool,
+    ) -> anyhow::Result<BuildsetId> {
+        let bs = {
+            let s = self.scheds.lock().await;
+            let t = s
+                .triggerable
+                .get(scheduler)
+                .ok_or_else(|| anyhow::anyhow!("no triggerable scheduler named {scheduler:?}"))?;
+            t.trigger(parent, sources, properties, wait)
+        };
+        Ok(self.submit(&bs).await?.0)
+    }
+
+    pub(crate) async fn wait_for_buildset(&self, bs: BuildsetId) -> anyhow::Result<Results> {
+        loop {
+            let notified = self.buildset_done.notified();
+            let row = self
+                .store
+                .get_buildset(bs)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("buildset {} vanished", bs.0))?;
+            if row.complete {
+                return Ok(row.results.unwrap_or(Results::Success));
+            }
+            // Completion elsewhere (another master) has no notification: poll as well.
+            let _ = tokio::time::timeout(Duration::from_secs(2), notified).await;
+        }
+    }
+
+    async fn reconfig(&self) -> Result<ReconfigReport, kiln_config::ConfigError> {
+        let _guard = self.reconfig_lock.lock().await;
+        let new = load_config(&self.config_file)?;
+        let old = self.config();
+        let diff = ConfigDiff::between(&old, &new);
+        let summary = describe(&diff);
+        let removed_workers: Vec<String> = old
+            .workers
+            .iter()
+            .filter(|w| new.worker(&w.name).is_none())
+            .map(|w| w.name.clone())
+            .collect();
+        *self.roster.0.write().expect("roster lock") = roster_entries(&new);
+        let new = Arc::new(new);
+        *self.config.write().expect("config lock") = new.clone();
+        if let Err(e) = self.sync_ids().await {
+            tracing::error!("reconfig: storing builders and workers: {e}");
+        }
+        {
+            // Unchanged schedulers keep their state (running tree-stable timers, the next
+            // nightly firing); changed and added ones start fresh.
+            let mut fresh = sched::build(&new, self.now());
+            let mut current = self.scheds.lock().await;
+            let keep = |name: &str| {
+                !diff.schedulers.changed.iter().any(|n| n == name)
+                    && !diff.schedulers.added.iter().any(|n| n == name)
+            };
+            let mut old: Vec<_> = std::mem::take(&mut current.events.list);
+            for slot in fresh.events.list.iter_mut() {
+                if keep(slot.name()) {
+                    if let Some(pos) = old.iter().position(|o| o.name() == slot.name()) {
+                        *slot = old.swap_remove(pos);
+                    }
+                }
+            }
+            *current = fresh;
+        }
+        for w in removed_workers {
+            self.endpoint.disconnect(&w);
+        }
+        self.wake.notify_one();
+        tracing::info!("reconfig applied: {summary}");
+        Ok(ReconfigReport { summary })
+    }
+
+    async fn add_change(&self, c: ChangeRequest) -> anyhow::Result<ChangeId> {
+        let now = self.now();
+        let new = kiln_store::NewChange {
+            author: c.author,
+            committer: c.committer,
+            comments: c.comments,
+            branch: c.branch,
+            revision: c.revision,
+            when_timestamp: c.when_timestamp.unwrap_or(now),
+            category: c.category,
+            repository: c.repository,
+            codebase: c.codebase,
+            project: c.project,
+            files: c.files,
+            properties: {
+                let mut p = Properties::default();
+                for (k, v) in c.properties {
+                    p.set(k, v, "Change");
+                }
+                p
+            },
+        };
+        let id = self.store.add_change(&new, now).await?;
+        let change = self
+            .store
+            .get_change(id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("change {} vanished", id.0))?;
+        let due = self.scheds.lock().await.events.on_change(&change, now);
+        for bs in due {
+            self.submit(&bs).await?;
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn connected_workers(&self) -> Vec<String> {
+        self.endpoint.connected().iter().map(|c| c.name().to_string()).collect()
+    }
+}
+
+/// The API's handle on the master.
+pub(crate) struct MasterControl(pub(crate) Arc<Inner>);
+
+impl Control for MasterControl {
+    fn config(&self) -> Arc<MasterConfig> {
+        self.0.config()
+    }
+
+    fn connected_workers(&self) -> Vec<String> {
+        self.0.connected_workers()
+    }
+
+    fn force(
+        &self,
+        scheduler: &str,
+        req: ForceRequest,
+    ) -> BoxFuture<'_, Result<(BuildsetId, Vec<BuildRequestId>), String>> {
+        let scheduler = scheduler.to_string();
+        Box::pin(async move {
+            let bs = {
+                let s = self.0.scheds.lock().await;
+                let f = s
+                    .force
+                    .get(&scheduler)
+                    .ok_or_else(|| format!("no force scheduler named {scheduler:?}"))?;
+                let mut input = req.properties.clone();
+                for (k, v) in [
+                    ("reason", &req.reason),
+                    ("branch", &req.branch),
+                    ("revision", &req.revision),
+                    ("repository", &req.repository),
+                    ("project", &req.project),
+                ] {
+                    if let Some(v) = v {
+                        input.insert(k.to_string(), serde_json::Value::String(v.clone()));
+                    }
+                }
+                // Like Buildbot, values that are not parameters of this scheduler (the
+                // form's `priority`, a client's extras) are ignored, not refused.
+                input.retain(|k, _| f.params.iter().any(|p| &p.name == k));
+                let builders = if req.builder_names.is_empty() {
+                    f.builders.clone()
+                } else {
+                    req.builder_names.clone()
+                };
+                let owner = req.owner.clone().unwrap_or_else(|| "anonymous".into());
+                f.force(&owner, &builders, &input).map_err(|e| e.to_string())?
+            };
+            self.0.submit(&bs).await.map_err(|e| format!("{e:#}"))
+        })
+    }
+
+    fn add_change(&self, change: ChangeRequest) -> BoxFuture<'_, Result<ChangeId, String>> {
+        Box::pin(async move { self.0.add_change(change).await.map_err(|e| format!("{e:#}")) })
+    }
+
+    fn stop_build(&self, build: BuildId, reason: String) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let running = self.0.running.lock().expect("running lock");
+            match running.values().find(|r| r.build == Some(build)) {
+                Some(r) => {
+                    let _ = r.stop.send(Some(reason));
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+
+    fn cancel_request(&self, request: BuildRequestId) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let now = self.0.now();
+            let done = queue::cancel_request(&self.0.queue, &LogBus, request, now)
+                .await
+                .unwrap_or(false);
+            if done {
+                self.0.after_request_complete(request).await;
+            }
+            done
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_db_url;
+    use std::path::Path;
+
+    #[test]
+    fn sqlite_paths_are_relative_to_the_master_directory() {
+        let d = Path::new("/m");
+        assert_eq!(resolve_db_url("sqlite:state.sqlite", d), "sqlite:/m/state.sqlite");
+        assert_eq!(resolve_db_url("sqlite:///abs/s.db", d), "sqlite:/abs/s.db");
+        assert_eq!(resolve_db_url("sqlite:s.db?mode=rwc", d), "sqlite:/m/s.db?mode=rwc");
+        assert_eq!(resolve_db_url("postgresql://u@h/db", d), "postgresql://u@h/db");
     }
 }

@@ -10,8 +10,10 @@
 //! * Write transactions on SQLite start with `BEGIN IMMEDIATE` so they never fail with
 //!   `SQLITE_BUSY` on the read-to-write upgrade.
 
+pub mod api_queries;
 mod entities;
 mod logs;
+mod queue;
 
 use std::borrow::Cow;
 use std::sync::Once;
@@ -21,6 +23,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, SqlSafeStr, Transaction};
 
 pub use entities::*;
+pub use queue::QueueStore;
 pub use logs::{
     AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES,
     MAX_READ_LINES, slugify,
@@ -76,21 +79,47 @@ pub struct Store {
     pub(crate) opts: StoreOptions,
 }
 
-const SQLITE_INIT: &str = include_str!("../migrations/sqlite/0001_init.sql");
-const PG_INIT: &str = include_str!("../migrations/postgres/0001_init.sql");
+/// (version, description, SQLite text, PostgreSQL text), in order.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "api_indexes",
+        include_str!("../migrations/sqlite/0002_api_indexes.sql"),
+        include_str!("../migrations/postgres/0002_api_indexes.sql"),
+    ),
+    (
+        3,
+        "queue collapse key",
+        include_str!("../migrations/sqlite/0003_queue_collapse.sql"),
+        include_str!("../migrations/postgres/0003_queue_collapse.sql"),
+    ),
+];
 
 fn migrator(backend: Backend) -> Migrator {
-    let init = match backend {
-        Backend::Sqlite => SQLITE_INIT,
-        Backend::Postgres => PG_INIT,
-    };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        AssertSqlSafe(init).into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|(version, name, sqlite, pg)| {
+                let sql = match backend {
+                    Backend::Sqlite => *sqlite,
+                    Backend::Postgres => *pg,
+                };
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*name),
+                    MigrationType::Simple,
+                    AssertSqlSafe(sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
 }
 
 impl Store {

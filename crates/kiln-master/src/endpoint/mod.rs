@@ -4,9 +4,29 @@
 //! of spec §4.1, duplicate-name arbitration (§4.3), dead-connection detection, and
 //! [`WorkerConn`], which implements [`crate::remote::Remote`] for builds.
 
+mod attach;
+mod auth;
+mod conn;
+mod serve;
+
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequestParts as _, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
+use kiln_proto::Op;
+use tokio::sync::{mpsc, watch};
+
+pub use conn::WorkerConn;
+pub use serve::{PeerAddr, TlsListener, serve};
+
+use auth::{CredError, FailedLogins};
+use conn::{Link, LoopOpts};
 
 /// How the master checks one worker's password.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,5 +74,227 @@ impl Default for EndpointOptions {
             dead_after: Duration::from_secs(60),
             duplicate_check_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// What the endpoint tells the master core about workers.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// The attach sequence completed; the worker can take builds.
+    Attached(Arc<WorkerConn>),
+    /// An attached connection ended (`conn_id` tells an old connection from its replacement).
+    Detached { name: String, conn_id: u64 },
+}
+
+/// The worker endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Endpoint(Arc<Inner>);
+
+struct Inner {
+    roster: Roster,
+    opts: EndpointOptions,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    attached: Mutex<HashMap<String, Arc<WorkerConn>>>,
+    next_conn_id: AtomicU64,
+    failed: FailedLogins,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Socket buffers per connection: small, because most workers are idle most of the time
+/// (tungstenite's default is 128 KiB each way). Bigger messages still work; the buffers grow.
+const READ_BUFFER: usize = 2 * 1024;
+const WRITE_BUFFER: usize = 4 * 1024;
+
+impl Endpoint {
+    pub fn new(roster: Roster, opts: EndpointOptions, events: mpsc::UnboundedSender<WorkerEvent>) -> Endpoint {
+        let (shutdown, _) = watch::channel(false);
+        Endpoint(Arc::new(Inner {
+            roster,
+            opts,
+            events,
+            attached: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(1),
+            failed: FailedLogins::default(),
+            shutdown,
+        }))
+    }
+
+    /// Accepts the WebSocket upgrade on any path and method (Buildbot ignores the path).
+    /// Serve it with connect info (`SocketAddr` or [`PeerAddr`]) so failed logins are
+    /// counted per address; without it all clients share one counter.
+    pub fn router(&self) -> axum::Router {
+        axum::Router::new().fallback(handshake).with_state(self.clone())
+    }
+
+    /// The attached worker of that name.
+    pub fn get(&self, name: &str) -> Option<Arc<WorkerConn>> {
+        self.0.attached.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    pub fn connected(&self) -> Vec<Arc<WorkerConn>> {
+        self.0.attached.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Drops the worker's connection (e.g. it was removed from the config).
+    pub fn disconnect(&self, name: &str) {
+        let conn = self.0.attached.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        if let Some(conn) = conn {
+            conn.link.abort();
+        }
+    }
+
+    /// Drops every connection, attached or not (master shutdown).
+    pub fn close_all(&self) {
+        self.0.shutdown.send_replace(true);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<WorkerConn>>> {
+        self.0.attached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn status(code: StatusCode, text: &'static str) -> Response {
+    let mut r = (code, text).into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"kiln\""));
+    }
+    r
+}
+
+/// The opening handshake: credentials first, then the upgrade.
+async fn handshake(State(ep): State<Endpoint>, req: Request) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .or_else(|| parts.extensions.get::<ConnectInfo<PeerAddr>>().map(|c| c.0.0))
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let inner = &ep.0;
+    if inner.failed.blocked(peer.ip(), inner.opts.failed_logins_per_minute) {
+        return status(StatusCode::TOO_MANY_REQUESTS, "Too many failed logins; try again in a minute\n");
+    }
+    let (name, password) = match auth::parse_basic(parts.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
+        Ok(c) => c,
+        Err(CredError::Missing) => {
+            inner.failed.record(peer.ip());
+            return status(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+        }
+        Err(CredError::Malformed) => {
+            inner.failed.record(peer.ip());
+            return status(StatusCode::BAD_REQUEST, "Bad request: expected Authorization: Basic base64(name:password)\n");
+        }
+    };
+    let check = inner.roster.0.read().unwrap_or_else(|e| e.into_inner()).get(&name).map(|e| e.password.clone());
+    let ok = match check {
+        Some(check) => auth::verify(&check, password).await,
+        None => false,
+    };
+    if !ok {
+        inner.failed.record(peer.ip());
+        tracing::info!(worker = %name, %peer, "worker login refused: unknown name or wrong password");
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+    }
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let max = inner.opts.max_message_bytes;
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(max.saturating_add(WRITE_BUFFER + 1024))
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| connection(ep, socket, name, peer))
+}
+
+/// One upgraded connection, from duplicate arbitration to `Detached`. Runs as one task: the
+/// attach sequence and the socket loop are two futures polled side by side; the attach one
+/// is boxed so its state is freed once the worker is attached (memory per idle worker).
+async fn connection(ep: Endpoint, mut ws: WebSocket, name: String, peer: SocketAddr) {
+    let inner = ep.0.clone();
+    let conn_id = inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
+
+    // Spec §4.3: the old connection gets a chance to prove it is alive.
+    if let Some(old) = ep.get(&name) {
+        let probe = Op::Print { message: "master got a duplicate connection".into() };
+        let answer = tokio::time::timeout(inner.opts.duplicate_check_timeout, old.link.request(probe)).await;
+        if matches!(answer, Ok(Ok(ref r)) if !r.is_exception) {
+            tracing::warn!(worker = %name, %peer, "duplicate connection refused: the attached one still answers");
+            let _ = ws.send(WsMessage::Close(None)).await;
+            return;
+        }
+        tracing::warn!(worker = %name, %peer, "old connection did not answer; replacing it");
+        {
+            let mut map = ep.lock();
+            if map.get(&name).is_some_and(|c| c.conn_id == old.conn_id) {
+                map.remove(&name);
+            }
+        }
+        old.link.abort();
+        old.closed().await;
+    }
+
+    let (link, rx) = Link::new();
+    let opts = LoopOpts {
+        limits: kiln_proto::Limits { max_message: inner.opts.max_message_bytes, ..Default::default() },
+        idle_ping_after: inner.opts.idle_ping_after,
+        dead_after: inner.opts.dead_after,
+    };
+    let io = conn::run_loop(ws, link.clone(), rx, opts, inner.shutdown.subscribe());
+    let attached: OnceLock<Arc<WorkerConn>> = OnceLock::new();
+    let driver = async {
+        let entry = inner.roster.0.read().unwrap_or_else(|e| e.into_inner()).get(&name).cloned();
+        let Some(entry) = entry else {
+            tracing::info!(worker = %name, "worker no longer configured; closing");
+            link.close();
+            return;
+        };
+        match attach::attach(&link, &entry).await {
+            Ok(a) => {
+                let conn = Arc::new(WorkerConn {
+                    name: name.clone(),
+                    conn_id,
+                    peer,
+                    info: a.info,
+                    basedir: a.basedir,
+                    windows: a.windows,
+                    link: link.clone(),
+                });
+                let _ = attached.set(conn.clone());
+                let prev = ep.lock().insert(name.clone(), conn.clone());
+                if let Some(prev) = prev.filter(|p| p.conn_id != conn_id) {
+                    prev.link.abort();
+                }
+                tracing::info!(worker = %name, %peer, conn_id, "worker attached");
+                let _ = inner.events.send(WorkerEvent::Attached(conn));
+            }
+            Err(e) => {
+                tracing::warn!(worker = %name, %peer, "attach failed, dropping the connection: {e}");
+                link.abort();
+            }
+        }
+    };
+    let mut io = std::pin::pin!(io);
+    let mut driver = Some(Box::pin(driver));
+    let end = loop {
+        match driver.as_mut() {
+            Some(d) => tokio::select! {
+                end = &mut io => break end,
+                () = d => driver = None,
+            },
+            None => break io.await,
+        }
+    };
+    drop(driver);
+    tracing::info!(worker = %name, %peer, conn_id, "worker connection ended: {end:?}");
+    if attached.get().is_some() {
+        {
+            let mut map = ep.lock();
+            if map.get(&name).is_some_and(|c| c.conn_id == conn_id) {
+                map.remove(&name);
+            }
+        }
+        let _ = inner.events.send(WorkerEvent::Detached { name, conn_id });
     }
 }

@@ -2,16 +2,41 @@
 //! ([`crate::remote::Remote`]), streams their output into logs ([`StepLogs`]), and decides the
 //! step's end ([`StepEnd`]). Path joining follows the msgpack master (spec §8.2): every path
 //! sent is absolute, `builder_dir/workdir/...`.
+//!
+//! * `command`: rendering, the step's logs, and [`run_step`]'s one way of running a remote
+//!   command (output → `stdio` as `h`/`o`/`e` lines, `rc` → "program finished with exit code",
+//!   stop → interrupt → CANCELLED, `complete` with failure text → EXCEPTION, lost → RETRY);
+//! * `shell`: `shell`/`configure`/`compile`/`test` (decode_rc, warning_pattern) and
+//!   `set_property_from_command`;
+//! * `git`: Buildbot 4.3's Git step, command for command (listdir, clone/fetch/checkout,
+//!   clean, rmdir, cpdir, submodules), ending with `got_revision`;
+//! * `transfer`: uploads and downloads with the master ends ([`FileSink`], [`DirectorySink`],
+//!   [`FileSource`], [`StringSource`]) that an endpoint hands the worker's transfer ops to;
+//! * `simple`: `mkdir`, `rmdir`, `rmfile`, `trigger`.
+//!
+//! Differences from Buildbot worth knowing: `warning_pattern` is searched anywhere in a line
+//! (Buildbot anchors it at the start); a failed `directory_upload` leaves an already unpacked
+//! destination in place (Buildbot deletes the whole tree).
+
+mod command;
+mod git;
+mod shell;
+mod simple;
+mod transfer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kiln_config::{Renderable, Secrets, SourceAttrs, Step};
+use kiln_config::{Renderable, Secrets, SourceAttrs, Step, StepKind};
 use kiln_engine::results::StepEnd;
-use kiln_model::{LogType, Properties};
+use kiln_model::{LogType, Properties, Results};
 use tokio::sync::watch;
 
 use crate::remote::{BoxFuture, Remote};
+
+pub use transfer::{DirectorySink, FileSink, FileSource, StringSource};
+
+use command::{Halt, LogSet};
 
 /// A log of the running step, as the store numbers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +93,46 @@ pub struct StepCtx<'a> {
 /// A lost connection ends with [`StepEnd::ConnectionLost`]; a bad argument or a failed
 /// render (missing secret) with [`StepEnd::Exception`] and the reason in a log.
 pub async fn run_step(step: &Step, ctx: &mut StepCtx<'_>) -> StepEnd {
-    let _ = (step, ctx);
-    todo!("steps helper")
+    let mut logs = LogSet::default();
+    let running = step.flags.description.clone().unwrap_or_else(|| step.name.clone());
+    let done_text = step.flags.description_done.clone().or_else(|| step.flags.description.clone()).unwrap_or_else(|| step.name.clone());
+    let _ = ctx.logs.set_state_string(&running).await;
+    let outcome = match &step.kind {
+        StepKind::Shell(a) | StepKind::Configure(a) | StepKind::Compile(a) | StepKind::Test(a) => shell::run_shell(step, a, ctx, &mut logs).await,
+        StepKind::SetPropertyFromCommand(a) => shell::run_set_property(step, a, ctx, &mut logs).await,
+        StepKind::Git(a) => git::run_git(step, a, ctx, &mut logs).await,
+        StepKind::FileUpload(a) => transfer::run_file_upload(step, a, ctx, &mut logs).await,
+        StepKind::DirectoryUpload(a) => transfer::run_directory_upload(step, a, ctx, &mut logs).await,
+        StepKind::FileDownload(a) => transfer::run_file_download(step, a, ctx, &mut logs).await,
+        StepKind::StringDownload(a) => transfer::run_string_download(step, a, ctx, &mut logs).await,
+        StepKind::Mkdir(a) => simple::run_mkdir(step, a, ctx, &mut logs).await,
+        StepKind::Rmdir(a) => simple::run_rmdir(step, a, ctx, &mut logs).await,
+        StepKind::Rmfile(a) => simple::run_rmfile(step, a, ctx, &mut logs).await,
+        StepKind::Trigger(a) => simple::run_trigger(step, a, ctx, &mut logs).await,
+    };
+    let (end, summary) = match outcome {
+        Ok(done) => (StepEnd::Finished(done.result), done.summary(&done_text)),
+        Err(Halt::Failed) => (StepEnd::Finished(Results::Failure), format!("{done_text} (failure)")),
+        Err(Halt::Cancelled) => {
+            // Buildbot records why in a log named `cancelled`.
+            let why = ctx.stop.borrow().clone().unwrap_or_default();
+            let _ = logs.write(&mut *ctx.logs, "cancelled", LogType::Text, &why).await;
+            (StepEnd::Cancelled, format!("{done_text} (cancelled)"))
+        }
+        Err(Halt::Lost) => (StepEnd::ConnectionLost, format!("{done_text} (retry)")),
+        Err(Halt::Exception(text)) => {
+            // Buildbot shows a step's exception in a text log named `err.text`.
+            if let Ok(log) = logs.named(&mut *ctx.logs, "err.text", LogType::Text).await {
+                let mut text = text;
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                let _ = ctx.logs.append(log, &text).await;
+            }
+            (StepEnd::Exception, format!("{done_text} (exception)"))
+        }
+    };
+    let _ = ctx.logs.set_state_string(&summary).await;
+    logs.finish_all(&mut *ctx.logs).await;
+    end
 }

@@ -1,0 +1,79 @@
+//! The engine's queue trait on the real database: collapse keys stored with the requests,
+//! claims that only one master wins, collapsed requests completed SKIPPED, cancel.
+
+mod common;
+
+use kiln_engine::distributor::Assignment;
+use kiln_engine::queue::{NewRequest, Store as _};
+use kiln_engine::schedulers::{BuildsetRequest, SourceSpec};
+use kiln_model::{BuilderId, Properties, Results};
+use kiln_store::{QueueStore, Store};
+
+both!(sqlite_engine_queue, pg_engine_queue, engine_queue);
+
+fn request(builders: &[&str]) -> BuildsetRequest {
+    BuildsetRequest {
+        scheduler: "force".into(),
+        builders: builders.iter().map(|s| s.to_string()).collect(),
+        sources: vec![SourceSpec {
+            codebase: String::new(),
+            repository: "https://example.org/r.git".into(),
+            branch: Some("main".into()),
+            revision: None,
+            project: "p".into(),
+        }],
+        changes: vec![],
+        properties: Properties::default(),
+        reason: "because".into(),
+        waited_for: false,
+        parent_build: None,
+    }
+}
+
+async fn engine_queue(store: Store) {
+    let m1 = store.register_master("m1", 1).await.unwrap();
+    let m2 = store.register_master("m2", 1).await.unwrap();
+    let b = store.upsert_builder("b", None, &[]).await.unwrap();
+    let q1 = QueueStore { store: store.clone(), master: m1 };
+    let q2 = QueueStore { store: store.clone(), master: m2 };
+    let new = |key: &str| NewRequest { builder: b, priority: 5, collapse_key: Some(key.to_string()) };
+    let (bs1, r1) = q1.add_buildset(&request(&["b"]), &[new("k")], 10).await.unwrap();
+    let (_bs2, r2) = q1.add_buildset(&request(&["b"]), &[new("k")], 11).await.unwrap();
+    let (_bs3, r3) = q1.add_buildset(&request(&["b"]), &[new("other")], 12).await.unwrap();
+    assert_eq!(store.buildset_scheduler(bs1).await.unwrap(), "force");
+    let props = store.get_buildset_properties(bs1).await.unwrap();
+    assert_eq!(props.get("scheduler"), Some(&serde_json::json!("force")));
+
+    let pending = q1.pending_requests().await.unwrap();
+    assert_eq!(pending.len(), 3);
+    assert_eq!(pending[0].collapse_key.as_deref(), Some("k"));
+    assert_eq!(pending[2].collapse_key.as_deref(), Some("other"));
+    assert_eq!(pending[0].priority, 5);
+    assert_eq!(pending[0].builder, BuilderId(b.0));
+
+    let worker = store.upsert_worker("w", &Default::default()).await.unwrap();
+    let a = Assignment { request: r2[0], builder: b, worker, collapsed: vec![r1[0]] };
+    assert!(q1.claim(&a, 20).await.unwrap(), "the first claim wins");
+    assert!(!q2.claim(&a, 20).await.unwrap(), "a second master cannot claim it again");
+    let collapsed = store.get_build_request(r1[0]).await.unwrap().unwrap();
+    assert!(collapsed.complete);
+    assert_eq!(collapsed.results, Some(Results::Skipped));
+    assert_eq!(q1.pending_requests().await.unwrap().len(), 1);
+    assert_eq!(store.claimed_by(m1).await.unwrap(), vec![r2[0]]);
+
+    // A claimed request cannot be cancelled; a pending one can, once.
+    assert!(!q2.cancel_unclaimed(r2[0], 21).await.unwrap());
+    assert!(q2.cancel_unclaimed(r3[0], 21).await.unwrap());
+    assert!(!q2.cancel_unclaimed(r3[0], 22).await.unwrap());
+    let cancelled = store.get_build_request(r3[0]).await.unwrap().unwrap();
+    assert_eq!(cancelled.results, Some(Results::Cancelled));
+
+    // Unclaim puts it back; complete ends it.
+    q1.unclaim(r2[0]).await.unwrap();
+    assert_eq!(q1.pending_requests().await.unwrap().len(), 1);
+    assert!(q2.claim(&Assignment { collapsed: vec![], ..a }, 30).await.unwrap());
+    q2.complete(r2[0], Results::Success, 31).await.unwrap();
+    assert!(q1.pending_requests().await.unwrap().is_empty());
+    let bs = store.get_buildset(bs1).await.unwrap().unwrap();
+    assert!(bs.complete, "the buildset of the collapsed request is complete");
+}
