@@ -55,6 +55,7 @@ SCALES = {
              "w3_buildbot_swarm": 1000, "w5_runs": 5},
 }
 SYSTEMS = ("kiln", "buildbot")
+KEEP_WORK = False  # --keep-work: leave the masters' databases in bench/work/master
 
 
 def log(msg):
@@ -271,6 +272,12 @@ class Master:
 
     def stop(self):
         stop_proc(self.proc)
+
+    def drop_database(self):
+        """Frees the disk a finished workload used (a full W2 leaves >1 GB of log in SQLite)."""
+        if not KEEP_WORK:
+            for f in self.dir.glob("state.sqlite*"):
+                f.unlink(missing_ok=True)
 
 
 class System:
@@ -495,6 +502,7 @@ def w1(system, args, scale, kiln_worker):
         if workers:
             workers.stop()
         m.stop()
+        m.drop_database()
     return res
 
 
@@ -603,6 +611,7 @@ def w3(system, args, scale, kiln_worker, swarm_bin, use_swarm=None):
         if workers:
             workers.stop()
         m.stop()
+        m.drop_database()
 
 
 def w5(system, args, scale):
@@ -778,9 +787,10 @@ def write_report_md(report, rows, pngs):
           f"`bench/results/master-{report['scale']}.json`; method in `bench/README.md`.", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if report.get("merged_with"):
-        mw = report["merged_with"]
-        md[4:4] = [f"Figures not re-measured in this run come from the run of {mw['date']} "
-                   f"(commit `{mw['git_commit']}`, load average {mw['load_avg_before']} / {mw['load_avg_after']}).", ""]
+        runs = "; ".join(f"{mw['date']} (commit `{(mw['git_commit'] or '?')[:12]}`, load average "
+                         f"{mw['load_avg_before']:.2f} / {mw['load_avg_after']:.2f})" for mw in report["merged_with"])
+        md[4:4] = [f"Figures not re-measured in this run (`--merge`) come from earlier runs: {runs}; "
+                   "each workload's own start time and load average are in the JSON (`measured`).", ""]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
     md.append("")
     if report.get("errors"):
@@ -821,12 +831,23 @@ def main():
     ap.add_argument("--merge", action="store_true",
                     help="keep the other systems'/workloads' figures of the existing results file")
     ap.add_argument("--target-dir", type=Path, default=Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")))
+    ap.add_argument("--report-only", action="store_true",
+                    help="re-render the table, plots and REPORT.md from the existing results file")
+    ap.add_argument("--keep-work", action="store_true", help="keep the masters' SQLite databases")
     args = ap.parse_args()
+    global KEEP_WORK
+    KEEP_WORK = args.keep_work
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if any(s not in SYSTEMS for s in systems) or not systems:
         ap.error(f"--systems: choose from {SYSTEMS}")
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     scale = SCALES[args.scale]
+    if args.report_only:
+        report = json.loads((RESULTS / f"master-{args.scale}.json").read_text())
+        rows = figures(report, scale)
+        print_table(rows)
+        write_report_md(report, rows, plots(report, args.scale, rows))
+        return 0 if report.get("ok") else 1
     venv = Path(os.environ.get("KILN_INTEROP_VENV", "/tmp/bbvenv"))
     rel = args.target_dir / "release"
     kiln_worker, swarm_bin = rel / "kiln-worker", rel / "kiln-swarm"
@@ -863,9 +884,10 @@ def main():
                                        if not (name in systems and wl_of.get(k) in workloads)}
         report["errors"] = {k: v for k, v in old.get("errors", {}).items()
                             if not (k.split(".")[0] in systems and (k.count(".") == 0 or k.split(".")[1] in workloads))}
-        report["merged_with"] = {"date": old.get("date"), "git_commit": old.get("git_commit"),
-                                 "load_avg_before": old.get("load_avg_before"),
-                                 "load_avg_after": old.get("load_avg_after")}
+        # every earlier run some kept figure may come from, oldest first
+        report["merged_with"] = old.get("merged_with", []) + [
+            {"date": old.get("date"), "git_commit": old.get("git_commit"), "systems": sorted(old.get("systems", {})),
+             "load_avg_before": old.get("load_avg_before"), "load_avg_after": old.get("load_avg_after")}]
     impls = {}
     if "buildbot" in systems:
         if not (venv / "bin" / "buildbot").exists():
@@ -890,6 +912,8 @@ def main():
         sysres = report["systems"].setdefault(name, {})
         for wl in workloads:
             log(f"{name}: {wl.upper()}{' + W2' if wl == 'w1' else ''}")
+            measured = {"date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+                        "load_avg_1m": os.getloadavg()[0]}
             try:
                 if wl == "w1":
                     sysres["w1"] = w1(impls[name], args, scale, kiln_worker)
@@ -905,6 +929,9 @@ def main():
                     sysres["w5"] = w5(impls[name], args, scale)
                     log(f"  W5 {name}: start-up {sysres['w5']['startup_ms_median']:.0f} ms, "
                         f"idle RSS {sysres['w5']['idle_rss_kb_median'] / 1024:.1f} MiB")
+                for k in ("w1", "w3", "w3_swarm", "w5"):
+                    if k.split("_")[0] == wl and isinstance(sysres.get(k), dict):
+                        sysres[k]["measured"] = measured
             except Exception as e:  # noqa: BLE001 - a failed workload is reported, the others still run
                 report["errors"][f"{name}.{wl}"] = str(e)
                 log(f"  {name} {wl} FAILED: {e}")
