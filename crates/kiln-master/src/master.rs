@@ -100,6 +100,9 @@ pub(crate) struct Inner {
     reconfig_lock: tokio::sync::Mutex<()>,
     pub(crate) metrics: crate::api::Metrics,
     pub(crate) step_locks: crate::locks::StepLocks,
+    /// Whether any `dependent` scheduler is configured (finished buildsets are looked at
+    /// only then).
+    has_dependents: std::sync::atomic::AtomicBool,
 }
 
 /// A started master. Dropping it does not stop it; call [`Master::shutdown`].
@@ -152,6 +155,10 @@ fn roster_entries(config: &MasterConfig) -> HashMap<String, WorkerEntry> {
     out
 }
 
+fn has_dependents(config: &MasterConfig) -> bool {
+    config.schedulers.iter().any(|s| matches!(s.kind, kiln_config::SchedulerKind::Dependent(_)))
+}
+
 fn load_config(file: &Path) -> Result<MasterConfig, kiln_config::ConfigError> {
     kiln_config::load(file)
 }
@@ -189,13 +196,14 @@ impl Master {
         let endpoint = Endpoint::new(roster.clone(), EndpointOptions::default(), events_tx);
 
         let scheds = sched::build(&config, now);
+        let config_arc = Arc::new(config);
         let inner = Arc::new(Inner {
             basedir: basedir.clone(),
             config_file,
             queue: QueueStore { store: store.clone(), master: master_id },
             store,
             master_id,
-            config: RwLock::new(Arc::new(config)),
+            config: RwLock::new(config_arc.clone()),
             builder_ids: RwLock::new(BTreeMap::new()),
             worker_ids: RwLock::new(BTreeMap::new()),
             endpoint: endpoint.clone(),
@@ -209,6 +217,7 @@ impl Master {
             reconfig_lock: tokio::sync::Mutex::new(()),
             metrics: crate::api::Metrics::new(),
             step_locks: crate::locks::StepLocks::default(),
+            has_dependents: std::sync::atomic::AtomicBool::new(has_dependents(&config_arc)),
         });
         inner.sync_ids().await?;
 
@@ -264,6 +273,7 @@ impl Master {
         tasks.push(tokio::spawn(heartbeat(inner.clone(), shutdown_rx.clone())));
         tasks.push(tokio::spawn(janitor(inner.clone(), shutdown_rx.clone())));
         inner.wake.notify_one();
+        release_freed_memory();
         Ok(Master { inner, web_addr, worker_addr, shutdown, tasks })
     }
 
@@ -313,6 +323,16 @@ impl Master {
         }
         let _ = self.inner.store.set_master_inactive(self.inner.master_id).await;
         self.inner.store.close().await;
+    }
+}
+
+/// Loading the config (Starlark) and migrating the store allocate and free a few MB; give
+/// that back to the system so an idle master stays small.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -565,14 +585,25 @@ impl Inner {
     }
 
     async fn dispatch_round(self: &Arc<Self>) -> anyhow::Result<()> {
+        use kiln_engine::queue::Store as _;
         let cfg = self.config();
-        let world = self.snapshot(&cfg);
-        let won = queue::dispatch(&self.queue, &LogBus, world, self.now())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Ok(p) = self.store.pending_builders().await {
-            self.metrics.requests_pending(p.iter().map(|b| b.requests).sum::<i64>() - won.len() as i64);
+        let mut world = self.snapshot(&cfg);
+        let now = self.now();
+        // Same as `kiln_engine::queue::dispatch`, with the queue length kept for /metrics.
+        world.pending = self.queue.pending_requests().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pending = world.pending.len();
+        let mut won = Vec::new();
+        for a in kiln_engine::distributor::distribute(&world, now) {
+            if self.queue.claim(&a, now).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                LogBus.publish(Event::RequestClaimed { id: a.request, worker: a.worker });
+                for c in &a.collapsed {
+                    LogBus.publish(Event::RequestCompleted { id: *c, results: Results::Skipped });
+                }
+                won.push(a);
+            }
         }
+        let taken: usize = won.iter().map(|a| 1 + a.collapsed.len()).sum();
+        self.metrics.requests_pending(pending.saturating_sub(taken) as i64);
         for a in won {
             let (tx, rx) = watch::channel(None);
             self.running.lock().expect("running lock").insert(
@@ -657,12 +688,16 @@ impl Inner {
     /// A request completed: if its buildset is now complete, tell `dependent` schedulers and
     /// anyone waiting on it (a `trigger` step with `wait_for_finish`).
     async fn after_request_complete(&self, request: BuildRequestId) {
+        // Trigger steps waiting on a buildset re-read it themselves.
+        self.buildset_done.notify_waiters();
+        if !self.has_dependents.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let Ok(Some(req)) = self.store.get_build_request(request).await else { return };
         let Ok(Some(bs)) = self.store.get_buildset(req.buildsetid).await else { return };
         if !bs.complete {
             return;
         }
-        self.buildset_done.notify_waiters();
         let scheduler = self.store.buildset_scheduler(bs.bsid).await.unwrap_or_default();
         let mut sources = Vec::new();
         for ss in &bs.sourcestamps {
@@ -760,6 +795,7 @@ impl Inner {
             .collect();
         *self.roster.0.write().expect("roster lock") = roster_entries(&new);
         let new = Arc::new(new);
+        self.has_dependents.store(has_dependents(&new), std::sync::atomic::Ordering::Relaxed);
         *self.config.write().expect("config lock") = new.clone();
         if let Err(e) = self.sync_ids().await {
             tracing::error!("reconfig: storing builders and workers: {e}");

@@ -160,6 +160,7 @@ async fn run_inner(
         props.set("codebase", src.codebase.clone().unwrap_or_default(), "Build");
     }
     store.set_build_properties(build_id, &props).await?;
+    let props_at_start = props.clone();
 
     let defs = bcfg
         .steps
@@ -179,7 +180,6 @@ async fn run_inner(
                 let step = &bcfg.steps[i];
                 let (step_id, _, _) = store.add_step(build_id, &step.name).await?;
                 store.start_step(step_id, inner.now()).await?;
-                let _ = store.set_build_state_string(build_id, &step.name).await;
                 let skip = step.flags.do_step_if.as_ref().is_some_and(|c| !c.eval(&props));
                 // After a stop, `always_run` steps still run to their end.
                 let step_stop = if stop.borrow().is_some() { no_stop.clone() } else { stop.clone() };
@@ -240,7 +240,9 @@ async fn run_inner(
             Action::Finished(o) => break o,
         }
     };
-    store.set_build_properties(build_id, &props).await?;
+    if props != props_at_start {
+        store.set_build_properties(build_id, &props).await?;
+    }
     store.set_build_state_string(build_id, &outcome.state_string).await?;
     store.finish_build(build_id, outcome.results, inner.now()).await?;
     Ok(Some((build_id, outcome)))

@@ -611,13 +611,19 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for (name, v) in &bs.properties.0 {
-            sqlx::query("INSERT INTO buildset_properties (buildsetid, property_name, property_value) VALUES ($1, $2, $3)")
-                .bind(bsid)
-                .bind(name.as_str())
-                .bind(prop_json(v))
-                .execute(&mut *tx)
-                .await?;
+        let props: Vec<_> = bs.properties.0.iter().collect();
+        for batch in props.chunks(200) {
+            let values: Vec<String> =
+                (0..batch.len()).map(|i| format!("($1, ${}, ${})", 2 + 2 * i, 3 + 2 * i)).collect();
+            let sql = format!(
+                "INSERT INTO buildset_properties (buildsetid, property_name, property_value) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(bsid);
+            for (name, v) in batch {
+                q = q.bind(name.as_str()).bind(prop_json(v));
+            }
+            q.execute(&mut *tx).await?;
         }
         let mut brids = Vec::with_capacity(bs.builders.len());
         for b in &bs.builders {
@@ -1018,18 +1024,24 @@ impl Store {
 
     /// Sets build properties (replacing same-named ones).
     pub async fn set_build_properties(&self, id: BuildId, props: &Properties) -> Result<()> {
+        // One multi-row statement per 200 properties: a build sets a dozen at once, and every
+        // statement is a round trip to the database.
+        let rows: Vec<_> = props.0.iter().collect();
         let mut tx = self.write_tx().await?;
-        for (name, PropertyValue(v, source)) in &props.0 {
-            sqlx::query(
-                "INSERT INTO build_properties (buildid, name, value, source) VALUES ($1, $2, $3, $4) \
+        for batch in rows.chunks(200) {
+            let values: Vec<String> = (0..batch.len())
+                .map(|i| format!("($1, ${}, ${}, ${})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i))
+                .collect();
+            let sql = format!(
+                "INSERT INTO build_properties (buildid, name, value, source) VALUES {} \
                  ON CONFLICT (buildid, name) DO UPDATE SET value = excluded.value, source = excluded.source",
-            )
-            .bind(id.0)
-            .bind(name.as_str())
-            .bind(v.to_string())
-            .bind(source.as_str())
-            .execute(&mut *tx)
-            .await?;
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.0);
+            for (name, PropertyValue(v, source)) in batch {
+                q = q.bind(name.as_str()).bind(v.to_string()).bind(source.as_str());
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -414,55 +414,66 @@ impl Store {
     }
 
     async fn merge_chunks(&self, id: LogId) -> Result<()> {
-        let (_, _, truncated) = self.log_sizes(id).await?;
-        let num_lines = self.get_log(id).await?.map_or(0, |l| l.num_lines);
+        let Some(r) = sqlx::query("SELECT num_lines, truncated FROM logs WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Err(StoreError::NotFound("log", id.0));
+        };
+        let num_lines = get_i64(&r, "num_lines")?;
         // Keep the marker chunk apart so it can still be refreshed.
-        let end = if truncated { num_lines - 1 } else { num_lines };
-        let mut group: Vec<u8> = Vec::new();
-        let (mut g_first, mut g_last, mut g_count) = (0i64, -1i64, 0usize);
-        let mut next = 0i64;
-        loop {
-            let row = next_chunk(&self.pool, id, next, end).await?;
-            let chunk = match &row {
-                Some(r) => Some((
-                    get_i64(r, "first_line")?,
-                    get_i64(r, "last_line")?,
-                    decompress(r)?,
-                )),
-                None => None,
-            };
-            let fits = match &chunk {
-                Some((f, l, raw)) => {
-                    g_count > 0
-                        && group.len() + raw.len() <= LOG_CHUNK_MAX_BYTES
-                        && (l - g_first + 1) as usize <= LOG_CHUNK_MAX_LINES
-                        && *f == g_last + 1
+        let end = if get_bool(&r, "truncated")? { num_lines - 1 } else { num_lines };
+        // Plan the merge from the chunk index alone (no content read): runs of contiguous
+        // chunks that fit the limits together. A log streamed in big batches has nothing to
+        // merge, and then nothing is read.
+        let index = sqlx::query(
+            "SELECT first_line, last_line, raw_len FROM logchunks WHERE logid = $1 AND first_line < $2 ORDER BY first_line",
+        )
+        .bind(id.0)
+        .bind(end)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut runs: Vec<(i64, i64, usize)> = Vec::new(); // (first, last, chunks)
+        let mut bytes = 0i64;
+        for r in &index {
+            let (f, l, len) = (get_i64(r, "first_line")?, get_i64(r, "last_line")?, get_i64(r, "raw_len")?);
+            match runs.last_mut() {
+                Some(run)
+                    if f == run.1 + 1
+                        && bytes + len <= LOG_CHUNK_MAX_BYTES as i64
+                        && (l - run.0 + 1) as usize <= LOG_CHUNK_MAX_LINES =>
+                {
+                    run.1 = l;
+                    run.2 += 1;
+                    bytes += len;
                 }
-                None => false,
-            };
-            if !fits {
-                if g_count > 1 {
-                    let mut tx = self.write_tx().await?;
-                    sqlx::query("DELETE FROM logchunks WHERE logid = $1 AND first_line >= $2 AND first_line <= $3")
-                        .bind(id.0)
-                        .bind(g_first)
-                        .bind(g_last)
-                        .execute(&mut *tx)
-                        .await?;
-                    insert_chunk(&mut tx, id.0, g_first, g_last, &group, 9).await?;
-                    tx.commit().await?;
+                _ => {
+                    runs.push((f, l, 1));
+                    bytes = len;
                 }
-                group.clear();
-                g_count = 0;
             }
-            let Some((f, l, raw)) = chunk else { break };
-            if g_count == 0 {
-                g_first = f;
+        }
+        for (first, last, n) in runs {
+            if n < 2 {
+                continue;
             }
-            group.extend_from_slice(&raw);
-            g_last = l;
-            g_count += 1;
-            next = l + 1;
+            let mut group: Vec<u8> = Vec::new();
+            let mut next = first;
+            while next <= last {
+                let Some(row) = next_chunk(&self.pool, id, next, last + 1).await? else { break };
+                group.extend_from_slice(&decompress(&row)?);
+                next = get_i64(&row, "last_line")? + 1;
+            }
+            let mut tx = self.write_tx().await?;
+            sqlx::query("DELETE FROM logchunks WHERE logid = $1 AND first_line >= $2 AND first_line <= $3")
+                .bind(id.0)
+                .bind(first)
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
+            insert_chunk(&mut tx, id.0, first, last, &group, 9).await?;
+            tx.commit().await?;
         }
         Ok(())
     }

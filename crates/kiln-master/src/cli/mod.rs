@@ -108,6 +108,7 @@ pub struct ReconfigArgs {
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,
@@ -130,5 +131,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Force(a) => remote::force(a),
         Cmd::Sendchange(a) => remote::sendchange(a),
         Cmd::Quickstart(a) => quickstart::quickstart(a),
+    }
+}
+
+/// glibc gives every thread that allocates its own arena (tokio's workers, each SQLite
+/// connection's thread), and freed memory stays in them: two arenas keep an idle master small.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

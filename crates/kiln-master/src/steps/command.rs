@@ -63,11 +63,18 @@ fn log_error(e: anyhow::Error) -> Halt {
     Halt::Exception(format!("writing the step's logs failed: {e:#}"))
 }
 
-/// The logs a step opened, by name, in the order it opened them.
+/// Text is written to the store in batches of up to this many bytes (fewer, bigger
+/// transactions while a build streams a big log); a batch also goes out as soon as the
+/// worker has nothing more queued, so live logs lag by one update at most.
+const APPEND_BATCH: usize = 1 << 20;
+
+/// The logs a step opened, by name, in the order it opened them, and text not yet written.
 #[derive(Default)]
 pub(crate) struct LogSet {
     named: BTreeMap<String, LogHandle>,
     order: Vec<LogHandle>,
+    pending: Vec<(LogHandle, String)>,
+    pending_bytes: usize,
 }
 
 impl LogSet {
@@ -93,7 +100,30 @@ impl LogSet {
         if !text.ends_with('\n') {
             text.push('\n');
         }
-        logs.append(h, &text).await.map_err(log_error)
+        self.queue(logs, h, &text).await
+    }
+
+    async fn queue(&mut self, logs: &mut dyn StepLogs, h: LogHandle, text: &str) -> Result<(), Halt> {
+        match self.pending.iter_mut().find(|(p, _)| *p == h) {
+            Some((_, buf)) => buf.push_str(text),
+            None => self.pending.push((h, text.to_string())),
+        }
+        self.pending_bytes += text.len();
+        if self.pending_bytes >= APPEND_BATCH {
+            self.flush(logs).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the queued text of every log.
+    pub async fn flush(&mut self, logs: &mut dyn StepLogs) -> Result<(), Halt> {
+        for (h, text) in std::mem::take(&mut self.pending) {
+            if !text.is_empty() {
+                logs.append(h, &text).await.map_err(log_error)?;
+            }
+        }
+        self.pending_bytes = 0;
+        Ok(())
     }
 
     /// Appends lines to stdio on channel `ch` (`h`, `o` or `e`).
@@ -102,10 +132,13 @@ impl LogSet {
             return Ok(());
         }
         let h = self.stdio(logs).await?;
-        logs.append(h, &prefixed(ch, text)).await.map_err(log_error)
+        self.queue(logs, h, &prefixed(ch, text)).await
     }
 
     pub async fn finish_all(&mut self, logs: &mut dyn StepLogs) {
+        if let Err(e) = self.flush(logs).await {
+            tracing::warn!("writing the step's last log lines: {e:?}");
+        }
         for h in self.order.drain(..) {
             if let Err(e) = logs.finish(h).await {
                 tracing::warn!("finishing log {h:?}: {e:#}");
@@ -265,8 +298,12 @@ pub(crate) async fn run_cmd(ctx: &mut StepCtx<'_>, logs: &mut LogSet, name: &str
                     for item in items {
                         apply(ctx, logs, &mut res, &mut opts, item).await?;
                     }
+                    if running.events.is_empty() {
+                        logs.flush(&mut *ctx.logs).await?;
+                    }
                 }
                 Some(CommandEvent::Complete { failure }) => {
+                    logs.flush(&mut *ctx.logs).await?;
                     if let Some(f) = failure {
                         logs.stdio_lines(&mut *ctx.logs, 'h', &format!("\nremoteFailed: {f}\n")).await?;
                         if interrupted {
