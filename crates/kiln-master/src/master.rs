@@ -103,6 +103,8 @@ pub(crate) struct Inner {
     /// Whether any `dependent` scheduler is configured (finished buildsets are looked at
     /// only then).
     has_dependents: std::sync::atomic::AtomicBool,
+    /// Set when workers came or went: the memory trimmer runs at its next tick.
+    trim_wanted: std::sync::atomic::AtomicBool,
 }
 
 /// A started master. Dropping it does not stop it; call [`Master::shutdown`].
@@ -218,6 +220,7 @@ impl Master {
             metrics: crate::api::Metrics::new(),
             step_locks: crate::locks::StepLocks::default(),
             has_dependents: std::sync::atomic::AtomicBool::new(has_dependents(&config_arc)),
+            trim_wanted: std::sync::atomic::AtomicBool::new(false),
         });
         inner.sync_ids().await?;
 
@@ -272,6 +275,7 @@ impl Master {
         tasks.push(tokio::spawn(distribute_loop(inner.clone(), shutdown_rx.clone())));
         tasks.push(tokio::spawn(heartbeat(inner.clone(), shutdown_rx.clone())));
         tasks.push(tokio::spawn(janitor(inner.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(memory_trimmer(inner.clone(), shutdown_rx.clone())));
         inner.wake.notify_one();
         release_freed_memory();
         Ok(Master { inner, web_addr, worker_addr, shutdown, tasks })
@@ -329,9 +333,11 @@ impl Master {
 /// Loading the config (Starlark) and migrating the store allocate and free a few MB; give
 /// that back to the system so an idle master stays small.
 fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    // The `kiln` binary allocates with mimalloc; tests and embedders may use the system's.
+    // SAFETY: both calls only return free memory to the kernel.
     unsafe {
+        libmimalloc_sys::mi_collect(true);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
         libc::malloc_trim(0);
     }
 }
@@ -412,6 +418,20 @@ async fn janitor(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// After a burst (hundreds of workers attaching at once, a big log streamed in) the
+/// allocator keeps the freed peak; hand it back to the system once things are quiet again.
+async fn memory_trimmer(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if inner.trim_wanted.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            tokio::task::spawn_blocking(release_freed_memory);
+        }
+    }
+}
+
 async fn worker_events(
     inner: Arc<Inner>,
     mut rx: mpsc::UnboundedReceiver<WorkerEvent>,
@@ -435,7 +455,8 @@ async fn worker_events(
             }
             WorkerEvent::Detached { name, .. } => tracing::info!("worker {name} detached"),
         }
-        inner.metrics.workers_connected(inner.endpoint.connected().len() as i64);
+        inner.metrics.workers_connected(inner.endpoint.connected_count() as i64);
+        inner.trim_wanted.store(true, std::sync::atomic::Ordering::Relaxed);
         inner.wake.notify_one();
     }
 }
@@ -514,8 +535,8 @@ impl Inner {
     }
 
     fn snapshot(&self, cfg: &MasterConfig) -> Snapshot {
-        let bids = self.builder_ids.read().expect("ids lock").clone();
-        let wids = self.worker_ids.read().expect("ids lock").clone();
+        let bids = self.builder_ids.read().expect("ids lock");
+        let wids = self.worker_ids.read().expect("ids lock");
         let now_dt = chrono::Utc::now();
         let builders = cfg
             .builders
@@ -586,12 +607,19 @@ impl Inner {
 
     async fn dispatch_round(self: &Arc<Self>) -> anyhow::Result<()> {
         use kiln_engine::queue::Store as _;
+        // Same as `kiln_engine::queue::dispatch`, with the queue length kept for /metrics,
+        // and no snapshot of the farm when nothing waits (a thousand workers attaching must
+        // not build a thousand snapshots).
+        let queued = self.queue.pending_requests().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pending = queued.len();
+        if pending == 0 {
+            self.metrics.requests_pending(0);
+            return Ok(());
+        }
         let cfg = self.config();
         let mut world = self.snapshot(&cfg);
         let now = self.now();
-        // Same as `kiln_engine::queue::dispatch`, with the queue length kept for /metrics.
-        world.pending = self.queue.pending_requests().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let pending = world.pending.len();
+        world.pending = queued;
         let mut won = Vec::new();
         for a in kiln_engine::distributor::distribute(&world, now) {
             if self.queue.claim(&a, now).await.map_err(|e| anyhow::anyhow!("{e}"))? {

@@ -6,16 +6,11 @@
 //! others before calling. NULL sorts first ascending and last descending on both backends, as
 //! Buildbot's in-memory `NoneComparator` does; ties are broken by the primary key.
 
-use kiln_model::{
-    Build, BuildId, BuildRequest, BuildRequestId, BuilderId, BuildsetId, Change, ChangeId,
-    MasterId, Step, StepId, StepUrl, WorkerId,
-};
+use kiln_model::{Build, BuildRequest, Change, ChangeId, Step};
 use sqlx::any::AnyRow;
 
-use crate::{
-    Arg, Backend, MAX_LIST_LIMIT, Result, Sql, Store, StoreError, get_bool, get_i64, get_opt_i64,
-    get_results, get_str,
-};
+use crate::entities::{BR_COLS, BUILD_COLS, STEP_COLS, row_br, row_build, row_step};
+use crate::{Arg, Backend, MAX_LIST_LIMIT, Result, Sql, Store, StoreError, get_i64};
 
 /// A filter value, already parsed with the field's type (booleans are 0/1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -366,63 +361,3 @@ impl Store {
     }
 }
 
-// The row readers of entities.rs are private to it; these mirror them for the API's columns.
-const BR_COLS: &str = "id, buildsetid, builderid, priority, submitted_at, complete, complete_at, results, waited_for, claimed_by_masterid, claimed_at";
-const BUILD_COLS: &str = "id, number, builderid, buildrequestid, workerid, masterid, started_at, complete, complete_at, state_string, results, locks_duration_s";
-const STEP_COLS: &str = "id, number, name, buildid, started_at, complete, complete_at, state_string, results, urls, hidden";
-
-fn row_br(r: &AnyRow) -> Result<BuildRequest> {
-    let claimed_by = get_opt_i64(r, "claimed_by_masterid")?;
-    Ok(BuildRequest {
-        buildrequestid: BuildRequestId(get_i64(r, "id")?),
-        buildsetid: BuildsetId(get_i64(r, "buildsetid")?),
-        builderid: BuilderId(get_i64(r, "builderid")?),
-        priority: get_i64(r, "priority")?,
-        submitted_at: get_i64(r, "submitted_at")?,
-        claimed: claimed_by.is_some(),
-        claimed_at: get_opt_i64(r, "claimed_at")?,
-        claimed_by_masterid: claimed_by.map(MasterId),
-        complete: get_bool(r, "complete")?,
-        complete_at: get_opt_i64(r, "complete_at")?,
-        results: get_results(r, "results")?,
-        waited_for: get_bool(r, "waited_for")?,
-    })
-}
-
-fn row_build(r: &AnyRow) -> Result<Build> {
-    Ok(Build {
-        buildid: BuildId(get_i64(r, "id")?),
-        number: get_i64(r, "number")?,
-        builderid: BuilderId(get_i64(r, "builderid")?),
-        buildrequestid: BuildRequestId(get_i64(r, "buildrequestid")?),
-        workerid: WorkerId(get_i64(r, "workerid")?),
-        masterid: MasterId(get_i64(r, "masterid")?),
-        started_at: get_i64(r, "started_at")?,
-        complete: get_bool(r, "complete")?,
-        complete_at: get_opt_i64(r, "complete_at")?,
-        state_string: get_str(r, "state_string")?,
-        results: get_results(r, "results")?,
-        locks_duration_s: get_i64(r, "locks_duration_s")?,
-    })
-}
-
-fn row_step(r: &AnyRow) -> Result<Step> {
-    let urls: Vec<(String, String)> = serde_json::from_str(&get_str(r, "urls")?)
-        .map_err(|e| StoreError::Corrupt(format!("step urls: {e}")))?;
-    Ok(Step {
-        stepid: StepId(get_i64(r, "id")?),
-        buildid: BuildId(get_i64(r, "buildid")?),
-        number: get_i64(r, "number")?,
-        name: get_str(r, "name")?,
-        started_at: get_opt_i64(r, "started_at")?,
-        complete: get_bool(r, "complete")?,
-        complete_at: get_opt_i64(r, "complete_at")?,
-        state_string: get_str(r, "state_string")?,
-        results: get_results(r, "results")?,
-        hidden: get_bool(r, "hidden")?,
-        urls: urls
-            .into_iter()
-            .map(|(name, url)| StepUrl { name, url })
-            .collect(),
-    })
-}

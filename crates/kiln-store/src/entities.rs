@@ -154,9 +154,9 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 const SS_COLS: &str = "id, branch, revision, repository, codebase, project, created_at";
 const BS_COLS: &str =
     "id, external_idstring, reason, submitted_at, complete, complete_at, results, parent_buildid";
-const BR_COLS: &str = "id, buildsetid, builderid, priority, submitted_at, complete, complete_at, results, waited_for, claimed_by_masterid, claimed_at";
-const BUILD_COLS: &str = "id, number, builderid, buildrequestid, workerid, masterid, started_at, complete, complete_at, state_string, results, locks_duration_s";
-const STEP_COLS: &str = "id, number, name, buildid, started_at, complete, complete_at, state_string, results, urls, hidden";
+pub(crate) const BR_COLS: &str = "id, buildsetid, builderid, priority, submitted_at, complete, complete_at, results, waited_for, claimed_by_masterid, claimed_at";
+pub(crate) const BUILD_COLS: &str = "id, number, builderid, buildrequestid, workerid, masterid, started_at, complete, complete_at, state_string, results, locks_duration_s";
+pub(crate) const STEP_COLS: &str = "id, number, name, buildid, started_at, complete, complete_at, state_string, results, urls, hidden";
 const CHANGE_COLS: &str = "changeid, author, committer, comments, branch, revision, when_timestamp, category, repository, codebase, project, sourcestampid";
 
 fn row_ss(r: &AnyRow) -> Result<SourceStamp> {
@@ -171,7 +171,7 @@ fn row_ss(r: &AnyRow) -> Result<SourceStamp> {
     })
 }
 
-fn row_br(r: &AnyRow) -> Result<BuildRequest> {
+pub(crate) fn row_br(r: &AnyRow) -> Result<BuildRequest> {
     let claimed_by = get_opt_i64(r, "claimed_by_masterid")?;
     Ok(BuildRequest {
         buildrequestid: BuildRequestId(get_i64(r, "id")?),
@@ -189,7 +189,7 @@ fn row_br(r: &AnyRow) -> Result<BuildRequest> {
     })
 }
 
-fn row_build(r: &AnyRow) -> Result<Build> {
+pub(crate) fn row_build(r: &AnyRow) -> Result<Build> {
     Ok(Build {
         buildid: BuildId(get_i64(r, "id")?),
         number: get_i64(r, "number")?,
@@ -206,7 +206,7 @@ fn row_build(r: &AnyRow) -> Result<Build> {
     })
 }
 
-fn row_step(r: &AnyRow) -> Result<Step> {
+pub(crate) fn row_step(r: &AnyRow) -> Result<Step> {
     let urls: Vec<(String, String)> = serde_json::from_str(&get_str(r, "urls")?)
         .map_err(|e| StoreError::Corrupt(format!("step urls: {e}")))?;
     Ok(Step {

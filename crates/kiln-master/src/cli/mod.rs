@@ -134,12 +134,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// glibc gives every thread that allocates its own arena (tokio's workers, each SQLite
-/// connection's thread), and freed memory stays in them: two arenas keep an idle master small.
+/// The allocator's settings, before anything is allocated: mimalloc (the `kiln` binary's
+/// allocator) purges freed memory at once and without transparent huge pages; glibc (used
+/// when the library is embedded) keeps two arenas, not one per thread.
 fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    // SAFETY: both calls only tune allocators, before any other thread exists.
     unsafe {
+        // Numbers from mimalloc 2's `mi_option_e` (the -sys crate names only some of them).
+        const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+        const ALLOW_THP: libmimalloc_sys::mi_option_t = 37;
+        // Transparent huge pages would make every touched 2 MiB of the heap resident.
+        libmimalloc_sys::mi_option_set(ALLOW_THP, 0);
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

@@ -136,6 +136,11 @@ impl Endpoint {
         self.0.attached.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
+    /// How many workers are attached (without collecting them).
+    pub fn connected_count(&self) -> usize {
+        self.0.attached.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Drops the worker's connection (e.g. it was removed from the config).
     pub fn disconnect(&self, name: &str) {
         let conn = self.0.attached.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
