@@ -652,6 +652,11 @@ impl Inner {
         Ok(())
     }
 
+    /// The build row of a running request, once it exists.
+    pub(crate) fn build_of(&self, request: BuildRequestId) -> Option<BuildId> {
+        self.running.lock().expect("running lock").get(&request).and_then(|r| r.build)
+    }
+
     pub(crate) fn build_started(&self, request: BuildRequestId, build: BuildId) {
         if let Some(r) = self.running.lock().expect("running lock").get_mut(&request) {
             r.build = Some(build);
@@ -667,15 +672,10 @@ impl Inner {
         self.wake.notify_one();
     }
 
-    /// A build task panicked: its build ends EXCEPTION and so does its request (retrying
-    /// would likely crash again).
-    async fn build_crashed(&self, a: Assignment) {
-        let build = self
-            .running
-            .lock()
-            .expect("running lock")
-            .get(&a.request)
-            .and_then(|r| r.build);
+    /// A build task panicked or hit a store error after its build row was made: the build
+    /// ends EXCEPTION and so does its request (retrying would likely fail again).
+    pub(crate) async fn build_crashed(&self, a: Assignment) {
+        let build = self.build_of(a.request);
         let now = self.now();
         if let Some(b) = build {
             let _ = self.store.set_build_state_string(b, "exception: internal error").await;

@@ -64,7 +64,12 @@ pub(crate) async fn run(inner: Arc<Inner>, claimed: Claimed) {
         Ok(None) => inner.requeue_unstarted(a).await,
         Err(e) => {
             tracing::error!("build request {}: {e:#}", request.0);
-            inner.requeue_unstarted(a).await;
+            if inner.build_of(request).is_some() {
+                // The build row exists: end it EXCEPTION rather than leave it "running".
+                inner.build_crashed(a).await;
+            } else {
+                inner.requeue_unstarted(a).await;
+            }
         }
     }
 }
