@@ -9,10 +9,13 @@ use std::sync::{Arc, Mutex};
 use kiln_config::{AccessMode, LockAccess, LockScope};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// (lock name, worker for worker locks).
+type LockKey = (String, Option<String>);
+
 #[derive(Default)]
 pub(crate) struct StepLocks {
-    /// (lock name, worker for worker locks) → its semaphore and size.
-    sems: Mutex<HashMap<(String, Option<String>), (Arc<Semaphore>, u32)>>,
+    /// Each lock's semaphore and size.
+    sems: Mutex<HashMap<LockKey, (Arc<Semaphore>, u32)>>,
 }
 
 /// Held locks; dropping releases them.

@@ -839,10 +839,10 @@ impl Inner {
             };
             let mut old: Vec<_> = std::mem::take(&mut current.events.list);
             for slot in fresh.events.list.iter_mut() {
-                if keep(slot.name()) {
-                    if let Some(pos) = old.iter().position(|o| o.name() == slot.name()) {
-                        *slot = old.swap_remove(pos);
-                    }
+                if keep(slot.name())
+                    && let Some(pos) = old.iter().position(|o| o.name() == slot.name())
+                {
+                    *slot = old.swap_remove(pos);
                 }
             }
             *current = fresh;
