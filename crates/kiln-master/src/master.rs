@@ -172,7 +172,19 @@ impl Master {
         let basedir = std::path::absolute(&opts.basedir)
             .with_context(|| format!("master directory {}", opts.basedir.display()))?;
         let config_file = opts.config_file.clone().unwrap_or_else(|| basedir.join("master.star"));
-        let config = load_config(&config_file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Starlark's evaluation allocates a lot and frees it; doing it on a thread of its own
+        // lets the allocator give all of that back when the thread ends.
+        let config = {
+            let file = config_file.clone();
+            std::thread::Builder::new()
+                .name("kiln-config".into())
+                // Generous, like a main thread's: configs may nest function calls deeply.
+                .stack_size(8 << 20)
+                .spawn(move || load_config(&file))?
+                .join()
+                .map_err(|_| anyhow::anyhow!("loading {} panicked", config_file.display()))?
+        }
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let db_url = resolve_db_url(&config.master.db_url, &basedir);
         let store_opts = StoreOptions { log_max_bytes: config.master.log_max_bytes, ..StoreOptions::default() };
         let store = Store::connect_with(&db_url, store_opts)
