@@ -160,10 +160,23 @@ pub async fn submit(
 pub async fn dispatch(
     store: &impl Store,
     bus: &impl Bus,
-    mut world: Snapshot,
+    world: Snapshot,
     now: Epoch,
 ) -> Result<Vec<Assignment>, StoreError> {
-    world.pending = store.pending_requests().await?;
+    let pending = store.pending_requests().await?;
+    claim_pending(store, bus, world, pending, now).await
+}
+
+/// The second half of [`dispatch`], for a caller that read the queue itself (to skip
+/// building `world` when nothing waits): decides on `pending` and claims.
+pub async fn claim_pending(
+    store: &impl Store,
+    bus: &impl Bus,
+    mut world: Snapshot,
+    pending: Vec<PendingRequest>,
+    now: Epoch,
+) -> Result<Vec<Assignment>, StoreError> {
+    world.pending = pending;
     let mut won = Vec::new();
     for a in distribute(&world, now) {
         if store.claim(&a, now).await? {

@@ -619,9 +619,9 @@ impl Inner {
 
     async fn dispatch_round(self: &Arc<Self>) -> anyhow::Result<()> {
         use kiln_engine::queue::Store as _;
-        // Same as `kiln_engine::queue::dispatch`, with the queue length kept for /metrics,
-        // and no snapshot of the farm when nothing waits (a thousand workers attaching must
-        // not build a thousand snapshots).
+        // `kiln_engine::queue::dispatch` in two halves: the queue length is kept for /metrics,
+        // and no snapshot of the farm is built when nothing waits (a thousand workers
+        // attaching must not build a thousand snapshots).
         let queued = self.queue.pending_requests().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let pending = queued.len();
         if pending == 0 {
@@ -629,19 +629,10 @@ impl Inner {
             return Ok(());
         }
         let cfg = self.config();
-        let mut world = self.snapshot(&cfg);
-        let now = self.now();
-        world.pending = queued;
-        let mut won = Vec::new();
-        for a in kiln_engine::distributor::distribute(&world, now) {
-            if self.queue.claim(&a, now).await.map_err(|e| anyhow::anyhow!("{e}"))? {
-                LogBus.publish(Event::RequestClaimed { id: a.request, worker: a.worker });
-                for c in &a.collapsed {
-                    LogBus.publish(Event::RequestCompleted { id: *c, results: Results::Skipped });
-                }
-                won.push(a);
-            }
-        }
+        let world = self.snapshot(&cfg);
+        let won = queue::claim_pending(&self.queue, &LogBus, world, queued, self.now())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let taken: usize = won.iter().map(|a| 1 + a.collapsed.len()).sum();
         self.metrics.requests_pending(pending.saturating_sub(taken) as i64);
         for a in won {
