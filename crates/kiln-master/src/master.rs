@@ -84,7 +84,7 @@ pub(crate) struct Inner {
     pub(crate) basedir: PathBuf,
     config_file: PathBuf,
     pub(crate) store: Store,
-    queue: QueueStore,
+    pub(crate) queue: QueueStore,
     pub(crate) master_id: MasterId,
     config: RwLock<Arc<MasterConfig>>,
     builder_ids: RwLock<BTreeMap<String, BuilderId>>,
@@ -214,7 +214,7 @@ impl Master {
         let inner = Arc::new(Inner {
             basedir: basedir.clone(),
             config_file,
-            queue: QueueStore { store: store.clone(), master: master_id },
+            queue: QueueStore::cached(store.clone(), master_id, Duration::from_secs(1)),
             store,
             master_id,
             config: RwLock::new(config_arc.clone()),
@@ -670,6 +670,7 @@ impl Inner {
     pub(crate) async fn requeue_unstarted(&self, a: Assignment) {
         self.running.lock().expect("running lock").remove(&a.request);
         let _ = self.store.unclaim_build_requests(self.master_id, &[a.request]).await;
+        self.queue.requeued();
         // Not at once: the worker that failed may still look connected for a moment.
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.wake.notify_one();

@@ -6,7 +6,7 @@
 //! A build runs on the builder definition it started with: it holds its own `Arc` of the
 //! config, so a reconfig that changes or removes the builder does not touch it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use kiln_config::{MasterConfig, SourceAttrs};
@@ -14,7 +14,7 @@ use kiln_engine::build::{Action, BuildMachine, BuildOutcome, StepDef};
 use kiln_engine::distributor::Assignment;
 use kiln_engine::results::{StepEnd, StepFlags};
 use kiln_model::{BuildId, LogId, LogType, Properties, Results, StepId};
-use kiln_store::{NewBuild, Store};
+use kiln_store::{LogWriter, NewBuild, Store};
 use tokio::sync::watch;
 
 use crate::master::Inner;
@@ -95,48 +95,28 @@ async fn run_inner(
     let Some(conn) = inner.endpoint.get(&worker_name) else {
         return Ok(None);
     };
-    if conn.ping().await.is_err() {
+    // Buildbot pings a worker before every build; a worker heard from a moment ago (the
+    // last build's final update) is known to be there.
+    if !conn.heard_within(std::time::Duration::from_secs(1)) && conn.ping().await.is_err() {
         tracing::warn!("worker {worker_name} did not answer the ping; request {} goes back", a.request.0);
         return Ok(None);
     }
     let store = &inner.store;
-    let req = store
-        .get_build_request(a.request)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("build request {} vanished", a.request.0))?;
-    let bs = store
-        .get_buildset(req.buildsetid)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("buildset {} vanished", req.buildsetid.0))?;
+    // What the build needs of its request; from memory when this master submitted it.
+    let context = inner.queue.request_context(a.request).await?;
     let mut sources: BTreeMap<String, SourceAttrs> = BTreeMap::new();
-    for ssid in &bs.sourcestamps {
-        if let Some(ss) = store.get_sourcestamp(*ssid).await? {
-            sources.insert(
-                ss.codebase.clone(),
-                SourceAttrs {
-                    branch: ss.branch.clone(),
-                    revision: ss.revision.clone(),
-                    repository: Some(ss.repository.clone()),
-                    project: Some(ss.project.clone()),
-                    codebase: Some(ss.codebase.clone()),
-                },
-            );
-        }
-    }
-    let now = inner.now();
-    let (build_id, number) = store
-        .add_build(
-            &NewBuild {
-                builderid: a.builder,
-                buildrequestid: a.request,
-                workerid: a.worker,
-                masterid: inner.master_id,
-                state_string: "building".into(),
+    for ss in &context.sourcestamps {
+        sources.insert(
+            ss.codebase.clone(),
+            SourceAttrs {
+                branch: ss.branch.clone(),
+                revision: ss.revision.clone(),
+                repository: Some(ss.repository.clone()),
+                project: Some(ss.project.clone()),
+                codebase: Some(ss.codebase.clone()),
             },
-            now,
-        )
-        .await?;
-    inner.build_started(a.request, build_id);
+        );
+    }
 
     // Properties, lowest priority first: buildset (scheduler, force form, change), builder,
     // worker, then the build's own (Buildbot's order puts the buildset's on top of the
@@ -150,11 +130,10 @@ async fn run_inner(
             props.set(k.clone(), v.clone(), "Worker");
         }
     }
-    props.update(&store.get_buildset_properties(req.buildsetid).await?);
+    props.update(&context.properties);
     let builddir = bcfg.builddir.clone().unwrap_or_else(|| bcfg.name.clone());
     let builder_dir = join_worker_path(conn.is_windows(), conn.basedir(), &builddir);
     props.set("buildername", bcfg.name.clone(), "Builder");
-    props.set("buildnumber", number, "Build");
     props.set("workername", worker_name.clone(), "Worker");
     props.set("builddir", builder_dir.clone(), "Worker");
     if let Some(src) = sources.get("").or_else(|| sources.values().next()) {
@@ -164,7 +143,21 @@ async fn run_inner(
         props.set("project", src.project.clone().unwrap_or_default(), "Build");
         props.set("codebase", src.codebase.clone().unwrap_or_default(), "Build");
     }
-    store.set_build_properties(build_id, &props).await?;
+    // The build row and its properties (with `buildnumber`) in one transaction.
+    let (build_id, _number) = store
+        .add_build_with_properties(
+            &NewBuild {
+                builderid: a.builder,
+                buildrequestid: a.request,
+                workerid: a.worker,
+                masterid: inner.master_id,
+                state_string: "building".into(),
+            },
+            &mut props,
+            inner.now(),
+        )
+        .await?;
+    inner.build_started(a.request, build_id);
     let props_at_start = props.clone();
 
     let defs = bcfg
@@ -176,6 +169,8 @@ async fn run_inner(
     let redactor = config.redactor();
     let triggerer = BuildTriggerer { inner: inner.clone(), build: build_id };
     let (_keep_no_stop, no_stop) = watch::channel(None);
+    let mut step_names: HashSet<String> = HashSet::new();
+    let mut step_number = 0i64;
     let outcome = loop {
         if let Some(reason) = stop.borrow().clone() {
             machine.stop(&reason);
@@ -183,33 +178,52 @@ async fn run_inner(
         match machine.next_action() {
             Action::StartStep(i) => {
                 let step = &bcfg.steps[i];
-                let (step_id, _, _) = store.add_step(build_id, &step.name).await?;
-                store.start_step(step_id, inner.now()).await?;
+                // The runner is its build's only step writer: it numbers and names the steps
+                // itself (a repeated name gets `_2`, `_3` … as in Buildbot).
+                let mut name = step.name.clone();
+                let mut k = 1;
+                while !step_names.insert(name.clone()) {
+                    k += 1;
+                    name = format!("{}_{k}", step.name);
+                }
                 let skip = step.flags.do_step_if.as_ref().is_some_and(|c| !c.eval(&props));
+                let first_state = if skip {
+                    "skipped".to_string()
+                } else if step.flags.locks.is_empty() {
+                    redactor.redact(&crate::steps::running_text(step))
+                } else {
+                    "waiting for locks".to_string()
+                };
+                let step_id = store
+                    .add_started_step(build_id, step_number, &name, &first_state, inner.now())
+                    .await?;
+                step_number += 1;
                 // After a stop, `always_run` steps still run to their end.
                 let step_stop = if stop.borrow().is_some() { no_stop.clone() } else { stop.clone() };
                 // Step locks: wait for them, unless the build is stopped meanwhile.
                 let mut held = None;
                 let mut cancelled_waiting = false;
                 if !skip && !step.flags.locks.is_empty() {
-                    let _ = store.set_step_state_string(step_id, "waiting for locks").await;
                     let mut stop_w = step_stop.clone();
                     tokio::select! {
                         h = inner.step_locks.acquire(&step.flags.locks, &worker_name) => held = Some(h),
                         _ = stop_w.wait_for(|s| s.is_some()) => cancelled_waiting = true,
                     }
                 }
+                let mut logs = StoreLogs {
+                    store: store.clone(),
+                    step: step_id,
+                    redactor: redactor.clone(),
+                    metrics: inner.metrics.clone(),
+                    writers: HashMap::new(),
+                    state: first_state,
+                    deferred_state: None,
+                };
                 let end = if skip {
                     StepEnd::Skipped
                 } else if cancelled_waiting {
                     StepEnd::Cancelled
                 } else {
-                    let mut logs = StoreLogs {
-                        store: store.clone(),
-                        step: step_id,
-                        redactor: redactor.clone(),
-                        metrics: inner.metrics.clone(),
-                    };
                     let mut ctx = StepCtx {
                         remote: conn.as_ref(),
                         builder_name: &bcfg.name,
@@ -233,10 +247,9 @@ async fn run_inner(
                     machine.stop(&reason);
                 }
                 let r = machine.step_finished(i, end);
-                if skip {
-                    let _ = store.set_step_state_string(step_id, "skipped").await;
-                }
-                store.finish_step(step_id, r, skip, inner.now()).await?;
+                // The step's last state string goes in with its result.
+                let state = logs.deferred_state.take();
+                store.finish_step_with_state(step_id, r, skip, state.as_deref(), inner.now()).await?;
             }
             Action::Wait => {
                 // Steps run one at a time here, so there is never a step to wait for.
@@ -248,24 +261,45 @@ async fn run_inner(
     if props != props_at_start {
         store.set_build_properties(build_id, &props).await?;
     }
-    store.set_build_state_string(build_id, &outcome.state_string).await?;
-    store.finish_build(build_id, outcome.results, inner.now()).await?;
+    store
+        .finish_build_with_state(build_id, outcome.results, Some(&outcome.state_string), inner.now())
+        .await?;
     Ok(Some((build_id, outcome)))
 }
 
-/// Step logs in the store, with secrets redacted on the way in.
+/// Step logs in the store, with secrets redacted on the way in. Each open log has its
+/// [`LogWriter`]. A state string is written with the next store write of the step, or with
+/// its result (the runner takes `deferred_state`): a step sets one when it starts, which the
+/// step row already has, and one when it ends.
 struct StoreLogs {
     store: Store,
     step: StepId,
     redactor: kiln_config::Redactor,
     metrics: crate::api::Metrics,
+    writers: HashMap<i64, LogWriter>,
+    /// The state string in the step row.
+    state: String,
+    deferred_state: Option<String>,
+}
+
+impl StoreLogs {
+    async fn write_deferred_state(&mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.deferred_state.take() {
+            self.store.set_step_state_string(self.step, &s).await?;
+            self.state = s;
+        }
+        Ok(())
+    }
 }
 
 impl StepLogs for StoreLogs {
     fn add_log(&mut self, name: &str, log_type: LogType) -> BoxFuture<'_, anyhow::Result<LogHandle>> {
         let name = name.to_string();
         Box::pin(async move {
-            let id = self.store.add_log(self.step, &name, log_type).await?;
+            self.write_deferred_state().await?;
+            let w = self.store.add_log_writer(self.step, &name, log_type).await?;
+            let id = w.id();
+            self.writers.insert(id.0, w);
             Ok(LogHandle(id.0))
         })
     }
@@ -274,29 +308,43 @@ impl StepLogs for StoreLogs {
         self.metrics.log_bytes_received(text.len() as u64);
         let text = if self.redactor.is_empty() { text.to_string() } else { self.redactor.redact(text) };
         Box::pin(async move {
-            self.store.append_log(LogId(log.0), &text).await?;
+            self.write_deferred_state().await?;
+            match self.writers.get_mut(&log.0) {
+                Some(w) => {
+                    w.append(&text).await?;
+                }
+                None => {
+                    self.store.append_log(LogId(log.0), &text).await?;
+                }
+            }
             Ok(())
         })
     }
 
     fn finish(&mut self, log: LogHandle) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            self.store.finish_log(LogId(log.0), true).await?;
+            match self.writers.remove(&log.0) {
+                Some(w) => w.finish().await?,
+                None => self.store.finish_log(LogId(log.0), true).await?,
+            }
             Ok(())
         })
     }
 
     fn set_state_string(&mut self, text: &str) -> BoxFuture<'_, anyhow::Result<()>> {
         let text = self.redactor.redact(text);
-        Box::pin(async move {
-            self.store.set_step_state_string(self.step, &text).await?;
-            Ok(())
-        })
+        if text == self.state {
+            self.deferred_state = None;
+        } else {
+            self.deferred_state = Some(text);
+        }
+        Box::pin(async { Ok(()) })
     }
 
     fn add_url(&mut self, name: &str, url: &str) -> BoxFuture<'_, anyhow::Result<()>> {
         let (name, url) = (name.to_string(), url.to_string());
         Box::pin(async move {
+            self.write_deferred_state().await?;
             self.store.add_step_url(self.step, &name, &url).await?;
             Ok(())
         })

@@ -261,7 +261,7 @@ impl Store {
         )
         .bind(name)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.wpool)
         .await?;
         Ok(MasterId(get_i64(&row, "id")?))
     }
@@ -271,7 +271,7 @@ impl Store {
         sqlx::query("UPDATE masters SET active = 1, last_active = $1 WHERE id = $2")
             .bind(now)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.wpool)
             .await?;
         Ok(())
     }
@@ -280,7 +280,7 @@ impl Store {
     pub async fn set_master_inactive(&self, id: MasterId) -> Result<()> {
         sqlx::query("UPDATE masters SET active = 0 WHERE id = $1")
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.wpool)
             .await?;
         Ok(())
     }
@@ -328,7 +328,7 @@ impl Store {
         )
         .bind(name)
         .bind(info)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.wpool)
         .await?;
         Ok(WorkerId(get_i64(&row, "id")?))
     }
@@ -364,7 +364,7 @@ impl Store {
             .bind(paused as i64)
             .bind(graceful as i64)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.wpool)
             .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound("worker", id.0));
@@ -388,7 +388,7 @@ impl Store {
         .bind(name)
         .bind(description)
         .bind(tags)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.wpool)
         .await?;
         Ok(BuilderId(get_i64(&row, "id")?))
     }
@@ -419,7 +419,7 @@ impl Store {
 
     // ---------------------------------------------------------------- source stamps
 
-    async fn insert_ss(
+    pub(crate) async fn insert_ss(
         tx: &mut Transaction<'static, Any>,
         ss: &NewSourceStamp,
         now: Epoch,
@@ -590,26 +590,47 @@ impl Store {
         bs: &NewBuildset,
         now: Epoch,
     ) -> Result<(BuildsetId, Vec<(BuilderId, BuildRequestId)>)> {
+        let requests: Vec<(BuilderId, i64, Option<&str>)> =
+            bs.builders.iter().map(|b| (*b, bs.priority, None)).collect();
         let mut tx = self.write_tx().await?;
+        let out = Self::insert_buildset(&mut tx, bs, now, "", &requests).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The buildset row, its source stamp links, properties and requests (builder, priority,
+    /// collapse key), inside the caller's transaction.
+    pub(crate) async fn insert_buildset(
+        tx: &mut Transaction<'static, Any>,
+        bs: &NewBuildset,
+        now: Epoch,
+        scheduler: &str,
+        requests: &[(BuilderId, i64, Option<&str>)],
+    ) -> Result<(BuildsetId, Vec<(BuilderId, BuildRequestId)>)> {
         let row = sqlx::query(
-            "INSERT INTO buildsets (external_idstring, reason, submitted_at, complete, parent_buildid) \
-             VALUES ($1, $2, $3, 0, $4) RETURNING id",
+            "INSERT INTO buildsets (external_idstring, reason, submitted_at, complete, parent_buildid, scheduler) \
+             VALUES ($1, $2, $3, 0, $4, $5) RETURNING id",
         )
         .bind(bs.external_idstring.as_deref())
         .bind(bs.reason.as_str())
         .bind(now)
         .bind(bs.parent_buildid.map(|b| b.0))
-        .fetch_one(&mut *tx)
+        .bind(scheduler)
+        .fetch_one(&mut **tx)
         .await?;
         let bsid = get_i64(&row, "id")?;
-        for ss in &bs.sourcestamps {
-            sqlx::query(
-                "INSERT INTO buildset_sourcestamps (buildsetid, sourcestampid) VALUES ($1, $2)",
-            )
-            .bind(bsid)
-            .bind(ss.0)
-            .execute(&mut *tx)
-            .await?;
+        if !bs.sourcestamps.is_empty() {
+            let values: Vec<String> =
+                (0..bs.sourcestamps.len()).map(|i| format!("($1, ${})", 2 + i)).collect();
+            let sql = format!(
+                "INSERT INTO buildset_sourcestamps (buildsetid, sourcestampid) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(bsid);
+            for ss in &bs.sourcestamps {
+                q = q.bind(ss.0);
+            }
+            q.execute(&mut **tx).await?;
         }
         let props: Vec<_> = bs.properties.0.iter().collect();
         for batch in props.chunks(200) {
@@ -623,24 +644,24 @@ impl Store {
             for (name, v) in batch {
                 q = q.bind(name.as_str()).bind(prop_json(v));
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut **tx).await?;
         }
-        let mut brids = Vec::with_capacity(bs.builders.len());
-        for b in &bs.builders {
+        let mut brids = Vec::with_capacity(requests.len());
+        for (b, priority, key) in requests {
             let row = sqlx::query(
-                "INSERT INTO buildrequests (buildsetid, builderid, priority, submitted_at, complete, waited_for) \
-                 VALUES ($1, $2, $3, $4, 0, $5) RETURNING id",
+                "INSERT INTO buildrequests (buildsetid, builderid, priority, submitted_at, complete, waited_for, collapse_key) \
+                 VALUES ($1, $2, $3, $4, 0, $5, $6) RETURNING id",
             )
             .bind(bsid)
             .bind(b.0)
-            .bind(bs.priority)
+            .bind(*priority)
             .bind(now)
             .bind(bs.waited_for as i64)
-            .fetch_one(&mut *tx)
+            .bind(*key)
+            .fetch_one(&mut **tx)
             .await?;
             brids.push((*b, BuildRequestId(get_i64(&row, "id")?)));
         }
-        tx.commit().await?;
         Ok((BuildsetId(bsid), brids))
     }
 
@@ -798,7 +819,7 @@ impl Store {
             .bind(now)
             .bind(builder.0)
             .bind(n.max(0))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.wpool)
             .await?;
         let mut got = rows
             .iter()
@@ -939,6 +960,51 @@ impl Store {
         }
     }
 
+    /// Starts a build with its properties, in one transaction (what a master does for every
+    /// build it starts); the `buildnumber` property is set to the number it gets. Returns
+    /// (id, number).
+    pub async fn add_build_with_properties(
+        &self,
+        b: &NewBuild,
+        props: &mut Properties,
+        now: Epoch,
+    ) -> Result<(BuildId, i64)> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.write_tx().await?;
+            // The number in the same statement: one round trip fewer per build.
+            let ins = sqlx::query(
+                "INSERT INTO builds (number, builderid, buildrequestid, workerid, masterid, started_at, complete, state_string, \
+                 locks_duration_s) SELECT COALESCE(MAX(number), 0) + 1, $1, $2, $3, $4, $5, 0, $6, 0 FROM builds WHERE builderid = $1 \
+                 RETURNING id, number",
+            )
+            .bind(b.builderid.0)
+            .bind(b.buildrequestid.0)
+            .bind(b.workerid.0)
+            .bind(b.masterid.0)
+            .bind(now)
+            .bind(b.state_string.as_str())
+            .fetch_one(&mut *tx)
+            .await;
+            match ins {
+                Ok(row) => {
+                    let id = BuildId(get_i64(&row, "id")?);
+                    let number = get_i64(&row, "number")?;
+                    props.set("buildnumber", number, "Build");
+                    Self::insert_build_properties(&mut tx, id, props).await?;
+                    tx.commit().await?;
+                    return Ok((id, number));
+                }
+                // Another master took the number first (PostgreSQL): try the next one.
+                Err(e) if is_unique_violation(&e) && attempt < 20 => {
+                    tx.rollback().await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     pub async fn get_build(&self, id: BuildId) -> Result<Option<Build>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {BUILD_COLS} FROM builds WHERE id = $1"
@@ -994,7 +1060,7 @@ impl Store {
         let r = sqlx::query("UPDATE builds SET state_string = $1 WHERE id = $2")
             .bind(state)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.wpool)
             .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound("build", id.0));
@@ -1006,28 +1072,51 @@ impl Store {
         sqlx::query("UPDATE builds SET locks_duration_s = locks_duration_s + $1 WHERE id = $2")
             .bind(secs)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.wpool)
             .await?;
         Ok(())
     }
 
     /// Finishes a build (no-op if already finished); returns whether it changed.
     pub async fn finish_build(&self, id: BuildId, results: Results, now: Epoch) -> Result<bool> {
-        let r = sqlx::query("UPDATE builds SET complete = 1, complete_at = $1, results = $2 WHERE id = $3 AND complete = 0")
+        self.finish_build_with_state(id, results, None, now).await
+    }
+
+    /// Finishes a build and, if given, sets its state string in the same statement.
+    pub async fn finish_build_with_state(
+        &self,
+        id: BuildId,
+        results: Results,
+        state: Option<&str>,
+        now: Epoch,
+    ) -> Result<bool> {
+        let r = sqlx::query("UPDATE builds SET complete = 1, complete_at = $1, results = $2, \
+                             state_string = COALESCE($3, state_string) WHERE id = $4 AND complete = 0")
             .bind(now)
             .bind(i64::from(results))
+            .bind(state)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.wpool)
             .await?;
         Ok(r.rows_affected() == 1)
     }
 
     /// Sets build properties (replacing same-named ones).
     pub async fn set_build_properties(&self, id: BuildId, props: &Properties) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        Self::insert_build_properties(&mut tx, id, props).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_build_properties(
+        tx: &mut Transaction<'static, Any>,
+        id: BuildId,
+        props: &Properties,
+    ) -> Result<()> {
         // One multi-row statement per 200 properties: a build sets a dozen at once, and every
         // statement is a round trip to the database.
         let rows: Vec<_> = props.0.iter().collect();
-        let mut tx = self.write_tx().await?;
         for batch in rows.chunks(200) {
             let values: Vec<String> = (0..batch.len())
                 .map(|i| format!("($1, ${}, ${}, ${})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i))
@@ -1041,9 +1130,8 @@ impl Store {
             for (name, PropertyValue(v, source)) in batch {
                 q = q.bind(name.as_str()).bind(v.to_string()).bind(source.as_str());
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut **tx).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -1101,11 +1189,36 @@ impl Store {
         Ok((StepId(get_i64(&row, "id")?), number, unique))
     }
 
+    /// Adds a step that starts now, numbered and named by the caller: a build's runner, the
+    /// only writer of its build's steps, knows both (one statement instead of a transaction
+    /// of four). `state` is its first state string.
+    pub async fn add_started_step(
+        &self,
+        build: BuildId,
+        number: i64,
+        name: &str,
+        state: &str,
+        now: Epoch,
+    ) -> Result<StepId> {
+        let row = sqlx::query(
+            "INSERT INTO steps (number, name, buildid, started_at, complete, state_string, urls, hidden) \
+             VALUES ($1, $2, $3, $4, 0, $5, '[]', 0) RETURNING id",
+        )
+        .bind(number)
+        .bind(name)
+        .bind(build.0)
+        .bind(now)
+        .bind(state)
+        .fetch_one(&self.wpool)
+        .await?;
+        Ok(StepId(get_i64(&row, "id")?))
+    }
+
     pub async fn start_step(&self, id: StepId, now: Epoch) -> Result<()> {
         let r = sqlx::query("UPDATE steps SET started_at = $1 WHERE id = $2")
             .bind(now)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.wpool)
             .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound("step", id.0));
@@ -1117,7 +1230,7 @@ impl Store {
         sqlx::query("UPDATE steps SET state_string = $1 WHERE id = $2")
             .bind(state)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.wpool)
             .await?;
         Ok(())
     }
@@ -1151,12 +1264,26 @@ impl Store {
         hidden: bool,
         now: Epoch,
     ) -> Result<bool> {
-        let r = sqlx::query("UPDATE steps SET complete = 1, complete_at = $1, results = $2, hidden = $3 WHERE id = $4 AND complete = 0")
+        self.finish_step_with_state(id, results, hidden, None, now).await
+    }
+
+    /// Finishes a step and, if given, sets its state string in the same statement.
+    pub async fn finish_step_with_state(
+        &self,
+        id: StepId,
+        results: Results,
+        hidden: bool,
+        state: Option<&str>,
+        now: Epoch,
+    ) -> Result<bool> {
+        let r = sqlx::query("UPDATE steps SET complete = 1, complete_at = $1, results = $2, hidden = $3, \
+                             state_string = COALESCE($4, state_string) WHERE id = $5 AND complete = 0")
             .bind(now)
             .bind(i64::from(results))
             .bind(hidden as i64)
+            .bind(state)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.wpool)
             .await?;
         Ok(r.rows_affected() == 1)
     }

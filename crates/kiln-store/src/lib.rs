@@ -23,9 +23,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, SqlSafeStr, Transaction};
 
 pub use entities::*;
-pub use queue::QueueStore;
+pub use queue::{QueueStore, RequestContext};
 pub use logs::{
-    AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES,
+    AppendOutcome, ChunkInfo, JanitorReport, LogWriter, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES,
     MAX_READ_LINES, slugify,
 };
 
@@ -71,10 +71,15 @@ impl Default for StoreOptions {
     }
 }
 
-/// The database, cheap to clone (the pool is shared).
+/// The database, cheap to clone (the pools are shared).
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Reads (and, on PostgreSQL, everything).
     pub(crate) pool: AnyPool,
+    /// Writes. On SQLite this is one connection: SQLite has one writer at a time anyway, and
+    /// writers queueing on the pool wait without the busy handler's millisecond sleeps that
+    /// concurrent writer connections would hit. On PostgreSQL it is `pool`.
+    pub(crate) wpool: AnyPool,
     pub(crate) backend: Backend,
     pub(crate) opts: StoreOptions,
 }
@@ -155,28 +160,41 @@ impl Store {
         } else {
             Cow::Borrowed(url)
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(opts.max_connections)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        sqlx::query("PRAGMA synchronous = NORMAL")
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    Ok(())
+        let pool_options = |max: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            sqlx::query("PRAGMA synchronous = NORMAL")
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .connect(&url)
-            .await?;
-        if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&pool)
-                .await?;
-        }
-        migrator(backend).run(&pool).await?;
+        };
+        let (pool, wpool) = match backend {
+            Backend::Sqlite => {
+                // The writer first: it creates the file and switches it to WAL, which
+                // readers then share.
+                let wpool = pool_options(1).connect(&url).await?;
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(&wpool)
+                    .await?;
+                migrator(backend).run(&wpool).await?;
+                let readers = opts.max_connections.saturating_sub(1).max(1);
+                (pool_options(readers).connect(&url).await?, wpool)
+            }
+            Backend::Postgres => {
+                let pool = pool_options(opts.max_connections).connect(&url).await?;
+                migrator(backend).run(&pool).await?;
+                (pool.clone(), pool)
+            }
+        };
         Ok(Store {
             pool,
+            wpool,
             backend,
             opts,
         })
@@ -208,13 +226,14 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.wpool.close().await;
     }
 
     /// A write transaction: `BEGIN IMMEDIATE` on SQLite.
     pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Any>> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.wpool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.wpool.begin().await?,
         })
     }
 }

@@ -148,6 +148,212 @@ async fn insert_chunk(
     Ok(())
 }
 
+/// A log's running totals: its row's counters.
+#[derive(Debug, Clone, Copy, Default)]
+struct LogState {
+    num_lines: i64,
+    total: u64,
+    stored: u64,
+    truncated: bool,
+}
+
+/// One chunk ready to store: lines `first..=last`, compressed.
+struct PlannedChunk {
+    first: i64,
+    last: i64,
+    content: Vec<u8>,
+    method: i64,
+    raw_len: i64,
+}
+
+impl PlannedChunk {
+    fn new(first: i64, last: i64, raw: &[u8], level: i32) -> PlannedChunk {
+        let (content, method) = compress(raw, level);
+        PlannedChunk { first, last, content, method, raw_len: raw.len() as i64 }
+    }
+}
+
+/// What one append writes: new chunks, or (once capped) a refreshed marker chunk.
+struct AppendPlan {
+    chunks: Vec<PlannedChunk>,
+    marker_refresh: Option<PlannedChunk>,
+    after: LogState,
+    outcome: AppendOutcome,
+}
+
+/// Splits, caps and compresses an append; touches no database, so a log's only writer can
+/// do it before taking the write lock.
+fn plan_append(state: LogState, bytes: &[u8], cap: Option<u64>) -> AppendPlan {
+    let mut after = state;
+    after.total += bytes.len() as u64;
+    if state.truncated {
+        // Already capped: count, and refresh the marker (the last, one-line chunk).
+        let cap = cap.unwrap_or(state.stored);
+        let m = marker(cap, after.total - state.stored);
+        let line = state.num_lines - 1;
+        return AppendPlan {
+            chunks: Vec::new(),
+            marker_refresh: Some(PlannedChunk::new(line, line, m.as_bytes(), 3)),
+            after,
+            outcome: AppendOutcome { lines_stored: 0, bytes_dropped: bytes.len() as u64, num_lines: state.num_lines },
+        };
+    }
+    let (keep, cut) = match cap {
+        Some(cap) if state.stored + bytes.len() as u64 > cap => {
+            let room = (cap - state.stored.min(cap)) as usize;
+            // The longest prefix of whole lines that fits.
+            let keep = bytes[..room.min(bytes.len())]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1);
+            (keep, true)
+        }
+        _ => (bytes.len(), false),
+    };
+    let mut chunks = Vec::new();
+    let mut num_lines = state.num_lines;
+    let mut rest = &bytes[..keep];
+    while !rest.is_empty() {
+        // Take up to MAX_LINES lines and MAX_BYTES bytes (at least one line).
+        let mut end = 0;
+        let mut lines = 0;
+        while end < rest.len() && lines < LOG_CHUNK_MAX_LINES {
+            let line_end = memchr_nl(&rest[end..]).map_or(rest.len(), |p| end + p + 1);
+            if lines > 0 && line_end > LOG_CHUNK_MAX_BYTES {
+                break;
+            }
+            end = line_end;
+            lines += 1;
+        }
+        let last = num_lines + lines as i64 - 1;
+        if rest[end - 1] == b'\n' {
+            chunks.push(PlannedChunk::new(num_lines, last, &rest[..end], 3));
+        } else {
+            let mut owned = rest[..end].to_vec();
+            owned.push(b'\n');
+            chunks.push(PlannedChunk::new(num_lines, last, &owned, 3));
+        }
+        num_lines += lines as i64;
+        rest = &rest[end..];
+    }
+    after.stored += keep as u64;
+    if cut {
+        let cap = cap.expect("cut implies a cap");
+        let m = marker(cap, after.total - after.stored);
+        chunks.push(PlannedChunk::new(num_lines, num_lines, m.as_bytes(), 3));
+        num_lines += 1;
+        after.truncated = true;
+    }
+    after.num_lines = num_lines;
+    AppendPlan {
+        chunks,
+        marker_refresh: None,
+        after,
+        outcome: AppendOutcome {
+            lines_stored: num_lines - state.num_lines,
+            bytes_dropped: (bytes.len() - keep) as u64,
+            num_lines,
+        },
+    }
+}
+
+/// Chunks per INSERT statement (6 parameters each).
+const CHUNKS_PER_INSERT: usize = 64;
+
+async fn write_plan(tx: &mut Transaction<'static, Any>, id: LogId, plan: &AppendPlan) -> Result<()> {
+    if let Some(m) = &plan.marker_refresh {
+        sqlx::query("UPDATE logchunks SET content = $1, compressed = $2, raw_len = $3 WHERE logid = $4 AND first_line = $5")
+            .bind(m.content.as_slice())
+            .bind(m.method)
+            .bind(m.raw_len)
+            .bind(id.0)
+            .bind(m.first)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE logs SET total_bytes = $1 WHERE id = $2")
+            .bind(plan.after.total as i64)
+            .bind(id.0)
+            .execute(&mut **tx)
+            .await?;
+        return Ok(());
+    }
+    for batch in plan.chunks.chunks(CHUNKS_PER_INSERT) {
+        let values: Vec<String> = (0..batch.len())
+            .map(|i| {
+                let b = 6 * i;
+                format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO logchunks (logid, first_line, last_line, content, compressed, raw_len) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for c in batch {
+            q = q.bind(id.0).bind(c.first).bind(c.last).bind(c.content.as_slice()).bind(c.method).bind(c.raw_len);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    sqlx::query("UPDATE logs SET num_lines = $1, total_bytes = $2, stored_bytes = $3, truncated = $4 WHERE id = $5")
+        .bind(plan.after.num_lines)
+        .bind(plan.after.total as i64)
+        .bind(plan.after.stored as i64)
+        .bind(plan.after.truncated as i64)
+        .bind(id.0)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The writer of one open log, for the log's only writer (a running step): it keeps the
+/// log's counters in memory, so an append reads nothing back and compresses before it takes
+/// the write lock, and finishing skips the merge pass when no two chunks could be merged.
+/// Other writers to the same log at the same time would be lost track of: use
+/// [`Store::append_log`] for those.
+pub struct LogWriter {
+    store: Store,
+    id: LogId,
+    state: LogState,
+    /// (first line, raw bytes) of the newest chunk.
+    last_chunk: Option<(i64, i64)>,
+    /// Some two neighbouring chunks fit the chunk limits together.
+    mergeable: bool,
+}
+
+impl LogWriter {
+    pub fn id(&self) -> LogId {
+        self.id
+    }
+
+    /// Like [`Store::append_log`].
+    pub async fn append(&mut self, text: &str) -> Result<AppendOutcome> {
+        if text.is_empty() {
+            return Ok(AppendOutcome { num_lines: self.state.num_lines, ..Default::default() });
+        }
+        let plan = plan_append(self.state, text.as_bytes(), self.store.opts.log_max_bytes);
+        let mut tx = self.store.write_tx().await?;
+        write_plan(&mut tx, self.id, &plan).await?;
+        tx.commit().await?;
+        for c in &plan.chunks {
+            if let Some((first, raw)) = self.last_chunk
+                && raw + c.raw_len <= LOG_CHUNK_MAX_BYTES as i64
+                && (c.last - first + 1) as usize <= LOG_CHUNK_MAX_LINES
+            {
+                self.mergeable = true;
+            }
+            self.last_chunk = Some((c.first, c.raw_len));
+        }
+        self.state = plan.after;
+        Ok(plan.outcome)
+    }
+
+    /// Marks the log complete, merging small chunks (as [`Store::finish_log`]) only when
+    /// there are any to merge.
+    pub async fn finish(self) -> Result<()> {
+        self.store.finish_log(self.id, self.mergeable).await
+    }
+}
+
 const CHUNK_COLS: &str = "first_line, last_line, content, compressed, raw_len";
 
 impl Store {
@@ -158,7 +364,7 @@ impl Store {
             .bind(slugify(name))
             .bind(step.0)
             .bind(type_char(log_type))
-            .fetch_one(&self.pool)
+            .fetch_one(&self.wpool)
             .await?;
         Ok(LogId(get_i64(&row, "id")?))
     }
@@ -232,105 +438,27 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound("log", id.0))?;
-        let mut num_lines = get_i64(&r, "num_lines")?;
-        let total = get_i64(&r, "total_bytes")? as u64 + text.len() as u64;
-        let mut stored = get_i64(&r, "stored_bytes")? as u64;
-        let truncated = get_bool(&r, "truncated")?;
-        let cap = self.opts.log_max_bytes;
-
-        if truncated {
-            // Already capped: count, and refresh the marker (the last, one-line chunk).
-            let cap = cap.unwrap_or(stored);
-            let m = marker(cap, total - stored);
-            let (content, method) = compress(m.as_bytes(), 3);
-            sqlx::query("UPDATE logchunks SET content = $1, compressed = $2, raw_len = $3 WHERE logid = $4 AND first_line = $5")
-                .bind(content)
-                .bind(method)
-                .bind(m.len() as i64)
-                .bind(id.0)
-                .bind(num_lines - 1)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE logs SET total_bytes = $1 WHERE id = $2")
-                .bind(total as i64)
-                .bind(id.0)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(AppendOutcome {
-                lines_stored: 0,
-                bytes_dropped: text.len() as u64,
-                num_lines,
-            });
-        }
-
-        let bytes = text.as_bytes();
-        let (keep, cut) = match cap {
-            Some(cap) if stored + bytes.len() as u64 > cap => {
-                let room = (cap - stored.min(cap)) as usize;
-                // The longest prefix of whole lines that fits.
-                let keep = bytes[..room.min(bytes.len())]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |p| p + 1);
-                (keep, true)
-            }
-            _ => (bytes.len(), false),
+        let state = LogState {
+            num_lines: get_i64(&r, "num_lines")?,
+            total: get_i64(&r, "total_bytes")? as u64,
+            stored: get_i64(&r, "stored_bytes")? as u64,
+            truncated: get_bool(&r, "truncated")?,
         };
-        let first_before = num_lines;
-        let mut rest = &bytes[..keep];
-        let mut owned_tail;
-        while !rest.is_empty() {
-            // Take up to MAX_LINES lines and MAX_BYTES bytes (at least one line).
-            let mut end = 0;
-            let mut lines = 0;
-            while end < rest.len() && lines < LOG_CHUNK_MAX_LINES {
-                let line_end = memchr_nl(&rest[end..]).map_or(rest.len(), |p| end + p + 1);
-                if lines > 0 && line_end > LOG_CHUNK_MAX_BYTES {
-                    break;
-                }
-                end = line_end;
-                lines += 1;
-            }
-            let raw: &[u8] = if rest[end - 1] == b'\n' {
-                &rest[..end]
-            } else {
-                owned_tail = rest[..end].to_vec();
-                owned_tail.push(b'\n');
-                &owned_tail
-            };
-            insert_chunk(
-                &mut tx,
-                id.0,
-                num_lines,
-                num_lines + lines as i64 - 1,
-                raw,
-                3,
-            )
-            .await?;
-            num_lines += lines as i64;
-            rest = &rest[end..];
-        }
-        stored += keep as u64;
-        if cut {
-            let cap = cap.expect("cut implies a cap");
-            let m = marker(cap, total - stored);
-            insert_chunk(&mut tx, id.0, num_lines, num_lines, m.as_bytes(), 3).await?;
-            num_lines += 1;
-        }
-        sqlx::query("UPDATE logs SET num_lines = $1, total_bytes = $2, stored_bytes = $3, truncated = $4 WHERE id = $5")
-            .bind(num_lines)
-            .bind(total as i64)
-            .bind(stored as i64)
-            .bind(cut as i64)
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
+        let plan = plan_append(state, text.as_bytes(), self.opts.log_max_bytes);
+        write_plan(&mut tx, id, &plan).await?;
         tx.commit().await?;
-        Ok(AppendOutcome {
-            lines_stored: num_lines - first_before,
-            bytes_dropped: (bytes.len() - keep) as u64,
-            num_lines,
+        Ok(plan.outcome)
+    }
+
+    /// Adds an empty log to a step and returns its writer (see [`LogWriter`]).
+    pub async fn add_log_writer(&self, step: StepId, name: &str, log_type: LogType) -> Result<LogWriter> {
+        let id = self.add_log(step, name, log_type).await?;
+        Ok(LogWriter {
+            store: self.clone(),
+            id,
+            state: LogState::default(),
+            last_chunk: None,
+            mergeable: false,
         })
     }
 
@@ -402,7 +530,7 @@ impl Store {
     pub async fn finish_log(&self, id: LogId, compress: bool) -> Result<()> {
         let r = sqlx::query("UPDATE logs SET complete = 1 WHERE id = $1")
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&self.wpool)
             .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound("log", id.0));
@@ -501,7 +629,7 @@ impl Store {
                 rep.chunks += self.delete_chunks(logid).await?;
                 sqlx::query("UPDATE logs SET type = 'd' WHERE id = $1")
                     .bind(logid)
-                    .execute(&self.pool)
+                    .execute(&self.wpool)
                     .await?;
                 rep.logs += 1;
             }
@@ -517,7 +645,7 @@ impl Store {
             )
             .bind(logid)
             .bind(BATCH)
-            .execute(&self.pool)
+            .execute(&self.wpool)
             .await?
             .rows_affected();
             n += d;

@@ -34,8 +34,8 @@ async fn engine_queue(store: Store) {
     let m1 = store.register_master("m1", 1).await.unwrap();
     let m2 = store.register_master("m2", 1).await.unwrap();
     let b = store.upsert_builder("b", None, &[]).await.unwrap();
-    let q1 = QueueStore { store: store.clone(), master: m1 };
-    let q2 = QueueStore { store: store.clone(), master: m2 };
+    let q1 = QueueStore::new(store.clone(), m1);
+    let q2 = QueueStore::new(store.clone(), m2);
     let new = |key: &str| NewRequest { builder: b, priority: 5, collapse_key: Some(key.to_string()) };
     let (bs1, r1) = q1.add_buildset(&request(&["b"]), &[new("k")], 10).await.unwrap();
     let (_bs2, r2) = q1.add_buildset(&request(&["b"]), &[new("k")], 11).await.unwrap();
@@ -76,4 +76,63 @@ async fn engine_queue(store: Store) {
     assert!(q1.pending_requests().await.unwrap().is_empty());
     let bs = store.get_buildset(bs1).await.unwrap().unwrap();
     assert!(bs.complete, "the buildset of the collapsed request is complete");
+}
+
+both!(sqlite_cached_queue, pg_cached_queue, cached_queue);
+
+/// The master's queue keeps pending requests and request contexts in memory: its own
+/// submissions at once, other writers' after a refresh, unclaimed ones after a full re-read,
+/// and the same answers as the database.
+async fn cached_queue(store: Store) {
+    use std::time::Duration;
+    let m = store.register_master("m", 1).await.unwrap();
+    let b = store.upsert_builder("b", None, &[]).await.unwrap();
+    let worker = store.upsert_worker("w", &Default::default()).await.unwrap();
+    let cached = QueueStore::cached(store.clone(), m, Duration::from_millis(300));
+    let plain = QueueStore::new(store.clone(), m);
+    let new = || NewRequest { builder: b, priority: 3, collapse_key: Some("k".into()) };
+
+    assert!(cached.pending_requests().await.unwrap().is_empty());
+    let mut req = request(&["b"]);
+    req.properties.set("color", "red", "Force");
+    let (bs, r1) = cached.add_buildset(&req, &[new()], 10).await.unwrap();
+    // Own submission: pending at once, and the same as the database says.
+    assert_eq!(cached.pending_requests().await.unwrap(), plain.pending_requests().await.unwrap());
+    assert_eq!(cached.pending_requests().await.unwrap().len(), 1);
+    // Its context from memory equals the one read back from the database.
+    let from_memory = cached.request_context(r1[0]).await.unwrap();
+    let from_db = plain.request_context(r1[0]).await.unwrap();
+    assert_eq!(from_memory.buildsetid, bs);
+    assert_eq!(from_memory.properties, from_db.properties);
+    assert_eq!(from_memory.properties.get("color"), Some(&serde_json::json!("red")));
+    assert_eq!(from_memory.properties.get("scheduler"), Some(&serde_json::json!("force")));
+    let strip = |v: &[kiln_model::SourceStamp]| {
+        v.iter().map(|s| (s.ssid, s.branch.clone(), s.repository.clone(), s.codebase.clone(), s.project.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&from_memory.sourcestamps), strip(&from_db.sourcestamps));
+
+    // Another writer's request shows up once the refresh interval has passed.
+    let (_, r2) = plain.add_buildset(&request(&["b"]), &[new()], 11).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let ids: Vec<_> = cached.pending_requests().await.unwrap().iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec![r1[0], r2[0]]);
+
+    // A claim (won or lost) takes a request out of the pending list.
+    let a = Assignment { request: r1[0], builder: b, worker, collapsed: vec![] };
+    assert!(plain.claim(&a, 20).await.unwrap());
+    assert!(!cached.claim(&a, 20).await.unwrap(), "already claimed by the other handle");
+    let ids: Vec<_> = cached.pending_requests().await.unwrap().iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec![r2[0]]);
+    // Unclaimed again: back after the full re-read an unclaim asks for.
+    cached.unclaim(r1[0]).await.unwrap();
+    let ids: Vec<_> = cached.pending_requests().await.unwrap().iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec![r1[0], r2[0]]);
+    // Completed and cancelled requests are gone.
+    assert!(cached.claim(&a, 30).await.unwrap());
+    cached.complete(r1[0], Results::Success, 31).await.unwrap();
+    assert!(cached.cancel_unclaimed(r2[0], 32).await.unwrap());
+    assert!(cached.pending_requests().await.unwrap().is_empty());
+    assert!(plain.pending_requests().await.unwrap().is_empty());
+    // A completed request's context is read from the database (still there).
+    assert_eq!(cached.request_context(r1[0]).await.unwrap().buildsetid, bs);
 }

@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     out: mpsc::UnboundedSender<Out>,
     abort: Notify,
     closed: watch::Sender<bool>,
+    /// When the last frame came in, in milliseconds since `born`.
+    last_rx_ms: AtomicU64,
+    born: std::time::Instant,
 }
 
 /// A handle on a connection's task: send requests, start commands, drop it.
@@ -60,7 +63,14 @@ impl Link {
     pub(crate) fn new() -> (Link, mpsc::UnboundedReceiver<Out>) {
         let (out, rx) = mpsc::unbounded_channel();
         let (closed, _) = watch::channel(false);
-        (Link(Arc::new(Shared { out, abort: Notify::new(), closed })), rx)
+        let shared = Shared {
+            out,
+            abort: Notify::new(),
+            closed,
+            last_rx_ms: AtomicU64::new(0),
+            born: std::time::Instant::now(),
+        };
+        (Link(Arc::new(shared)), rx)
     }
 
     /// Sends a request and waits for its response.
@@ -156,6 +166,14 @@ impl std::fmt::Debug for WorkerConn {
 }
 
 impl WorkerConn {
+    /// Whether a frame came from the worker within `d`: a connection that just carried a
+    /// build's last update needs no ping to prove it is alive before the next build.
+    pub fn heard_within(&self, d: std::time::Duration) -> bool {
+        let shared = &self.link.0;
+        let last = shared.last_rx_ms.load(Ordering::Relaxed);
+        last > 0 && shared.born.elapsed().as_millis() as u64 <= last + d.as_millis() as u64
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -266,6 +284,7 @@ pub(crate) async fn run_loop(
             },
             msg = io.ws.recv() => {
                 last_rx = Instant::now();
+                link.0.last_rx_ms.store(link.0.born.elapsed().as_millis() as u64, Ordering::Relaxed);
                 ping_sent = None;
                 match msg {
                     None => break End::PeerClosed,

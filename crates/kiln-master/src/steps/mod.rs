@@ -89,12 +89,17 @@ pub struct StepCtx<'a> {
     pub triggerer: &'a dyn Triggerer,
 }
 
+/// A step's state string while it runs: its description, else its name.
+pub fn running_text(step: &Step) -> String {
+    step.flags.description.clone().unwrap_or_else(|| step.name.clone())
+}
+
 /// Runs one step to its end. `do_step_if` has already been evaluated by the caller.
 /// A lost connection ends with [`StepEnd::ConnectionLost`]; a bad argument or a failed
 /// render (missing secret) with [`StepEnd::Exception`] and the reason in a log.
 pub async fn run_step(step: &Step, ctx: &mut StepCtx<'_>) -> StepEnd {
     let mut logs = LogSet::default();
-    let running = step.flags.description.clone().unwrap_or_else(|| step.name.clone());
+    let running = running_text(step);
     let done_text = step.flags.description_done.clone().or_else(|| step.flags.description.clone()).unwrap_or_else(|| step.name.clone());
     let _ = ctx.logs.set_state_string(&running).await;
     let outcome = match &step.kind {
