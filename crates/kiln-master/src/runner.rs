@@ -268,18 +268,43 @@ async fn run_inner(
 }
 
 /// Step logs in the store, with secrets redacted on the way in. Each open log has its
-/// [`LogWriter`]. A state string is written with the next store write of the step, or with
-/// its result (the runner takes `deferred_state`): a step sets one when it starts, which the
-/// step row already has, and one when it ends.
+/// [`LogWriter`], which writes one batch in the background while the step reads the next
+/// from the worker (at most one batch per log in flight, so memory stays bounded).
+///
+/// A state string is written with the next store write of the step, or with its result
+/// (the runner takes `deferred_state`): a step sets one when it starts, which the step row
+/// already has, and one when it ends.
 struct StoreLogs {
     store: Store,
     step: StepId,
     redactor: kiln_config::Redactor,
     metrics: crate::api::Metrics,
-    writers: HashMap<i64, LogWriter>,
+    writers: HashMap<i64, LogSlot>,
     /// The state string in the step row.
     state: String,
     deferred_state: Option<String>,
+}
+
+/// Batches at least this big are written in the background.
+const BACKGROUND_APPEND: usize = 64 * 1024;
+
+/// A log's writer, idle or busy with a batch.
+enum LogSlot {
+    Idle(LogWriter),
+    Writing(tokio::task::JoinHandle<(LogWriter, anyhow::Result<()>)>),
+}
+
+impl LogSlot {
+    /// The writer, once its batch in flight (if any) is written; that batch's error, if any.
+    async fn settle(self) -> anyhow::Result<LogWriter> {
+        match self {
+            LogSlot::Idle(w) => Ok(w),
+            LogSlot::Writing(task) => {
+                let (w, r) = task.await.map_err(|e| anyhow::anyhow!("log writer task: {e}"))?;
+                r.map(|()| w)
+            }
+        }
+    }
 }
 
 impl StoreLogs {
@@ -299,19 +324,31 @@ impl StepLogs for StoreLogs {
             self.write_deferred_state().await?;
             let w = self.store.add_log_writer(self.step, &name, log_type).await?;
             let id = w.id();
-            self.writers.insert(id.0, w);
+            self.writers.insert(id.0, LogSlot::Idle(w));
             Ok(LogHandle(id.0))
         })
     }
 
-    fn append(&mut self, log: LogHandle, text: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+    fn append(&mut self, log: LogHandle, text: String) -> BoxFuture<'_, anyhow::Result<()>> {
         self.metrics.log_bytes_received(text.len() as u64);
-        let text = if self.redactor.is_empty() { text.to_string() } else { self.redactor.redact(text) };
+        let text = if self.redactor.is_empty() { text } else { self.redactor.redact(&text) };
         Box::pin(async move {
             self.write_deferred_state().await?;
-            match self.writers.get_mut(&log.0) {
-                Some(w) => {
-                    w.append(&text).await?;
+            match self.writers.remove(&log.0) {
+                Some(slot) => {
+                    let mut w = slot.settle().await?;
+                    if text.len() < BACKGROUND_APPEND {
+                        // Small: a task of its own would cost more than it saves.
+                        let r = w.append(&text).await;
+                        self.writers.insert(log.0, LogSlot::Idle(w));
+                        r?;
+                        return Ok(());
+                    }
+                    let task = tokio::spawn(async move {
+                        let r = w.append(&text).await.map(|_| ()).map_err(anyhow::Error::from);
+                        (w, r)
+                    });
+                    self.writers.insert(log.0, LogSlot::Writing(task));
                 }
                 None => {
                     self.store.append_log(LogId(log.0), &text).await?;
@@ -324,7 +361,7 @@ impl StepLogs for StoreLogs {
     fn finish(&mut self, log: LogHandle) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
             match self.writers.remove(&log.0) {
-                Some(w) => w.finish().await?,
+                Some(slot) => slot.settle().await?.finish().await?,
                 None => self.store.finish_log(LogId(log.0), true).await?,
             }
             Ok(())

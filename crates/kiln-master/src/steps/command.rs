@@ -119,7 +119,7 @@ impl LogSet {
     pub async fn flush(&mut self, logs: &mut dyn StepLogs) -> Result<(), Halt> {
         for (h, text) in std::mem::take(&mut self.pending) {
             if !text.is_empty() {
-                logs.append(h, &text).await.map_err(log_error)?;
+                logs.append(h, text).await.map_err(log_error)?;
             }
         }
         self.pending_bytes = 0;

@@ -48,8 +48,10 @@ pub struct LogHandle(pub i64);
 pub trait StepLogs: Send {
     fn add_log(&mut self, name: &str, log_type: LogType) -> BoxFuture<'_, anyhow::Result<LogHandle>>;
     /// Whole lines, each ending in `\n` (already channel-prefixed for stdio logs). Secrets
-    /// are redacted by the implementation, not by the caller.
-    fn append(&mut self, log: LogHandle, text: &str) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// are redacted by the implementation, not by the caller. The text is handed over: a
+    /// big log's batches are not copied again. An implementation may write in the
+    /// background; an error then shows on a later call for the same log.
+    fn append(&mut self, log: LogHandle, text: String) -> BoxFuture<'_, anyhow::Result<()>>;
     fn finish(&mut self, log: LogHandle) -> BoxFuture<'_, anyhow::Result<()>>;
     fn set_state_string(&mut self, text: &str) -> BoxFuture<'_, anyhow::Result<()>>;
     fn add_url(&mut self, name: &str, url: &str) -> BoxFuture<'_, anyhow::Result<()>>;
@@ -132,7 +134,7 @@ pub async fn run_step(step: &Step, ctx: &mut StepCtx<'_>) -> StepEnd {
                 if !text.ends_with('\n') {
                     text.push('\n');
                 }
-                let _ = ctx.logs.append(log, &text).await;
+                let _ = ctx.logs.append(log, text).await;
             }
             (StepEnd::Exception, format!("{done_text} (exception)"))
         }

@@ -258,11 +258,11 @@ impl StepLogs for MemLogs {
         let id = self.logs.len() as i64 - 1;
         Box::pin(async move { Ok(LogHandle(id)) })
     }
-    fn append(&mut self, log: LogHandle, text: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+    fn append(&mut self, log: LogHandle, text: String) -> BoxFuture<'_, anyhow::Result<()>> {
         assert!(text.ends_with('\n'), "appends are whole lines: {text:?}");
         let l = &mut self.logs[log.0 as usize];
         assert!(!l.finished, "append to finished log {}", l.name);
-        l.text.push_str(text);
+        l.text.push_str(&text);
         Box::pin(async { Ok(()) })
     }
     fn finish(&mut self, log: LogHandle) -> BoxFuture<'_, anyhow::Result<()>> {
