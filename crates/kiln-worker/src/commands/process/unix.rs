@@ -2,7 +2,9 @@
 //! on Linux also the cookie scan of `/proc`, the subreaper and reaping of adopted orphans.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
@@ -172,6 +174,45 @@ struct ChildLimits {
     cpu: Option<libc::rlim_t>,
 }
 
+impl ChildLimits {
+    fn any(&self) -> bool {
+        self.memory.is_some() || self.processes.is_some() || self.open_files.is_some() || self.cpu.is_some()
+    }
+}
+
+/// The file `execvp` would run for `program` with the child's environment `env`:
+/// the first executable regular file `<dir>/<program>` along the child's `PATH`.
+/// `None` when `program` holds a slash (no search), when the child has no `PATH`
+/// or a relative entry comes first (those depend on the child's directory), or
+/// when nothing is found (the child's `execvp` then reports the error).
+fn resolve_program(program: &OsStr, env: &[(OsString, OsString)]) -> Option<PathBuf> {
+    if program.is_empty() || program.as_bytes().contains(&b'/') {
+        return None;
+    }
+    let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v)?;
+    for dir in path.as_bytes().split(|b| *b == b':') {
+        if dir.first() != Some(&b'/') {
+            return None;
+        }
+        let candidate = Path::new(OsStr::from_bytes(dir)).join(program);
+        if is_executable_file(&candidate) {
+            return Some(candidate);
+        }
+    }
+    None
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else { return false };
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access reads a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+}
+
 /// `want` capped at the current hard limit of `resource` (a `libc::RLIMIT_*`).
 macro_rules! capped {
     ($resource:expr, $want:expr) => {{
@@ -273,13 +314,6 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
         (Some(Sandbox::Bwrap { network }), Some(dir)) => bwrap_argv(*network, dir, &spec.cwd, &spec.argv),
         _ => spec.argv.clone(),
     };
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).current_dir(&spec.cwd).env_clear().kill_on_drop(true);
-    for (k, v) in &spec.env {
-        cmd.env(k, v);
-    }
-    cmd.env(COOKIE_VAR, &cookie);
-
     let euid = nix::unistd::geteuid().as_raw();
     let ids = policy.run_as.as_ref().filter(|r| r.uid != euid).map(|r| Ids { uid: r.uid, gid: r.gid, groups: r.groups.clone() });
     let limits = ChildLimits {
@@ -288,30 +322,69 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
         open_files: capped!(libc::RLIMIT_NOFILE, policy.limits.open_files),
         cpu: capped!(libc::RLIMIT_CPU, policy.limits.cpu_time),
     };
+    // Without anything to do between fork and exec the child can be started with
+    // posix_spawn (a vfork: no copy of the worker's page tables), which std does
+    // only for a program given by path: look it up in the child's PATH here.
+    let setup = spec.use_pty || ids.is_some() || limits.any();
+    let resolved = if setup { None } else { resolve_program(&argv[0], &spec.env) };
 
     let mut pty_master = None;
+    let mut pty_slave = None;
     if spec.use_pty {
         let (master, slave) = open_pty()?;
-        cmd.stdin(Stdio::from(slave.try_clone()?)).stdout(Stdio::from(slave.try_clone()?)).stderr(Stdio::from(slave));
         pty_master = Some(master);
-    } else {
-        cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.process_group(0);
+        pty_slave = Some(slave);
     }
-    let pty = spec.use_pty;
-    // SAFETY: `child_setup` only makes async-signal-safe system calls.
-    unsafe {
-        cmd.pre_exec(move || child_setup(pty, &limits, ids.as_ref()));
-    }
-    let mut child = {
+    let command = |program: &OsStr| -> io::Result<Command> {
+        let mut cmd = Command::new(program);
+        if program != argv[0].as_os_str() {
+            cmd.arg0(&argv[0]);
+        }
+        cmd.args(&argv[1..]).current_dir(&spec.cwd).env_clear().kill_on_drop(true);
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        cmd.env(COOKIE_VAR, &cookie);
+        if let Some(slave) = &pty_slave {
+            cmd.stdin(Stdio::from(slave.try_clone()?)).stdout(Stdio::from(slave.try_clone()?)).stderr(Stdio::from(slave.try_clone()?));
+        } else {
+            cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+            cmd.process_group(0);
+        }
+        if setup {
+            let pty = spec.use_pty;
+            let ids = ids.clone();
+            // SAFETY: `child_setup` only makes async-signal-safe system calls.
+            unsafe {
+                cmd.pre_exec(move || child_setup(pty, &limits, ids.as_ref()));
+            }
+        }
+        Ok(cmd)
+    };
+    let start = |cmd: &mut Command| -> io::Result<Child> {
         // Registered before the reaper can look: it must never take tokio's children.
         let mut reg = registry();
         let child = cmd.spawn()?;
         let pid = child.id().expect("a child that was just spawned has a pid") as i32;
         reg.spawned.insert(pid);
         remember_group(&mut reg, pid);
-        child
+        Ok(child)
     };
+    let mut cmd = command(resolved.as_ref().map_or(argv[0].as_os_str(), |p| p.as_os_str()))?;
+    let mut child = match start(&mut cmd) {
+        // posix_spawn does not run a script without `#!` through /bin/sh as
+        // execvp does: let execvp have it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) && !setup => {
+            cmd = command(&argv[0])?;
+            // SAFETY: does nothing; a pre_exec hook keeps std from using posix_spawn.
+            unsafe {
+                cmd.pre_exec(|| Ok(()));
+            }
+            start(&mut cmd)?
+        }
+        r => r?,
+    };
+    drop(pty_slave);
     drop(cmd); // closes our copies of the PTY slave
     let pid = child.id().expect("not yet waited for") as i32;
     let tree = ProcessTree { pid, cookie, known: HashMap::new(), reaped: false, done: false };
