@@ -495,7 +495,7 @@ impl ProcessTree {
     pub fn finish(&mut self) {
         self.done = true;
         #[cfg(target_os = "linux")]
-        linux::reap_adopted();
+        linux::reap_orphans();
     }
 }
 
@@ -609,6 +609,26 @@ mod linux {
         members.iter().filter(|p| !p.zombie).map(|p| (p.pid, p.start, p.pgrp)).collect()
     }
 
+    /// Children of the worker's main thread, where orphans are reparented (the
+    /// subreaper's first live thread), from `/proc/self/task/<pid>/children`; `None`
+    /// when that file cannot be read.
+    fn children_of_main_thread() -> Option<Vec<i32>> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(format!("/proc/self/task/{}/children", std::process::id())).ok()?;
+        // Read by hand: read_to_string would stat the file first, for nothing.
+        let mut text = Vec::new();
+        let mut chunk = [0u8; 512];
+        loop {
+            match f.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => text.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        Some(text.split(|b| b.is_ascii_whitespace()).filter_map(|p| std::str::from_utf8(p).ok()?.parse::<i32>().ok()).collect())
+    }
+
     /// The worker's children, from `/proc/self/task/*/children` (or a full scan).
     fn children_of_self() -> Vec<i32> {
         let mut out = Vec::new();
@@ -633,7 +653,16 @@ mod linux {
     /// with one of our cookies, or in the process group of one of our commands —
     /// never tokio's children and never with `waitpid(-1)`.
     pub(super) fn reap_adopted() {
-        let kids = children_of_self();
+        reap(children_of_self());
+    }
+
+    /// [`reap_adopted`] for the end of a command, looking only where orphans go:
+    /// the children of the main thread (the reaper thread still looks at all).
+    pub(super) fn reap_orphans() {
+        reap(children_of_main_thread().unwrap_or_else(children_of_self));
+    }
+
+    fn reap(kids: Vec<i32>) {
         let worker_group = nix::unistd::getpgrp().as_raw();
         let mut reg = registry();
         for pid in kids {
@@ -656,7 +685,13 @@ mod linux {
 
     #[cfg(test)]
     mod tests {
-        use super::{has_cookie, stat};
+        use super::{children_of_main_thread, has_cookie, stat};
+
+        #[test]
+        fn the_main_threads_children_are_readable() {
+            // The test runs on a thread of its own; the file of the main thread is there.
+            assert!(children_of_main_thread().is_some());
+        }
 
         #[test]
         fn stat_fields() {
@@ -685,7 +720,24 @@ mod linux {
 
 #[cfg(test)]
 mod tests {
-    use super::outside_group;
+    use super::{outside_group, resolve_program};
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    #[test]
+    fn programs_resolve_along_the_childs_path_only_when_execvp_would_agree() {
+        let env = |path: &str| vec![(OsString::from("HOME"), OsString::from("/")), (OsString::from("PATH"), OsString::from(path))];
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        assert_eq!(resolve_program("sh".as_ref(), &env(&format!("{d}:/bin:/usr/bin"))), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(resolve_program("sh".as_ref(), &env("rel:/bin")), None, "a relative entry depends on the child's cwd");
+        assert_eq!(resolve_program("sh".as_ref(), &env(":/bin")), None, "an empty entry is the child's cwd");
+        assert_eq!(resolve_program("/bin/sh".as_ref(), &env("/bin")), None, "a path is not searched");
+        assert_eq!(resolve_program("sh".as_ref(), &[]), None, "no PATH: execvp's default");
+        assert_eq!(resolve_program("no-such-program-kiln".as_ref(), &env("/bin:/usr/bin")), None);
+        std::fs::create_dir(dir.path().join("sh")).unwrap();
+        assert_eq!(resolve_program("sh".as_ref(), &env(&format!("{d}:/bin"))), Some(PathBuf::from("/bin/sh")), "a directory is passed over");
+    }
 
     #[test]
     fn a_signalled_group_is_not_signalled_again_member_by_member() {
