@@ -430,8 +430,13 @@ async fn handle_request(
 ) -> Result<Flow, crate::link::LinkClosed> {
     match op {
         Op::Print { message } => {
-            // `kiln-worker start` waits for this exact text in the log.
-            info!("message from master: {message}");
+            // `kiln-worker start` waits for this exact text in the log. The master
+            // pings before every build: that one is not worth a line each time.
+            if message == "ping" {
+                debug!("message from master: {message}");
+            } else {
+                info!("message from master: {message}");
+            }
             link.respond(Response::ok(seq)).await?;
         }
         Op::Keepalive => {

@@ -150,7 +150,10 @@ fn worker_main(
         config.basedir.join(HOSTNAME_FILE),
         format!("{}\n", crate::machine::hostname()),
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread for the connection, its writer and every command: they hand each
+    // other a message per step, and a hop between threads costs a context switch
+    // each (blocking work goes to the blocking pool, whose threads are named too).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("kiln-worker")
         .build()

@@ -66,6 +66,53 @@ async fn a_missing_program_fails_the_step_not_the_command() {
     assert!(c.stderr().contains("no-such-program-kiln"), "{}", c.stderr());
 }
 
+/// Programs are looked up like `execvp` does, in the child's `PATH`: argv[0] stays
+/// the name given, a script without `#!` runs through /bin/sh, a file that is not
+/// executable is passed over, and a relative `PATH` entry is relative to the workdir.
+#[tokio::test]
+async fn programs_are_found_like_execvp_finds_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let workdir = dir.path().join("build");
+    let (first, second, rel) = (dir.path().join("first"), dir.path().join("second"), workdir.join("rel"));
+    for d in [&first, &second, &rel] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let script = |path: std::path::PathBuf, text: &str, mode: u32| {
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    script(first.join("kiln-probe"), "echo not executable\n", 0o644);
+    script(second.join("kiln-probe"), "echo found \"$0\" \"$1\"\n", 0o755);
+    script(rel.join("kiln-rel-probe"), "echo relative\n", 0o755);
+    let run = |command: Value, path: String| {
+        let env = map(&[("PATH", Value::from(path))]);
+        let args = vec![("command", command), ("workdir", Value::from(workdir.to_str().unwrap())), ("env", env), ("logEnviron", Value::from(false))];
+        let basedir = dir.path().to_owned();
+        async move { Run::new(&basedir).shell(&args).await }
+    };
+    let path = format!("{}:{}:/usr/bin:/bin", first.display(), second.display());
+
+    let c = run(argv(&["kiln-probe", "x"]), path.clone()).await;
+    assert_eq!(c.rc(), Some(0), "{}", c.stderr());
+    assert!(c.stdout().ends_with("found kiln-probe x\n") || c.stdout().ends_with(&format!("found {} x\n", second.join("kiln-probe").display())), "{}", c.stdout());
+
+    let c = run(argv(&["sh", "-c", "echo $0"]), path.clone()).await;
+    assert_eq!(c.stdout(), "sh\n", "argv[0] is the name as given");
+
+    let by_path = second.join("kiln-probe");
+    let c = run(argv(&[by_path.to_str().unwrap(), "y"]), path.clone()).await;
+    assert_eq!(c.rc(), Some(0), "{}", c.stderr());
+    assert!(c.stdout().starts_with("found ") && c.stdout().ends_with(" y\n"), "{}", c.stdout());
+
+    let c = run(argv(&["kiln-rel-probe"]), format!("rel:{path}")).await;
+    assert_eq!(c.rc(), Some(0), "{}", c.stderr());
+    assert_eq!(c.stdout(), "relative\n");
+
+    let c = run(argv(&["kiln-rel-probe"]), path).await;
+    assert_eq!(c.rc(), Some(127), "not in PATH: {}", c.stdout());
+}
+
 #[tokio::test]
 async fn killed_by_a_signal_is_rc_minus_one() {
     let dir = tempfile::tempdir().unwrap();

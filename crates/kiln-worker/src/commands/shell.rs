@@ -408,6 +408,44 @@ struct Runner<'s> {
     interrupt_signal: KillSignal,
 }
 
+/// A read buffer of [`READ_SIZE`] bytes, back to a small pool when dropped: a
+/// command does not pay for zeroing fresh buffers (nor the allocator for growing
+/// and trimming its heap around them) each time.
+struct ReadBuffer(Vec<u8>);
+
+/// At most this many buffers are kept for later commands.
+const POOLED_BUFFERS: usize = 8;
+static BUFFER_POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+impl ReadBuffer {
+    fn take() -> ReadBuffer {
+        let pooled = BUFFER_POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        ReadBuffer(pooled.unwrap_or_else(|| vec![0u8; READ_SIZE]))
+    }
+}
+
+impl Drop for ReadBuffer {
+    fn drop(&mut self) {
+        let mut pool = BUFFER_POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOLED_BUFFERS {
+            pool.push(std::mem::take(&mut self.0));
+        }
+    }
+}
+
+impl std::ops::Deref for ReadBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ReadBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
 async fn read_some(r: &mut Option<OutputReader>, buf: &mut [u8]) -> std::io::Result<usize> {
     match r {
         Some(r) => r.read(buf).await,
@@ -421,8 +459,8 @@ fn at(deadline: Option<Instant>) -> Instant {
 
 impl Runner<'_> {
     async fn run(&mut self, ctx: &mut CommandCtx) -> Result<ChildOutcome, String> {
-        let mut buf_out = vec![0u8; READ_SIZE];
-        let mut buf_err = vec![0u8; READ_SIZE];
+        let mut buf_out = ReadBuffer::take();
+        let mut buf_err = ReadBuffer::take();
         let mut poll = tokio::time::interval_at(self.started + LOGFILE_POLL, LOGFILE_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let has_logfiles = !self.watchers.is_empty();

@@ -2,7 +2,9 @@
 //! on Linux also the cookie scan of `/proc`, the subreaper and reaping of adopted orphans.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
@@ -172,6 +174,45 @@ struct ChildLimits {
     cpu: Option<libc::rlim_t>,
 }
 
+impl ChildLimits {
+    fn any(&self) -> bool {
+        self.memory.is_some() || self.processes.is_some() || self.open_files.is_some() || self.cpu.is_some()
+    }
+}
+
+/// The file `execvp` would run for `program` with the child's environment `env`:
+/// the first executable regular file `<dir>/<program>` along the child's `PATH`.
+/// `None` when `program` holds a slash (no search), when the child has no `PATH`
+/// or a relative entry comes first (those depend on the child's directory), or
+/// when nothing is found (the child's `execvp` then reports the error).
+fn resolve_program(program: &OsStr, env: &[(OsString, OsString)]) -> Option<PathBuf> {
+    if program.is_empty() || program.as_bytes().contains(&b'/') {
+        return None;
+    }
+    let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v)?;
+    for dir in path.as_bytes().split(|b| *b == b':') {
+        if dir.first() != Some(&b'/') {
+            return None;
+        }
+        let candidate = Path::new(OsStr::from_bytes(dir)).join(program);
+        if is_executable_file(&candidate) {
+            return Some(candidate);
+        }
+    }
+    None
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else { return false };
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access reads a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+}
+
 /// `want` capped at the current hard limit of `resource` (a `libc::RLIMIT_*`).
 macro_rules! capped {
     ($resource:expr, $want:expr) => {{
@@ -273,13 +314,6 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
         (Some(Sandbox::Bwrap { network }), Some(dir)) => bwrap_argv(*network, dir, &spec.cwd, &spec.argv),
         _ => spec.argv.clone(),
     };
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).current_dir(&spec.cwd).env_clear().kill_on_drop(true);
-    for (k, v) in &spec.env {
-        cmd.env(k, v);
-    }
-    cmd.env(COOKIE_VAR, &cookie);
-
     let euid = nix::unistd::geteuid().as_raw();
     let ids = policy.run_as.as_ref().filter(|r| r.uid != euid).map(|r| Ids { uid: r.uid, gid: r.gid, groups: r.groups.clone() });
     let limits = ChildLimits {
@@ -288,30 +322,69 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
         open_files: capped!(libc::RLIMIT_NOFILE, policy.limits.open_files),
         cpu: capped!(libc::RLIMIT_CPU, policy.limits.cpu_time),
     };
+    // Without anything to do between fork and exec the child can be started with
+    // posix_spawn (a vfork: no copy of the worker's page tables), which std does
+    // only for a program given by path: look it up in the child's PATH here.
+    let setup = spec.use_pty || ids.is_some() || limits.any();
+    let resolved = if setup { None } else { resolve_program(&argv[0], &spec.env) };
 
     let mut pty_master = None;
+    let mut pty_slave = None;
     if spec.use_pty {
         let (master, slave) = open_pty()?;
-        cmd.stdin(Stdio::from(slave.try_clone()?)).stdout(Stdio::from(slave.try_clone()?)).stderr(Stdio::from(slave));
         pty_master = Some(master);
-    } else {
-        cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.process_group(0);
+        pty_slave = Some(slave);
     }
-    let pty = spec.use_pty;
-    // SAFETY: `child_setup` only makes async-signal-safe system calls.
-    unsafe {
-        cmd.pre_exec(move || child_setup(pty, &limits, ids.as_ref()));
-    }
-    let mut child = {
+    let command = |program: &OsStr| -> io::Result<Command> {
+        let mut cmd = Command::new(program);
+        if program != argv[0].as_os_str() {
+            cmd.arg0(&argv[0]);
+        }
+        cmd.args(&argv[1..]).current_dir(&spec.cwd).env_clear().kill_on_drop(true);
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        cmd.env(COOKIE_VAR, &cookie);
+        if let Some(slave) = &pty_slave {
+            cmd.stdin(Stdio::from(slave.try_clone()?)).stdout(Stdio::from(slave.try_clone()?)).stderr(Stdio::from(slave.try_clone()?));
+        } else {
+            cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+            cmd.process_group(0);
+        }
+        if setup {
+            let pty = spec.use_pty;
+            let ids = ids.clone();
+            // SAFETY: `child_setup` only makes async-signal-safe system calls.
+            unsafe {
+                cmd.pre_exec(move || child_setup(pty, &limits, ids.as_ref()));
+            }
+        }
+        Ok(cmd)
+    };
+    let start = |cmd: &mut Command| -> io::Result<Child> {
         // Registered before the reaper can look: it must never take tokio's children.
         let mut reg = registry();
         let child = cmd.spawn()?;
         let pid = child.id().expect("a child that was just spawned has a pid") as i32;
         reg.spawned.insert(pid);
         remember_group(&mut reg, pid);
-        child
+        Ok(child)
     };
+    let mut cmd = command(resolved.as_ref().map_or(argv[0].as_os_str(), |p| p.as_os_str()))?;
+    let mut child = match start(&mut cmd) {
+        // posix_spawn does not run a script without `#!` through /bin/sh as
+        // execvp does: let execvp have it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) && !setup => {
+            cmd = command(&argv[0])?;
+            // SAFETY: does nothing; a pre_exec hook keeps std from using posix_spawn.
+            unsafe {
+                cmd.pre_exec(|| Ok(()));
+            }
+            start(&mut cmd)?
+        }
+        r => r?,
+    };
+    drop(pty_slave);
     drop(cmd); // closes our copies of the PTY slave
     let pid = child.id().expect("not yet waited for") as i32;
     let tree = ProcessTree { pid, cookie, known: HashMap::new(), reaped: false, done: false };
@@ -422,7 +495,7 @@ impl ProcessTree {
     pub fn finish(&mut self) {
         self.done = true;
         #[cfg(target_os = "linux")]
-        linux::reap_adopted();
+        linux::reap_orphans();
     }
 }
 
@@ -536,6 +609,26 @@ mod linux {
         members.iter().filter(|p| !p.zombie).map(|p| (p.pid, p.start, p.pgrp)).collect()
     }
 
+    /// Children of the worker's main thread, where orphans are reparented (the
+    /// subreaper's first live thread), from `/proc/self/task/<pid>/children`; `None`
+    /// when that file cannot be read.
+    fn children_of_main_thread() -> Option<Vec<i32>> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(format!("/proc/self/task/{}/children", std::process::id())).ok()?;
+        // Read by hand: read_to_string would stat the file first, for nothing.
+        let mut text = Vec::new();
+        let mut chunk = [0u8; 512];
+        loop {
+            match f.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => text.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        Some(text.split(|b| b.is_ascii_whitespace()).filter_map(|p| std::str::from_utf8(p).ok()?.parse::<i32>().ok()).collect())
+    }
+
     /// The worker's children, from `/proc/self/task/*/children` (or a full scan).
     fn children_of_self() -> Vec<i32> {
         let mut out = Vec::new();
@@ -560,7 +653,16 @@ mod linux {
     /// with one of our cookies, or in the process group of one of our commands —
     /// never tokio's children and never with `waitpid(-1)`.
     pub(super) fn reap_adopted() {
-        let kids = children_of_self();
+        reap(children_of_self());
+    }
+
+    /// [`reap_adopted`] for the end of a command, looking only where orphans go:
+    /// the children of the main thread (the reaper thread still looks at all).
+    pub(super) fn reap_orphans() {
+        reap(children_of_main_thread().unwrap_or_else(children_of_self));
+    }
+
+    fn reap(kids: Vec<i32>) {
         let worker_group = nix::unistd::getpgrp().as_raw();
         let mut reg = registry();
         for pid in kids {
@@ -583,7 +685,13 @@ mod linux {
 
     #[cfg(test)]
     mod tests {
-        use super::{has_cookie, stat};
+        use super::{children_of_main_thread, has_cookie, stat};
+
+        #[test]
+        fn the_main_threads_children_are_readable() {
+            // The test runs on a thread of its own; the file of the main thread is there.
+            assert!(children_of_main_thread().is_some());
+        }
 
         #[test]
         fn stat_fields() {
@@ -612,7 +720,24 @@ mod linux {
 
 #[cfg(test)]
 mod tests {
-    use super::outside_group;
+    use super::{outside_group, resolve_program};
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    #[test]
+    fn programs_resolve_along_the_childs_path_only_when_execvp_would_agree() {
+        let env = |path: &str| vec![(OsString::from("HOME"), OsString::from("/")), (OsString::from("PATH"), OsString::from(path))];
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        assert_eq!(resolve_program("sh".as_ref(), &env(&format!("{d}:/bin:/usr/bin"))), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(resolve_program("sh".as_ref(), &env("rel:/bin")), None, "a relative entry depends on the child's cwd");
+        assert_eq!(resolve_program("sh".as_ref(), &env(":/bin")), None, "an empty entry is the child's cwd");
+        assert_eq!(resolve_program("/bin/sh".as_ref(), &env("/bin")), None, "a path is not searched");
+        assert_eq!(resolve_program("sh".as_ref(), &[]), None, "no PATH: execvp's default");
+        assert_eq!(resolve_program("no-such-program-kiln".as_ref(), &env("/bin:/usr/bin")), None);
+        std::fs::create_dir(dir.path().join("sh")).unwrap();
+        assert_eq!(resolve_program("sh".as_ref(), &env(&format!("{d}:/bin"))), Some(PathBuf::from("/bin/sh")), "a directory is passed over");
+    }
 
     #[test]
     fn a_signalled_group_is_not_signalled_again_member_by_member() {
