@@ -278,6 +278,9 @@ impl Master {
             let app = crate::web::router(inner.clone());
             let sd = stop(shutdown_rx.clone());
             tasks.push(tokio::spawn(async move {
+                let web_listener = axum::serve::ListenerExt::tap_io(web_listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 if let Err(e) = axum::serve(web_listener, app).with_graceful_shutdown(sd).await {
                     tracing::error!("web server stopped: {e}");
                 }
