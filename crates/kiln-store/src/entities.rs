@@ -869,6 +869,27 @@ impl Store {
         results: Results,
         now: Epoch,
     ) -> Result<u64> {
+        if let ([id], Backend::Sqlite) = (ids, self.backend) {
+            // The common case (a build ended) in one trip to the writer: the request, then
+            // its buildset if that was its last open request, with the worst result
+            // (Buildbot's `worst_status`: SKIPPED < SUCCESS < WARNINGS < FAILURE < …).
+            const SEVERITY: &str = "CASE COALESCE(results, 0) WHEN 3 THEN 0 WHEN 0 THEN 1 WHEN 1 THEN 2 WHEN 2 THEN 3 \
+                                    ELSE COALESCE(results, 0) END";
+            let sql = format!(
+                "BEGIN IMMEDIATE; \
+                 UPDATE buildrequests SET complete = 1, complete_at = $1, results = $2 WHERE id = $3 AND complete = 0 RETURNING id; \
+                 UPDATE buildsets SET complete = 1, complete_at = $1, results = \
+                   (SELECT CASE MAX({SEVERITY}) WHEN 0 THEN 3 WHEN 1 THEN 0 WHEN 2 THEN 1 WHEN 3 THEN 2 ELSE MAX({SEVERITY}) END \
+                    FROM buildrequests WHERE buildsetid = buildsets.id) \
+                 WHERE id = (SELECT buildsetid FROM buildrequests WHERE id = $3) AND complete = 0 \
+                   AND NOT EXISTS (SELECT 1 FROM buildrequests WHERE buildsetid = buildsets.id AND complete = 0); \
+                 COMMIT"
+            );
+            let rows = self
+                .sqlite_batch(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(i64::from(results)).bind(id.0))
+                .await?;
+            return Ok(rows.len() as u64);
+        }
         let mut tx = self.write_tx().await?;
         let mut n = 0;
         let mut buildsets = Vec::new();

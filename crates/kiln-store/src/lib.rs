@@ -163,6 +163,10 @@ impl Store {
         let pool_options = |max: u32| {
             AnyPoolOptions::new()
                 .max_connections(max)
+                // A SQLite connection is a file handle that cannot drop away; the default
+                // check before each use is one more hop to the connection's thread for every
+                // statement.
+                .test_before_acquire(backend == Backend::Postgres)
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
@@ -227,6 +231,26 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
         self.wpool.close().await;
+    }
+
+    /// SQLite only: runs `statements` (several, `;`-separated, with `$N` parameters numbered
+    /// across all of them) as one transaction in a single trip to the writer connection's
+    /// thread, instead of one trip per statement. Returns the rows of every `RETURNING`.
+    pub(crate) async fn sqlite_batch<'q>(
+        &self,
+        statements: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    ) -> Result<Vec<AnyRow>> {
+        debug_assert_eq!(self.backend, Backend::Sqlite);
+        let mut conn = self.wpool.acquire().await?;
+        match statements.fetch_all(&mut *conn).await {
+            Ok(rows) => Ok(rows),
+            Err(e) => {
+                // A statement after BEGIN failed: the transaction is still open on this
+                // connection; end it before the connection goes back to the pool.
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(e.into())
+            }
+        }
     }
 
     /// A write transaction: `BEGIN IMMEDIATE` on SQLite.

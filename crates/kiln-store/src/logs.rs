@@ -260,6 +260,56 @@ fn plan_append(state: LogState, bytes: &[u8], cap: Option<u64>) -> AppendPlan {
 /// Chunks per INSERT statement (6 parameters each).
 const CHUNKS_PER_INSERT: usize = 64;
 
+/// SQLite: the whole append (chunks and counters) as one batch, one trip to the writer.
+async fn write_plan_sqlite(store: &Store, id: LogId, plan: &AppendPlan) -> Result<()> {
+    let mut sql = String::from("BEGIN IMMEDIATE; ");
+    let mut n = 0;
+    let mut p = || {
+        n += 1;
+        format!("${n}")
+    };
+    if plan.marker_refresh.is_some() {
+        sql += &format!(
+            "UPDATE logchunks SET content = {}, compressed = {}, raw_len = {} WHERE logid = {} AND first_line = {}; ",
+            p(), p(), p(), p(), p()
+        );
+        sql += &format!("UPDATE logs SET total_bytes = {} WHERE id = {}; ", p(), p());
+    } else {
+        for batch in plan.chunks.chunks(CHUNKS_PER_INSERT) {
+            let values: Vec<String> = batch
+                .iter()
+                .map(|_| format!("({}, {}, {}, {}, {}, {})", p(), p(), p(), p(), p(), p()))
+                .collect();
+            sql += &format!(
+                "INSERT INTO logchunks (logid, first_line, last_line, content, compressed, raw_len) VALUES {}; ",
+                values.join(", ")
+            );
+        }
+        sql += &format!(
+            "UPDATE logs SET num_lines = {}, total_bytes = {}, stored_bytes = {}, truncated = {} WHERE id = {}; ",
+            p(), p(), p(), p(), p()
+        );
+    }
+    sql += "COMMIT";
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    if let Some(m) = &plan.marker_refresh {
+        q = q.bind(m.content.as_slice()).bind(m.method).bind(m.raw_len).bind(id.0).bind(m.first);
+        q = q.bind(plan.after.total as i64).bind(id.0);
+    } else {
+        for c in &plan.chunks {
+            q = q.bind(id.0).bind(c.first).bind(c.last).bind(c.content.as_slice()).bind(c.method).bind(c.raw_len);
+        }
+        q = q
+            .bind(plan.after.num_lines)
+            .bind(plan.after.total as i64)
+            .bind(plan.after.stored as i64)
+            .bind(plan.after.truncated as i64)
+            .bind(id.0);
+    }
+    store.sqlite_batch(q).await?;
+    Ok(())
+}
+
 async fn write_plan(tx: &mut Transaction<'static, Any>, id: LogId, plan: &AppendPlan) -> Result<()> {
     if let Some(m) = &plan.marker_refresh {
         sqlx::query("UPDATE logchunks SET content = $1, compressed = $2, raw_len = $3 WHERE logid = $4 AND first_line = $5")
@@ -331,9 +381,13 @@ impl LogWriter {
             return Ok(AppendOutcome { num_lines: self.state.num_lines, ..Default::default() });
         }
         let plan = plan_append(self.state, text.as_bytes(), self.store.opts.log_max_bytes);
-        let mut tx = self.store.write_tx().await?;
-        write_plan(&mut tx, self.id, &plan).await?;
-        tx.commit().await?;
+        if self.store.backend == Backend::Sqlite {
+            write_plan_sqlite(&self.store, self.id, &plan).await?;
+        } else {
+            let mut tx = self.store.write_tx().await?;
+            write_plan(&mut tx, self.id, &plan).await?;
+            tx.commit().await?;
+        }
         for c in &plan.chunks {
             if let Some((first, raw)) = self.last_chunk
                 && raw + c.raw_len <= LOG_CHUNK_MAX_BYTES as i64

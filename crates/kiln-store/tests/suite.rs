@@ -1287,6 +1287,27 @@ async fn runner_paths(store: Store) {
     assert_eq!((steps[0].results, steps[0].state_string.as_str()), (Some(Results::Warnings), "compiled"));
     assert_eq!((steps[1].state_string.as_str(), steps[1].hidden), ("compiling", true), "None keeps the state");
 
+    // Requests completed one at a time (a build's end): the buildset completes with the
+    // last one, with Buildbot's worst result (SKIPPED counts below SUCCESS).
+    for (results, want) in [
+        ([Results::Success, Results::Skipped], Results::Success),
+        ([Results::Skipped, Results::Skipped], Results::Skipped),
+        ([Results::Warnings, Results::Failure], Results::Failure),
+        ([Results::Cancelled, Results::Retry], Results::Cancelled),
+        ([Results::Exception, Results::Warnings], Results::Exception),
+    ] {
+        let (bsid, brs) = store
+            .add_buildset(&NewBuildset { builders: vec![b1, b1], reason: "r".into(), ..Default::default() }, 150)
+            .await
+            .unwrap();
+        assert_eq!(store.complete_build_requests(&[brs[0].1], results[0], 151).await.unwrap(), 1);
+        assert!(!store.get_buildset(bsid).await.unwrap().unwrap().complete, "one request still open");
+        assert_eq!(store.complete_build_requests(&[brs[1].1], results[1], 152).await.unwrap(), 1);
+        assert_eq!(store.complete_build_requests(&[brs[1].1], Results::Failure, 153).await.unwrap(), 0, "completes once");
+        let bs = store.get_buildset(bsid).await.unwrap().unwrap();
+        assert_eq!((bs.complete, bs.results, bs.complete_at), (true, Some(want), Some(152)), "{results:?}");
+    }
+
     assert!(store.finish_build_with_state(id1, Results::Warnings, Some("build warnings"), 140).await.unwrap());
     assert!(!store.finish_build_with_state(id1, Results::Failure, None, 141).await.unwrap());
     let b = store.get_build(id1).await.unwrap().unwrap();
