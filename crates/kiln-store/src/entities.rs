@@ -598,6 +598,102 @@ impl Store {
         Ok(out)
     }
 
+    /// SQLite: new source stamps, a buildset and its requests (as [`Store::insert_buildset`])
+    /// in one batch, one trip to the writer. Inside the batch's write transaction the newest
+    /// ids are the ones it just made (ids only grow: `AUTOINCREMENT`), so later statements
+    /// find them with `MAX(id)`. Returns the source stamp ids in `sources` order.
+    pub(crate) async fn add_buildset_batch(
+        &self,
+        sources: &[NewSourceStamp],
+        bs: &NewBuildset,
+        now: Epoch,
+        scheduler: &str,
+        requests: &[(BuilderId, i64, Option<&str>)],
+    ) -> Result<(Vec<SourceStampId>, BuildsetId, Vec<(BuilderId, BuildRequestId)>)> {
+        let mut n = 0;
+        let mut p = || {
+            n += 1;
+            format!("${n}")
+        };
+        let mut sql = String::from("BEGIN IMMEDIATE; ");
+        for _ in sources {
+            sql += &format!(
+                "INSERT INTO sourcestamps (branch, revision, repository, codebase, project, created_at) \
+                 VALUES ({}, {}, {}, {}, {}, {}) RETURNING id, 'ss' AS kind; ",
+                p(), p(), p(), p(), p(), p()
+            );
+        }
+        sql += &format!(
+            "INSERT INTO buildsets (external_idstring, reason, submitted_at, complete, parent_buildid, scheduler) \
+             VALUES ({}, {}, {}, 0, {}, {}) RETURNING id, 'bs' AS kind; ",
+            p(), p(), p(), p(), p()
+        );
+        const BSID: &str = "(SELECT MAX(id) FROM buildsets)";
+        if !sources.is_empty() {
+            sql += &format!(
+                "INSERT INTO buildset_sourcestamps (buildsetid, sourcestampid) \
+                 SELECT {BSID}, id FROM (SELECT id FROM sourcestamps ORDER BY id DESC LIMIT {}); ",
+                sources.len()
+            );
+        }
+        let props: Vec<_> = bs.properties.0.iter().collect();
+        for batch in props.chunks(200) {
+            let values: Vec<String> = batch.iter().map(|_| format!("({}, {})", p(), p())).collect();
+            sql += &format!(
+                "INSERT INTO buildset_properties (buildsetid, property_name, property_value) \
+                 SELECT {BSID}, column1, column2 FROM (VALUES {}); ",
+                values.join(", ")
+            );
+        }
+        for _ in requests {
+            sql += &format!(
+                "INSERT INTO buildrequests (buildsetid, builderid, priority, submitted_at, complete, waited_for, collapse_key) \
+                 VALUES ({BSID}, {}, {}, {}, 0, {}, {}) RETURNING id, 'br' AS kind; ",
+                p(), p(), p(), p(), p()
+            );
+        }
+        sql += "COMMIT";
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for ss in sources {
+            q = q
+                .bind(ss.branch.as_deref())
+                .bind(ss.revision.as_deref())
+                .bind(ss.repository.as_str())
+                .bind(ss.codebase.as_str())
+                .bind(ss.project.as_str())
+                .bind(now);
+        }
+        q = q
+            .bind(bs.external_idstring.as_deref())
+            .bind(bs.reason.as_str())
+            .bind(now)
+            .bind(bs.parent_buildid.map(|b| b.0))
+            .bind(scheduler);
+        for batch in props.chunks(200) {
+            for (name, v) in batch {
+                q = q.bind(name.as_str()).bind(prop_json(v));
+            }
+        }
+        for (b, priority, key) in requests {
+            q = q.bind(b.0).bind(*priority).bind(now).bind(bs.waited_for as i64).bind(*key);
+        }
+        let rows = self.sqlite_batch(q).await?;
+        let (mut ssids, mut bsid, mut brids) = (Vec::new(), None, Vec::new());
+        for r in &rows {
+            let id = get_i64(r, "id")?;
+            match get_str(r, "kind")?.as_str() {
+                "ss" => ssids.push(SourceStampId(id)),
+                "bs" => bsid = Some(BuildsetId(id)),
+                _ => brids.push(BuildRequestId(id)),
+            }
+        }
+        let bsid = bsid.ok_or_else(|| StoreError::Corrupt("buildset insert returned no id".into()))?;
+        if ssids.len() != sources.len() || brids.len() != requests.len() {
+            return Err(StoreError::Corrupt("buildset batch returned the wrong number of ids".into()));
+        }
+        Ok((ssids, bsid, requests.iter().map(|r| r.0).zip(brids).collect()))
+    }
+
     /// The buildset row, its source stamp links, properties and requests (builder, priority,
     /// collapse key), inside the caller's transaction.
     pub(crate) async fn insert_buildset(

@@ -20,7 +20,7 @@ use kiln_model::{
     BuildRequestId, BuilderId, BuildsetId, Epoch, MasterId, Properties, Results, SourceStamp,
 };
 
-use crate::{NewBuildset, NewSourceStamp, Store, StoreError, get_i64, get_opt_str, get_str};
+use crate::{Backend, NewBuildset, NewSourceStamp, Store, StoreError, get_i64, get_opt_str, get_str};
 
 /// What a build needs of its request: the buildset, its source stamps and properties.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,14 +215,8 @@ impl QueueStoreTrait for QueueStore {
             .iter()
             .map(|r| (r.builder, r.priority, r.collapse_key.as_deref()))
             .collect();
-        // Source stamps, buildset, properties and requests in one transaction.
-        let mut tx = self.store.write_tx().await.map_err(backend)?;
-        let mut ssids = Vec::with_capacity(sources.len());
-        for ss in &sources {
-            ssids.push(Store::insert_ss(&mut tx, ss, now).await.map_err(backend)?);
-        }
-        let new = NewBuildset {
-            sourcestamps: ssids.clone(),
+        let mut new = NewBuildset {
+            sourcestamps: Vec::new(),
             builders: requests.iter().map(|r| r.builder).collect(),
             properties: props,
             reason: bs.reason.clone(),
@@ -231,10 +225,24 @@ impl QueueStoreTrait for QueueStore {
             parent_buildid: bs.parent_build,
             waited_for: bs.waited_for,
         };
-        let (bsid, brids) = Store::insert_buildset(&mut tx, &new, now, &bs.scheduler, &rows)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(|e| QueueError::Backend(e.to_string()))?;
+        // Source stamps, buildset, properties and requests in one transaction (on SQLite
+        // one batch: a force or a change costs one trip to the writer).
+        let (ssids, bsid, brids) = if self.store.backend == Backend::Sqlite {
+            self.store
+                .add_buildset_batch(&sources, &new, now, &bs.scheduler, &rows)
+                .await
+                .map_err(backend)?
+        } else {
+            let mut tx = self.store.write_tx().await.map_err(backend)?;
+            for ss in &sources {
+                new.sourcestamps.push(Store::insert_ss(&mut tx, ss, now).await.map_err(backend)?);
+            }
+            let (bsid, brids) = Store::insert_buildset(&mut tx, &new, now, &bs.scheduler, &rows)
+                .await
+                .map_err(backend)?;
+            tx.commit().await.map_err(|e| QueueError::Backend(e.to_string()))?;
+            (new.sourcestamps.clone(), bsid, brids)
+        };
         if let Some(c) = &self.caches {
             let context = Arc::new(RequestContext {
                 buildsetid: bsid,

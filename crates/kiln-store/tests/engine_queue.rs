@@ -111,6 +111,38 @@ async fn cached_queue(store: Store) {
     };
     assert_eq!(strip(&from_memory.sourcestamps), strip(&from_db.sourcestamps));
 
+    // Several source stamps and builders: ids in order, same as the database says.
+    let b2 = store.upsert_builder("b2", None, &[]).await.unwrap();
+    let mut multi = request(&["b", "b2"]);
+    multi.sources.push(SourceSpec {
+        codebase: "docs".into(),
+        repository: "https://example.org/docs.git".into(),
+        branch: None,
+        revision: Some("abc".into()),
+        project: "p".into(),
+    });
+    let (mbs, mr) = cached
+        .add_buildset(&multi, &[NewRequest { builder: b, priority: 1, collapse_key: None }, NewRequest { builder: b2, priority: 9, collapse_key: None }], 10)
+        .await
+        .unwrap();
+    assert_eq!(mr.len(), 2);
+    for r in &mr {
+        let mem = cached.request_context(*r).await.unwrap();
+        let db = plain.request_context(*r).await.unwrap();
+        assert_eq!(strip(&mem.sourcestamps), strip(&db.sourcestamps));
+        assert_eq!(mem.properties, db.properties);
+        assert_eq!(mem.buildsetid, mbs);
+        assert_eq!(mem.sourcestamps.len(), 2);
+    }
+    let reqs: Vec<_> = futures_util::future::join_all(mr.iter().map(|r| store.get_build_request(*r))).await;
+    let reqs: Vec<_> = reqs.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    assert_eq!((reqs[0].builderid, reqs[0].priority), (b, 1));
+    assert_eq!((reqs[1].builderid, reqs[1].priority), (b2, 9));
+    assert_eq!(store.buildset_scheduler(mbs).await.unwrap(), "force");
+    for r in &mr {
+        cached.cancel_unclaimed(*r, 10).await.unwrap();
+    }
+
     // Another writer's request shows up once the refresh interval has passed.
     let (_, r2) = plain.add_buildset(&request(&["b"]), &[new()], 11).await.unwrap();
     tokio::time::sleep(Duration::from_millis(350)).await;
