@@ -1086,6 +1086,9 @@ impl Store {
         props: &mut Properties,
         now: Epoch,
     ) -> Result<(BuildId, i64)> {
+        if self.backend == Backend::Sqlite {
+            return self.add_build_batch(b, props, now).await;
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -1120,6 +1123,53 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// SQLite: [`Store::add_build_with_properties`] as one batch. Inside its write
+    /// transaction the newest build is the one it just made, so the properties (and
+    /// `buildnumber`, computed in SQL) find it with `MAX(id)`.
+    async fn add_build_batch(&self, b: &NewBuild, props: &mut Properties, now: Epoch) -> Result<(BuildId, i64)> {
+        props.0.remove("buildnumber");
+        let rows: Vec<_> = props.0.iter().collect();
+        let mut sql = String::from(
+            "BEGIN IMMEDIATE; \
+             INSERT INTO builds (number, builderid, buildrequestid, workerid, masterid, started_at, complete, state_string, \
+             locks_duration_s) SELECT COALESCE(MAX(number), 0) + 1, $1, $2, $3, $4, $5, 0, $6, 0 FROM builds WHERE builderid = $1 \
+             RETURNING id, number; \
+             INSERT INTO build_properties (buildid, name, value, source) \
+             SELECT id, 'buildnumber', CAST(number AS TEXT), 'Build' FROM builds WHERE id = (SELECT MAX(id) FROM builds); ",
+        );
+        let mut n = 6;
+        for batch in rows.chunks(200) {
+            let values: Vec<String> = batch
+                .iter()
+                .map(|_| {
+                    n += 3;
+                    format!("(${}, ${}, ${})", n - 2, n - 1, n)
+                })
+                .collect();
+            sql += &format!(
+                "INSERT INTO build_properties (buildid, name, value, source) \
+                 SELECT (SELECT MAX(id) FROM builds), column1, column2, column3 FROM (VALUES {}); ",
+                values.join(", ")
+            );
+        }
+        sql += "COMMIT";
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(b.builderid.0)
+            .bind(b.buildrequestid.0)
+            .bind(b.workerid.0)
+            .bind(b.masterid.0)
+            .bind(now)
+            .bind(b.state_string.as_str());
+        for (name, PropertyValue(v, source)) in &rows {
+            q = q.bind(name.as_str()).bind(v.to_string()).bind(source.as_str());
+        }
+        let out = self.sqlite_batch(q).await?;
+        let row = out.first().ok_or_else(|| StoreError::Corrupt("build insert returned no id".into()))?;
+        let (id, number) = (BuildId(get_i64(row, "id")?), get_i64(row, "number")?);
+        props.set("buildnumber", number, "Build");
+        Ok((id, number))
     }
 
     pub async fn get_build(&self, id: BuildId) -> Result<Option<Build>> {
