@@ -100,7 +100,7 @@ mod tests {
     const GOOD: &str = r#"
 MASTER = master(title = "t", worker_port = 0, web_port = 0, bind = "127.0.0.1")
 WORKERS = [worker("w%d" % i, password = secret("pw")) for i in range(3)]
-BUILDERS = [builder("b", workers = ["w0", "w1"], steps = [shell(name = "s", command = ["echo", "%(prop:x)s"], timeout = 1.5)])]
+BUILDERS = [builder("b", workers = ["w0", "w1"], steps = [shell(name = "s", command = ["echo", "%(prop:x)s"], timeout = 90)])]
 SCHEDULERS = [force("f", builder_names = ["b"])]
 "#;
 
@@ -118,7 +118,7 @@ SCHEDULERS = [force("f", builder_names = ["b"])]
         for src in [
             "WORKERS = [\nBUILDERS = []\n",                                // syntax
             "WORKERS = [worker(\"w\", password = 1 + \"a\")]\nBUILDERS = []\n", // evaluation
-            "WORKERS = [{\"name\": \"w\"}]\nBUILDERS = []\n",              // typing
+            "WORKERS = [{\"name\": \"w\", \"max_builds\": \"x\"}]\nBUILDERS = []\n", // typing
             "WORKERS = []\nBUILDERS = [builder(\"b\", workers = [\"nope\"], steps = [])]\n", // validation
             "WORKERS = [worker(\"w\", password = secret(\"missing\"))]\nBUILDERS = []\n", // secrets
         ] {
