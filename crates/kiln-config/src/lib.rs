@@ -200,17 +200,48 @@ pub fn check(path: impl AsRef<Path>) -> Result<Summary, ConfigError> {
 
 /// Loads and validates a config file (or `DIR/master.star`).
 pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<MasterConfig, ConfigError> {
-    let file = config_file(path.as_ref());
-    let src = std::fs::read_to_string(&file).map_err(|e| ConfigError::one(None, format!("cannot read {}: {e}", file.display())))?;
-    let secrets_dir = opts.secrets_dir.clone().or_else(|| file.parent().map(|p| p.join("secrets")));
-    let source = SecretSource { dir: secrets_dir, use_env: !opts.ignore_env };
-    load_source(&file.display().to_string(), src, file.parent().map(Path::to_path_buf), &source, opts)
+    let evaluated = evaluate_with(path.as_ref(), opts)?;
+    finish_with(evaluated, &secret_source(path.as_ref(), opts))
 }
 
 /// Loads a config from text; `name` is the file name used in locations. `load()` statements
 /// are refused (there is no directory to load from).
 pub fn load_str(name: &str, src: &str, secrets: &SecretSource) -> Result<MasterConfig, ConfigError> {
-    load_source(name, src.to_string(), None, secrets, &LoadOptions::default())
+    finish_with(evaluate_source(name, src.to_string(), None, &LoadOptions::default())?, secrets)
+}
+
+/// The first half of [`load_with`]: what running `master.star` (Starlark) gave, before it
+/// is checked and typed by [`finish`]. Serializable, so that the evaluation can run in a
+/// short-lived process of its own (the `kiln` master does) and only this crosses over.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Evaluated {
+    /// The file name used in locations.
+    pub name: String,
+    /// `{"master": .., "workers": [..], "builders": [..], "schedulers": [..]}`, objects with
+    /// their `_loc`.
+    pub json: serde_json::Value,
+    /// Each secret named in the config, with where.
+    pub secret_uses: Vec<(String, Loc)>,
+}
+
+/// Runs a config file (or `DIR/master.star`): the Starlark half of [`load_with`]. Errors
+/// carry file:line:col.
+pub fn evaluate_with(path: &Path, opts: &LoadOptions) -> Result<Evaluated, ConfigError> {
+    let file = config_file(path);
+    let src = std::fs::read_to_string(&file).map_err(|e| ConfigError::one(None, format!("cannot read {}: {e}", file.display())))?;
+    evaluate_source(&file.display().to_string(), src, file.parent().map(Path::to_path_buf), opts)
+}
+
+/// The second half of [`load_with`], for what [`evaluate_with`] gave for `path` with the same
+/// `opts`: types and validates it and reads its secrets.
+pub fn finish(evaluated: Evaluated, path: &Path, opts: &LoadOptions) -> Result<MasterConfig, ConfigError> {
+    finish_with(evaluated, &secret_source(path, opts))
+}
+
+fn secret_source(path: &Path, opts: &LoadOptions) -> SecretSource {
+    let file = config_file(path);
+    let secrets_dir = opts.secrets_dir.clone().or_else(|| file.parent().map(|p| p.join("secrets")));
+    SecretSource { dir: secrets_dir, use_env: !opts.ignore_env }
 }
 
 fn starlark_diag_in(file: &str, e: starlark::Error) -> ConfigError {
@@ -233,7 +264,7 @@ fn starlark_diag(e: starlark::Error) -> ConfigError {
     ConfigError::one(loc, msg)
 }
 
-fn load_source(name: &str, src: String, dir: Option<PathBuf>, secret_source: &SecretSource, opts: &LoadOptions) -> Result<MasterConfig, ConfigError> {
+fn evaluate_source(name: &str, src: String, dir: Option<PathBuf>, opts: &LoadOptions) -> Result<Evaluated, ConfigError> {
     let ast = AstModule::parse(name, src, &Dialect::Extended).map_err(starlark_diag)?;
     let globals = eval::globals();
     eval::SECRET_USES.with(|s| s.borrow_mut().clear());
@@ -266,7 +297,12 @@ fn load_source(name: &str, src: String, dir: Option<PathBuf>, secret_source: &Se
         }))
     })?;
     let uses = eval::SECRET_USES.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    Ok(Evaluated { name: name.to_string(), json, secret_uses: uses })
+}
 
+fn finish_with(evaluated: Evaluated, secret_source: &SecretSource) -> Result<MasterConfig, ConfigError> {
+    let Evaluated { name, json, secret_uses: uses } = evaluated;
+    let name = name.as_str();
     let mut cfg: MasterConfig = serde_path_to_error::deserialize(&json).map_err(|e| {
         // Point at the object that failed when it carries a location.
         let path = e.path().to_string();

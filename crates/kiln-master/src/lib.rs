@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod config_proc;
 pub mod endpoint;
 mod locks;
 pub mod master;

@@ -161,8 +161,10 @@ fn has_dependents(config: &MasterConfig) -> bool {
     config.schedulers.iter().any(|s| matches!(s.kind, kiln_config::SchedulerKind::Dependent(_)))
 }
 
+/// In the `kiln` binary the Starlark evaluation runs in a child process (see
+/// [`crate::config_proc`]), so the master never holds Starlark's code or heap.
 fn load_config(file: &Path) -> Result<MasterConfig, kiln_config::ConfigError> {
-    kiln_config::load(file)
+    crate::config_proc::load(file)
 }
 
 impl Master {
