@@ -90,8 +90,26 @@ fn row_log(r: &AnyRow) -> Result<Log> {
     })
 }
 
+thread_local! {
+    /// One compression context per thread and level: making one per chunk allocated and
+    /// cleared its tables every 64 KiB of log.
+    static COMPRESSORS: std::cell::RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn compress(raw: &[u8], level: i32) -> (Vec<u8>, i64) {
-    match zstd::bulk::compress(raw, level) {
+    let out = COMPRESSORS.with(|cs| {
+        let mut cs = cs.borrow_mut();
+        let i = match cs.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                cs.push((level, zstd::bulk::Compressor::new(level)?));
+                cs.len() - 1
+            }
+        };
+        cs[i].1.compress(raw)
+    });
+    match out {
         Ok(c) if c.len() < raw.len() => (c, COMPRESS_ZSTD),
         _ => (raw.to_vec(), COMPRESS_RAW),
     }

@@ -134,18 +134,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The allocator's settings, before anything is allocated: mimalloc (the `kiln` binary's
-/// allocator) purges freed memory at once and without transparent huge pages; glibc (used
-/// when the library is embedded) keeps two arenas, not one per thread.
+/// The allocator's settings: mimalloc (the `kiln` binary's allocator; its huge pages are
+/// turned off in `main.rs`, before its first allocation) gives freed memory back after
+/// `PURGE_DELAY_MS`; glibc (used when the library is embedded) keeps two arenas, not one per
+/// thread.
+const PURGE_DELAY_MS: std::ffi::c_long = 0;
+
 fn limit_malloc_arenas() {
     // SAFETY: both calls only tune allocators, before any other thread exists.
     unsafe {
-        // Numbers from mimalloc 2's `mi_option_e` (the -sys crate names only some of them).
+        // mimalloc's `mi_option_purge_delay` (the -sys crate names only some options).
         const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-        const ALLOW_THP: libmimalloc_sys::mi_option_t = 37;
-        // Transparent huge pages would make every touched 2 MiB of the heap resident.
-        libmimalloc_sys::mi_option_set(ALLOW_THP, 0);
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, PURGE_DELAY_MS);
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
