@@ -968,10 +968,14 @@ async fn build_step_log_contents(
 /// Drops the channel character that starts each stdio line (chunks hold whole lines).
 fn strip_channels(chunk: &str) -> String {
     let mut out = String::with_capacity(chunk.len());
-    for line in chunk.split_inclusive('\n') {
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest.as_bytes()).map_or(rest.len(), |p| p + 1);
+        let line = &rest[..end];
         let mut cs = line.chars();
         cs.next();
         out.push_str(cs.as_str());
+        rest = &rest[end..];
     }
     out
 }
@@ -1038,12 +1042,12 @@ async fn raw(st: &ApiState, l: Option<Log>, what: String) -> Res {
     let red2 = red.clone();
     let body = st.store.log_raw(l.logid).map(move |chunk| {
         let chunk = chunk.map_err(std::io::Error::other)?;
-        let text = String::from_utf8_lossy(&chunk);
-        let text = if stdio {
-            strip_channels(&text)
-        } else {
-            text.into_owned()
+        // Stored text is UTF-8 (it was appended as text): check it fast, copy only if not.
+        let text = match String::from_utf8(chunk) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         };
+        let text = if stdio { strip_channels(&text) } else { text };
         Ok(red2.redact(&text).into_bytes())
     });
     let mime = if l.log_type == LogType::Html {

@@ -104,11 +104,22 @@ impl LogSet {
     }
 
     async fn queue(&mut self, logs: &mut dyn StepLogs, h: LogHandle, text: &str) -> Result<(), Halt> {
-        match self.pending.iter_mut().find(|(p, _)| *p == h) {
-            Some((_, buf)) => buf.push_str(text),
-            None => self.pending.push((h, text.to_string())),
-        }
-        self.pending_bytes += text.len();
+        self.queue_with(logs, h, |buf| buf.push_str(text)).await
+    }
+
+    /// Lets `write` add text to the log's pending batch in place (no copy in between).
+    async fn queue_with(&mut self, logs: &mut dyn StepLogs, h: LogHandle, write: impl FnOnce(&mut String)) -> Result<(), Halt> {
+        let i = match self.pending.iter().position(|(p, _)| *p == h) {
+            Some(i) => i,
+            None => {
+                self.pending.push((h, String::new()));
+                self.pending.len() - 1
+            }
+        };
+        let buf = &mut self.pending[i].1;
+        let before = buf.len();
+        write(buf);
+        self.pending_bytes += buf.len() - before;
         if self.pending_bytes >= APPEND_BATCH {
             self.flush(logs).await?;
         }
@@ -132,7 +143,7 @@ impl LogSet {
             return Ok(());
         }
         let h = self.stdio(logs).await?;
-        self.queue(logs, h, &prefixed(ch, text)).await
+        self.queue_with(logs, h, |buf| push_prefixed(buf, ch, text)).await
     }
 
     pub async fn finish_all(&mut self, logs: &mut dyn StepLogs) {
@@ -148,17 +159,21 @@ impl LogSet {
     }
 }
 
-/// Buildbot's stdio format: every line starts with its channel character.
-pub(crate) fn prefixed(ch: char, text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + text.len() / 32 + 2);
-    for line in text.split_inclusive('\n') {
+/// Appends `text` to `out` in Buildbot's stdio format: every line starts with its channel
+/// character and ends with `\n`.
+fn push_prefixed(out: &mut String, ch: char, text: &str) {
+    out.reserve(text.len() + text.len() / 32 + 2);
+    let mut rest = text;
+    while !rest.is_empty() {
+        // Byte search: `\n` never occurs inside a multi-byte UTF-8 character.
+        let end = memchr::memchr(b'\n', rest.as_bytes()).map_or(rest.len(), |p| p + 1);
         out.push(ch);
-        out.push_str(line);
-        if !line.ends_with('\n') {
+        out.push_str(&rest[..end]);
+        if !rest[..end].ends_with('\n') {
             out.push('\n');
         }
+        rest = &rest[end..];
     }
-    out
 }
 
 /// Renders a value against the build (properties, source stamps, secrets).
