@@ -174,8 +174,9 @@ impl Master {
         let basedir = std::path::absolute(&opts.basedir)
             .with_context(|| format!("master directory {}", opts.basedir.display()))?;
         let config_file = opts.config_file.clone().unwrap_or_else(|| basedir.join("master.star"));
-        // Starlark's evaluation allocates a lot and frees it; doing it on a thread of its own
-        // lets the allocator give all of that back when the thread ends.
+        // In-process (tests, embedders) Starlark's evaluation allocates a lot and frees it;
+        // a thread of its own lets the allocator give that back when it ends. In `kiln` the
+        // thread only waits for the evaluating child.
         let config = {
             let file = config_file.clone();
             std::thread::Builder::new()

@@ -1039,42 +1039,7 @@ impl Store {
 
     /// Starts a build; its number is the builder's next one. Returns (id, number).
     pub async fn add_build(&self, b: &NewBuild, now: Epoch) -> Result<(BuildId, i64)> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut tx = self.write_tx().await?;
-            let row = sqlx::query(
-                "SELECT COALESCE(MAX(number), 0) + 1 AS n FROM builds WHERE builderid = $1",
-            )
-            .bind(b.builderid.0)
-            .fetch_one(&mut *tx)
-            .await?;
-            let number = get_i64(&row, "n")?;
-            let ins = sqlx::query(
-                "INSERT INTO builds (number, builderid, buildrequestid, workerid, masterid, started_at, complete, state_string, \
-                 locks_duration_s) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, 0) RETURNING id",
-            )
-            .bind(number)
-            .bind(b.builderid.0)
-            .bind(b.buildrequestid.0)
-            .bind(b.workerid.0)
-            .bind(b.masterid.0)
-            .bind(now)
-            .bind(b.state_string.as_str())
-            .fetch_one(&mut *tx)
-            .await;
-            match ins {
-                Ok(row) => {
-                    tx.commit().await?;
-                    return Ok((BuildId(get_i64(&row, "id")?), number));
-                }
-                // Another master took the number first (PostgreSQL): try the next one.
-                Err(e) if is_unique_violation(&e) && attempt < 20 => {
-                    tx.rollback().await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.insert_build(b, None, now).await
     }
 
     /// Starts a build with its properties, in one transaction (what a master does for every
@@ -1089,11 +1054,21 @@ impl Store {
         if self.backend == Backend::Sqlite {
             return self.add_build_batch(b, props, now).await;
         }
+        self.insert_build(b, Some(props), now).await
+    }
+
+    /// The build row (numbered in the same statement) and, if given, its properties with
+    /// `buildnumber`, in one transaction; retried when another master took the number.
+    async fn insert_build(
+        &self,
+        b: &NewBuild,
+        mut props: Option<&mut Properties>,
+        now: Epoch,
+    ) -> Result<(BuildId, i64)> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mut tx = self.write_tx().await?;
-            // The number in the same statement: one round trip fewer per build.
             let ins = sqlx::query(
                 "INSERT INTO builds (number, builderid, buildrequestid, workerid, masterid, started_at, complete, state_string, \
                  locks_duration_s) SELECT COALESCE(MAX(number), 0) + 1, $1, $2, $3, $4, $5, 0, $6, 0 FROM builds WHERE builderid = $1 \
@@ -1111,8 +1086,10 @@ impl Store {
                 Ok(row) => {
                     let id = BuildId(get_i64(&row, "id")?);
                     let number = get_i64(&row, "number")?;
-                    props.set("buildnumber", number, "Build");
-                    Self::insert_build_properties(&mut tx, id, props).await?;
+                    if let Some(props) = props.as_deref_mut() {
+                        props.set("buildnumber", number, "Build");
+                        Self::insert_build_properties(&mut tx, id, props).await?;
+                    }
                     tx.commit().await?;
                     return Ok((id, number));
                 }
