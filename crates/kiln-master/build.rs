@@ -15,18 +15,25 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     let target = std::env::var("TARGET").unwrap_or_default();
     let host = std::env::var("HOST").unwrap_or_default();
-    if target != host || !target.ends_with("-linux-gnu") || std::env::var("PROFILE").as_deref() != Ok("release") {
+    if target != host
+        || !target.ends_with("-linux-gnu")
+        || std::env::var("PROFILE").as_deref() != Ok("release")
+    {
         return;
     }
     if probe() {
         println!("cargo::rustc-link-arg-bin=kiln={FLAG}");
     } else {
-        println!("cargo::warning=linking kiln without {FLAG} (the C toolchain or glibc here lacks it); it works, with ~1.6 MB more idle memory");
+        println!(
+            "cargo::warning=linking kiln without {FLAG} (the C toolchain or glibc here lacks it); it works, with ~1.6 MB more idle memory"
+        );
     }
 }
 
 fn probe() -> bool {
-    let Some(out) = std::env::var_os("OUT_DIR").map(PathBuf::from) else { return false };
+    let Some(out) = std::env::var_os("OUT_DIR").map(PathBuf::from) else {
+        return false;
+    };
     let src = out.join("relr_probe.c");
     let bin = out.join("relr_probe");
     // A pointer in initialised data makes a relative relocation for the loader to apply.

@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
-    let Ok(m1) = decode(data, &limits) else { return };
+    let Ok(m1) = decode(data, &limits) else {
+        return;
+    };
     let e1 = encode(&m1);
     let m2 = match decode(&e1, &limits) {
         Ok(m) => m,

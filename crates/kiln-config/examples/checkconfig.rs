@@ -2,7 +2,11 @@
 //! prints its summary and load time, exits 1 on the first bad one.
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let args = if args.is_empty() { vec![".".to_string()] } else { args };
+    let args = if args.is_empty() {
+        vec![".".to_string()]
+    } else {
+        args
+    };
     for a in args {
         let t = std::time::Instant::now();
         match kiln_config::check(&a) {

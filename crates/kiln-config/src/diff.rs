@@ -29,7 +29,11 @@ impl NamedDiff {
                 _ => {}
             }
         }
-        d.removed = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+        d.removed = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect();
         d
     }
 }
@@ -78,7 +82,10 @@ fn secret_values(v: &Value, cfg: &MasterConfig, out: &mut BTreeMap<String, Optio
     }
 }
 
-fn keyed<T: Serialize>(cfg: &MasterConfig, items: impl Iterator<Item = (String, T)>) -> BTreeMap<String, Value> {
+fn keyed<T: Serialize>(
+    cfg: &MasterConfig,
+    items: impl Iterator<Item = (String, T)>,
+) -> BTreeMap<String, Value> {
     items
         .map(|(name, t)| {
             let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
@@ -124,6 +131,10 @@ impl ConfigDiff {
 
     /// Nothing changed.
     pub fn is_empty(&self) -> bool {
-        !self.master_changed && self.workers.is_empty() && self.builders.is_empty() && self.schedulers.is_empty() && self.locks.is_empty()
+        !self.master_changed
+            && self.workers.is_empty()
+            && self.builders.is_empty()
+            && self.schedulers.is_empty()
+            && self.locks.is_empty()
     }
 }

@@ -31,7 +31,12 @@ pub struct ConfigError {
 impl ConfigError {
     /// One diagnostic, `loc: error: message` (or `error: message` without a place).
     pub fn one(loc: Option<Loc>, message: impl Into<String>) -> ConfigError {
-        ConfigError { diagnostics: vec![Diagnostic { loc, message: message.into() }] }
+        ConfigError {
+            diagnostics: vec![Diagnostic {
+                loc,
+                message: message.into(),
+            }],
+        }
     }
 }
 

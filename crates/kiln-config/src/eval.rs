@@ -29,7 +29,11 @@ pub(crate) fn loc_of(eval: &Evaluator<'_, '_, '_>) -> Loc {
     eval.call_stack_top_location()
         .map(|s| {
             let r = s.resolve();
-            Loc { file: r.file, line: r.span.begin.line + 1, col: r.span.begin.column + 1 }
+            Loc {
+                file: r.file,
+                line: r.span.begin.line + 1,
+                col: r.span.begin.column + 1,
+            }
         })
         .unwrap_or_default()
 }
@@ -57,20 +61,33 @@ pub(crate) fn to_json(v: Value) -> anyhow::Result<Json> {
             } else if let Some(i) = k.unpack_i32() {
                 i.to_string()
             } else {
-                anyhow::bail!("dictionary keys must be strings (or exit codes in decode_rc), got {}", k.get_type());
+                anyhow::bail!(
+                    "dictionary keys must be strings (or exit codes in decode_rc), got {}",
+                    k.get_type()
+                );
             };
             m.insert(key, to_json(x)?);
         }
         return Ok(Json::Object(m));
     }
     if let Some(l) = ListRef::from_value(v) {
-        return l.iter().map(to_json).collect::<anyhow::Result<Vec<_>>>().map(Json::Array);
+        return l
+            .iter()
+            .map(to_json)
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map(Json::Array);
     }
     if let Some(t) = TupleRef::from_value(v) {
-        return t.iter().map(to_json).collect::<anyhow::Result<Vec<_>>>().map(Json::Array);
+        return t
+            .iter()
+            .map(to_json)
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map(Json::Array);
     }
     if v.get_type() == "function" {
-        anyhow::bail!("functions cannot be stored in the config (they run only while master.star loads); for do_step_if use prop(\"x\"), prop_equals(...) or prop_not_equals(...)");
+        anyhow::bail!(
+            "functions cannot be stored in the config (they run only while master.star loads); for do_step_if use prop(\"x\"), prop_equals(...) or prop_not_equals(...)"
+        );
     }
     v.to_json_value()
 }
@@ -118,7 +135,11 @@ pub(crate) fn typed<T: DeserializeOwned>(what: &str, j: &Json) -> anyhow::Result
 
 /// Checks `j` as a `T` and hands the checked arguments back to Starlark (defaults are filled in
 /// by the final deserialization, which keeps the values small).
-fn finish<'v, T: DeserializeOwned>(what: &str, j: Json, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
+fn finish<'v, T: DeserializeOwned>(
+    what: &str,
+    j: Json,
+    heap: Heap<'v>,
+) -> anyhow::Result<Value<'v>> {
     let _: T = typed(what, &j)?;
     Ok(heap.alloc(j))
 }
@@ -177,11 +198,17 @@ const STEP_FLAGS: &[&str] = &[
     "locks",
 ];
 
-fn make_step<'v>(kind: &str, kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+fn make_step<'v>(
+    kind: &str,
+    kwargs: SmallMap<String, Value<'v>>,
+    eval: &mut Evaluator<'v, '_, '_>,
+) -> anyhow::Result<Value<'v>> {
     let loc = loc_of(eval);
     let mut m = kwargs_json(kwargs)?;
     normalize_locks(&mut m);
-    let name = m.remove("name").unwrap_or_else(|| Json::String(kind.to_string()));
+    let name = m
+        .remove("name")
+        .unwrap_or_else(|| Json::String(kind.to_string()));
     let mut flags = Map::new();
     for f in STEP_FLAGS {
         if let Some(v) = m.remove(*f) {
@@ -216,7 +243,12 @@ fn make_scheduler<'v>(
     finish::<Scheduler>(kind, Json::Object(top), eval.heap())
 }
 
-fn make_param<'v>(ty: &str, name: String, kwargs: SmallMap<String, Value<'v>>, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
+fn make_param<'v>(
+    ty: &str,
+    name: String,
+    kwargs: SmallMap<String, Value<'v>>,
+    heap: Heap<'v>,
+) -> anyhow::Result<Value<'v>> {
     let mut m = kwargs_json(kwargs)?;
     m.insert("name".into(), Json::String(name));
     m.insert("type".into(), Json::String(ty.into()));
@@ -228,7 +260,12 @@ fn make_param<'v>(ty: &str, name: String, kwargs: SmallMap<String, Value<'v>>, h
     Ok(heap.alloc(serde_json::to_value(&p)?))
 }
 
-fn make_lock<'v>(scope: &str, name: String, kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+fn make_lock<'v>(
+    scope: &str,
+    name: String,
+    kwargs: SmallMap<String, Value<'v>>,
+    eval: &mut Evaluator<'v, '_, '_>,
+) -> anyhow::Result<Value<'v>> {
     let loc = loc_of(eval);
     let mut m = kwargs_json(kwargs)?;
     m.insert("name".into(), Json::String(name));
@@ -246,21 +283,28 @@ fn make_lock<'v>(scope: &str, name: String, kwargs: SmallMap<String, Value<'v>>,
 }
 
 fn access<'v>(mode: &str, lock: Value<'v>, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
-    let l: Lock = typed(mode, &to_json(lock)?)
-        .map_err(|_| anyhow::anyhow!("{mode}(): expected a lock made by master_lock(...) or worker_lock(...)"))?;
+    let l: Lock = typed(mode, &to_json(lock)?).map_err(|_| {
+        anyhow::anyhow!("{mode}(): expected a lock made by master_lock(...) or worker_lock(...)")
+    })?;
     Ok(heap.alloc(json!({ "lock": l, "access": mode })))
 }
 
 fn record_secrets(r: &Renderable, loc: &Loc) {
     let mut names = Vec::new();
     r.secret_names(&mut names);
-    SECRET_USES.with(|s| s.borrow_mut().extend(names.into_iter().map(|n| (n, loc.clone()))));
+    SECRET_USES.with(|s| {
+        s.borrow_mut()
+            .extend(names.into_iter().map(|n| (n, loc.clone())))
+    });
 }
 
 #[starlark_module]
 fn kiln_builtins(builder: &mut GlobalsBuilder) {
     /// Settings of the master itself.
-    fn master<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn master<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         let loc = loc_of(eval);
         let mut m = kwargs_json(kwargs)?;
         m.insert("_loc".into(), serde_json::to_value(&loc)?);
@@ -279,10 +323,16 @@ fn kiln_builtins(builder: &mut GlobalsBuilder) {
         m.insert("_loc".into(), serde_json::to_value(&loc)?);
         let w: Worker = typed("worker", &Json::Object(m))?;
         match (&w.password, &w.password_hash) {
-            (Some(_), Some(_)) => anyhow::bail!("worker(): give password= or password_hash=, not both"),
-            (None, None) => anyhow::bail!("worker(): give password=secret(\"...\") or password_hash=\"$argon2id$...\""),
+            (Some(_), Some(_)) => {
+                anyhow::bail!("worker(): give password= or password_hash=, not both")
+            }
+            (None, None) => anyhow::bail!(
+                "worker(): give password=secret(\"...\") or password_hash=\"$argon2id$...\""
+            ),
             (None, Some(h)) if !h.starts_with("$argon2") => {
-                anyhow::bail!("worker(): password_hash must be an argon2 PHC string (\"$argon2id$v=19$...\"); for a plain password use password=secret(\"...\")")
+                anyhow::bail!(
+                    "worker(): password_hash must be an argon2 PHC string (\"$argon2id$v=19$...\"); for a plain password use password=secret(\"...\")"
+                )
             }
             _ => {}
         }
@@ -290,8 +340,16 @@ fn kiln_builtins(builder: &mut GlobalsBuilder) {
     }
 
     /// A reference to a secret, read from the secrets directory or `KILN_SECRET_<NAME>`.
-    fn secret<'v>(#[starlark(require = pos)] name: String, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) || name.starts_with('.') {
+    fn secret<'v>(
+        #[starlark(require = pos)] name: String,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            || name.starts_with('.')
+        {
             anyhow::bail!("secret(): bad name {name:?}: use letters, digits, `_`, `-` and `.`");
         }
         let loc = loc_of(eval);
@@ -319,17 +377,28 @@ fn kiln_builtins(builder: &mut GlobalsBuilder) {
         default: Option<Value<'v>>,
         heap: Heap<'v>,
     ) -> anyhow::Result<Value<'v>> {
-        let d = match default { Some(v) if !v.is_none() => to_json(v)?, _ => Json::Null };
+        let d = match default {
+            Some(v) if !v.is_none() => to_json(v)?,
+            _ => Json::Null,
+        };
         Ok(heap.alloc(json!({ "__prop": name, "default": d })))
     }
 
     /// `do_step_if=prop_equals("x", value)`
-    fn prop_equals<'v>(#[starlark(require = pos)] name: String, #[starlark(require = pos)] value: Value<'v>, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
+    fn prop_equals<'v>(
+        #[starlark(require = pos)] name: String,
+        #[starlark(require = pos)] value: Value<'v>,
+        heap: Heap<'v>,
+    ) -> anyhow::Result<Value<'v>> {
         Ok(heap.alloc(json!({ "__prop": name, "equals": to_json(value)? })))
     }
 
     /// `do_step_if=prop_not_equals("x", value)`
-    fn prop_not_equals<'v>(#[starlark(require = pos)] name: String, #[starlark(require = pos)] value: Value<'v>, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
+    fn prop_not_equals<'v>(
+        #[starlark(require = pos)] name: String,
+        #[starlark(require = pos)] value: Value<'v>,
+        heap: Heap<'v>,
+    ) -> anyhow::Result<Value<'v>> {
         Ok(heap.alloc(json!({ "__prop": name, "not_equals": to_json(value)? })))
     }
 
@@ -355,54 +424,98 @@ fn kiln_builtins(builder: &mut GlobalsBuilder) {
         finish::<Builder>("builder", Json::Object(m), eval.heap())
     }
 
-    fn shell<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn shell<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("shell", kwargs, eval)
     }
-    fn configure<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn configure<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("configure", kwargs, eval)
     }
-    fn compile<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn compile<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("compile", kwargs, eval)
     }
-    fn test<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn test<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("test", kwargs, eval)
     }
-    fn git<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn git<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         let v = make_step("git", kwargs, eval)?;
         let s: Step = serde_json::from_value(v.to_json_value()?)?;
         if let StepKind::Git(g) = &s.kind
             && g.mode == GitMode::Incremental
             && g.method.is_some()
         {
-            anyhow::bail!("git(): method= applies only to mode=\"full\" (fresh, clean, clobber or copy)");
+            anyhow::bail!(
+                "git(): method= applies only to mode=\"full\" (fresh, clean, clobber or copy)"
+            );
         }
         Ok(v)
     }
-    fn set_property_from_command<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn set_property_from_command<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("set_property_from_command", kwargs, eval)
     }
-    fn file_upload<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn file_upload<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("file_upload", kwargs, eval)
     }
-    fn directory_upload<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn directory_upload<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("directory_upload", kwargs, eval)
     }
-    fn file_download<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn file_download<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("file_download", kwargs, eval)
     }
-    fn string_download<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn string_download<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("string_download", kwargs, eval)
     }
-    fn mkdir<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn mkdir<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("mkdir", kwargs, eval)
     }
-    fn rmdir<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn rmdir<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("rmdir", kwargs, eval)
     }
-    fn rmfile<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn rmfile<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("rmfile", kwargs, eval)
     }
-    fn trigger<'v>(#[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, eval: &mut Evaluator<'v, '_, '_>) -> anyhow::Result<Value<'v>> {
+    fn trigger<'v>(
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> anyhow::Result<Value<'v>> {
         make_step("trigger", kwargs, eval)
     }
 
@@ -456,19 +569,39 @@ fn kiln_builtins(builder: &mut GlobalsBuilder) {
         make_scheduler("dependent", name, kwargs, eval)
     }
 
-    fn string_param<'v>(#[starlark(require = pos)] name: String, #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
+    fn string_param<'v>(
+        #[starlark(require = pos)] name: String,
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        heap: Heap<'v>,
+    ) -> anyhow::Result<Value<'v>> {
         make_param("string", name, kwargs, heap)
     }
-    fn text_param<'v>(#[starlark(require = pos)] name: String, #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
+    fn text_param<'v>(
+        #[starlark(require = pos)] name: String,
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        heap: Heap<'v>,
+    ) -> anyhow::Result<Value<'v>> {
         make_param("text", name, kwargs, heap)
     }
-    fn int_param<'v>(#[starlark(require = pos)] name: String, #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
+    fn int_param<'v>(
+        #[starlark(require = pos)] name: String,
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        heap: Heap<'v>,
+    ) -> anyhow::Result<Value<'v>> {
         make_param("int", name, kwargs, heap)
     }
-    fn bool_param<'v>(#[starlark(require = pos)] name: String, #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
+    fn bool_param<'v>(
+        #[starlark(require = pos)] name: String,
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        heap: Heap<'v>,
+    ) -> anyhow::Result<Value<'v>> {
         make_param("bool", name, kwargs, heap)
     }
-    fn choice_param<'v>(#[starlark(require = pos)] name: String, #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
+    fn choice_param<'v>(
+        #[starlark(require = pos)] name: String,
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        heap: Heap<'v>,
+    ) -> anyhow::Result<Value<'v>> {
         make_param("choice", name, kwargs, heap)
     }
 
@@ -487,11 +620,17 @@ fn kiln_builtins(builder: &mut GlobalsBuilder) {
         make_lock("worker", name, kwargs, eval)
     }
     /// Shared access to a lock (up to `max_count` holders).
-    fn counting<'v>(#[starlark(require = pos)] lock: Value<'v>, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
+    fn counting<'v>(
+        #[starlark(require = pos)] lock: Value<'v>,
+        heap: Heap<'v>,
+    ) -> anyhow::Result<Value<'v>> {
         access("counting", lock, heap)
     }
     /// Sole access to a lock.
-    fn exclusive<'v>(#[starlark(require = pos)] lock: Value<'v>, heap: Heap<'v>) -> anyhow::Result<Value<'v>> {
+    fn exclusive<'v>(
+        #[starlark(require = pos)] lock: Value<'v>,
+        heap: Heap<'v>,
+    ) -> anyhow::Result<Value<'v>> {
         access("exclusive", lock, heap)
     }
 }
@@ -521,13 +660,24 @@ pub(crate) struct Loader<'g> {
     pub(crate) root: Option<std::path::PathBuf>,
     pub(crate) globals: &'g starlark::environment::Globals,
     limits: Limits,
-    cache: RefCell<std::collections::HashMap<std::path::PathBuf, starlark::environment::FrozenModule>>,
+    cache:
+        RefCell<std::collections::HashMap<std::path::PathBuf, starlark::environment::FrozenModule>>,
     stack: RefCell<Vec<std::path::PathBuf>>,
 }
 
 impl<'g> Loader<'g> {
-    pub(crate) fn new(root: Option<std::path::PathBuf>, globals: &'g starlark::environment::Globals, limits: Limits) -> Self {
-        Loader { root, globals, limits, cache: RefCell::default(), stack: RefCell::default() }
+    pub(crate) fn new(
+        root: Option<std::path::PathBuf>,
+        globals: &'g starlark::environment::Globals,
+        limits: Limits,
+    ) -> Self {
+        Loader {
+            root,
+            globals,
+            limits,
+            cache: RefCell::default(),
+            stack: RefCell::default(),
+        }
     }
 }
 
@@ -555,30 +705,52 @@ impl starlark::eval::FileLoader for Loader<'_> {
         use std::path::{Component, Path};
         let other = |m: String| starlark::Error::new_other(anyhow::anyhow!(m));
         let rel = Path::new(path);
-        if !path.ends_with(".star") || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
-            return Err(other(format!("load({path:?}): give a path relative to the config's directory, ending in .star, without `..`")));
+        if !path.ends_with(".star")
+            || rel
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(other(format!(
+                "load({path:?}): give a path relative to the config's directory, ending in .star, without `..`"
+            )));
         }
         let Some(root) = &self.root else {
-            return Err(other(format!("load({path:?}): this config has no directory to load from")));
+            return Err(other(format!(
+                "load({path:?}): this config has no directory to load from"
+            )));
         };
         let full = root.join(rel);
         if let Some(m) = self.cache.borrow().get(&full) {
             return Ok(m.clone());
         }
         if self.stack.borrow().contains(&full) {
-            return Err(other(format!("load({path:?}): files load each other in a cycle")));
+            return Err(other(format!(
+                "load({path:?}): files load each other in a cycle"
+            )));
         }
-        let src = std::fs::read_to_string(&full).map_err(|e| other(format!("load({path:?}): cannot read {}: {e}", full.display())))?;
-        let ast = starlark::syntax::AstModule::parse(&full.display().to_string(), src, &starlark::syntax::Dialect::Extended)?;
+        let src = std::fs::read_to_string(&full).map_err(|e| {
+            other(format!(
+                "load({path:?}): cannot read {}: {e}",
+                full.display()
+            ))
+        })?;
+        let ast = starlark::syntax::AstModule::parse(
+            &full.display().to_string(),
+            src,
+            &starlark::syntax::Dialect::Extended,
+        )?;
         self.stack.borrow_mut().push(full.clone());
         let res = starlark::environment::Module::with_temp_heap(|m| -> starlark::Result<_> {
             {
                 let mut ev = Evaluator::new(&m);
                 ev.set_loader(self);
-                self.limits.apply(&mut ev).map_err(starlark::Error::new_other)?;
+                self.limits
+                    .apply(&mut ev)
+                    .map_err(starlark::Error::new_other)?;
                 ev.eval_module(ast, self.globals)?;
             }
-            m.freeze().map_err(|e| other(format!("load({path:?}): {e:?}")))
+            m.freeze()
+                .map_err(|e| other(format!("load({path:?}): {e:?}")))
         });
         self.stack.borrow_mut().pop();
         let m = res?;

@@ -27,13 +27,25 @@ pub enum Fallback {
 pub enum Part {
     Literal(String),
     /// `%(prop:name)s`
-    Prop { name: String, fallback: Fallback },
+    Prop {
+        name: String,
+        fallback: Fallback,
+    },
     /// `%(src:codebase:attr)s`; `codebase` may be empty (the default codebase).
-    Src { codebase: String, attr: SrcAttr, fallback: Fallback },
+    Src {
+        codebase: String,
+        attr: SrcAttr,
+        fallback: Fallback,
+    },
     /// `%(secret:name)s`
-    Secret { name: String },
+    Secret {
+        name: String,
+    },
     /// `%(kw:name)s`: a keyword given to `interpolate(...)`.
-    Kw { name: String, fallback: Fallback },
+    Kw {
+        name: String,
+        fallback: Fallback,
+    },
 }
 
 /// Source-stamp attributes that `%(src:...)s` can name.
@@ -114,13 +126,19 @@ fn split_fallback(s: &str) -> (&str, Fallback) {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 impl Interpolation {
     /// Parses a format string. `%%` is a literal `%`.
     pub fn parse(text: &str) -> Result<Interpolation, InterpolationError> {
-        let err = |offset: usize, message: String| InterpolationError { text: text.to_string(), offset, message };
+        let err = |offset: usize, message: String| InterpolationError {
+            text: text.to_string(),
+            offset,
+            message,
+        };
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut i = 0;
@@ -139,17 +157,31 @@ impl Interpolation {
                     continue;
                 }
                 Some(b'(') => {}
-                _ => return Err(err(i, "a lone `%`: write `%%` for a percent sign, or `%(prop:name)s`".into())),
+                _ => {
+                    return Err(err(
+                        i,
+                        "a lone `%`: write `%%` for a percent sign, or `%(prop:name)s`".into(),
+                    ));
+                }
             }
             let start = i;
-            let close = text[i..].find(')').ok_or_else(|| err(start, "`%(` without a closing `)s`".into()))? + i;
+            let close = text[i..]
+                .find(')')
+                .ok_or_else(|| err(start, "`%(` without a closing `)s`".into()))?
+                + i;
             if b.get(close + 1) != Some(&b's') {
-                return Err(err(close, "expected `s` after `)`: the form is `%(kind:name)s`".into()));
+                return Err(err(
+                    close,
+                    "expected `s` after `)`: the form is `%(kind:name)s`".into(),
+                ));
             }
             let inner = &text[i + 2..close];
-            let (kind, rest) = inner
-                .split_once(':')
-                .ok_or_else(|| err(start, format!("`%({inner})s` has no kind: use prop:, src:, secret: or kw:")))?;
+            let (kind, rest) = inner.split_once(':').ok_or_else(|| {
+                err(
+                    start,
+                    format!("`%({inner})s` has no kind: use prop:, src:, secret: or kw:"),
+                )
+            })?;
             let part = match kind {
                 "prop" | "kw" => {
                     let (name, fallback) = split_fallback(rest);
@@ -157,20 +189,33 @@ impl Interpolation {
                         return Err(err(start, format!("bad {kind} name {name:?}")));
                     }
                     if kind == "prop" {
-                        Part::Prop { name: name.into(), fallback }
+                        Part::Prop {
+                            name: name.into(),
+                            fallback,
+                        }
                     } else {
-                        Part::Kw { name: name.into(), fallback }
+                        Part::Kw {
+                            name: name.into(),
+                            fallback,
+                        }
                     }
                 }
                 "src" => {
-                    let (codebase, attr) = rest
-                        .split_once(':')
-                        .ok_or_else(|| err(start, "src needs `%(src:codebase:attr)s` (codebase may be empty)".into()))?;
+                    let (codebase, attr) = rest.split_once(':').ok_or_else(|| {
+                        err(
+                            start,
+                            "src needs `%(src:codebase:attr)s` (codebase may be empty)".into(),
+                        )
+                    })?;
                     let (attr, fallback) = split_fallback(attr);
                     let attr = SrcAttr::parse(attr).ok_or_else(|| {
                         err(start, format!("unknown source attribute {attr:?}: use branch, revision, repository, project or codebase"))
                     })?;
-                    Part::Src { codebase: codebase.into(), attr, fallback }
+                    Part::Src {
+                        codebase: codebase.into(),
+                        attr,
+                        fallback,
+                    }
                 }
                 "secret" => {
                     if !valid_name(rest) {
@@ -178,7 +223,12 @@ impl Interpolation {
                     }
                     Part::Secret { name: rest.into() }
                 }
-                other => return Err(err(start, format!("unknown kind {other:?}: use prop, src, secret or kw"))),
+                other => {
+                    return Err(err(
+                        start,
+                        format!("unknown kind {other:?}: use prop, src, secret or kw"),
+                    ));
+                }
             };
             if !lit.is_empty() {
                 parts.push(Part::Literal(std::mem::take(&mut lit)));
@@ -189,7 +239,10 @@ impl Interpolation {
         if !lit.is_empty() {
             parts.push(Part::Literal(lit));
         }
-        Ok(Interpolation { source: text.to_string(), parts })
+        Ok(Interpolation {
+            source: text.to_string(),
+            parts,
+        })
     }
 
     pub fn parts(&self) -> &[Part] {
@@ -217,7 +270,11 @@ impl Interpolation {
     }
 
     /// Renders against `ctx`. `kwargs` are the keywords given to `interpolate(...)`, already rendered.
-    pub fn render(&self, ctx: &RenderContext<'_>, kwargs: &BTreeMap<String, String>) -> Result<String, RenderError> {
+    pub fn render(
+        &self,
+        ctx: &RenderContext<'_>,
+        kwargs: &BTreeMap<String, String>,
+    ) -> Result<String, RenderError> {
         let mut out = String::new();
         for p in &self.parts {
             match p {
@@ -227,13 +284,27 @@ impl Interpolation {
                     apply(&mut out, v, fallback);
                 }
                 Part::Kw { name, fallback } => apply(&mut out, kwargs.get(name).cloned(), fallback),
-                Part::Src { codebase, attr, fallback } => {
-                    let v = ctx.sources.get(codebase.as_str()).and_then(|s| s.get(*attr)).map(str::to_string);
+                Part::Src {
+                    codebase,
+                    attr,
+                    fallback,
+                } => {
+                    let v = ctx
+                        .sources
+                        .get(codebase.as_str())
+                        .and_then(|s| s.get(*attr))
+                        .map(str::to_string);
                     apply(&mut out, v, fallback);
                 }
                 Part::Secret { name } => {
-                    let secrets = ctx.secrets.ok_or_else(|| RenderError::MissingSecret(name.clone()))?;
-                    out.push_str(secrets.get(name).ok_or_else(|| RenderError::MissingSecret(name.clone()))?);
+                    let secrets = ctx
+                        .secrets
+                        .ok_or_else(|| RenderError::MissingSecret(name.clone()))?;
+                    out.push_str(
+                        secrets
+                            .get(name)
+                            .ok_or_else(|| RenderError::MissingSecret(name.clone()))?,
+                    );
                 }
             }
         }

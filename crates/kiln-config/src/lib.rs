@@ -144,7 +144,12 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { secrets_dir: None, ignore_env: false, timeout: Some(std::time::Duration::from_secs(30)), max_ticks: Some(100_000_000) }
+        LoadOptions {
+            secrets_dir: None,
+            ignore_env: false,
+            timeout: Some(std::time::Duration::from_secs(30)),
+            max_ticks: Some(100_000_000),
+        }
     }
 }
 
@@ -176,7 +181,11 @@ impl std::fmt::Display for Summary {
 
 /// `path` itself, or `path/master.star` when it is a directory.
 pub fn config_file(path: &Path) -> PathBuf {
-    if path.is_dir() { path.join(DEFAULT_FILE) } else { path.to_path_buf() }
+    if path.is_dir() {
+        path.join(DEFAULT_FILE)
+    } else {
+        path.to_path_buf()
+    }
 }
 
 /// Loads and validates a config file (or `DIR/master.star`), with default options.
@@ -206,8 +215,15 @@ pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<MasterCon
 
 /// Loads a config from text; `name` is the file name used in locations. `load()` statements
 /// are refused (there is no directory to load from).
-pub fn load_str(name: &str, src: &str, secrets: &SecretSource) -> Result<MasterConfig, ConfigError> {
-    finish_with(evaluate_source(name, src.to_string(), None, &LoadOptions::default())?, secrets)
+pub fn load_str(
+    name: &str,
+    src: &str,
+    secrets: &SecretSource,
+) -> Result<MasterConfig, ConfigError> {
+    finish_with(
+        evaluate_source(name, src.to_string(), None, &LoadOptions::default())?,
+        secrets,
+    )
 }
 
 /// The first half of [`load_with`]: what running `master.star` (Starlark) gave, before it
@@ -228,27 +244,46 @@ pub struct Evaluated {
 /// carry file:line:col.
 pub fn evaluate_with(path: &Path, opts: &LoadOptions) -> Result<Evaluated, ConfigError> {
     let file = config_file(path);
-    let src = std::fs::read_to_string(&file).map_err(|e| ConfigError::one(None, format!("cannot read {}: {e}", file.display())))?;
-    evaluate_source(&file.display().to_string(), src, file.parent().map(Path::to_path_buf), opts)
+    let src = std::fs::read_to_string(&file)
+        .map_err(|e| ConfigError::one(None, format!("cannot read {}: {e}", file.display())))?;
+    evaluate_source(
+        &file.display().to_string(),
+        src,
+        file.parent().map(Path::to_path_buf),
+        opts,
+    )
 }
 
 /// The second half of [`load_with`], for what [`evaluate_with`] gave for `path` with the same
 /// `opts`: types and validates it and reads its secrets.
-pub fn finish(evaluated: Evaluated, path: &Path, opts: &LoadOptions) -> Result<MasterConfig, ConfigError> {
+pub fn finish(
+    evaluated: Evaluated,
+    path: &Path,
+    opts: &LoadOptions,
+) -> Result<MasterConfig, ConfigError> {
     finish_with(evaluated, &secret_source(path, opts))
 }
 
 fn secret_source(path: &Path, opts: &LoadOptions) -> SecretSource {
     let file = config_file(path);
-    let secrets_dir = opts.secrets_dir.clone().or_else(|| file.parent().map(|p| p.join("secrets")));
-    SecretSource { dir: secrets_dir, use_env: !opts.ignore_env }
+    let secrets_dir = opts
+        .secrets_dir
+        .clone()
+        .or_else(|| file.parent().map(|p| p.join("secrets")));
+    SecretSource {
+        dir: secrets_dir,
+        use_env: !opts.ignore_env,
+    }
 }
 
 fn starlark_diag_in(file: &str, e: starlark::Error) -> ConfigError {
     let mut err = starlark_diag(e);
     for d in &mut err.diagnostics {
         if d.loc.is_none() {
-            d.message = format!("{file}: {} (a runaway loop? see LoadOptions::timeout and max_ticks)", d.message);
+            d.message = format!(
+                "{file}: {} (a runaway loop? see LoadOptions::timeout and max_ticks)",
+                d.message
+            );
         }
     }
     err
@@ -257,38 +292,69 @@ fn starlark_diag_in(file: &str, e: starlark::Error) -> ConfigError {
 fn starlark_diag(e: starlark::Error) -> ConfigError {
     let loc = e.span().map(|s| {
         let r = s.resolve();
-        Loc { file: r.file, line: r.span.begin.line + 1, col: r.span.begin.column + 1 }
+        Loc {
+            file: r.file,
+            line: r.span.begin.line + 1,
+            col: r.span.begin.column + 1,
+        }
     });
     let msg = format!("{}", e.without_diagnostic());
     let msg = msg.trim().to_string();
     ConfigError::one(loc, msg)
 }
 
-fn evaluate_source(name: &str, src: String, dir: Option<PathBuf>, opts: &LoadOptions) -> Result<Evaluated, ConfigError> {
+fn evaluate_source(
+    name: &str,
+    src: String,
+    dir: Option<PathBuf>,
+    opts: &LoadOptions,
+) -> Result<Evaluated, ConfigError> {
     let ast = AstModule::parse(name, src, &Dialect::Extended).map_err(starlark_diag)?;
     let globals = eval::globals();
     eval::SECRET_USES.with(|s| s.borrow_mut().clear());
     let json = Module::with_temp_heap(|module| -> Result<serde_json::Value, ConfigError> {
         {
-            let limits = eval::Limits { deadline: opts.timeout.map(|t| std::time::Instant::now() + t), max_ticks: opts.max_ticks };
+            let limits = eval::Limits {
+                deadline: opts.timeout.map(|t| std::time::Instant::now() + t),
+                max_ticks: opts.max_ticks,
+            };
             let loader = eval::Loader::new(dir, &globals, limits.clone());
             let mut ev = Evaluator::new(&module);
             ev.set_loader(&loader);
-            limits.apply(&mut ev).map_err(|e| ConfigError::one(None, e.to_string()))?;
-            ev.eval_module(ast, &globals).map_err(|e| starlark_diag_in(name, e))?;
+            limits
+                .apply(&mut ev)
+                .map_err(|e| ConfigError::one(None, e.to_string()))?;
+            ev.eval_module(ast, &globals)
+                .map_err(|e| starlark_diag_in(name, e))?;
         }
-        let file_loc = Some(Loc { file: name.to_string(), line: 1, col: 1 });
+        let file_loc = Some(Loc {
+            file: name.to_string(),
+            line: 1,
+            col: 1,
+        });
         let get = |g: &str, required: bool| -> Result<serde_json::Value, ConfigError> {
             match module.get(g) {
-                Some(v) => eval::to_json(v).map_err(|e| ConfigError::one(file_loc.clone(), format!("{g}: {e}"))),
-                None if required => Err(ConfigError::one(file_loc.clone(), format!("{name} must set {g} = [...]"))),
+                Some(v) => eval::to_json(v)
+                    .map_err(|e| ConfigError::one(file_loc.clone(), format!("{g}: {e}"))),
+                None if required => Err(ConfigError::one(
+                    file_loc.clone(),
+                    format!("{name} must set {g} = [...]"),
+                )),
                 None => Ok(serde_json::Value::Null),
             }
         };
         let master = get("MASTER", false)?;
-        let master = if master.is_null() { serde_json::json!({}) } else { master };
+        let master = if master.is_null() {
+            serde_json::json!({})
+        } else {
+            master
+        };
         let schedulers = get("SCHEDULERS", false)?;
-        let schedulers = if schedulers.is_null() { serde_json::json!([]) } else { schedulers };
+        let schedulers = if schedulers.is_null() {
+            serde_json::json!([])
+        } else {
+            schedulers
+        };
         Ok(serde_json::json!({
             "master": master,
             "workers": get("WORKERS", true)?,
@@ -297,11 +363,22 @@ fn evaluate_source(name: &str, src: String, dir: Option<PathBuf>, opts: &LoadOpt
         }))
     })?;
     let uses = eval::SECRET_USES.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    Ok(Evaluated { name: name.to_string(), json, secret_uses: uses })
+    Ok(Evaluated {
+        name: name.to_string(),
+        json,
+        secret_uses: uses,
+    })
 }
 
-fn finish_with(evaluated: Evaluated, secret_source: &SecretSource) -> Result<MasterConfig, ConfigError> {
-    let Evaluated { name, json, secret_uses: uses } = evaluated;
+fn finish_with(
+    evaluated: Evaluated,
+    secret_source: &SecretSource,
+) -> Result<MasterConfig, ConfigError> {
+    let Evaluated {
+        name,
+        json,
+        secret_uses: uses,
+    } = evaluated;
     let name = name.as_str();
     let mut cfg: MasterConfig = serde_path_to_error::deserialize(&json).map_err(|e| {
         // Point at the object that failed when it carries a location.
@@ -335,14 +412,27 @@ fn finish_with(evaluated: Evaluated, secret_source: &SecretSource) -> Result<Mas
         match secret_source.lookup(&n) {
             Ok(Some(v)) => cfg.secrets.insert(n, v),
             Ok(None) => {
-                let dir = secret_source.dir().map(|d| format!("create the file {} or ", d.join(&n).display())).unwrap_or_default();
+                let dir = secret_source
+                    .dir()
+                    .map(|d| format!("create the file {} or ", d.join(&n).display()))
+                    .unwrap_or_default();
                 diags.push(Diagnostic {
                     loc: Some(loc),
-                    message: format!("secret {n:?} not found: {dir}set {}", SecretSource::env_var(&n)),
+                    message: format!(
+                        "secret {n:?} not found: {dir}set {}",
+                        SecretSource::env_var(&n)
+                    ),
                 });
             }
-            Err(e) => diags.push(Diagnostic { loc: Some(loc), message: format!("secret {n:?}: cannot read it: {e}") }),
+            Err(e) => diags.push(Diagnostic {
+                loc: Some(loc),
+                message: format!("secret {n:?}: cannot read it: {e}"),
+            }),
         }
     }
-    if diags.is_empty() { Ok(cfg) } else { Err(ConfigError { diagnostics: diags }) }
+    if diags.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigError { diagnostics: diags })
+    }
 }

@@ -23,7 +23,13 @@ impl SecretSource {
     /// with every character that is not a letter or digit turned into `_`.
     pub fn env_var(name: &str) -> String {
         let mut v = String::from("KILN_SECRET_");
-        v.extend(name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }));
+        v.extend(name.chars().map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        }));
         v
     }
 

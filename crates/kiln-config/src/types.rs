@@ -38,7 +38,11 @@ impl<'de> Deserialize<'de> for Loc {
         let col = it.next().and_then(|c| c.parse().ok());
         let line = it.next().and_then(|c| c.parse().ok());
         match (it.next(), line, col) {
-            (Some(file), Some(line), Some(col)) => Ok(Loc { file: file.to_string(), line, col }),
+            (Some(file), Some(line), Some(col)) => Ok(Loc {
+                file: file.to_string(),
+                line,
+                col,
+            }),
             _ => Err(D::Error::custom(format!("bad location {s:?}"))),
         }
     }
@@ -198,29 +202,47 @@ impl Availability {
             None => (false, t),
         };
         let mut words = t.split_whitespace();
-        let range = words.next().ok_or_else(|| format!("empty availability window: {help}"))?;
+        let range = words
+            .next()
+            .ok_or_else(|| format!("empty availability window: {help}"))?;
         let zone = words.next().unwrap_or("UTC");
         if words.next().is_some() {
-            return Err(format!("availability window {text:?} has extra words: {help}"));
+            return Err(format!(
+                "availability window {text:?} has extra words: {help}"
+            ));
         }
         let range = range.replace('–', "-");
-        let (a, b) = range.split_once('-').ok_or_else(|| format!("availability window {text:?} has no range: {help}"))?;
+        let (a, b) = range
+            .split_once('-')
+            .ok_or_else(|| format!("availability window {text:?} has no range: {help}"))?;
         let hm = |s: &str| -> Option<u16> {
             let (h, m) = s.split_once(':')?;
             let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
             (h < 24 && m < 60 && s.len() <= 5).then_some(h * 60 + m)
         };
-        let start = hm(a).ok_or_else(|| format!("bad time {a:?} in availability window {text:?}: {help}"))?;
-        let end = hm(b).ok_or_else(|| format!("bad time {b:?} in availability window {text:?}: {help}"))?;
+        let start = hm(a)
+            .ok_or_else(|| format!("bad time {a:?} in availability window {text:?}: {help}"))?;
+        let end = hm(b)
+            .ok_or_else(|| format!("bad time {b:?} in availability window {text:?}: {help}"))?;
         let tz: chrono_tz::Tz = zone
             .parse()
             .map_err(|_| format!("unknown time zone {zone:?} in availability window {text:?}: use an IANA name such as UTC or Europe/Berlin"))?;
-        Ok(Availability { text: text.to_string(), not, start, end, tz })
+        Ok(Availability {
+            text: text.to_string(),
+            not,
+            start,
+            end,
+            tz,
+        })
     }
 
     /// Whether `minute` (minutes after local midnight in `self.tz`) falls in the window, before `not`.
     pub fn window_contains(&self, minute: u16) -> bool {
-        if self.start <= self.end { (self.start..self.end).contains(&minute) } else { minute >= self.start || minute < self.end }
+        if self.start <= self.end {
+            (self.start..self.end).contains(&minute)
+        } else {
+            minute >= self.start || minute < self.end
+        }
     }
 
     /// Whether the worker may take builds at `now` according to this window.
@@ -249,8 +271,14 @@ impl<'de> Deserialize<'de> for Availability {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Renderable {
     Text(String),
-    Interpolate { format: Interpolation, kwargs: BTreeMap<String, Renderable> },
-    Prop { name: String, default: Option<serde_json::Value> },
+    Interpolate {
+        format: Interpolation,
+        kwargs: BTreeMap<String, Renderable>,
+    },
+    Prop {
+        name: String,
+        default: Option<serde_json::Value>,
+    },
     Secret(String),
 }
 
@@ -268,7 +296,10 @@ impl Renderable {
     }
 
     /// Renders against a build's context.
-    pub fn render(&self, ctx: &crate::interp::RenderContext<'_>) -> Result<String, crate::interp::RenderError> {
+    pub fn render(
+        &self,
+        ctx: &crate::interp::RenderContext<'_>,
+    ) -> Result<String, crate::interp::RenderError> {
         match self {
             Renderable::Text(s) => Ok(s.clone()),
             Renderable::Secret(n) => ctx
@@ -277,7 +308,10 @@ impl Renderable {
                 .map(str::to_string)
                 .ok_or_else(|| crate::interp::RenderError::MissingSecret(n.clone())),
             Renderable::Prop { name, default } => {
-                let v = ctx.properties.and_then(|p| p.get(name)).or(default.as_ref());
+                let v = ctx
+                    .properties
+                    .and_then(|p| p.get(name))
+                    .or(default.as_ref());
                 Ok(match v {
                     None | Some(serde_json::Value::Null) => String::new(),
                     Some(serde_json::Value::String(s)) => s.clone(),
@@ -301,7 +335,10 @@ impl Renderable {
             Renderable::Secret(n) => json!({ "__secret": n }),
             Renderable::Prop { name, default } => json!({ "__prop": name, "default": default }),
             Renderable::Interpolate { format, kwargs } => {
-                let kw: serde_json::Map<_, _> = kwargs.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+                let kw: serde_json::Map<_, _> = kwargs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_json()))
+                    .collect();
                 json!({ "__interpolate": format.source(), "kwargs": kw })
             }
         }
@@ -324,7 +361,10 @@ impl Renderable {
                     }
                     for k in format.kw_names() {
                         if !kwargs.contains_key(k) {
-                            return Err(format!("interpolation {:?} uses %(kw:{k})s but interpolate() got no `{k}=` keyword", format.source()));
+                            return Err(format!(
+                                "interpolation {:?} uses %(kw:{k})s but interpolate() got no `{k}=` keyword",
+                                format.source()
+                            ));
                         }
                     }
                     Ok(Renderable::Interpolate { format, kwargs })

@@ -9,7 +9,11 @@ struct Diags(Vec<Diagnostic>);
 
 impl Diags {
     fn err(&mut self, loc: &Loc, message: String) {
-        let loc = if loc.file.is_empty() { None } else { Some(loc.clone()) };
+        let loc = if loc.file.is_empty() {
+            None
+        } else {
+            Some(loc.clone())
+        };
         self.0.push(Diagnostic { loc, message });
     }
 }
@@ -18,9 +22,17 @@ fn dupes<'a, T>(d: &mut Diags, what: &str, items: impl Iterator<Item = (&'a str,
     let mut seen: HashMap<&str, &Loc> = HashMap::new();
     for (name, loc, _) in items {
         if name.is_empty() {
-            d.err(loc, format!("{what} with an empty name: give it name=\"...\""));
+            d.err(
+                loc,
+                format!("{what} with an empty name: give it name=\"...\""),
+            );
         } else if let Some(first) = seen.get(name) {
-            d.err(loc, format!("duplicate {what} name {name:?} (first defined at {first}): rename one of them"));
+            d.err(
+                loc,
+                format!(
+                    "duplicate {what} name {name:?} (first defined at {first}): rename one of them"
+                ),
+            );
         } else {
             seen.insert(name, loc);
         }
@@ -40,7 +52,9 @@ fn add_locks(d: &mut Diags, locks: &mut BTreeMap<String, Lock>, uses: &[LockAcce
                 locks.insert(a.lock.name.clone(), a.lock.clone());
             }
             Some(l) => {
-                let same = l.scope == a.lock.scope && l.max_count == a.lock.max_count && l.max_count_for_worker == a.lock.max_count_for_worker;
+                let same = l.scope == a.lock.scope
+                    && l.max_count == a.lock.max_count
+                    && l.max_count_for_worker == a.lock.max_count_for_worker;
                 if !same {
                     d.err(
                         &a.lock.loc,
@@ -59,25 +73,55 @@ pub(crate) fn validate(cfg: &mut MasterConfig) -> Vec<Diagnostic> {
     let mut d = Diags(Vec::new());
     let m = &cfg.master;
     if m.tls_cert.is_some() != m.tls_key.is_some() {
-        d.err(&m.loc, "master(): give both tls_cert= and tls_key=, or neither".into());
+        d.err(
+            &m.loc,
+            "master(): give both tls_cert= and tls_key=, or neither".into(),
+        );
     }
     if m.worker_port == m.web_port && m.worker_port != 0 {
-        d.err(&m.loc, format!("master(): worker_port and web_port are both {}: use two ports", m.worker_port));
+        d.err(
+            &m.loc,
+            format!(
+                "master(): worker_port and web_port are both {}: use two ports",
+                m.worker_port
+            ),
+        );
     }
 
-    dupes(&mut d, "worker", cfg.workers.iter().map(|w| (w.name.as_str(), &w.loc, ())));
-    dupes(&mut d, "builder", cfg.builders.iter().map(|b| (b.name.as_str(), &b.loc, ())));
-    dupes(&mut d, "scheduler", cfg.schedulers.iter().map(|s| (s.name.as_str(), &s.loc, ())));
+    dupes(
+        &mut d,
+        "worker",
+        cfg.workers.iter().map(|w| (w.name.as_str(), &w.loc, ())),
+    );
+    dupes(
+        &mut d,
+        "builder",
+        cfg.builders.iter().map(|b| (b.name.as_str(), &b.loc, ())),
+    );
+    dupes(
+        &mut d,
+        "scheduler",
+        cfg.schedulers.iter().map(|s| (s.name.as_str(), &s.loc, ())),
+    );
 
-    let workers: HashMap<&str, &Worker> = cfg.workers.iter().map(|w| (w.name.as_str(), w)).collect();
-    let builders: HashMap<&str, &Builder> = cfg.builders.iter().map(|b| (b.name.as_str(), b)).collect();
-    let schedulers: HashMap<&str, &Scheduler> = cfg.schedulers.iter().map(|s| (s.name.as_str(), s)).collect();
+    let workers: HashMap<&str, &Worker> =
+        cfg.workers.iter().map(|w| (w.name.as_str(), w)).collect();
+    let builders: HashMap<&str, &Builder> =
+        cfg.builders.iter().map(|b| (b.name.as_str(), b)).collect();
+    let schedulers: HashMap<&str, &Scheduler> = cfg
+        .schedulers
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect();
 
     let mut locks = BTreeMap::new();
     for b in &cfg.builders {
         let what = format!("builder {:?}", b.name);
         if b.workers.is_empty() {
-            d.err(&b.loc, format!("{what} has no workers: give workers=[\"...\"]"));
+            d.err(
+                &b.loc,
+                format!("{what} has no workers: give workers=[\"...\"]"),
+            );
         }
         for w in &b.workers {
             if !workers.contains_key(w.as_str()) {
@@ -89,7 +133,10 @@ pub(crate) fn validate(cfg: &mut MasterConfig) -> Vec<Diagnostic> {
             let swhat = format!("{what}, step {:?}", s.name);
             add_locks(&mut d, &mut locks, &s.flags.locks, &swhat);
             match &s.kind {
-                StepKind::Shell(a) | StepKind::Configure(a) | StepKind::Compile(a) | StepKind::Test(a) => {
+                StepKind::Shell(a)
+                | StepKind::Configure(a)
+                | StepKind::Compile(a)
+                | StepKind::Test(a) => {
                     if let Some(p) = &a.warning_pattern {
                         check_regex(&mut d, &s.loc, &format!("{swhat}: warning_pattern"), p);
                     }
@@ -113,7 +160,13 @@ pub(crate) fn validate(cfg: &mut MasterConfig) -> Vec<Diagnostic> {
     for l in locks.values() {
         for w in l.max_count_for_worker.keys() {
             if !workers.contains_key(w.as_str()) {
-                d.err(&l.loc, format!("worker_lock {:?}: max_count_for_worker names unknown worker {w:?}", l.name));
+                d.err(
+                    &l.loc,
+                    format!(
+                        "worker_lock {:?}: max_count_for_worker names unknown worker {w:?}",
+                        l.name
+                    ),
+                );
             }
         }
     }
@@ -122,7 +175,10 @@ pub(crate) fn validate(cfg: &mut MasterConfig) -> Vec<Diagnostic> {
     for s in &cfg.schedulers {
         let what = format!("scheduler {:?} ({})", s.name, s.kind.name());
         if s.builder_names.is_empty() {
-            d.err(&s.loc, format!("{what} starts no builders: give builder_names=[...]"));
+            d.err(
+                &s.loc,
+                format!("{what} starts no builders: give builder_names=[...]"),
+            );
         }
         for b in &s.builder_names {
             if !builders.contains_key(b.as_str()) {
@@ -140,7 +196,10 @@ pub(crate) fn validate(cfg: &mut MasterConfig) -> Vec<Diagnostic> {
             }
             SchedulerKind::SingleBranch(b) => {
                 if b.branch.is_none() {
-                    d.err(&s.loc, format!("{what}: give branch=\"...\" (or use any_branch)"));
+                    d.err(
+                        &s.loc,
+                        format!("{what}: give branch=\"...\" (or use any_branch)"),
+                    );
                 }
             }
             SchedulerKind::AnyBranch(b) => {
@@ -154,21 +213,36 @@ pub(crate) fn validate(cfg: &mut MasterConfig) -> Vec<Diagnostic> {
                 }
             }
             SchedulerKind::Dependent(dep) => match schedulers.get(dep.upstream.as_str()) {
-                None => d.err(&s.loc, format!("{what}: unknown upstream scheduler {:?}", dep.upstream)),
-                Some(u) if u.name == s.name => d.err(&s.loc, format!("{what}: a scheduler cannot depend on itself")),
+                None => d.err(
+                    &s.loc,
+                    format!("{what}: unknown upstream scheduler {:?}", dep.upstream),
+                ),
+                Some(u) if u.name == s.name => d.err(
+                    &s.loc,
+                    format!("{what}: a scheduler cannot depend on itself"),
+                ),
                 _ => {}
             },
             SchedulerKind::Force(f) => {
                 let mut seen = std::collections::HashSet::new();
                 for p in &f.params {
                     if !seen.insert(p.name.as_str()) {
-                        d.err(&s.loc, format!("{what}: parameter {:?} is given twice", p.name));
+                        d.err(
+                            &s.loc,
+                            format!("{what}: parameter {:?} is given twice", p.name),
+                        );
                     }
                     if p.kind == ForceParamType::Choice
                         && let Some(serde_json::Value::String(def)) = &p.default
                         && !p.choices.contains(def)
                     {
-                        d.err(&s.loc, format!("{what}: parameter {:?}: default {def:?} is not one of its choices", p.name));
+                        d.err(
+                            &s.loc,
+                            format!(
+                                "{what}: parameter {:?}: default {def:?} is not one of its choices",
+                                p.name
+                            ),
+                        );
                     }
                 }
             }

@@ -23,7 +23,13 @@ impl Dir {
     }
     pub fn load(&self, src: &str) -> Result<MasterConfig, ConfigError> {
         std::fs::write(self.file(), src).unwrap();
-        kiln_config::load_with(self.dir.path(), &LoadOptions { ignore_env: true, ..Default::default() })
+        kiln_config::load_with(
+            self.dir.path(),
+            &LoadOptions {
+                ignore_env: true,
+                ..Default::default()
+            },
+        )
     }
     /// Loads `src`, expecting exactly one error; returns it as `(line:col, message)`.
     pub fn error(&self, src: &str) -> (String, String) {
@@ -33,7 +39,11 @@ impl Dir {
         let loc = d.loc.as_ref().expect("error has a location");
         assert_eq!(loc.file, self.file().display().to_string());
         // the displayed form is file:line:col: error: message
-        assert!(e.to_string().starts_with(&format!("{}:{}:{}: error: ", loc.file, loc.line, loc.col)), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}:{}:{}: error: ", loc.file, loc.line, loc.col)),
+            "{e}"
+        );
         (format!("{}:{}", loc.line, loc.col), d.message.clone())
     }
 }

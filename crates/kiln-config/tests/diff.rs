@@ -51,9 +51,30 @@ fn diff_names_what_was_added_removed_and_changed() {
     let new = b.load(NEW).unwrap();
 
     let d = ConfigDiff::between(&old, &new);
-    assert_eq!(d.builders, NamedDiff { added: s(&["new"]), removed: s(&["drop"]), changed: s(&["change"]) });
-    assert_eq!(d.workers, NamedDiff { added: s(&["w4"]), removed: s(&["w3"]), changed: s(&["w2"]) });
-    assert_eq!(d.schedulers, NamedDiff { added: vec![], removed: vec![], changed: s(&["force"]) });
+    assert_eq!(
+        d.builders,
+        NamedDiff {
+            added: s(&["new"]),
+            removed: s(&["drop"]),
+            changed: s(&["change"])
+        }
+    );
+    assert_eq!(
+        d.workers,
+        NamedDiff {
+            added: s(&["w4"]),
+            removed: s(&["w3"]),
+            changed: s(&["w2"])
+        }
+    );
+    assert_eq!(
+        d.schedulers,
+        NamedDiff {
+            added: vec![],
+            removed: vec![],
+            changed: s(&["force"])
+        }
+    );
     assert!(!d.master_changed);
     assert!(!d.is_empty());
 
@@ -78,7 +99,9 @@ fn a_rotated_secret_changes_the_worker() {
 fn master_settings_change() {
     let a = Dir::new();
     let old = a.load("WORKERS = []\nBUILDERS = []\n").unwrap();
-    let new = a.load("MASTER = master(web_port = 8080)\nWORKERS = []\nBUILDERS = []\n").unwrap();
+    let new = a
+        .load("MASTER = master(web_port = 8080)\nWORKERS = []\nBUILDERS = []\n")
+        .unwrap();
     let d = ConfigDiff::between(&old, &new);
     assert!(d.master_changed);
     assert_eq!(new.master.web_port, 8080);
@@ -92,7 +115,10 @@ fn a_broken_reload_leaves_the_running_config() {
     let a = Dir::new();
     a.secret("w1", "pw");
     let running = a.load(OLD).unwrap();
-    let broken = OLD.replace("builder(name = \"drop\", workers = [\"w2\"])", "builder(name = \"drop\", workers = [\"w9\"])");
+    let broken = OLD.replace(
+        "builder(name = \"drop\", workers = [\"w2\"])",
+        "builder(name = \"drop\", workers = [\"w9\"])",
+    );
     let e = a.load(&broken).unwrap_err();
     assert!(e.to_string().contains("unknown worker \"w9\""), "{e}");
     assert_eq!(running.builders.len(), 3);

@@ -25,15 +25,26 @@ fn python_features_starlark_lacks() {
 
 #[test]
 fn unknown_step_argument() {
-    let src = format!("{W}BUILDERS = [\n  builder(name = \"b\", workers = [\"w1\"], steps = [\n    shell(comand = \"make\")])]\n");
+    let src = format!(
+        "{W}BUILDERS = [\n  builder(name = \"b\", workers = [\"w1\"], steps = [\n    shell(comand = \"make\")])]\n"
+    );
     let (at, msg) = Dir::new().error(&src);
     assert_eq!(at, "4:5");
-    has(&msg, &["shell(): unknown argument `comand`", "expected one of `command`", "halt_on_failure"]);
+    has(
+        &msg,
+        &[
+            "shell(): unknown argument `comand`",
+            "expected one of `command`",
+            "halt_on_failure",
+        ],
+    );
 }
 
 #[test]
 fn unknown_argument_inside_a_function_points_at_the_call() {
-    let src = format!("{W}def mk():\n    return [compile(command = \"make\", halt_on_falure = True)]\nBUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = mk())]\n");
+    let src = format!(
+        "{W}def mk():\n    return [compile(command = \"make\", halt_on_falure = True)]\nBUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = mk())]\n"
+    );
     let (at, msg) = Dir::new().error(&src);
     assert_eq!(at, "3:13");
     has(&msg, &["compile(): unknown argument `halt_on_falure`"]);
@@ -41,10 +52,15 @@ fn unknown_argument_inside_a_function_points_at_the_call() {
 
 #[test]
 fn bad_argument_type() {
-    let src = format!("{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = [test(command = \"x\", timeout = \"soon\")])]\n");
+    let src = format!(
+        "{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = [test(command = \"x\", timeout = \"soon\")])]\n"
+    );
     let (at, msg) = Dir::new().error(&src);
     assert_eq!(at, "2:60");
-    has(&msg, &["test(): `timeout`: invalid type: string \"soon\", expected u64"]);
+    has(
+        &msg,
+        &["test(): `timeout`: invalid type: string \"soon\", expected u64"],
+    );
 }
 
 #[test]
@@ -52,16 +68,31 @@ fn unknown_worker_name() {
     let src = format!("{W}BUILDERS = [\n    builder(name = \"b\", workers = [\"w2\"]),\n]\n");
     let (at, msg) = Dir::new().error(&src);
     assert_eq!(at, "3:5");
-    has(&msg, &["builder \"b\": unknown worker \"w2\"", "worker(\"w2\", ...)"]);
+    has(
+        &msg,
+        &[
+            "builder \"b\": unknown worker \"w2\"",
+            "worker(\"w2\", ...)",
+        ],
+    );
 }
 
 #[test]
 fn duplicate_builder() {
-    let src = format!("{W}BUILDERS = [\n  builder(name = \"b\", workers = [\"w1\"]),\n  builder(name = \"b\", workers = [\"w1\"]),\n]\n");
+    let src = format!(
+        "{W}BUILDERS = [\n  builder(name = \"b\", workers = [\"w1\"]),\n  builder(name = \"b\", workers = [\"w1\"]),\n]\n"
+    );
     let d = Dir::new();
     let (at, msg) = d.error(&src);
     assert_eq!(at, "4:3");
-    has(&msg, &["duplicate builder name \"b\"", &format!("first defined at {}:3:3", d.file().display()), "rename"]);
+    has(
+        &msg,
+        &[
+            "duplicate builder name \"b\"",
+            &format!("first defined at {}:3:3", d.file().display()),
+            "rename",
+        ],
+    );
 }
 
 #[test]
@@ -70,15 +101,26 @@ fn duplicate_worker_and_scheduler() {
     let e = Dir::new().load(src).unwrap_err();
     assert_eq!(e.diagnostics.len(), 2, "{e}");
     let s = e.to_string();
-    has(&s, &[":1:57: error: duplicate worker name \"w1\"", ":4:3: error: duplicate scheduler name \"f\""]);
+    has(
+        &s,
+        &[
+            ":1:57: error: duplicate worker name \"w1\"",
+            ":4:3: error: duplicate scheduler name \"f\"",
+        ],
+    );
 }
 
 #[test]
 fn scheduler_names_unknown_builder() {
-    let src = format!("{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"])]\nSCHEDULERS = [\n  single_branch(\"main\", branch = \"main\", builder_names = [\"b\", \"nope\"])]\n");
+    let src = format!(
+        "{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"])]\nSCHEDULERS = [\n  single_branch(\"main\", branch = \"main\", builder_names = [\"b\", \"nope\"])]\n"
+    );
     let (at, msg) = Dir::new().error(&src);
     assert_eq!(at, "4:3");
-    has(&msg, &["scheduler \"main\" (single_branch): unknown builder \"nope\""]);
+    has(
+        &msg,
+        &["scheduler \"main\" (single_branch): unknown builder \"nope\""],
+    );
 }
 
 #[test]
@@ -88,7 +130,13 @@ fn bad_cron_and_bad_time_zone() {
         "{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"])]\nSCHEDULERS = [nightly(\"n\", cron = \"0 25 * * *\", builder_names = [\"b\"])]\n"
     ));
     assert_eq!(at, "3:15");
-    has(&msg, &["bad cron \"0 25 * * *\"", "minute hour day-of-month month day-of-week"]);
+    has(
+        &msg,
+        &[
+            "bad cron \"0 25 * * *\"",
+            "minute hour day-of-month month day-of-week",
+        ],
+    );
     let (at, msg) = d.error(&format!(
         "{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"])]\nSCHEDULERS = [nightly(\"n\", cron = \"0 3 * * *\", timezone = \"Mars/Olympus\", builder_names = [\"b\"])]\n"
     ));
@@ -101,9 +149,19 @@ fn bad_availability_window() {
     let src = "WORKERS = [\n  worker(\"w1\", password_hash = \"$argon2id$x\", availability = [\"not 22:00-8 UTC\"])]\nBUILDERS = []\n";
     let (at, msg) = Dir::new().error(src);
     assert_eq!(at, "2:3");
-    has(&msg, &["`availability[0]`", "bad time \"8\"", "\"not 22:00-08:00 UTC\""]);
+    has(
+        &msg,
+        &[
+            "`availability[0]`",
+            "bad time \"8\"",
+            "\"not 22:00-08:00 UTC\"",
+        ],
+    );
     let src = "WORKERS = [worker(\"w1\", password_hash = \"$argon2id$x\", availability = [\"22:00-08:00 Nowhere/Land\"])]\nBUILDERS = []\n";
-    has(&Dir::new().error(src).1, &["unknown time zone \"Nowhere/Land\""]);
+    has(
+        &Dir::new().error(src).1,
+        &["unknown time zone \"Nowhere/Land\""],
+    );
 }
 
 #[test]
@@ -118,20 +176,35 @@ fn bad_decode_rc() {
 
 #[test]
 fn bad_interpolation_is_caught_at_load() {
-    let src = format!("{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = [\n  shell(command = interpolate(\"x %(prop:y\"))])]\n");
+    let src = format!(
+        "{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = [\n  shell(command = interpolate(\"x %(prop:y\"))])]\n"
+    );
     let (at, msg) = Dir::new().error(&src);
     assert_eq!(at, "3:19");
-    has(&msg, &["interpolate(): bad interpolation", "without a closing `)s`"]);
-    let src = format!("{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = [\n  shell(command = interpolate(\"%(kw:x)s\"))])]\n");
+    has(
+        &msg,
+        &["interpolate(): bad interpolation", "without a closing `)s`"],
+    );
+    let src = format!(
+        "{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = [\n  shell(command = interpolate(\"%(kw:x)s\"))])]\n"
+    );
     has(&Dir::new().error(&src).1, &["%(kw:x)s", "no `x=` keyword"]);
 }
 
 #[test]
 fn missing_secret() {
     let d = Dir::new();
-    let (at, msg) = d.error("WORKERS = [\n  worker(\"w1\", password = secret(\"nope\"))]\nBUILDERS = []\n");
+    let (at, msg) =
+        d.error("WORKERS = [\n  worker(\"w1\", password = secret(\"nope\"))]\nBUILDERS = []\n");
     assert_eq!(at, "2:27");
-    has(&msg, &["secret \"nope\" not found", "secrets/nope", "KILN_SECRET_NOPE"]);
+    has(
+        &msg,
+        &[
+            "secret \"nope\" not found",
+            "secrets/nope",
+            "KILN_SECRET_NOPE",
+        ],
+    );
     let (at, _) = d.error(&format!("{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = [\n   shell(command = interpolate(\"%(secret:tok)s\"))])]\n"));
     assert_eq!(at, "3:20");
 }
@@ -139,17 +212,36 @@ fn missing_secret() {
 #[test]
 fn worker_password_rules() {
     let d = Dir::new();
-    has(&d.error("WORKERS = [worker(\"w1\")]\nBUILDERS = []\n").1, &["give password=secret"]);
-    has(&d.error("WORKERS = [worker(\"w1\", password_hash = \"md5:abc\")]\nBUILDERS = []\n").1, &["argon2"]);
-    has(&d.error("WORKERS = [worker(\"w1\", password = \"plain\")]\nBUILDERS = []\n").1, &["worker(): `password`"]);
+    has(
+        &d.error("WORKERS = [worker(\"w1\")]\nBUILDERS = []\n").1,
+        &["give password=secret"],
+    );
+    has(
+        &d.error("WORKERS = [worker(\"w1\", password_hash = \"md5:abc\")]\nBUILDERS = []\n")
+            .1,
+        &["argon2"],
+    );
+    has(
+        &d.error("WORKERS = [worker(\"w1\", password = \"plain\")]\nBUILDERS = []\n")
+            .1,
+        &["worker(): `password`"],
+    );
 }
 
 #[test]
 fn trigger_needs_a_triggerable_scheduler() {
-    let src = format!("{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = [\n  trigger(scheduler_names = [\"f\"])])]\nSCHEDULERS = [force(\"f\", builder_names = [\"b\"])]\n");
+    let src = format!(
+        "{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = [\n  trigger(scheduler_names = [\"f\"])])]\nSCHEDULERS = [force(\"f\", builder_names = [\"b\"])]\n"
+    );
     let (at, msg) = Dir::new().error(&src);
     assert_eq!(at, "3:3");
-    has(&msg, &["trigger names scheduler \"f\", which is force", "needs a triggerable scheduler"]);
+    has(
+        &msg,
+        &[
+            "trigger names scheduler \"f\", which is force",
+            "needs a triggerable scheduler",
+        ],
+    );
 }
 
 #[test]
@@ -159,12 +251,17 @@ fn lock_defined_twice_differently() {
     );
     let (at, msg) = Dir::new().error(&src);
     assert_eq!(at, "4:60");
-    has(&msg, &["lock \"l\" is defined twice with different settings"]);
+    has(
+        &msg,
+        &["lock \"l\" is defined twice with different settings"],
+    );
 }
 
 #[test]
 fn git_method_needs_full_mode() {
-    let src = format!("{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = [git(repourl = \"r\", method = \"clobber\")])]\n");
+    let src = format!(
+        "{W}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = [git(repourl = \"r\", method = \"clobber\")])]\n"
+    );
     let (at, msg) = Dir::new().error(&src);
     assert_eq!(at, "2:60");
     has(&msg, &["method= applies only to mode=\"full\""]);
@@ -191,7 +288,9 @@ fn fail_and_runtime_errors_have_locations() {
 
 #[test]
 fn several_errors_are_all_reported() {
-    let src = format!("{W}BUILDERS = [builder(name = \"a\", workers = [\"x\"]), builder(name = \"b\", workers = [\"y\"])]\n");
+    let src = format!(
+        "{W}BUILDERS = [builder(name = \"a\", workers = [\"x\"]), builder(name = \"b\", workers = [\"y\"])]\n"
+    );
     let e = Dir::new().load(&src).unwrap_err();
     assert_eq!(e.diagnostics.len(), 2);
     assert_eq!(e.to_string().lines().count(), 2);
@@ -201,10 +300,22 @@ fn several_errors_are_all_reported() {
 fn runaway_loops_are_stopped() {
     let d = Dir::new();
     std::fs::write(d.file(), "x = 0\nfor i in range(1000000000):\n    x += i\n").unwrap();
-    let opts = kiln_config::LoadOptions { max_ticks: Some(10_000), ignore_env: true, ..Default::default() };
+    let opts = kiln_config::LoadOptions {
+        max_ticks: Some(10_000),
+        ignore_env: true,
+        ..Default::default()
+    };
     let e = kiln_config::load_with(d.file(), &opts).unwrap_err();
-    assert!(e.to_string().contains("10000 ticks has been exceeded"), "{e}");
-    let opts = kiln_config::LoadOptions { max_ticks: None, timeout: Some(std::time::Duration::from_millis(100)), ignore_env: true, ..Default::default() };
+    assert!(
+        e.to_string().contains("10000 ticks has been exceeded"),
+        "{e}"
+    );
+    let opts = kiln_config::LoadOptions {
+        max_ticks: None,
+        timeout: Some(std::time::Duration::from_millis(100)),
+        ignore_env: true,
+        ..Default::default()
+    };
     let t = std::time::Instant::now();
     let e = kiln_config::load_with(d.file(), &opts).unwrap_err();
     assert!(t.elapsed() < std::time::Duration::from_secs(20));

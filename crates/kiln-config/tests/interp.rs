@@ -6,8 +6,15 @@ use kiln_model::Properties;
 
 fn render(fmt: &str, props: &Properties, kw: &[(&str, &str)]) -> String {
     let i = Interpolation::parse(fmt).unwrap();
-    let main = SourceAttrs { branch: Some("main".into()), revision: Some("abc123".into()), ..Default::default() };
-    let docs = SourceAttrs { branch: Some("gh-pages".into()), ..Default::default() };
+    let main = SourceAttrs {
+        branch: Some("main".into()),
+        revision: Some("abc123".into()),
+        ..Default::default()
+    };
+    let docs = SourceAttrs {
+        branch: Some("gh-pages".into()),
+        ..Default::default()
+    };
     let mut secrets = Secrets::default();
     secrets.insert("tok", "T0K");
     let ctx = RenderContext {
@@ -15,7 +22,10 @@ fn render(fmt: &str, props: &Properties, kw: &[(&str, &str)]) -> String {
         sources: [("", &main), ("docs", &docs)].into_iter().collect(),
         secrets: Some(&secrets),
     };
-    let kw: BTreeMap<String, String> = kw.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let kw: BTreeMap<String, String> = kw
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     i.render(&ctx, &kw).unwrap()
 }
 
@@ -23,12 +33,32 @@ fn render(fmt: &str, props: &Properties, kw: &[(&str, &str)]) -> String {
 fn parses_every_form() {
     let i = Interpolation::parse("a %(prop:x)s %(prop:y:-dflt)s %(src::branch)s %(src:docs:revision:~none)s %(secret:s)s %(kw:k:+yes)s 100%%").unwrap();
     let parts = i.parts();
-    assert_eq!(parts[1], Part::Prop { name: "x".into(), fallback: Fallback::None });
-    assert_eq!(parts[3], Part::Prop { name: "y".into(), fallback: Fallback::IfMissing("dflt".into()) });
+    assert_eq!(
+        parts[1],
+        Part::Prop {
+            name: "x".into(),
+            fallback: Fallback::None
+        }
+    );
+    assert_eq!(
+        parts[3],
+        Part::Prop {
+            name: "y".into(),
+            fallback: Fallback::IfMissing("dflt".into())
+        }
+    );
     assert!(matches!(&parts[5], Part::Src { codebase, .. } if codebase.is_empty()));
-    assert!(matches!(&parts[7], Part::Src { codebase, fallback: Fallback::IfFalsy(d), .. } if codebase == "docs" && d == "none"));
+    assert!(
+        matches!(&parts[7], Part::Src { codebase, fallback: Fallback::IfFalsy(d), .. } if codebase == "docs" && d == "none")
+    );
     assert_eq!(parts[9], Part::Secret { name: "s".into() });
-    assert_eq!(parts[11], Part::Kw { name: "k".into(), fallback: Fallback::IfPresent("yes".into()) });
+    assert_eq!(
+        parts[11],
+        Part::Kw {
+            name: "k".into(),
+            fallback: Fallback::IfPresent("yes".into())
+        }
+    );
     assert_eq!(parts[12], Part::Literal(" 100%".into()));
     assert_eq!(i.secret_names().collect::<Vec<_>>(), ["s"]);
     assert_eq!(i.to_string(), i.source());
@@ -62,10 +92,23 @@ fn renders_against_properties_sources_secrets_and_keywords() {
     assert_eq!(render("%(prop:missing:-dflt)s", &p, &[]), "dflt");
     assert_eq!(render("%(prop:empty:-dflt)s", &p, &[]), "");
     assert_eq!(render("%(prop:empty:~dflt)s", &p, &[]), "dflt");
-    assert_eq!(render("%(prop:flag:+--verbose)s|%(prop:missing:+x)s", &p, &[]), "--verbose|");
-    assert_eq!(render("%(src::branch)s@%(src::revision)s %(src:docs:branch)s %(src:nope:branch:-none)s", &p, &[]), "main@abc123 gh-pages none");
+    assert_eq!(
+        render("%(prop:flag:+--verbose)s|%(prop:missing:+x)s", &p, &[]),
+        "--verbose|"
+    );
+    assert_eq!(
+        render(
+            "%(src::branch)s@%(src::revision)s %(src:docs:branch)s %(src:nope:branch:-none)s",
+            &p,
+            &[]
+        ),
+        "main@abc123 gh-pages none"
+    );
     assert_eq!(render("token=%(secret:tok)s", &p, &[]), "token=T0K");
-    assert_eq!(render("-j%(kw:jobs)s %(kw:other:-x)s", &p, &[("jobs", "8")]), "-j8 x");
+    assert_eq!(
+        render("-j%(kw:jobs)s %(kw:other:-x)s", &p, &[("jobs", "8")]),
+        "-j8 x"
+    );
     assert_eq!(render("100%% done, ünïcode", &p, &[]), "100% done, ünïcode");
 }
 
@@ -82,17 +125,34 @@ BUILDERS = [builder(name = "b", workers = ["w1"], steps = [
 "#,
     )
     .unwrap();
-    let cfg = load_with(d.path(), &LoadOptions { ignore_env: true, ..Default::default() }).unwrap();
+    let cfg = load_with(
+        d.path(),
+        &LoadOptions {
+            ignore_env: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let step = &cfg.builders[0].steps[0];
-    let StepKind::Shell(s) = &step.kind else { panic!() };
-    let Command::Argv(argv) = &s.command else { panic!() };
+    let StepKind::Shell(s) = &step.kind else {
+        panic!()
+    };
+    let Command::Argv(argv) = &s.command else {
+        panic!()
+    };
     let mut p = Properties::default();
     p.set("target", "all", "Builder");
-    let ctx = RenderContext { properties: Some(&p), ..Default::default() };
+    let ctx = RenderContext {
+        properties: Some(&p),
+        ..Default::default()
+    };
     let out: Vec<String> = argv.iter().map(|a| a.render(&ctx).unwrap()).collect();
     assert_eq!(out, ["make", "-j2", "all"]);
     p.set("jobs", 16, "Force");
-    let ctx = RenderContext { properties: Some(&p), ..Default::default() };
+    let ctx = RenderContext {
+        properties: Some(&p),
+        ..Default::default()
+    };
     assert_eq!(argv[1].render(&ctx).unwrap(), "-j16");
     assert_eq!(step.flags.env["TESTOPTS"].render(&ctx).unwrap(), "-j2");
 }

@@ -8,7 +8,11 @@ use kiln_model::Results;
 fn complete_example_loads() {
     let d = Dir::new();
     d.secret("bcannon-wasi", "hunter2\n");
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/example.star")).unwrap();
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/example.star"
+    ))
+    .unwrap();
     let cfg = d.load(&src).unwrap();
 
     assert_eq!(cfg.master.title, "Python");
@@ -16,14 +20,28 @@ fn complete_example_loads() {
     assert_eq!(cfg.master.tls_key.as_deref(), Some("/etc/kiln/key.pem"));
 
     let w = cfg.worker("bcannon-wasi").unwrap();
-    assert_eq!(w.password, Some(SecretRef { name: "bcannon-wasi".into() }));
+    assert_eq!(
+        w.password,
+        Some(SecretRef {
+            name: "bcannon-wasi".into()
+        })
+    );
     assert_eq!(w.max_builds, Some(2));
     assert_eq!(cfg.secrets.get("bcannon-wasi"), Some("hunter2"));
     let win = cfg.worker("ware-win11").unwrap();
-    assert!(win.password_hash.as_deref().unwrap().starts_with("$argon2id$"));
+    assert!(
+        win.password_hash
+            .as_deref()
+            .unwrap()
+            .starts_with("$argon2id$")
+    );
     let a = &win.availability[0];
     assert!(a.not && a.start == 22 * 60 && a.end == 8 * 60);
-    let at = |h: u32| chrono::DateTime::parse_from_rfc3339(&format!("2026-01-01T{h:02}:30:00Z")).unwrap().to_utc();
+    let at = |h: u32| {
+        chrono::DateTime::parse_from_rfc3339(&format!("2026-01-01T{h:02}:30:00Z"))
+            .unwrap()
+            .to_utc()
+    };
     assert!(!a.allows(at(23)) && !a.allows(at(3)) && a.allows(at(12)));
 
     assert_eq!(cfg.builders.len(), 2);
@@ -32,7 +50,17 @@ fn complete_example_loads() {
     assert_eq!(b.priority, 1);
     assert_eq!(b.tags, ["main", "unix"]);
     let kinds: Vec<_> = b.steps.iter().map(|s| s.kind.name()).collect();
-    assert_eq!(kinds, ["git", "configure", "compile", "test", "file_upload", "rmdir"]);
+    assert_eq!(
+        kinds,
+        [
+            "git",
+            "configure",
+            "compile",
+            "test",
+            "file_upload",
+            "rmdir"
+        ]
+    );
     match &b.steps[0].kind {
         StepKind::Git(g) => {
             assert_eq!((g.mode, g.method), (GitMode::Full, Some(GitMethod::Fresh)));
@@ -62,7 +90,10 @@ fn complete_example_loads() {
     assert!(upload.flags.do_step_if.as_ref().unwrap().eval(&props));
     assert!(b.steps[5].flags.always_run);
     match &b.steps[2].flags.locks[..] {
-        [l] => assert_eq!((l.lock.scope, l.lock.max_count, l.access), (LockScope::Worker, 2, AccessMode::Exclusive)),
+        [l] => assert_eq!(
+            (l.lock.scope, l.lock.max_count, l.access),
+            (LockScope::Worker, 2, AccessMode::Exclusive)
+        ),
         l => panic!("{l:?}"),
     }
     assert_eq!(cfg.locks.len(), 2);
@@ -96,7 +127,10 @@ fn complete_example_loads() {
     assert!(!format!("{cfg:?}").contains("hunter2"));
 
     let s = check(d.dir.path()).unwrap();
-    assert_eq!((s.workers, s.builders, s.schedulers, s.locks, s.secrets), (2, 2, 3, 2, 1));
+    assert_eq!(
+        (s.workers, s.builders, s.schedulers, s.locks, s.secrets),
+        (2, 2, 3, 2, 1)
+    );
 }
 
 #[test]
@@ -130,7 +164,10 @@ SCHEDULERS = [
     assert_eq!(b.steps.len(), 12);
     assert_eq!(b.steps[1].name, "set_property_from_command");
     match &b.steps[10].kind {
-        StepKind::Git(g) => assert_eq!((g.mode, g.shallow), (GitMode::Incremental, Some(Shallow::Depth(10)))),
+        StepKind::Git(g) => assert_eq!(
+            (g.mode, g.shallow),
+            (GitMode::Incremental, Some(Shallow::Depth(10)))
+        ),
         k => panic!("{k:?}"),
     }
     assert_eq!(cfg.schedulers.len(), 5);
@@ -145,21 +182,58 @@ fn cpython_sized_config_loads() {
     for i in 0..4 {
         d.secret(&format!("worker-{i}"), &format!("pw{i}-secret"));
     }
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cpython.star")).unwrap();
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cpython.star"
+    ))
+    .unwrap();
     std::fs::write(d.file(), &src).unwrap();
     let t = std::time::Instant::now();
     // The tick budget here is 1% of the default: the real config has plenty of headroom.
-    let cfg = load_with(d.dir.path(), &LoadOptions { ignore_env: true, max_ticks: Some(1_000_000), ..Default::default() }).unwrap();
+    let cfg = load_with(
+        d.dir.path(),
+        &LoadOptions {
+            ignore_env: true,
+            max_ticks: Some(1_000_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let took = t.elapsed();
-    println!("cpython.star: {} builders, {} workers, {} schedulers loaded in {took:?} (unoptimized test build)", cfg.builders.len(), cfg.workers.len(), cfg.schedulers.len());
+    println!(
+        "cpython.star: {} builders, {} workers, {} schedulers loaded in {took:?} (unoptimized test build)",
+        cfg.builders.len(),
+        cfg.workers.len(),
+        cfg.schedulers.len()
+    );
     assert_eq!(cfg.builders.len(), 1036);
     assert_eq!(cfg.workers.len(), 57);
     assert_eq!(cfg.schedulers.len(), 16);
-    assert_eq!(cfg.builders.iter().filter(|b| b.name.ends_with(" 3.x")).count(), 141);
-    assert_eq!(cfg.builders.iter().filter(|b| b.name.ends_with(" PR")).count(), 141);
-    assert_eq!(cfg.builders.iter().filter(|b| b.name.ends_with(" 3.10")).count(), 117);
+    assert_eq!(
+        cfg.builders
+            .iter()
+            .filter(|b| b.name.ends_with(" 3.x"))
+            .count(),
+        141
+    );
+    assert_eq!(
+        cfg.builders
+            .iter()
+            .filter(|b| b.name.ends_with(" PR"))
+            .count(),
+        141
+    );
+    assert_eq!(
+        cfg.builders
+            .iter()
+            .filter(|b| b.name.ends_with(" 3.10"))
+            .count(),
+        117
+    );
     match &cfg.scheduler("force").unwrap().kind {
-        SchedulerKind::Force(_) => assert_eq!(cfg.scheduler("force").unwrap().builder_names.len(), 1036),
+        SchedulerKind::Force(_) => {
+            assert_eq!(cfg.scheduler("force").unwrap().builder_names.len(), 1036)
+        }
         k => panic!("{k:?}"),
     }
 }
@@ -180,21 +254,50 @@ fn load_splits_a_config_over_files() {
         "load(\"lib/consts.star\", \"REPO\")\ndef unix(branch):\n    return [git(repourl = REPO, branch = branch), compile(command = \"make\")]\n",
     )
     .unwrap();
-    std::fs::write(d.dir.path().join("lib/consts.star"), "REPO = \"https://github.com/python/cpython.git\"\n").unwrap();
+    std::fs::write(
+        d.dir.path().join("lib/consts.star"),
+        "REPO = \"https://github.com/python/cpython.git\"\n",
+    )
+    .unwrap();
     let cfg = d
         .load(&format!("load(\"lib/factories.star\", \"unix\")\n{}BUILDERS = [builder(name = \"b\", workers = [\"w1\"], steps = unix(\"main\"))]\n", common::W))
         .unwrap();
     let s = &cfg.builders[0].steps[0];
-    assert_eq!(s.loc.file, d.dir.path().join("lib/factories.star").display().to_string());
+    assert_eq!(
+        s.loc.file,
+        d.dir
+            .path()
+            .join("lib/factories.star")
+            .display()
+            .to_string()
+    );
     assert_eq!((s.loc.line, s.loc.col), (3, 13));
 
     // errors inside a loaded file point into it
-    std::fs::write(d.dir.path().join("lib/consts.star"), "REPO = \"x\"\nBAD = shell(bogus = 1)\n").unwrap();
-    let e = d.load(&format!("load(\"lib/factories.star\", \"unix\")\n{}BUILDERS = []\n", common::W)).unwrap_err();
-    assert!(e.to_string().contains("consts.star:2:7: error: shell(): unknown argument `bogus`"), "{e}");
+    std::fs::write(
+        d.dir.path().join("lib/consts.star"),
+        "REPO = \"x\"\nBAD = shell(bogus = 1)\n",
+    )
+    .unwrap();
+    let e = d
+        .load(&format!(
+            "load(\"lib/factories.star\", \"unix\")\n{}BUILDERS = []\n",
+            common::W
+        ))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("consts.star:2:7: error: shell(): unknown argument `bogus`"),
+        "{e}"
+    );
 
     // no escaping the config directory
-    let e = d.load(&format!("load(\"../x.star\", \"y\")\n{}BUILDERS = []\n", common::W)).unwrap_err();
+    let e = d
+        .load(&format!(
+            "load(\"../x.star\", \"y\")\n{}BUILDERS = []\n",
+            common::W
+        ))
+        .unwrap_err();
     assert!(e.to_string().contains("without `..`"), "{e}");
 }
 
@@ -206,9 +309,22 @@ fn availability_windows() {
     let b = Availability::parse("09:30-17:00 Europe/Berlin").unwrap();
     assert!(!b.not && b.window_contains(10 * 60) && !b.window_contains(18 * 60));
     // 08:30 UTC in January is 09:30 in Berlin: inside the window
-    let t = chrono::DateTime::parse_from_rfc3339("2026-01-05T08:30:00Z").unwrap().to_utc();
+    let t = chrono::DateTime::parse_from_rfc3339("2026-01-05T08:30:00Z")
+        .unwrap()
+        .to_utc();
     assert!(b.allows(t));
-    for bad in ["", "not", "22:00", "25:00-01:00", "22:00-08:00 Mars/Base", "22:00-08:00 UTC extra", "10-12"] {
-        assert!(Availability::parse(bad).is_err(), "{bad:?} should be rejected");
+    for bad in [
+        "",
+        "not",
+        "22:00",
+        "25:00-01:00",
+        "22:00-08:00 Mars/Base",
+        "22:00-08:00 UTC extra",
+        "10-12",
+    ] {
+        assert!(
+            Availability::parse(bad).is_err(),
+            "{bad:?} should be rejected"
+        );
     }
 }

@@ -56,8 +56,13 @@ pub(crate) fn load(file: &Path) -> Result<MasterConfig, ConfigError> {
 
 fn evaluate_in_child(file: &Path) -> Result<Evaluated, ConfigError> {
     // /proc/self/exe rather than current_exe(): still this binary after it was replaced on disk.
-    let exe = if cfg!(target_os = "linux") { "/proc/self/exe".into() } else { std::env::current_exe().unwrap_or_default() };
-    let failed = |what: String| ConfigError::one(None, format!("evaluating {}: {what}", file.display()));
+    let exe = if cfg!(target_os = "linux") {
+        "/proc/self/exe".into()
+    } else {
+        std::env::current_exe().unwrap_or_default()
+    };
+    let failed =
+        |what: String| ConfigError::one(None, format!("evaluating {}: {what}", file.display()));
     let out = Command::new(&exe)
         .arg(EVALUATE_ARG)
         .arg(file)
@@ -67,9 +72,16 @@ fn evaluate_in_child(file: &Path) -> Result<Evaluated, ConfigError> {
         .output()
         .map_err(|e| failed(format!("cannot run {}: {e}", exe.display())))?;
     if !out.status.success() {
-        return Err(failed(format!("the evaluating process ended with {} (a runaway recursion?)", out.status)));
+        return Err(failed(format!(
+            "the evaluating process ended with {} (a runaway recursion?)",
+            out.status
+        )));
     }
-    decode(&out.stdout).map_err(|e| failed(format!("unreadable answer from the evaluating process: {e}")))?
+    decode(&out.stdout).map_err(|e| {
+        failed(format!(
+            "unreadable answer from the evaluating process: {e}"
+        ))
+    })?
 }
 
 fn decode(answer: &[u8]) -> serde_json::Result<Result<Evaluated, ConfigError>> {
@@ -116,7 +128,7 @@ SCHEDULERS = [force("f", builder_names = ["b"])]
     #[test]
     fn errors_come_through_with_their_places() {
         for src in [
-            "WORKERS = [\nBUILDERS = []\n",                                // syntax
+            "WORKERS = [\nBUILDERS = []\n", // syntax
             "WORKERS = [worker(\"w\", password = 1 + \"a\")]\nBUILDERS = []\n", // evaluation
             "WORKERS = [{\"name\": \"w\", \"max_builds\": \"x\"}]\nBUILDERS = []\n", // typing
             "WORKERS = []\nBUILDERS = [builder(\"b\", workers = [\"nope\"], steps = [])]\n", // validation

@@ -28,7 +28,10 @@ impl StepLocks {
             LockScope::Master => ((lock.name.clone(), None), lock.max_count),
             _ => (
                 (lock.name.clone(), Some(worker.to_string())),
-                lock.max_count_for_worker.get(worker).copied().unwrap_or(lock.max_count),
+                lock.max_count_for_worker
+                    .get(worker)
+                    .copied()
+                    .unwrap_or(lock.max_count),
             ),
         };
         let max = max.max(1);
@@ -44,15 +47,26 @@ impl StepLocks {
         let mut wanted: BTreeMap<(String, bool), (Arc<Semaphore>, u32)> = BTreeMap::new();
         for l in locks {
             let (sem, max) = self.semaphore(l, worker);
-            let n = if l.access == AccessMode::Exclusive { max } else { 1 };
+            let n = if l.access == AccessMode::Exclusive {
+                max
+            } else {
+                1
+            };
             let e = wanted
-                .entry((l.lock.name.clone(), matches!(l.lock.scope, LockScope::Master)))
+                .entry((
+                    l.lock.name.clone(),
+                    matches!(l.lock.scope, LockScope::Master),
+                ))
                 .or_insert((sem, 0));
             e.1 = e.1.max(n);
         }
         let mut held = Vec::new();
         for (_, (sem, n)) in wanted {
-            held.push(sem.acquire_many_owned(n).await.expect("lock semaphores are never closed"));
+            held.push(
+                sem.acquire_many_owned(n)
+                    .await
+                    .expect("lock semaphores are never closed"),
+            );
         }
         Held(held)
     }
@@ -77,7 +91,9 @@ mod tests {
     }
 
     async fn blocks(locks: &StepLocks, want: &[LockAccess], worker: &str) -> bool {
-        tokio::time::timeout(Duration::from_millis(50), locks.acquire(want, worker)).await.is_err()
+        tokio::time::timeout(Duration::from_millis(50), locks.acquire(want, worker))
+            .await
+            .is_err()
     }
 
     #[tokio::test]
@@ -88,16 +104,31 @@ mod tests {
         let up = access("upload", LockScope::Master, 1, AccessMode::Counting);
         let a = locks.acquire(std::slice::from_ref(&cpu2), "w1").await;
         let b = locks.acquire(std::slice::from_ref(&cpu2), "w1").await;
-        assert!(blocks(&locks, std::slice::from_ref(&cpu2), "w1").await, "two counting holders max");
-        assert!(!blocks(&locks, std::slice::from_ref(&cpu2), "w2").await, "worker locks are per worker");
+        assert!(
+            blocks(&locks, std::slice::from_ref(&cpu2), "w1").await,
+            "two counting holders max"
+        );
+        assert!(
+            !blocks(&locks, std::slice::from_ref(&cpu2), "w2").await,
+            "worker locks are per worker"
+        );
         drop(a);
-        assert!(blocks(&locks, std::slice::from_ref(&cpu_x), "w1").await, "exclusive waits for every holder");
+        assert!(
+            blocks(&locks, std::slice::from_ref(&cpu_x), "w1").await,
+            "exclusive waits for every holder"
+        );
         drop(b);
         let x = locks.acquire(std::slice::from_ref(&cpu_x), "w1").await;
-        assert!(blocks(&locks, std::slice::from_ref(&cpu2), "w1").await, "nobody beside an exclusive holder");
+        assert!(
+            blocks(&locks, std::slice::from_ref(&cpu2), "w1").await,
+            "nobody beside an exclusive holder"
+        );
         drop(x);
         let u = locks.acquire(std::slice::from_ref(&up), "w1").await;
-        assert!(blocks(&locks, std::slice::from_ref(&up), "w2").await, "master locks span workers");
+        assert!(
+            blocks(&locks, std::slice::from_ref(&up), "w2").await,
+            "master locks span workers"
+        );
         drop(u);
         assert!(!blocks(&locks, &[up, cpu2], "w2").await);
     }

@@ -7,8 +7,13 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|a| a == kiln_master::config_proc::EVALUATE_ARG) {
-        let Some(file) = args.next() else { return std::process::ExitCode::FAILURE };
+    if args
+        .next()
+        .is_some_and(|a| a == kiln_master::config_proc::EVALUATE_ARG)
+    {
+        let Some(file) = args.next() else {
+            return std::process::ExitCode::FAILURE;
+        };
         return kiln_master::config_proc::child_main(std::path::Path::new(&file));
     }
     // The master (`kiln run`, reconfig) evaluates master.star in a child: `kiln` itself.

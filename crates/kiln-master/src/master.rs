@@ -18,8 +18,8 @@ use kiln_engine::distributor::{
 use kiln_engine::queue::{self, Bus, Event};
 use kiln_engine::schedulers::{BuildsetRequest, CompletedBuildset, SourceSpec};
 use kiln_model::{
-    BuildId, BuildRequestId, BuilderId, BuildsetId, ChangeId, Epoch, MasterId, Properties,
-    Results, WorkerId,
+    BuildId, BuildRequestId, BuilderId, BuildsetId, ChangeId, Epoch, MasterId, Properties, Results,
+    WorkerId,
 };
 use kiln_store::{QueueStore, Store, StoreOptions};
 use tokio::sync::{Notify, mpsc, watch};
@@ -120,7 +120,9 @@ pub struct Master {
 fn resolve_db_url(url: &str, basedir: &Path) -> String {
     if let Some(rest) = url.strip_prefix("sqlite:") {
         let path = rest.trim_start_matches("//");
-        let (file, query) = path.split_once('?').map_or((path, None), |(f, q)| (f, Some(q)));
+        let (file, query) = path
+            .split_once('?')
+            .map_or((path, None), |(f, q)| (f, Some(q)));
         if !file.starts_with('/') && !file.is_empty() {
             let abs = basedir.join(file);
             return match query {
@@ -152,13 +154,22 @@ fn roster_entries(config: &MasterConfig) -> HashMap<String, WorkerEntry> {
             .collect();
         dirs.sort();
         dirs.dedup();
-        out.insert(w.name.clone(), WorkerEntry { password, builder_dirs: dirs });
+        out.insert(
+            w.name.clone(),
+            WorkerEntry {
+                password,
+                builder_dirs: dirs,
+            },
+        );
     }
     out
 }
 
 fn has_dependents(config: &MasterConfig) -> bool {
-    config.schedulers.iter().any(|s| matches!(s.kind, kiln_config::SchedulerKind::Dependent(_)))
+    config
+        .schedulers
+        .iter()
+        .any(|s| matches!(s.kind, kiln_config::SchedulerKind::Dependent(_)))
 }
 
 /// In the `kiln` binary the Starlark evaluation runs in a child process (see
@@ -173,7 +184,10 @@ impl Master {
     pub async fn start(opts: MasterOptions) -> anyhow::Result<Master> {
         let basedir = std::path::absolute(&opts.basedir)
             .with_context(|| format!("master directory {}", opts.basedir.display()))?;
-        let config_file = opts.config_file.clone().unwrap_or_else(|| basedir.join("master.star"));
+        let config_file = opts
+            .config_file
+            .clone()
+            .unwrap_or_else(|| basedir.join("master.star"));
         // In-process (tests, embedders) Starlark's evaluation allocates a lot and frees it;
         // a thread of its own lets the allocator give that back when it ends. In `kiln` the
         // thread only waits for the evaluating child.
@@ -189,7 +203,10 @@ impl Master {
         }
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let db_url = resolve_db_url(&config.master.db_url, &basedir);
-        let store_opts = StoreOptions { log_max_bytes: config.master.log_max_bytes, ..StoreOptions::default() };
+        let store_opts = StoreOptions {
+            log_max_bytes: config.master.log_max_bytes,
+            ..StoreOptions::default()
+        };
         let store = Store::connect_with(&db_url, store_opts)
             .await
             .with_context(|| format!("opening the database {}", config.master.db_url))?;
@@ -284,19 +301,38 @@ impl Master {
                 let web_listener = axum::serve::ListenerExt::tap_io(web_listener, |tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
-                if let Err(e) = axum::serve(web_listener, app).with_graceful_shutdown(sd).await {
+                if let Err(e) = axum::serve(web_listener, app)
+                    .with_graceful_shutdown(sd)
+                    .await
+                {
                     tracing::error!("web server stopped: {e}");
                 }
             }));
         }
-        tasks.push(tokio::spawn(worker_events(inner.clone(), events_rx, shutdown_rx.clone())));
-        tasks.push(tokio::spawn(distribute_loop(inner.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(worker_events(
+            inner.clone(),
+            events_rx,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(distribute_loop(
+            inner.clone(),
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(heartbeat(inner.clone(), shutdown_rx.clone())));
         tasks.push(tokio::spawn(janitor(inner.clone(), shutdown_rx.clone())));
-        tasks.push(tokio::spawn(memory_trimmer(inner.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(memory_trimmer(
+            inner.clone(),
+            shutdown_rx.clone(),
+        )));
         inner.wake.notify_one();
         release_freed_memory();
-        Ok(Master { inner, web_addr, worker_addr, shutdown, tasks })
+        Ok(Master {
+            inner,
+            web_addr,
+            worker_addr,
+            shutdown,
+            tasks,
+        })
     }
 
     pub fn web_addr(&self) -> SocketAddr {
@@ -341,9 +377,17 @@ impl Master {
         }
         // Anything still claimed goes back to the queue for the next start.
         if let Ok(ids) = self.inner.store.claimed_by(self.inner.master_id).await {
-            let _ = self.inner.store.unclaim_build_requests(self.inner.master_id, &ids).await;
+            let _ = self
+                .inner
+                .store
+                .unclaim_build_requests(self.inner.master_id, &ids)
+                .await;
         }
-        let _ = self.inner.store.set_master_inactive(self.inner.master_id).await;
+        let _ = self
+            .inner
+            .store
+            .set_master_inactive(self.inner.master_id)
+            .await;
         self.inner.store.close().await;
     }
 }
@@ -367,7 +411,9 @@ fn describe(diff: &ConfigDiff) -> String {
     }
     let mut parts = Vec::new();
     if diff.master_changed {
-        parts.push("master settings changed (ports and database apply at the next restart)".to_string());
+        parts.push(
+            "master settings changed (ports and database apply at the next restart)".to_string(),
+        );
     }
     for (what, d) in [
         ("workers", &diff.workers),
@@ -402,7 +448,10 @@ async fn heartbeat(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        let _ = inner.store.heartbeat_master(inner.master_id, inner.now()).await;
+        let _ = inner
+            .store
+            .heartbeat_master(inner.master_id, inner.now())
+            .await;
     }
 }
 
@@ -420,15 +469,28 @@ async fn janitor(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         let now = inner.now();
         let day = 86_400;
         if let Some(days) = m.build_horizon_days {
-            match inner.store.delete_old_builds(now - i64::from(days) * day).await {
-                Ok(r) if r.builds > 0 => tracing::info!("janitor: deleted {} builds older than {days} days", r.builds),
+            match inner
+                .store
+                .delete_old_builds(now - i64::from(days) * day)
+                .await
+            {
+                Ok(r) if r.builds > 0 => tracing::info!(
+                    "janitor: deleted {} builds older than {days} days",
+                    r.builds
+                ),
                 Ok(_) => {}
                 Err(e) => tracing::error!("janitor (builds): {e}"),
             }
         }
         if let Some(days) = m.log_horizon_days {
-            match inner.store.delete_old_logs(now - i64::from(days) * day).await {
-                Ok(r) if r.logs > 0 => tracing::info!("janitor: deleted {} logs older than {days} days", r.logs),
+            match inner
+                .store
+                .delete_old_logs(now - i64::from(days) * day)
+                .await
+            {
+                Ok(r) if r.logs > 0 => {
+                    tracing::info!("janitor: deleted {} logs older than {days} days", r.logs)
+                }
                 Ok(_) => {}
                 Err(e) => tracing::error!("janitor (logs): {e}"),
             }
@@ -444,7 +506,10 @@ async fn memory_trimmer(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        if inner.trim_wanted.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        if inner
+            .trim_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
             tokio::task::spawn_blocking(release_freed_memory);
         }
     }
@@ -465,7 +530,11 @@ async fn worker_events(
                 let name = conn.name().to_string();
                 match inner.store.upsert_worker(&name, conn.info()).await {
                     Ok(id) => {
-                        inner.worker_ids.write().expect("ids lock").insert(name.clone(), id);
+                        inner
+                            .worker_ids
+                            .write()
+                            .expect("ids lock")
+                            .insert(name.clone(), id);
                         tracing::info!("worker {name} attached from {}", conn.peer());
                     }
                     Err(e) => tracing::error!("storing worker {name}: {e}"),
@@ -473,8 +542,12 @@ async fn worker_events(
             }
             WorkerEvent::Detached { name, .. } => tracing::info!("worker {name} detached"),
         }
-        inner.metrics.workers_connected(inner.endpoint.connected_count() as i64);
-        inner.trim_wanted.store(true, std::sync::atomic::Ordering::Relaxed);
+        inner
+            .metrics
+            .workers_connected(inner.endpoint.connected_count() as i64);
+        inner
+            .trim_wanted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         inner.wake.notify_one();
     }
 }
@@ -543,7 +616,11 @@ impl Inner {
         for worker in &cfg.workers {
             let id = match self.store.get_worker_by_name(&worker.name).await? {
                 Some(row) => row.workerid,
-                None => self.store.upsert_worker(&worker.name, &serde_json::Map::new()).await?,
+                None => {
+                    self.store
+                        .upsert_worker(&worker.name, &serde_json::Map::new())
+                        .await?
+                }
             };
             w.insert(worker.name.clone(), id);
         }
@@ -562,7 +639,11 @@ impl Inner {
             .filter_map(|b| {
                 Some(BuilderDef {
                     id: *bids.get(&b.name)?,
-                    workers: b.workers.iter().filter_map(|w| wids.get(w).copied()).collect(),
+                    workers: b
+                        .workers
+                        .iter()
+                        .filter_map(|w| wids.get(w).copied())
+                        .collect(),
                     priority: b.priority,
                     collapse_requests: b.collapse_requests,
                     locks: b
@@ -601,7 +682,10 @@ impl Inner {
             .lock()
             .expect("running lock")
             .values()
-            .map(|r| RunningBuild { builder: r.builder, worker: r.worker })
+            .map(|r| RunningBuild {
+                builder: r.builder,
+                worker: r.worker,
+            })
             .collect();
         let locks = cfg
             .locks
@@ -620,7 +704,13 @@ impl Inner {
                     .collect(),
             })
             .collect();
-        Snapshot { pending: Vec::new(), builders, workers, running, locks }
+        Snapshot {
+            pending: Vec::new(),
+            builders,
+            workers,
+            running,
+            locks,
+        }
     }
 
     async fn dispatch_round(self: &Arc<Self>) -> anyhow::Result<()> {
@@ -628,7 +718,11 @@ impl Inner {
         // `kiln_engine::queue::dispatch` in two halves: the queue length is kept for /metrics,
         // and no snapshot of the farm is built when nothing waits (a thousand workers
         // attaching must not build a thousand snapshots).
-        let queued = self.queue.pending_requests().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let queued = self
+            .queue
+            .pending_requests()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let pending = queued.len();
         if pending == 0 {
             self.metrics.requests_pending(0);
@@ -640,17 +734,30 @@ impl Inner {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let taken: usize = won.iter().map(|a| 1 + a.collapsed.len()).sum();
-        self.metrics.requests_pending(pending.saturating_sub(taken) as i64);
+        self.metrics
+            .requests_pending(pending.saturating_sub(taken) as i64);
         for a in won {
             let (tx, rx) = watch::channel(None);
             self.running.lock().expect("running lock").insert(
                 a.request,
-                Running { builder: a.builder, worker: a.worker, build: None, stop: tx },
+                Running {
+                    builder: a.builder,
+                    worker: a.worker,
+                    build: None,
+                    stop: tx,
+                },
             );
-            self.metrics.builds_running(self.running.lock().expect("running lock").len() as i64);
+            self.metrics
+                .builds_running(self.running.lock().expect("running lock").len() as i64);
             let inner = self.clone();
             tokio::spawn(async move {
-                let task = tokio::spawn(runner::run(inner.clone(), Claimed { assignment: a.clone(), stop: rx }));
+                let task = tokio::spawn(runner::run(
+                    inner.clone(),
+                    Claimed {
+                        assignment: a.clone(),
+                        stop: rx,
+                    },
+                ));
                 if let Err(e) = task.await {
                     // A bug in a build task must not leave its request claimed forever.
                     tracing::error!("build of request {} crashed: {e}", a.request.0);
@@ -663,7 +770,11 @@ impl Inner {
 
     /// The build row of a running request, once it exists.
     pub(crate) fn build_of(&self, request: BuildRequestId) -> Option<BuildId> {
-        self.running.lock().expect("running lock").get(&request).and_then(|r| r.build)
+        self.running
+            .lock()
+            .expect("running lock")
+            .get(&request)
+            .and_then(|r| r.build)
     }
 
     pub(crate) fn build_started(&self, request: BuildRequestId, build: BuildId) {
@@ -674,8 +785,14 @@ impl Inner {
 
     /// A claimed request whose build never started goes back to the queue.
     pub(crate) async fn requeue_unstarted(&self, a: Assignment) {
-        self.running.lock().expect("running lock").remove(&a.request);
-        let _ = self.store.unclaim_build_requests(self.master_id, &[a.request]).await;
+        self.running
+            .lock()
+            .expect("running lock")
+            .remove(&a.request);
+        let _ = self
+            .store
+            .unclaim_build_requests(self.master_id, &[a.request])
+            .await;
         self.queue.requeued();
         // Not at once: the worker that failed may still look connected for a moment.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -688,7 +805,10 @@ impl Inner {
         let build = self.build_of(a.request);
         let now = self.now();
         if let Some(b) = build {
-            let _ = self.store.set_build_state_string(b, "exception: internal error").await;
+            let _ = self
+                .store
+                .set_build_state_string(b, "exception: internal error")
+                .await;
             let _ = self.store.finish_build(b, Results::Exception, now).await;
         }
         let outcome = kiln_engine::build::BuildOutcome {
@@ -699,7 +819,11 @@ impl Inner {
         self.build_ended(a, outcome).await;
     }
 
-    pub(crate) async fn build_ended(&self, a: Assignment, outcome: kiln_engine::build::BuildOutcome) {
+    pub(crate) async fn build_ended(
+        &self,
+        a: Assignment,
+        outcome: kiln_engine::build::BuildOutcome,
+    ) {
         let n = {
             let mut running = self.running.lock().expect("running lock");
             running.remove(&a.request);
@@ -714,7 +838,8 @@ impl Inner {
             .entry(a.worker)
             .or_default()
             .build_finished(outcome.results, now);
-        if let Err(e) = queue::build_finished(&self.queue, &LogBus, a.request, &outcome, now).await {
+        if let Err(e) = queue::build_finished(&self.queue, &LogBus, a.request, &outcome, now).await
+        {
             tracing::error!("ending build request {}: {e}", a.request.0);
         }
         self.wake.notify_one();
@@ -728,15 +853,26 @@ impl Inner {
     async fn after_request_complete(&self, request: BuildRequestId) {
         // Trigger steps waiting on a buildset re-read it themselves.
         self.buildset_done.notify_waiters();
-        if !self.has_dependents.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self
+            .has_dependents
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
-        let Ok(Some(req)) = self.store.get_build_request(request).await else { return };
-        let Ok(Some(bs)) = self.store.get_buildset(req.buildsetid).await else { return };
+        let Ok(Some(req)) = self.store.get_build_request(request).await else {
+            return;
+        };
+        let Ok(Some(bs)) = self.store.get_buildset(req.buildsetid).await else {
+            return;
+        };
         if !bs.complete {
             return;
         }
-        let scheduler = self.store.buildset_scheduler(bs.bsid).await.unwrap_or_default();
+        let scheduler = self
+            .store
+            .buildset_scheduler(bs.bsid)
+            .await
+            .unwrap_or_default();
         let mut sources = Vec::new();
         for ss in &bs.sourcestamps {
             if let Ok(Some(s)) = self.store.get_sourcestamp(*ss).await {
@@ -749,14 +885,23 @@ impl Inner {
                 });
             }
         }
-        let properties = self.store.get_buildset_properties(bs.bsid).await.unwrap_or_default();
+        let properties = self
+            .store
+            .get_buildset_properties(bs.bsid)
+            .await
+            .unwrap_or_default();
         let done = CompletedBuildset {
             scheduler,
             results: bs.results.unwrap_or(Results::Success),
             sources,
             properties,
         };
-        let next = self.scheds.lock().await.events.on_buildset_complete(&done, self.now());
+        let next = self
+            .scheds
+            .lock()
+            .await
+            .events
+            .on_buildset_complete(&done, self.now());
         for bs in next {
             if let Err(e) = self.submit(&bs).await {
                 tracing::error!("scheduler {}: {e}", bs.scheduler);
@@ -765,7 +910,10 @@ impl Inner {
     }
 
     /// Stores a scheduler's buildset and wakes the distributor.
-    pub(crate) async fn submit(&self, bs: &BuildsetRequest) -> anyhow::Result<(BuildsetId, Vec<BuildRequestId>)> {
+    pub(crate) async fn submit(
+        &self,
+        bs: &BuildsetRequest,
+    ) -> anyhow::Result<(BuildsetId, Vec<BuildRequestId>)> {
         let cfg = self.config();
         let ids = self.builder_ids.read().expect("ids lock").clone();
         let builders: BTreeMap<String, (BuilderId, i64)> = cfg
@@ -773,7 +921,11 @@ impl Inner {
             .iter()
             .filter_map(|b| Some((b.name.clone(), (*ids.get(&b.name)?, b.priority))))
             .collect();
-        let unknown: Vec<&String> = bs.builders.iter().filter(|b| !builders.contains_key(*b)).collect();
+        let unknown: Vec<&String> = bs
+            .builders
+            .iter()
+            .filter(|b| !builders.contains_key(*b))
+            .collect();
         if !unknown.is_empty() {
             tracing::warn!("scheduler {}: no such builders {unknown:?}", bs.scheduler);
         }
@@ -833,7 +985,8 @@ impl Inner {
             .collect();
         *self.roster.0.write().expect("roster lock") = roster_entries(&new);
         let new = Arc::new(new);
-        self.has_dependents.store(has_dependents(&new), std::sync::atomic::Ordering::Relaxed);
+        self.has_dependents
+            .store(has_dependents(&new), std::sync::atomic::Ordering::Relaxed);
         *self.config.write().expect("config lock") = new.clone();
         if let Err(e) = self.sync_ids().await {
             tracing::error!("reconfig: storing builders and workers: {e}");
@@ -901,7 +1054,11 @@ impl Inner {
     }
 
     pub(crate) fn connected_workers(&self) -> Vec<String> {
-        self.endpoint.connected().iter().map(|c| c.name().to_string()).collect()
+        self.endpoint
+            .connected()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect()
     }
 }
 
@@ -951,14 +1108,20 @@ impl Control for MasterControl {
                     req.builder_names.clone()
                 };
                 let owner = req.owner.clone().unwrap_or_else(|| "anonymous".into());
-                f.force(&owner, &builders, &input).map_err(|e| e.to_string())?
+                f.force(&owner, &builders, &input)
+                    .map_err(|e| e.to_string())?
             };
             self.0.submit(&bs).await.map_err(|e| format!("{e:#}"))
         })
     }
 
     fn add_change(&self, change: ChangeRequest) -> BoxFuture<'_, Result<ChangeId, String>> {
-        Box::pin(async move { self.0.add_change(change).await.map_err(|e| format!("{e:#}")) })
+        Box::pin(async move {
+            self.0
+                .add_change(change)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
     }
 
     fn stop_build(&self, build: BuildId, reason: String) -> BoxFuture<'_, bool> {
@@ -996,9 +1159,18 @@ mod tests {
     #[test]
     fn sqlite_paths_are_relative_to_the_master_directory() {
         let d = Path::new("/m");
-        assert_eq!(resolve_db_url("sqlite:state.sqlite", d), "sqlite:/m/state.sqlite");
+        assert_eq!(
+            resolve_db_url("sqlite:state.sqlite", d),
+            "sqlite:/m/state.sqlite"
+        );
         assert_eq!(resolve_db_url("sqlite:///abs/s.db", d), "sqlite:/abs/s.db");
-        assert_eq!(resolve_db_url("sqlite:s.db?mode=rwc", d), "sqlite:/m/s.db?mode=rwc");
-        assert_eq!(resolve_db_url("postgresql://u@h/db", d), "postgresql://u@h/db");
+        assert_eq!(
+            resolve_db_url("sqlite:s.db?mode=rwc", d),
+            "sqlite:/m/s.db?mode=rwc"
+        );
+        assert_eq!(
+            resolve_db_url("postgresql://u@h/db", d),
+            "postgresql://u@h/db"
+        );
     }
 }

@@ -57,7 +57,9 @@ pub enum CommandEvent {
     Update(Vec<UpdateItem>),
     /// `complete`; `failure` is the worker's failure text (the `args` of a failed
     /// `complete`), `None` on a normal end. The rc, if any, came in an earlier update.
-    Complete { failure: Option<String> },
+    Complete {
+        failure: Option<String>,
+    },
     /// The connection went away before `complete`.
     Lost,
 }
@@ -119,7 +121,11 @@ pub fn join_worker_path(windows: bool, base: &str, rel: &str) -> String {
         return base.to_string();
     }
     let sep = if windows { '\\' } else { '/' };
-    let rel = if windows { rel.replace('/', "\\") } else { rel.to_string() };
+    let rel = if windows {
+        rel.replace('/', "\\")
+    } else {
+        rel.to_string()
+    };
     if base.ends_with(sep) {
         format!("{base}{rel}")
     } else {
@@ -136,7 +142,10 @@ mod tests {
         assert_eq!(join_worker_path(false, "/w", "b1"), "/w/b1");
         assert_eq!(join_worker_path(false, "/w/", "b1/build"), "/w/b1/build");
         assert_eq!(join_worker_path(false, "/w", "/abs"), "/abs");
-        assert_eq!(join_worker_path(true, "C:\\w", "b1/build"), "C:\\w\\b1\\build");
+        assert_eq!(
+            join_worker_path(true, "C:\\w", "b1/build"),
+            "C:\\w\\b1\\build"
+        );
         assert_eq!(join_worker_path(true, "C:\\w", "D:\\x"), "D:\\x");
     }
 }

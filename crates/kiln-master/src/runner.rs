@@ -86,7 +86,10 @@ async fn run_inner(
         return Ok(None);
     };
     let Some(bcfg) = config.builder(&builder_name).cloned() else {
-        tracing::info!("builder {builder_name:?} is gone from the config; request {} waits", a.request.0);
+        tracing::info!(
+            "builder {builder_name:?} is gone from the config; request {} waits",
+            a.request.0
+        );
         return Ok(None);
     };
     let Some(worker_name) = inner.worker_name(a.worker) else {
@@ -98,7 +101,10 @@ async fn run_inner(
     // Buildbot pings a worker before every build; a worker heard from a moment ago (the
     // last build's final update) is known to be there.
     if !conn.heard_within(std::time::Duration::from_secs(1)) && conn.ping().await.is_err() {
-        tracing::warn!("worker {worker_name} did not answer the ping; request {} goes back", a.request.0);
+        tracing::warn!(
+            "worker {worker_name} did not answer the ping; request {} goes back",
+            a.request.0
+        );
         return Ok(None);
     }
     let store = &inner.store;
@@ -137,11 +143,31 @@ async fn run_inner(
     props.set("workername", worker_name.clone(), "Worker");
     props.set("builddir", builder_dir.clone(), "Worker");
     if let Some(src) = sources.get("").or_else(|| sources.values().next()) {
-        props.set("branch", src.branch.clone().map_or(serde_json::Value::Null, Into::into), "Build");
-        props.set("revision", src.revision.clone().map_or(serde_json::Value::Null, Into::into), "Build");
-        props.set("repository", src.repository.clone().unwrap_or_default(), "Build");
+        props.set(
+            "branch",
+            src.branch
+                .clone()
+                .map_or(serde_json::Value::Null, Into::into),
+            "Build",
+        );
+        props.set(
+            "revision",
+            src.revision
+                .clone()
+                .map_or(serde_json::Value::Null, Into::into),
+            "Build",
+        );
+        props.set(
+            "repository",
+            src.repository.clone().unwrap_or_default(),
+            "Build",
+        );
         props.set("project", src.project.clone().unwrap_or_default(), "Build");
-        props.set("codebase", src.codebase.clone().unwrap_or_default(), "Build");
+        props.set(
+            "codebase",
+            src.codebase.clone().unwrap_or_default(),
+            "Build",
+        );
     }
     // The build row and its properties (with `buildnumber`) in one transaction.
     let (build_id, _number) = store
@@ -163,11 +189,17 @@ async fn run_inner(
     let defs = bcfg
         .steps
         .iter()
-        .map(|s| StepDef { name: s.name.clone(), flags: engine_flags(s) })
+        .map(|s| StepDef {
+            name: s.name.clone(),
+            flags: engine_flags(s),
+        })
         .collect();
     let mut machine = BuildMachine::new(defs);
     let redactor = config.redactor();
-    let triggerer = BuildTriggerer { inner: inner.clone(), build: build_id };
+    let triggerer = BuildTriggerer {
+        inner: inner.clone(),
+        build: build_id,
+    };
     let (_keep_no_stop, no_stop) = watch::channel(None);
     let mut step_names: HashSet<String> = HashSet::new();
     let mut step_number = 0i64;
@@ -186,7 +218,11 @@ async fn run_inner(
                     k += 1;
                     name = format!("{}_{k}", step.name);
                 }
-                let skip = step.flags.do_step_if.as_ref().is_some_and(|c| !c.eval(&props));
+                let skip = step
+                    .flags
+                    .do_step_if
+                    .as_ref()
+                    .is_some_and(|c| !c.eval(&props));
                 let first_state = if skip {
                     "skipped".to_string()
                 } else if step.flags.locks.is_empty() {
@@ -199,7 +235,11 @@ async fn run_inner(
                     .await?;
                 step_number += 1;
                 // After a stop, `always_run` steps still run to their end.
-                let step_stop = if stop.borrow().is_some() { no_stop.clone() } else { stop.clone() };
+                let step_stop = if stop.borrow().is_some() {
+                    no_stop.clone()
+                } else {
+                    stop.clone()
+                };
                 // Step locks: wait for them, unless the build is stopped meanwhile.
                 let mut held = None;
                 let mut cancelled_waiting = false;
@@ -249,7 +289,9 @@ async fn run_inner(
                 let r = machine.step_finished(i, end);
                 // The step's last state string goes in with its result.
                 let state = logs.deferred_state.take();
-                store.finish_step_with_state(step_id, r, skip, state.as_deref(), inner.now()).await?;
+                store
+                    .finish_step_with_state(step_id, r, skip, state.as_deref(), inner.now())
+                    .await?;
             }
             Action::Wait => {
                 // Steps run one at a time here, so there is never a step to wait for.
@@ -262,7 +304,12 @@ async fn run_inner(
         store.set_build_properties(build_id, &props).await?;
     }
     store
-        .finish_build_with_state(build_id, outcome.results, Some(&outcome.state_string), inner.now())
+        .finish_build_with_state(
+            build_id,
+            outcome.results,
+            Some(&outcome.state_string),
+            inner.now(),
+        )
         .await?;
     Ok(Some((build_id, outcome)))
 }
@@ -300,7 +347,9 @@ impl LogSlot {
         match self {
             LogSlot::Idle(w) => Ok(w),
             LogSlot::Writing(task) => {
-                let (w, r) = task.await.map_err(|e| anyhow::anyhow!("log writer task: {e}"))?;
+                let (w, r) = task
+                    .await
+                    .map_err(|e| anyhow::anyhow!("log writer task: {e}"))?;
                 r.map(|()| w)
             }
         }
@@ -318,11 +367,18 @@ impl StoreLogs {
 }
 
 impl StepLogs for StoreLogs {
-    fn add_log(&mut self, name: &str, log_type: LogType) -> BoxFuture<'_, anyhow::Result<LogHandle>> {
+    fn add_log(
+        &mut self,
+        name: &str,
+        log_type: LogType,
+    ) -> BoxFuture<'_, anyhow::Result<LogHandle>> {
         let name = name.to_string();
         Box::pin(async move {
             self.write_deferred_state().await?;
-            let w = self.store.add_log_writer(self.step, &name, log_type).await?;
+            let w = self
+                .store
+                .add_log_writer(self.step, &name, log_type)
+                .await?;
             let id = w.id();
             self.writers.insert(id.0, LogSlot::Idle(w));
             Ok(LogHandle(id.0))
@@ -331,7 +387,11 @@ impl StepLogs for StoreLogs {
 
     fn append(&mut self, log: LogHandle, text: String) -> BoxFuture<'_, anyhow::Result<()>> {
         self.metrics.log_bytes_received(text.len() as u64);
-        let text = if self.redactor.is_empty() { text } else { self.redactor.redact(&text) };
+        let text = if self.redactor.is_empty() {
+            text
+        } else {
+            self.redactor.redact(&text)
+        };
         Box::pin(async move {
             self.write_deferred_state().await?;
             match self.writers.remove(&log.0) {
@@ -345,7 +405,11 @@ impl StepLogs for StoreLogs {
                         return Ok(());
                     }
                     let task = tokio::spawn(async move {
-                        let r = w.append(&text).await.map(|_| ()).map_err(anyhow::Error::from);
+                        let r = w
+                            .append(&text)
+                            .await
+                            .map(|_| ())
+                            .map_err(anyhow::Error::from);
                         (w, r)
                     });
                     self.writers.insert(log.0, LogSlot::Writing(task));

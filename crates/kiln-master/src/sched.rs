@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use kiln_config::{ForceParamType, MasterConfig, SchedulerKind};
 use kiln_engine::schedulers::{
     BranchMode, ChangeFilter, ChangeScheduler, ChangeSchedulerConfig, Dependent, FileImportance,
-    Force, Glob, Nightly, ParamDef, ParamKind, Periodic, Schedulers, SourceSpec,
-    Triggerable,
+    Force, Glob, Nightly, ParamDef, ParamKind, Periodic, Schedulers, SourceSpec, Triggerable,
 };
 use kiln_model::{Epoch, Properties};
 
@@ -70,7 +69,10 @@ pub fn build(config: &MasterConfig, now: Epoch) -> SchedulerSet {
                         ForceParamType::String | ForceParamType::Text => {
                             ParamKind::String { max_len: 65536 }
                         }
-                        ForceParamType::Int => ParamKind::Int { min: i64::MIN, max: i64::MAX },
+                        ForceParamType::Int => ParamKind::Int {
+                            min: i64::MIN,
+                            max: i64::MAX,
+                        },
                         ForceParamType::Bool => ParamKind::Bool,
                         ForceParamType::Choice => ParamKind::Choice(p.choices.clone()),
                     };
@@ -84,7 +86,12 @@ pub fn build(config: &MasterConfig, now: Epoch) -> SchedulerSet {
                 }
                 set.force.insert(
                     s.name.clone(),
-                    Force { name: s.name.clone(), builders, codebase: source(None), params },
+                    Force {
+                        name: s.name.clone(),
+                        builders,
+                        codebase: source(None),
+                        params,
+                    },
                 );
             }
             SchedulerKind::SingleBranch(b) | SchedulerKind::AnyBranch(b) => {
@@ -116,14 +123,25 @@ pub fn build(config: &MasterConfig, now: Epoch) -> SchedulerSet {
                     tree_stable_timer: b.tree_stable_timer.map(|t| t as i64),
                     mode,
                     properties,
-                    reason: format!("The {} scheduler named '{}' triggered this build", s.kind.name(), s.name),
+                    reason: format!(
+                        "The {} scheduler named '{}' triggered this build",
+                        s.kind.name(),
+                        s.name
+                    ),
                     builder_filter_property: None,
                 };
                 set.events.list.push(Box::new(ChangeScheduler::new(config)));
             }
             SchedulerKind::Nightly(n) => {
                 let tz = n.timezone.parse().unwrap_or(chrono_tz::UTC);
-                match Nightly::new(&s.name, builders, vec![source(n.branch.clone())], &n.cron, tz, now) {
+                match Nightly::new(
+                    &s.name,
+                    builders,
+                    vec![source(n.branch.clone())],
+                    &n.cron,
+                    tz,
+                    now,
+                ) {
                     Ok(mut sched) => {
                         sched.properties = properties;
                         sched.only_if_changed = n.only_if_changed;
@@ -143,7 +161,11 @@ pub fn build(config: &MasterConfig, now: Epoch) -> SchedulerSet {
             SchedulerKind::Triggerable(_) => {
                 set.triggerable.insert(
                     s.name.clone(),
-                    Triggerable { name: s.name.clone(), builders, properties },
+                    Triggerable {
+                        name: s.name.clone(),
+                        builders,
+                        properties,
+                    },
                 );
             }
             SchedulerKind::Dependent(d) => set.events.list.push(Box::new(Dependent {
@@ -159,7 +181,11 @@ pub fn build(config: &MasterConfig, now: Epoch) -> SchedulerSet {
 
 /// Names of the event-driven schedulers, for logs.
 pub fn names(set: &SchedulerSet) -> Vec<String> {
-    set.events.list.iter().map(|s| s.name().to_string()).collect()
+    set.events
+        .list
+        .iter()
+        .map(|s| s.name().to_string())
+        .collect()
 }
 
 #[cfg(test)]
@@ -170,7 +196,10 @@ mod tests {
     fn every_kind_is_built() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("w"), "p").unwrap();
-        let secrets = kiln_config::SecretSource { dir: Some(dir.path().into()), use_env: false };
+        let secrets = kiln_config::SecretSource {
+            dir: Some(dir.path().into()),
+            use_env: false,
+        };
         let cfg = kiln_config::load_str(
             "master.star",
             r#"
@@ -194,7 +223,11 @@ SCHEDULERS = [
         assert_eq!(names(&set), ["s", "n", "p", "d"]);
         let f = &set.force["f"];
         let bs = f
-            .force("me", &["b".into()], &[("branch".to_string(), serde_json::json!("dev"))].into())
+            .force(
+                "me",
+                &["b".into()],
+                &[("branch".to_string(), serde_json::json!("dev"))].into(),
+            )
             .expect("branch is a force parameter");
         assert_eq!(bs.sources[0].branch.as_deref(), Some("dev"));
     }

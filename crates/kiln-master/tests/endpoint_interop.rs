@@ -6,16 +6,18 @@ mod endpoint_common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use endpoint_common::*;
 use kiln_master::endpoint::WorkerConn;
-use kiln_master::remote::{CommandEvent, CommandSpec, DownloadSource, Remote, Transfer, UploadSink};
+use kiln_master::remote::{
+    CommandEvent, CommandSpec, DownloadSource, Remote, Transfer, UploadSink,
+};
+use kiln_proto::Value;
 use kiln_proto::args::Args;
 use kiln_proto::update::UpdateItem;
-use kiln_proto::Value;
 use tokio::process::{Child, Command};
 
 /// Writes an upload into a local file, like Buildbot's `FileWriter`.
@@ -26,7 +28,10 @@ struct FileSink {
 
 impl UploadSink for FileSink {
     fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.file.as_mut().expect("write after close").write_all(data)
+        self.file
+            .as_mut()
+            .expect("write after close")
+            .write_all(data)
     }
     fn utime(&mut self, _: f64, _: f64) -> std::io::Result<()> {
         Ok(())
@@ -83,12 +88,26 @@ impl DownloadSource for BytesSource {
 }
 
 /// Runs a command to its end; returns (stdout, rc, all items).
-async fn run(conn: &WorkerConn, name: &str, args: Args, transfer: Transfer) -> (String, Option<i64>, Vec<UpdateItem>) {
-    let spec = CommandSpec { builder: Some("b1".into()), name: name.into(), args };
-    let mut cmd = conn.start(spec, transfer).await.unwrap_or_else(|e| panic!("{name} not started: {e}"));
+async fn run(
+    conn: &WorkerConn,
+    name: &str,
+    args: Args,
+    transfer: Transfer,
+) -> (String, Option<i64>, Vec<UpdateItem>) {
+    let spec = CommandSpec {
+        builder: Some("b1".into()),
+        name: name.into(),
+        args,
+    };
+    let mut cmd = conn
+        .start(spec, transfer)
+        .await
+        .unwrap_or_else(|e| panic!("{name} not started: {e}"));
     let (mut out, mut rc, mut all) = (String::new(), None, vec![]);
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(60), cmd.events.recv()).await.expect("command hangs");
+        let ev = tokio::time::timeout(Duration::from_secs(60), cmd.events.recv())
+            .await
+            .expect("command hangs");
         match ev.expect("event channel closed") {
             CommandEvent::Update(items) => {
                 for i in items {
@@ -114,7 +133,10 @@ fn s(v: &str) -> Value {
 /// The same commands a build would send, with the 4.3 master's argument shapes.
 async fn exercise(conn: &WorkerConn, basedir: &Path) {
     let b1 = kiln_master::remote::join_worker_path(false, conn.basedir(), "b1");
-    assert!(basedir.join("b1").is_dir(), "attach created the builder directory");
+    assert!(
+        basedir.join("b1").is_dir(),
+        "attach created the builder directory"
+    );
     assert!(conn.ping().await.is_ok());
 
     let shell = Args(vec![
@@ -138,7 +160,10 @@ async fn exercise(conn: &WorkerConn, basedir: &Path) {
     std::fs::write(basedir.join("b1/up.bin"), &payload).unwrap();
     let dest = tempfile::NamedTempFile::new().unwrap();
     let closed = Arc::new(AtomicBool::new(false));
-    let sink = FileSink { file: Some(dest.reopen().unwrap()), closed: closed.clone() };
+    let sink = FileSink {
+        file: Some(dest.reopen().unwrap()),
+        closed: closed.clone(),
+    };
     let up = Args(vec![
         (s("workdir"), s("build")),
         (s("workersrc"), s("../up.bin")),
@@ -149,13 +174,20 @@ async fn exercise(conn: &WorkerConn, basedir: &Path) {
     ]);
     let (_, rc, _) = run(conn, "upload_file", up, Transfer::Upload(Box::new(sink))).await;
     assert_eq!(rc, Some(0));
-    assert!(closed.load(Ordering::SeqCst), "update_upload_file_close reached the sink");
+    assert!(
+        closed.load(Ordering::SeqCst),
+        "update_upload_file_close reached the sink"
+    );
     assert_eq!(std::fs::read(dest.path()).unwrap(), payload);
 
     // download_file: the worker gets the master's bytes.
     let data: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 256) as u8).collect();
     let closed = Arc::new(AtomicBool::new(false));
-    let src = BytesSource { data: data.clone(), pos: 0, closed: closed.clone() };
+    let src = BytesSource {
+        data: data.clone(),
+        pos: 0,
+        closed: closed.clone(),
+    };
     let down = Args(vec![
         (s("path"), s(&format!("{b1}/dl/down.bin"))),
         (s("workdir"), s("build")),
@@ -164,9 +196,18 @@ async fn exercise(conn: &WorkerConn, basedir: &Path) {
         (s("blocksize"), Value::from(16384)),
         (s("mode"), Value::Nil),
     ]);
-    let (_, rc, _) = run(conn, "download_file", down, Transfer::Download(Box::new(src))).await;
+    let (_, rc, _) = run(
+        conn,
+        "download_file",
+        down,
+        Transfer::Download(Box::new(src)),
+    )
+    .await;
     assert_eq!(rc, Some(0));
-    assert!(closed.load(Ordering::SeqCst), "update_read_file_close reached the source");
+    assert!(
+        closed.load(Ordering::SeqCst),
+        "update_read_file_close reached the source"
+    );
     assert_eq!(std::fs::read(basedir.join("b1/dl/down.bin")).unwrap(), data);
 
     // upload_directory: the tar stream reaches the sink, then unpack.
@@ -174,7 +215,10 @@ async fn exercise(conn: &WorkerConn, basedir: &Path) {
     std::fs::write(basedir.join("b1/tree/sub/f.txt"), b"in a tree\n").unwrap();
     let tar = Arc::new(std::sync::Mutex::new(Vec::new()));
     let unpacked = Arc::new(AtomicBool::new(false));
-    let sink = TarSink { data: tar.clone(), unpacked: unpacked.clone() };
+    let sink = TarSink {
+        data: tar.clone(),
+        unpacked: unpacked.clone(),
+    };
     let updir = Args(vec![
         (s("workdir"), s("build")),
         (s("workersrc"), s("../tree")),
@@ -183,27 +227,67 @@ async fn exercise(conn: &WorkerConn, basedir: &Path) {
         (s("blocksize"), Value::from(4096)),
         (s("compress"), Value::Nil),
     ]);
-    let (_, rc, _) = run(conn, "upload_directory", updir, Transfer::Upload(Box::new(sink))).await;
+    let (_, rc, _) = run(
+        conn,
+        "upload_directory",
+        updir,
+        Transfer::Upload(Box::new(sink)),
+    )
+    .await;
     assert_eq!(rc, Some(0));
-    assert!(unpacked.load(Ordering::SeqCst), "update_upload_directory_unpack reached the sink");
+    assert!(
+        unpacked.load(Ordering::SeqCst),
+        "update_upload_directory_unpack reached the sink"
+    );
     let tar = tar.lock().unwrap().clone();
     let names: Vec<String> = tar::Archive::new(&tar[..])
         .entries()
         .unwrap()
-        .map(|e| e.unwrap().path().unwrap().to_string_lossy().trim_end_matches('/').to_string())
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_string()
+        })
         .collect();
-    assert!(names.iter().any(|n| n.ends_with("sub/f.txt")), "tar members: {names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("sub/f.txt")),
+        "tar members: {names:?}"
+    );
 
     // interrupt: a long shell command ends early.
-    let sleeper = Args(vec![(s("workdir"), s(&b1)), (s("command"), s("sleep 30")), (s("interruptSignal"), s("KILL"))]);
-    let spec = CommandSpec { builder: Some("b1".into()), name: "shell".into(), args: sleeper };
+    let sleeper = Args(vec![
+        (s("workdir"), s(&b1)),
+        (s("command"), s("sleep 30")),
+        (s("interruptSignal"), s("KILL")),
+    ]);
+    let spec = CommandSpec {
+        builder: Some("b1".into()),
+        name: "shell".into(),
+        args: sleeper,
+    };
     let mut cmd = conn.start(spec, Transfer::None).await.unwrap();
     cmd.interrupt.interrupt("test interrupt");
     let mut rc = None;
     loop {
-        match tokio::time::timeout(Duration::from_secs(20), cmd.events.recv()).await.expect("interrupt ignored").unwrap() {
+        match tokio::time::timeout(Duration::from_secs(20), cmd.events.recv())
+            .await
+            .expect("interrupt ignored")
+            .unwrap()
+        {
             CommandEvent::Update(items) => {
-                rc = items.iter().find_map(|i| if let UpdateItem::Rc(r) = i { Some(*r) } else { None }).or(rc)
+                rc = items
+                    .iter()
+                    .find_map(|i| {
+                        if let UpdateItem::Rc(r) = i {
+                            Some(*r)
+                        } else {
+                            None
+                        }
+                    })
+                    .or(rc)
             }
             CommandEvent::Complete { .. } => break,
             CommandEvent::Lost => panic!("connection lost"),
@@ -213,17 +297,36 @@ async fn exercise(conn: &WorkerConn, basedir: &Path) {
 
     // mkdir / stat / rmdir
     let newdir = format!("{b1}/newdir/sub");
-    let (_, rc, _) = run(conn, "mkdir", Args(vec![(s("paths"), Value::Array(vec![s(&newdir)]))]), Transfer::None).await;
+    let (_, rc, _) = run(
+        conn,
+        "mkdir",
+        Args(vec![(s("paths"), Value::Array(vec![s(&newdir)]))]),
+        Transfer::None,
+    )
+    .await;
     assert_eq!(rc, Some(0));
     assert!(basedir.join("b1/newdir/sub").is_dir());
-    let (_, rc, items) = run(conn, "stat", Args(vec![(s("path"), s(&newdir))]), Transfer::None).await;
+    let (_, rc, items) = run(
+        conn,
+        "stat",
+        Args(vec![(s("path"), s(&newdir))]),
+        Transfer::None,
+    )
+    .await;
     assert_eq!(rc, Some(0));
     let mode = items.iter().find_map(|i| match i {
         UpdateItem::Stat(st) => Some(st[0]),
         _ => None,
     });
-    assert_eq!(mode.map(|m| m & 0o170000), Some(0o040000), "stat reports a directory: {items:?}");
-    let rmdir = Args(vec![(s("paths"), Value::Array(vec![s(&format!("{b1}/newdir"))])), (s("logEnviron"), Value::from(false))]);
+    assert_eq!(
+        mode.map(|m| m & 0o170000),
+        Some(0o040000),
+        "stat reports a directory: {items:?}"
+    );
+    let rmdir = Args(vec![
+        (s("paths"), Value::Array(vec![s(&format!("{b1}/newdir"))])),
+        (s("logEnviron"), Value::from(false)),
+    ]);
     let (_, rc, _) = run(conn, "rmdir", rmdir, Transfer::None).await;
     assert_eq!(rc, Some(0));
     assert!(!basedir.join("b1/newdir").exists());
@@ -231,24 +334,39 @@ async fn exercise(conn: &WorkerConn, basedir: &Path) {
 
 fn kiln_worker_bin() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest.join("../../target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../../target"));
     let bin = target.join("debug/kiln-worker");
     if !bin.exists() {
-        eprintln!("{} is missing: building it with `cargo build -p kiln-worker`", bin.display());
+        eprintln!(
+            "{} is missing: building it with `cargo build -p kiln-worker`",
+            bin.display()
+        );
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let ok = std::process::Command::new(cargo)
             .args(["build", "-p", "kiln-worker"])
             .current_dir(manifest)
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok && bin.exists(), "could not build kiln-worker; run `cargo build -p kiln-worker` first");
+        assert!(
+            ok && bin.exists(),
+            "could not build kiln-worker; run `cargo build -p kiln-worker` first"
+        );
     }
     bin
 }
 
 fn sync_run(cmd: &mut std::process::Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 async fn finish(mut child: Child) {
@@ -262,8 +380,19 @@ async fn real_kiln_worker() {
     let basedir = dir.path().join("worker");
     let bin = kiln_worker_bin();
     let master = format!("127.0.0.1:{}", srv.port);
-    sync_run(std::process::Command::new(&bin).arg("create-worker").arg("--allow-root").arg(&basedir).args([&master, "kw", "kpass"]));
-    let child = Command::new(&bin).arg("run").arg(&basedir).kill_on_drop(true).spawn().unwrap();
+    sync_run(
+        std::process::Command::new(&bin)
+            .arg("create-worker")
+            .arg("--allow-root")
+            .arg(&basedir)
+            .args([&master, "kw", "kpass"]),
+    );
+    let child = Command::new(&bin)
+        .arg("run")
+        .arg(&basedir)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
     let conn = srv.attached().await;
     assert_eq!(conn.name(), "kw");
     exercise(&conn, &basedir).await;
@@ -272,10 +401,15 @@ async fn real_kiln_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_buildbot_worker() {
-    let venv = PathBuf::from(std::env::var_os("KILN_INTEROP_VENV").unwrap_or_else(|| "/tmp/bbvenv".into()));
+    let venv = PathBuf::from(
+        std::env::var_os("KILN_INTEROP_VENV").unwrap_or_else(|| "/tmp/bbvenv".into()),
+    );
     let bin = venv.join("bin/buildbot-worker");
     if !bin.exists() {
-        println!("SKIP real_buildbot_worker: {} not found (set KILN_INTEROP_VENV)", bin.display());
+        println!(
+            "SKIP real_buildbot_worker: {} not found (set KILN_INTEROP_VENV)",
+            bin.display()
+        );
         return;
     }
     let mut srv = Server::start(&[("bw", "bpass", &["b1"])], quick_opts()).await;
@@ -306,12 +440,14 @@ async fn real_buildbot_worker() {
 fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
-        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
     (Arc::new(config), ck.cert.pem())
 }
 
@@ -332,11 +468,19 @@ async fn real_kiln_worker_over_tls() {
             .arg(&basedir)
             .args([&master, "kt", "tpass"]),
     );
-    let child = Command::new(&bin).arg("run").arg(&basedir).kill_on_drop(true).spawn().unwrap();
+    let child = Command::new(&bin)
+        .arg("run")
+        .arg(&basedir)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
     let conn = srv.attached().await;
     assert_eq!(conn.name(), "kt");
     let b1 = kiln_master::remote::join_worker_path(false, conn.basedir(), "b1");
-    let shell = Args(vec![(s("workdir"), s(&b1)), (s("command"), Value::Array(vec![s("echo"), s("tls")]))]);
+    let shell = Args(vec![
+        (s("workdir"), s(&b1)),
+        (s("command"), Value::Array(vec![s("echo"), s("tls")])),
+    ]);
     let (stdout, rc, _) = run(&conn, "shell", shell, Transfer::None).await;
     assert_eq!((stdout.as_str(), rc), ("tls\n", Some(0)));
     finish(child).await;

@@ -18,11 +18,17 @@ fn rss_bytes() -> u64 {
 }
 
 fn workers() -> usize {
-    std::env::var("KILN_MEM_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+    std::env::var("KILN_MEM_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
 }
 
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
         lim.rlim_cur = lim.rlim_max;
@@ -39,10 +45,15 @@ fn memory_server() {
         return;
     }
     raise_fd_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let names: Vec<String> = (0..workers() + 1).map(|i| format!("w{i}")).collect();
-        let list: Vec<(&str, &str, &[&str])> = names.iter().map(|n| (n.as_str(), "pw", &[][..])).collect();
+        let list: Vec<(&str, &str, &[&str])> =
+            names.iter().map(|n| (n.as_str(), "pw", &[][..])).collect();
         let mut srv = Server::start(&list, quick_opts()).await;
         println!("PORT {}", srv.port);
         let endpoint = srv.endpoint.clone();
@@ -86,14 +97,22 @@ fn memory_per_idle_worker() {
                     break l;
                 }
             };
-            let f: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+            let f: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .map(|x| x.parse().unwrap())
+                .collect();
             if f[1] as usize >= want {
                 return f[0];
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let script = |i: usize| {
         let mut s = Script::new(&format!("/w/{i}"));
         s.listing = vec!["info".into()];
@@ -102,7 +121,9 @@ fn memory_per_idle_worker() {
     // One warm-up worker so lazily allocated state is in the baseline.
     let _g = rt.enter();
     rt.spawn(async move {
-        let ws = connect_raw(port, "/", Some(basic("w0", "pw"))).await.unwrap();
+        let ws = connect_raw(port, "/", Some(basic("w0", "pw")))
+            .await
+            .unwrap();
         serve_script(ws, script(0)).await
     });
     let before = ask(1);
@@ -124,7 +145,10 @@ fn memory_per_idle_worker() {
     }
     let after = ask(n + 1);
     let per = (after.saturating_sub(before)) as f64 / n as f64;
-    println!("endpoint memory: {n} idle workers, RSS {before} -> {after} bytes, {per:.0} bytes ({:.1} KiB) per worker", per / 1024.0);
+    println!(
+        "endpoint memory: {n} idle workers, RSS {before} -> {after} bytes, {per:.0} bytes ({:.1} KiB) per worker",
+        per / 1024.0
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -52,7 +52,10 @@ SCHEDULERS = [
 "#;
 
 fn force(builder: &str) -> ForceRequest {
-    ForceRequest { builder_names: vec![builder.into()], ..Default::default() }
+    ForceRequest {
+        builder_names: vec![builder.into()],
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,23 +118,48 @@ async fn every_step_type(stock: Option<std::path::PathBuf>) {
         let mut why = String::new();
         for s in steps.iter().filter(|s| s.results != Some(Results::Success)) {
             for l in store.list_logs(s.stepid).await.unwrap() {
-                let text = store.read_log_lines(l.logid, 0, l.num_lines.max(1) - 1).await.unwrap();
-                why.push_str(&format!("--- {} / {}\n{}\n", s.name, l.name, text.join("\n")));
+                let text = store
+                    .read_log_lines(l.logid, 0, l.num_lines.max(1) - 1)
+                    .await
+                    .unwrap();
+                why.push_str(&format!(
+                    "--- {} / {}\n{}\n",
+                    s.name,
+                    l.name,
+                    text.join("\n")
+                ));
             }
         }
         panic!("per-step results differ:\n got {got:?}\nwant {want:?}\n{why}");
     }
-    assert_eq!(b.results, Some(Results::Warnings), "warnings from warn/rc5/fails(warn_on_failure)");
+    assert_eq!(
+        b.results,
+        Some(Results::Warnings),
+        "warnings from warn/rc5/fails(warn_on_failure)"
+    );
 
     let hello = log_text(&store, b, "hello", "stdio").await;
-    assert!(hello.contains("ohello\n"), "stdout with its channel: {hello}");
-    assert!(hello.contains("eoops\n"), "stderr with its channel: {hello}");
+    assert!(
+        hello.contains("ohello\n"),
+        "stdout with its channel: {hello}"
+    );
+    assert!(
+        hello.contains("eoops\n"),
+        "stderr with its channel: {hello}"
+    );
     let useprop = log_text(&store, b, "useprop", "stdio").await;
-    assert!(useprop.contains("oprop=from-worker builder=all\n"), "{useprop}");
+    assert!(
+        useprop.contains("oprop=from-worker builder=all\n"),
+        "{useprop}"
+    );
     let check = log_text(&store, b, "check", "stdio").await;
     assert!(check.contains("odownloaded text\n"), "{check}");
     assert!(check.contains("o200000\n"), "{check}");
-    assert_eq!(std::fs::read(dir.join("uploads/back.bin")).unwrap(), payload, "uploaded bytes");
+    assert_eq!(
+        std::fs::read(dir.join("uploads/back.bin")).unwrap(),
+        payload,
+        "uploaded bytes"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join("uploads/tree/s.txt")).unwrap(),
         "downloaded text\n"
@@ -145,7 +173,10 @@ async fn every_step_type(stock: Option<std::path::PathBuf>) {
     let names: Vec<_> = steps.iter().map(|s| (s.name.as_str(), s.results)).collect();
     assert_eq!(
         names,
-        [("bad", Some(Results::Failure)), ("cleanup", Some(Results::Success))],
+        [
+            ("bad", Some(Results::Failure)),
+            ("cleanup", Some(Results::Success))
+        ],
         "halt_on_failure skips the rest but always_run steps run"
     );
     assert_eq!(halts[0].results, Some(Results::Failure));
@@ -187,19 +218,40 @@ async fn stop_a_build_and_cancel_a_queued_request() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert!(control.cancel_request(queued[0]).await, "a queued request can be cancelled");
+    assert!(
+        control.cancel_request(queued[0]).await,
+        "a queued request can be cancelled"
+    );
     assert!(!control.cancel_request(queued[0]).await, "only once");
-    assert!(control.stop_build(b[0].buildid, "no longer needed".into()).await);
+    assert!(
+        control
+            .stop_build(b[0].buildid, "no longer needed".into())
+            .await
+    );
     let b = wait_builds(&store, "long", 30, "the stop", |b| finished_with(b, 1)).await;
     assert_eq!(b[0].results, Some(Results::Cancelled));
-    assert!(b[0].state_string.contains("no longer needed"), "{}", b[0].state_string);
+    assert!(
+        b[0].state_string.contains("no longer needed"),
+        "{}",
+        b[0].state_string
+    );
     let steps = store.list_steps(b[0].buildid).await.unwrap();
     let got: Vec<_> = steps.iter().map(|s| (s.name.as_str(), s.results)).collect();
-    assert_eq!(got, [("sleep", Some(Results::Cancelled)), ("after", Some(Results::Success))]);
+    assert_eq!(
+        got,
+        [
+            ("sleep", Some(Results::Cancelled)),
+            ("after", Some(Results::Success))
+        ]
+    );
     let req = store.get_build_request(queued[0]).await.unwrap().unwrap();
     assert_eq!(req.results, Some(Results::Cancelled));
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    assert_eq!(builds_of(&store, "long").await.len(), 1, "the cancelled request never ran");
+    assert_eq!(
+        builds_of(&store, "long").await.len(),
+        1,
+        "the cancelled request never ran"
+    );
     master.shutdown().await;
 }
 
@@ -235,10 +287,16 @@ SCHEDULERS = [force("force", builder_names = ["a", "b"])]
     // Both workers attached before the force, so both builds start together.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while master.control().connected_workers().len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "workers did not attach");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers did not attach"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let req = ForceRequest { builder_names: vec!["a".into(), "b".into()], ..Default::default() };
+    let req = ForceRequest {
+        builder_names: vec!["a".into(), "b".into()],
+        ..Default::default()
+    };
     master.control().force("force", req).await.unwrap();
     let a = wait_builds(&store, "a", 60, "build a", |b| finished_with(b, 1)).await;
     let b = wait_builds(&store, "b", 60, "build b", |b| finished_with(b, 1)).await;

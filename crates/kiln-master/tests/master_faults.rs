@@ -13,7 +13,10 @@ use kiln_model::Results;
 use kiln_store::{BuildRequestFilter, Store};
 
 fn force(builder: &str) -> ForceRequest {
-    ForceRequest { builder_names: vec![builder.into()], ..Default::default() }
+    ForceRequest {
+        builder_names: vec![builder.into()],
+        ..Default::default()
+    }
 }
 
 /// A step that sleeps the first time (leaving a marker) and succeeds at once after that,
@@ -43,8 +46,15 @@ async fn worker_killed_mid_build_retries_and_later_succeeds() {
     let store = master.store().clone();
     let wdir = WorkerProc::create(tmp.path(), "w1", master.worker_addr());
     let mut w = WorkerProc::run(&wdir);
-    master.control().force("force", force("sleepy")).await.unwrap();
-    wait_builds(&store, "sleepy", 60, "the first build to start", |b| !b.is_empty()).await;
+    master
+        .control()
+        .force("force", force("sleepy"))
+        .await
+        .unwrap();
+    wait_builds(&store, "sleepy", 60, "the first build to start", |b| {
+        !b.is_empty()
+    })
+    .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !marker.exists() {
         assert!(Instant::now() < deadline, "the step never started");
@@ -52,15 +62,33 @@ async fn worker_killed_mid_build_retries_and_later_succeeds() {
     }
     w.kill9();
     let b = wait_builds(&store, "sleepy", 30, "the RETRY", |b| finished_with(b, 1)).await;
-    assert_eq!(b[0].results, Some(Results::Retry), "a lost worker makes the build RETRY");
-    let req = store.get_build_request(b[0].buildrequestid).await.unwrap().unwrap();
+    assert_eq!(
+        b[0].results,
+        Some(Results::Retry),
+        "a lost worker makes the build RETRY"
+    );
+    let req = store
+        .get_build_request(b[0].buildrequestid)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!req.complete, "the request went back to the queue");
 
     let _w2 = WorkerProc::run(&wdir);
-    let b = wait_builds(&store, "sleepy", 60, "the retried build", |b| finished_with(b, 2)).await;
+    let b = wait_builds(&store, "sleepy", 60, "the retried build", |b| {
+        finished_with(b, 2)
+    })
+    .await;
     assert_eq!(results(&b), [Some(Results::Retry), Some(Results::Success)]);
-    assert_eq!(b[1].buildrequestid, b[0].buildrequestid, "the same request ran again");
-    let req = store.get_build_request(b[1].buildrequestid).await.unwrap().unwrap();
+    assert_eq!(
+        b[1].buildrequestid, b[0].buildrequestid,
+        "the same request ran again"
+    );
+    let req = store
+        .get_build_request(b[1].buildrequestid)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(req.complete);
     assert_eq!(req.results, Some(Results::Success));
     master.shutdown().await;
@@ -83,22 +111,42 @@ SCHEDULERS = [force("force", builder_names = [b["name"] for b in BUILDERS])]
     };
     let dir = master_dir(
         tmp.path(),
-        &config(r#"    builder(name = "doomed", workers = ["w1"], steps = [shell(command = "true")]),"#),
+        &config(
+            r#"    builder(name = "doomed", workers = ["w1"], steps = [shell(command = "true")]),"#,
+        ),
     );
     let master = start_master(&dir).await;
     let store = master.store().clone();
     let _w = WorkerProc::start(tmp.path(), "w1", master.worker_addr());
-    master.control().force("force", force("long")).await.unwrap();
-    wait_builds(&store, "long", 60, "the long build to start", |b| !b.is_empty()).await;
+    master
+        .control()
+        .force("force", force("long"))
+        .await
+        .unwrap();
+    wait_builds(&store, "long", 60, "the long build to start", |b| {
+        !b.is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // A broken file is refused with file:line:col and changes nothing.
     std::fs::write(dir.join("master.star"), "BUILDERS = [\n  builder(name = \"x\", workers = [\"nobody\"], steps = [])\n]\nWORKERS = []\n").unwrap();
-    let err = master.reconfig().await.expect_err("a broken config is refused").to_string();
-    assert!(err.contains("master.star:"), "error names the file and line: {err}");
+    let err = master
+        .reconfig()
+        .await
+        .expect_err("a broken config is refused")
+        .to_string();
+    assert!(
+        err.contains("master.star:"),
+        "error names the file and line: {err}"
+    );
     let err2 = {
         std::fs::write(dir.join("master.star"), "BUILDERS = [\n").unwrap();
-        master.reconfig().await.expect_err("syntax error").to_string()
+        master
+            .reconfig()
+            .await
+            .expect_err("syntax error")
+            .to_string()
     };
     assert!(err2.contains("master.star:"), "{err2}");
 
@@ -109,37 +157,70 @@ SCHEDULERS = [force("force", builder_names = [b["name"] for b in BUILDERS])]
     )
     .unwrap();
     let rep = master.reconfig().await.expect("reconfig applies");
-    assert!(rep.summary.contains("+fresh") && rep.summary.contains("-doomed"), "{}", rep.summary);
+    assert!(
+        rep.summary.contains("+fresh") && rep.summary.contains("-doomed"),
+        "{}",
+        rep.summary
+    );
 
-    master.control().force("force", force("fresh")).await.expect("the new builder is forceable");
-    let fresh = wait_builds(&store, "fresh", 60, "the new builder's build", |b| finished_with(b, 1)).await;
+    master
+        .control()
+        .force("force", force("fresh"))
+        .await
+        .expect("the new builder is forceable");
+    let fresh = wait_builds(&store, "fresh", 60, "the new builder's build", |b| {
+        finished_with(b, 1)
+    })
+    .await;
     assert_eq!(fresh[0].results, Some(Results::Success));
     assert!(
-        master.control().force("force", force("doomed")).await.is_err(),
+        master
+            .control()
+            .force("force", force("doomed"))
+            .await
+            .is_err(),
         "the removed builder is no longer forceable"
     );
     // A request for the removed builder that reaches the queue anyway is never started.
     let doomed = builder_id(&store, "doomed").await;
     let (_, brs) = store
         .add_buildset(
-            &kiln_store::NewBuildset { builders: vec![doomed], reason: "stray".into(), ..Default::default() },
+            &kiln_store::NewBuildset {
+                builders: vec![doomed],
+                reason: "stray".into(),
+                ..Default::default()
+            },
             0,
         )
         .await
         .unwrap();
 
-    let long = wait_builds(&store, "long", 60, "the long build to finish", |b| finished_with(b, 1)).await;
+    let long = wait_builds(&store, "long", 60, "the long build to finish", |b| {
+        finished_with(b, 1)
+    })
+    .await;
     assert_eq!(long.len(), 1);
-    assert_eq!(long[0].results, Some(Results::Success), "the running build finished on its definition");
+    assert_eq!(
+        long[0].results,
+        Some(Results::Success),
+        "the running build finished on its definition"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stray = store.get_build_request(brs[0].1).await.unwrap().unwrap();
-    assert!(stray.claimed_by_masterid.is_none() && !stray.complete, "a removed builder takes no requests: {stray:?}");
+    assert!(
+        stray.claimed_by_masterid.is_none() && !stray.complete,
+        "a removed builder takes no requests: {stray:?}"
+    );
     assert!(builds_of(&store, "doomed").await.is_empty());
     master.shutdown().await;
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16, secs: u64) {
@@ -172,12 +253,25 @@ async fn master_killed_mid_build_loses_nothing() {
     };
     let mut m1 = spawn();
     wait_port(web, 30);
-    let _w = WorkerProc::start(tmp.path(), "w1", format!("127.0.0.1:{wport}").parse().unwrap());
-    let store = Store::connect(&format!("sqlite:{}", dir.join("state.sqlite").display())).await.unwrap();
+    let _w = WorkerProc::start(
+        tmp.path(),
+        "w1",
+        format!("127.0.0.1:{wport}").parse().unwrap(),
+    );
+    let store = Store::connect(&format!("sqlite:{}", dir.join("state.sqlite").display()))
+        .await
+        .unwrap();
     // A request straight into the database: the master finds it on its next round.
     let b = builder_id(&store, "sleepy").await;
     let (_, brs) = store
-        .add_buildset(&kiln_store::NewBuildset { builders: vec![b], reason: "test".into(), ..Default::default() }, 0)
+        .add_buildset(
+            &kiln_store::NewBuildset {
+                builders: vec![b],
+                reason: "test".into(),
+                ..Default::default()
+            },
+            0,
+        )
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -189,19 +283,31 @@ async fn master_killed_mid_build_loses_nothing() {
     let _ = m1.wait();
     let running = builds_of(&store, "sleepy").await;
     assert_eq!(running.len(), 1);
-    assert!(!running[0].complete, "the killed master left its build unfinished");
+    assert!(
+        !running[0].complete,
+        "the killed master left its build unfinished"
+    );
 
     let mut m2 = spawn();
-    let b = wait_builds(&store, "sleepy", 90, "recovery and the rerun", |b| finished_with(b, 2)).await;
+    let b = wait_builds(&store, "sleepy", 90, "recovery and the rerun", |b| {
+        finished_with(b, 2)
+    })
+    .await;
     assert_eq!(results(&b), [Some(Results::Retry), Some(Results::Success)]);
     let req = store.get_build_request(brs[0].1).await.unwrap().unwrap();
     assert!(req.complete, "the request was not lost");
     let open = store
-        .list_build_requests(&BuildRequestFilter { complete: Some(false), ..Default::default() })
+        .list_build_requests(&BuildRequestFilter {
+            complete: Some(false),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(open.is_empty(), "no request left behind: {open:?}");
-    assert!(builds_of(&store, "sleepy").await.iter().all(|b| b.complete), "no build stuck running");
+    assert!(
+        builds_of(&store, "sleepy").await.iter().all(|b| b.complete),
+        "no build stuck running"
+    );
     let _ = m2.kill();
     let _ = m2.wait();
 }

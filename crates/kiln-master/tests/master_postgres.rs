@@ -18,21 +18,26 @@ async fn a_build_on_a_master_backed_by_postgresql() {
         eprintln!("KILN_SKIP_PG=1: skipped");
         return;
     }
-    let base = std::env::var("KILN_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let base = std::env::var("KILN_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let name = format!("kiln_master_e2e_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL is unreachable at {base} ({e}); start it or set KILN_SKIP_PG=1")
-    });
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is unreachable at {base} ({e}); start it or set KILN_SKIP_PG=1")
+        });
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
         .await
         .unwrap();
     let url = format!("{base}/{name}");
     let outcome = AssertUnwindSafe(build_on(url)).catch_unwind().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
     if let Err(p) = outcome {
         std::panic::resume_unwind(p);
     }
@@ -56,7 +61,10 @@ SCHEDULERS = [force("force", builder_names = ["pg"])]
     let store = master.store().clone();
     assert_eq!(store.backend(), kiln_store::Backend::Postgres);
     let _w = WorkerProc::start(tmp.path(), "w1", master.worker_addr());
-    let req = ForceRequest { builder_names: vec!["pg".into()], ..Default::default() };
+    let req = ForceRequest {
+        builder_names: vec!["pg".into()],
+        ..Default::default()
+    };
     master.control().force("force", req).await.unwrap();
     let b = wait_builds(&store, "pg", 60, "the build", |b| finished_with(b, 1)).await;
     assert_eq!(b[0].results, Some(Results::Success));

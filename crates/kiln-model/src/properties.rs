@@ -15,8 +15,14 @@ pub struct PropertyValue(pub serde_json::Value, pub String);
 pub struct Properties(pub BTreeMap<String, PropertyValue>);
 
 impl Properties {
-    pub fn set(&mut self, name: impl Into<String>, value: impl Into<serde_json::Value>, source: impl Into<String>) {
-        self.0.insert(name.into(), PropertyValue(value.into(), source.into()));
+    pub fn set(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+        source: impl Into<String>,
+    ) {
+        self.0
+            .insert(name.into(), PropertyValue(value.into(), source.into()));
     }
 
     pub fn get(&self, name: &str) -> Option<&serde_json::Value> {

@@ -16,8 +16,15 @@ pub enum Results {
 }
 
 impl Results {
-    pub const ALL: [Results; 7] =
-        [Results::Success, Results::Warnings, Results::Failure, Results::Skipped, Results::Exception, Results::Retry, Results::Cancelled];
+    pub const ALL: [Results; 7] = [
+        Results::Success,
+        Results::Warnings,
+        Results::Failure,
+        Results::Skipped,
+        Results::Exception,
+        Results::Retry,
+        Results::Cancelled,
+    ];
 
     /// Buildbot's severity order: SKIPPED < SUCCESS < WARNINGS < FAILURE < EXCEPTION < RETRY < CANCELLED.
     fn severity(self) -> u8 {
@@ -34,7 +41,11 @@ impl Results {
 
     /// The worse of two results (`worst_status` in Buildbot).
     pub fn worst(self, other: Results) -> Results {
-        if other.severity() > self.severity() { other } else { self }
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
     }
 
     /// Upper-case name as Buildbot prints it.
@@ -51,7 +62,9 @@ impl Results {
     }
 
     pub fn from_name(name: &str) -> Option<Results> {
-        Results::ALL.into_iter().find(|r| r.name().eq_ignore_ascii_case(name))
+        Results::ALL
+            .into_iter()
+            .find(|r| r.name().eq_ignore_ascii_case(name))
     }
 }
 
@@ -64,7 +77,10 @@ impl From<Results> for i64 {
 impl TryFrom<i64> for Results {
     type Error = String;
     fn try_from(v: i64) -> Result<Results, String> {
-        Results::ALL.into_iter().find(|r| *r as i64 == v).ok_or_else(|| format!("{v} is not a build result (0..=6)"))
+        Results::ALL
+            .into_iter()
+            .find(|r| *r as i64 == v)
+            .ok_or_else(|| format!("{v} is not a build result (0..=6)"))
     }
 }
 

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BuildId, BuildRequestId, BuilderId, BuildsetId, ChangeId, Epoch, LogId, MasterId, Properties, Results, SourceStampId, StepId, WorkerId,
+    BuildId, BuildRequestId, BuilderId, BuildsetId, ChangeId, Epoch, LogId, MasterId, Properties,
+    Results, SourceStampId, StepId, WorkerId,
 };
 
 /// A change to the code: a commit seen by a poller or a webhook, or a `sendchange`.

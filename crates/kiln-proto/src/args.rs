@@ -17,7 +17,12 @@ impl Args {
         K: AsRef<str>,
         V: Into<Value>,
     {
-        Args(pairs.into_iter().map(|(k, v)| entry(k.as_ref(), v)).collect())
+        Args(
+            pairs
+                .into_iter()
+                .map(|(k, v)| entry(k.as_ref(), v))
+                .collect(),
+        )
     }
 
     pub fn get(&self, keys: &[&str]) -> Option<&Value> {
@@ -27,7 +32,9 @@ impl Args {
     fn text(&self, keys: &[&str]) -> Result<Option<String>, ArgsError> {
         match self.get(keys) {
             None => Ok(None),
-            Some(v) => text_of(v).map(Some).ok_or_else(|| ArgsError::wrong_type(keys[0], "a string")),
+            Some(v) => text_of(v)
+                .map(Some)
+                .ok_or_else(|| ArgsError::wrong_type(keys[0], "a string")),
         }
     }
 
@@ -68,10 +75,14 @@ impl Args {
             None => Ok(None),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|p| text_of(p).ok_or_else(|| ArgsError::wrong_type(keys[0], "a list of strings")))
+                .map(|p| {
+                    text_of(p).ok_or_else(|| ArgsError::wrong_type(keys[0], "a list of strings"))
+                })
                 .collect::<Result<_, _>>()
                 .map(Some),
-            Some(v) => text_of(v).map(|p| Some(vec![p])).ok_or_else(|| ArgsError::wrong_type(keys[0], "a list of strings")),
+            Some(v) => text_of(v)
+                .map(|p| Some(vec![p]))
+                .ok_or_else(|| ArgsError::wrong_type(keys[0], "a list of strings")),
         }
     }
 }
@@ -81,20 +92,34 @@ impl Args {
 pub enum ArgsError {
     /// Buildbot's wording: `"<Command> is missing args: a, b"`.
     #[error("{command} is missing args: {}", missing.join(", "))]
-    Missing { command: &'static str, missing: Vec<&'static str> },
+    Missing {
+        command: &'static str,
+        missing: Vec<&'static str>,
+    },
     #[error("argument {key:?} must be {expected}")]
     WrongType { key: String, expected: &'static str },
 }
 
 impl ArgsError {
     fn wrong_type(key: &str, expected: &'static str) -> ArgsError {
-        ArgsError::WrongType { key: key.to_owned(), expected }
+        ArgsError::WrongType {
+            key: key.to_owned(),
+            expected,
+        }
     }
 }
 
 fn require(command: &'static str, fields: &[(&'static str, bool)]) -> Result<(), ArgsError> {
-    let missing: Vec<_> = fields.iter().filter(|(_, present)| !present).map(|(k, _)| *k).collect();
-    if missing.is_empty() { Ok(()) } else { Err(ArgsError::Missing { command, missing }) }
+    let missing: Vec<_> = fields
+        .iter()
+        .filter(|(_, present)| !present)
+        .map(|(k, _)| *k)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ArgsError::Missing { command, missing })
+    }
 }
 
 /// The worker commands and the names they are known by.
@@ -195,14 +220,30 @@ impl Default for WorkerSettings {
 
 impl WorkerSettings {
     pub(crate) fn from_map(m: &Map) -> Result<WorkerSettings, String> {
-        if ["buffer_size", "buffer_timeout", "newline_re", "max_line_length"].iter().any(|k| !m.has_key(k)) {
+        if [
+            "buffer_size",
+            "buffer_timeout",
+            "newline_re",
+            "max_line_length",
+        ]
+        .iter()
+        .any(|k| !m.has_key(k))
+        {
             // The worker's text, verbatim: `str(KeyError(...))`, quotes included.
             return Err("'message did not contain obligatory settings for worker'".to_owned());
         }
-        let uint = |k: &str| m.get_key(k).and_then(Value::as_u64).map(|n| n as usize).ok_or(format!("{k:?} must be an integer"));
+        let uint = |k: &str| {
+            m.get_key(k)
+                .and_then(Value::as_u64)
+                .map(|n| n as usize)
+                .ok_or(format!("{k:?} must be an integer"))
+        };
         let timeout = m.get_key("buffer_timeout").expect("checked above");
         Ok(WorkerSettings {
-            newline_re: m.get_key("newline_re").and_then(text_of).ok_or("\"newline_re\" must be a string")?,
+            newline_re: m
+                .get_key("newline_re")
+                .and_then(text_of)
+                .ok_or("\"newline_re\" must be a string")?,
             max_line_length: uint("max_line_length")?,
             buffer_size: uint("buffer_size")?,
             buffer_timeout: timeout
@@ -210,7 +251,9 @@ impl WorkerSettings {
                 .or_else(|| timeout.as_i64().map(|i| i as f64))
                 .ok_or("\"buffer_timeout\" must be a number")?,
             // Only an integer that f64 holds exactly can go back out as the same integer.
-            buffer_timeout_is_int: timeout.as_i64().is_some_and(|i| i.unsigned_abs() <= 1 << 53),
+            buffer_timeout_is_int: timeout
+                .as_i64()
+                .is_some_and(|i| i.unsigned_abs() <= 1 << 53),
         })
     }
 
@@ -224,7 +267,10 @@ impl WorkerSettings {
         w_uint(buf, self.max_line_length as u64);
         w_str(buf, "buffer_timeout");
         // As an int only when that is exact (an integral value within ±2^53).
-        if self.buffer_timeout_is_int && self.buffer_timeout.fract() == 0.0 && self.buffer_timeout.abs() <= (1u64 << 53) as f64 {
+        if self.buffer_timeout_is_int
+            && self.buffer_timeout.fract() == 0.0
+            && self.buffer_timeout.abs() <= (1u64 << 53) as f64
+        {
             w_int(buf, self.buffer_timeout as i64);
         } else {
             w_f64(buf, self.buffer_timeout);
@@ -310,11 +356,25 @@ impl ShellArgs {
         let command = match a.get(&["command"]) {
             None => None,
             Some(Value::Array(items)) => Some(CommandLine::Argv(
-                items.iter().map(argv_item).collect::<Option<_>>().ok_or_else(|| ArgsError::wrong_type("command", "a string or a list of strings"))?,
+                items
+                    .iter()
+                    .map(argv_item)
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        ArgsError::wrong_type("command", "a string or a list of strings")
+                    })?,
             )),
-            Some(v) => Some(CommandLine::Shell(text_of(v).ok_or_else(|| ArgsError::wrong_type("command", "a string or a list of strings"))?)),
+            Some(v) => Some(CommandLine::Shell(text_of(v).ok_or_else(|| {
+                ArgsError::wrong_type("command", "a string or a list of strings")
+            })?)),
         };
-        require("WorkerShellCommand", &[("workdir", workdir.is_some()), ("command", command.is_some())])?;
+        require(
+            "WorkerShellCommand",
+            &[
+                ("workdir", workdir.is_some()),
+                ("command", command.is_some()),
+            ],
+        )?;
         let (env, env_error) = match a.get(&["env"]) {
             None => (None, None),
             Some(Value::Map(m)) if m.is_empty() => (None, None),
@@ -325,13 +385,15 @@ impl ShellArgs {
                     let key = text_of(k).unwrap_or_default();
                     let value = match v {
                         Value::Nil => EnvValue::Unset,
-                        Value::Array(items) => match items.iter().map(text_of).collect::<Option<Vec<_>>>() {
-                            Some(list) => EnvValue::List(list),
-                            None => {
-                                error.get_or_insert(format!("'env' values must be strings or lists; key '{key}' is incorrect"));
-                                continue;
+                        Value::Array(items) => {
+                            match items.iter().map(text_of).collect::<Option<Vec<_>>>() {
+                                Some(list) => EnvValue::List(list),
+                                None => {
+                                    error.get_or_insert(format!("'env' values must be strings or lists; key '{key}' is incorrect"));
+                                    continue;
+                                }
                             }
-                        },
+                        }
                         other => match text_of(other) {
                             Some(t) => EnvValue::Text(t),
                             None => {
@@ -351,15 +413,34 @@ impl ShellArgs {
             Some(Value::Map(m)) => m
                 .iter()
                 .map(|(k, v)| {
-                    let name = text_of(k).ok_or_else(|| ArgsError::wrong_type("logfiles", "a map of names"))?;
+                    let name = text_of(k)
+                        .ok_or_else(|| ArgsError::wrong_type("logfiles", "a map of names"))?;
                     let (filename, follow) = match v {
                         Value::Map(spec) => (
-                            spec.get_key("filename").and_then(text_of).ok_or_else(|| ArgsError::wrong_type("logfiles", "name → filename or {filename, follow}"))?,
-                            spec.get_key("follow").is_some_and(|f| f.as_bool().unwrap_or(false)),
+                            spec.get_key("filename").and_then(text_of).ok_or_else(|| {
+                                ArgsError::wrong_type(
+                                    "logfiles",
+                                    "name → filename or {filename, follow}",
+                                )
+                            })?,
+                            spec.get_key("follow")
+                                .is_some_and(|f| f.as_bool().unwrap_or(false)),
                         ),
-                        other => (text_of(other).ok_or_else(|| ArgsError::wrong_type("logfiles", "name → filename or {filename, follow}"))?, false),
+                        other => (
+                            text_of(other).ok_or_else(|| {
+                                ArgsError::wrong_type(
+                                    "logfiles",
+                                    "name → filename or {filename, follow}",
+                                )
+                            })?,
+                            false,
+                        ),
                     };
-                    Ok(LogFile { name, filename, follow })
+                    Ok(LogFile {
+                        name,
+                        filename,
+                        follow,
+                    })
                 })
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(ArgsError::wrong_type("logfiles", "a map")),
@@ -367,7 +448,11 @@ impl ShellArgs {
         let initial_stdin = match a.get(&["initial_stdin", "initialStdin"]) {
             None => None,
             Some(Value::Binary(b)) => Some(b.clone()),
-            Some(v) => Some(text_of(v).ok_or_else(|| ArgsError::wrong_type("initial_stdin", "a string"))?.into_bytes()),
+            Some(v) => Some(
+                text_of(v)
+                    .ok_or_else(|| ArgsError::wrong_type("initial_stdin", "a string"))?
+                    .into_bytes(),
+            ),
         };
         Ok(ShellArgs {
             command: command.expect("required"),
@@ -381,7 +466,9 @@ impl ShellArgs {
             max_time: a.number(&["maxTime", "max_time"])?,
             max_lines: a.uint(&["max_lines", "maxLines"])?,
             sigterm_time: a.number(&["sigtermTime", "sigterm_time"])?,
-            interrupt_signal: a.text(&["interruptSignal", "interrupt_signal"])?.unwrap_or_else(|| "KILL".to_owned()),
+            interrupt_signal: a
+                .text(&["interruptSignal", "interrupt_signal"])?
+                .unwrap_or_else(|| "KILL".to_owned()),
             use_pty: a.flag(&["usePTY", "use_pty"], false),
             log_environ: a.flag(&["logEnviron", "log_environ"], true),
             initial_stdin,
@@ -394,7 +481,10 @@ fn argv_item(v: &Value) -> Option<ArgvItem> {
         && parts.len() == 3
         && text_of(&parts[0]).as_deref() == Some("obfuscated")
     {
-        return Some(ArgvItem::Obfuscated { real: text_of(&parts[1])?, fake: text_of(&parts[2])? });
+        return Some(ArgvItem::Obfuscated {
+            real: text_of(&parts[1])?,
+            fake: text_of(&parts[2])?,
+        });
     }
     text_of(v).map(ArgvItem::Plain)
 }
@@ -412,7 +502,10 @@ impl UploadFileArgs {
     pub fn parse(a: &Args) -> Result<UploadFileArgs, ArgsError> {
         let path = a.text(&["path"])?;
         let blocksize = a.uint(&["blocksize"])?;
-        require("WorkerFileUploadCommand", &[("path", path.is_some()), ("blocksize", blocksize.is_some())])?;
+        require(
+            "WorkerFileUploadCommand",
+            &[("path", path.is_some()), ("blocksize", blocksize.is_some())],
+        )?;
         Ok(UploadFileArgs {
             path: path.expect("required"),
             blocksize: blocksize.expect("required").max(1),
@@ -443,14 +536,22 @@ impl UploadDirectoryArgs {
     pub fn parse(a: &Args) -> Result<UploadDirectoryArgs, ArgsError> {
         let path = a.text(&["path"])?;
         let blocksize = a.uint(&["blocksize"])?;
-        require("WorkerDirectoryUploadCommand", &[("path", path.is_some()), ("blocksize", blocksize.is_some())])?;
+        require(
+            "WorkerDirectoryUploadCommand",
+            &[("path", path.is_some()), ("blocksize", blocksize.is_some())],
+        )?;
         let compress = match a.text(&["compress"])?.as_deref() {
             None => Compression::None,
             Some("gz") => Compression::Gzip,
             Some("bz2") => Compression::Bzip2,
             Some(_) => return Err(ArgsError::wrong_type("compress", "nil, \"gz\" or \"bz2\"")),
         };
-        Ok(UploadDirectoryArgs { path: path.expect("required"), blocksize: blocksize.expect("required").max(1), maxsize: a.uint(&["maxsize"])?, compress })
+        Ok(UploadDirectoryArgs {
+            path: path.expect("required"),
+            blocksize: blocksize.expect("required").max(1),
+            maxsize: a.uint(&["maxsize"])?,
+            compress,
+        })
     }
 }
 
@@ -468,7 +569,10 @@ impl DownloadFileArgs {
     pub fn parse(a: &Args) -> Result<DownloadFileArgs, ArgsError> {
         let path = a.text(&["path"])?;
         let blocksize = a.uint(&["blocksize"])?;
-        require("WorkerFileDownloadCommand", &[("path", path.is_some()), ("blocksize", blocksize.is_some())])?;
+        require(
+            "WorkerFileDownloadCommand",
+            &[("path", path.is_some()), ("blocksize", blocksize.is_some())],
+        )?;
         Ok(DownloadFileArgs {
             path: path.expect("required"),
             blocksize: blocksize.expect("required").max(1),
@@ -514,7 +618,13 @@ impl CpdirArgs {
     pub fn parse(a: &Args) -> Result<CpdirArgs, ArgsError> {
         let from_path = a.text(&["from_path"])?;
         let to_path = a.text(&["to_path"])?;
-        require("WorkerCpdirCommand", &[("from_path", from_path.is_some()), ("to_path", to_path.is_some())])?;
+        require(
+            "WorkerCpdirCommand",
+            &[
+                ("from_path", from_path.is_some()),
+                ("to_path", to_path.is_some()),
+            ],
+        )?;
         Ok(CpdirArgs {
             from_path: from_path.expect("required"),
             to_path: to_path.expect("required"),
@@ -535,6 +645,8 @@ impl PathArgs {
     pub fn parse(command: &'static str, a: &Args) -> Result<PathArgs, ArgsError> {
         let path = a.text(&["path"])?;
         require(command, &[("path", path.is_some())])?;
-        Ok(PathArgs { path: path.expect("required") })
+        Ok(PathArgs {
+            path: path.expect("required"),
+        })
     }
 }

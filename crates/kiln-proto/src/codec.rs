@@ -24,7 +24,10 @@ impl Default for Limits {
     fn default() -> Self {
         // File chunks are ≤ 256 KiB and output batches ≤ 64 KiB; 16 MiB leaves room for
         // a master that configures larger blocks without letting a peer exhaust memory.
-        Limits { max_message: 16 * 1024 * 1024, max_values: 1 << 20 }
+        Limits {
+            max_message: 16 * 1024 * 1024,
+            max_values: 1 << 20,
+        }
     }
 }
 
@@ -43,7 +46,11 @@ pub enum DecodeError {
     /// A request with a usable `seq_number` whose fields are wrong: answer it with
     /// an exception response carrying `reason`.
     #[error("bad {op:?} request: {reason}")]
-    BadRequest { seq_number: i64, op: String, reason: String },
+    BadRequest {
+        seq_number: i64,
+        op: String,
+        reason: String,
+    },
     /// A response whose `seq_number` is missing or not an integer.
     #[error("bad response: {0}")]
     BadResponse(String),
@@ -52,16 +59,26 @@ pub enum DecodeError {
 /// Decodes one WebSocket message.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
     if bytes.len() > limits.max_message {
-        return Err(DecodeError::TooLarge { len: bytes.len(), max: limits.max_message });
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max: limits.max_message,
+        });
     }
     scan(bytes, limits.max_values)?;
     let mut cur = Cursor::new(bytes);
-    let value = rmpv::decode::read_value(&mut cur).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let value =
+        rmpv::decode::read_value(&mut cur).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if cur.position() as usize != bytes.len() {
-        return Err(DecodeError::Malformed(format!("{} trailing bytes after the map", bytes.len() - cur.position() as usize)));
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes after the map",
+            bytes.len() - cur.position() as usize
+        )));
     }
     let Value::Map(map) = value else {
-        return Err(DecodeError::Malformed(format!("expected a map, got {}", kind(&value))));
+        return Err(DecodeError::Malformed(format!(
+            "expected a map, got {}",
+            kind(&value)
+        )));
     };
     let op = map.get_key("op").ok_or(DecodeError::NoEnvelope("op"))?;
     let op = text_of(op).ok_or_else(|| DecodeError::Malformed("\"op\" is not a string".into()))?;
@@ -73,11 +90,23 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
         // Both Python peers test `"is_exception" in msg`: presence, whatever the value.
         let is_exception = map.has_key("is_exception");
         let result = map.get_key("result").cloned().unwrap_or(Value::Nil);
-        return Ok(Message::Response(Response { seq_number, result, is_exception }));
+        return Ok(Message::Response(Response {
+            seq_number,
+            result,
+            is_exception,
+        }));
     }
-    let seq_number = map.get_key("seq_number").ok_or(DecodeError::NoEnvelope("seq_number"))?;
-    let seq_number = seq_number.as_i64().ok_or(DecodeError::NoEnvelope("seq_number"))?;
-    let bad = |reason: String| DecodeError::BadRequest { seq_number, op: op.clone(), reason };
+    let seq_number = map
+        .get_key("seq_number")
+        .ok_or(DecodeError::NoEnvelope("seq_number"))?;
+    let seq_number = seq_number
+        .as_i64()
+        .ok_or(DecodeError::NoEnvelope("seq_number"))?;
+    let bad = |reason: String| DecodeError::BadRequest {
+        seq_number,
+        op: op.clone(),
+        reason,
+    };
     let req = Req { map: &map };
     // Like Buildbot's `contains_msg_key`, every obligatory key is checked for
     // presence first, in Buildbot's order, so the first missing one is reported
@@ -86,7 +115,9 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
         req.require(keys).map_err(bad)?;
     }
     let op = match op.as_str() {
-        "print" => Op::Print { message: req.text("message").map_err(bad)? },
+        "print" => Op::Print {
+            message: req.text("message").map_err(bad)?,
+        },
         "keepalive" => Op::Keepalive,
         "get_worker_info" => Op::GetWorkerInfo,
         "shutdown" => Op::Shutdown,
@@ -107,10 +138,16 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
         },
         "update" => {
             let items = req.get("args").map_err(bad)?;
-            let items = items.as_array().ok_or_else(|| bad("\"args\" is not an array".into()))?;
+            let items = items
+                .as_array()
+                .ok_or_else(|| bad("\"args\" is not an array".into()))?;
             Op::Update {
                 command_id: req.text("command_id").map_err(bad)?,
-                items: items.iter().map(UpdateItem::from_value).collect::<Result<_, _>>().map_err(bad)?,
+                items: items
+                    .iter()
+                    .map(UpdateItem::from_value)
+                    .collect::<Result<_, _>>()
+                    .map_err(bad)?,
             }
         }
         "complete" => Op::Complete {
@@ -118,15 +155,23 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
             // nil: ran to completion; a string: the command raised (anything else is read as nil).
             failure: req.opt_text("args"),
         },
-        "update_upload_file_write" => {
-            Op::UploadFileWrite { command_id: req.text("command_id").map_err(bad)?, data: req.bin("args").map_err(bad)? }
-        }
-        "update_upload_directory_write" => {
-            Op::UploadDirectoryWrite { command_id: req.text("command_id").map_err(bad)?, data: req.bin("args").map_err(bad)? }
-        }
-        "update_upload_file_close" => Op::UploadFileClose { command_id: req.text("command_id").map_err(bad)? },
-        "update_upload_directory_unpack" => Op::UploadDirectoryUnpack { command_id: req.text("command_id").map_err(bad)? },
-        "update_read_file_close" => Op::ReadFileClose { command_id: req.text("command_id").map_err(bad)? },
+        "update_upload_file_write" => Op::UploadFileWrite {
+            command_id: req.text("command_id").map_err(bad)?,
+            data: req.bin("args").map_err(bad)?,
+        },
+        "update_upload_directory_write" => Op::UploadDirectoryWrite {
+            command_id: req.text("command_id").map_err(bad)?,
+            data: req.bin("args").map_err(bad)?,
+        },
+        "update_upload_file_close" => Op::UploadFileClose {
+            command_id: req.text("command_id").map_err(bad)?,
+        },
+        "update_upload_directory_unpack" => Op::UploadDirectoryUnpack {
+            command_id: req.text("command_id").map_err(bad)?,
+        },
+        "update_read_file_close" => Op::ReadFileClose {
+            command_id: req.text("command_id").map_err(bad)?,
+        },
         "update_upload_file_utime" => Op::UploadFileUtime {
             command_id: req.text("command_id").map_err(bad)?,
             access_time: req.num("access_time").map_err(bad)?,
@@ -134,10 +179,17 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
         },
         "update_read_file" => {
             let length = req.get("length").map_err(bad)?;
-            let length = length.as_u64().ok_or_else(|| bad("\"length\" is not a non-negative integer".into()))?;
-            Op::ReadFile { command_id: req.text("command_id").map_err(bad)?, length }
+            let length = length
+                .as_u64()
+                .ok_or_else(|| bad("\"length\" is not a non-negative integer".into()))?;
+            Op::ReadFile {
+                command_id: req.text("command_id").map_err(bad)?,
+                length,
+            }
         }
-        other => Op::Unknown { op: other.to_owned() },
+        other => Op::Unknown {
+            op: other.to_owned(),
+        },
     };
     Ok(Message::Request { seq_number, op })
 }
@@ -187,7 +239,12 @@ fn encode_request(seq: i64, op: &Op, buf: &mut Vec<u8>) {
             w_str(buf, "args");
             s.write(buf);
         }
-        Op::StartCommand { builder_name, command_id, command_name, args } => {
+        Op::StartCommand {
+            builder_name,
+            command_id,
+            command_name,
+            args,
+        } => {
             start(buf, 3 + usize::from(builder_name.is_some()));
             if let Some(b) = builder_name {
                 kv_str(buf, "builder_name", b);
@@ -201,7 +258,11 @@ fn encode_request(seq: i64, op: &Op, buf: &mut Vec<u8>) {
                 w_value(buf, v);
             }
         }
-        Op::InterruptCommand { builder_name, command_id, why } => {
+        Op::InterruptCommand {
+            builder_name,
+            command_id,
+            why,
+        } => {
             start(buf, 2 + usize::from(builder_name.is_some()));
             if let Some(b) = builder_name {
                 kv_str(buf, "builder_name", b);
@@ -218,7 +279,10 @@ fn encode_request(seq: i64, op: &Op, buf: &mut Vec<u8>) {
             }
             kv_str(buf, "command_id", command_id);
         }
-        Op::Complete { command_id, failure } => {
+        Op::Complete {
+            command_id,
+            failure,
+        } => {
             start(buf, 2);
             w_str(buf, "args");
             match failure {
@@ -227,17 +291,24 @@ fn encode_request(seq: i64, op: &Op, buf: &mut Vec<u8>) {
             }
             kv_str(buf, "command_id", command_id);
         }
-        Op::UploadFileWrite { command_id, data } | Op::UploadDirectoryWrite { command_id, data } => {
+        Op::UploadFileWrite { command_id, data }
+        | Op::UploadDirectoryWrite { command_id, data } => {
             start(buf, 2);
             w_str(buf, "args");
             rmp::encode::write_bin(buf, data).expect("Vec write");
             kv_str(buf, "command_id", command_id);
         }
-        Op::UploadFileClose { command_id } | Op::UploadDirectoryUnpack { command_id } | Op::ReadFileClose { command_id } => {
+        Op::UploadFileClose { command_id }
+        | Op::UploadDirectoryUnpack { command_id }
+        | Op::ReadFileClose { command_id } => {
             start(buf, 1);
             kv_str(buf, "command_id", command_id);
         }
-        Op::UploadFileUtime { command_id, access_time, modified_time } => {
+        Op::UploadFileUtime {
+            command_id,
+            access_time,
+            modified_time,
+        } => {
             start(buf, 3);
             w_str(buf, "access_time");
             w_f64(buf, *access_time);
@@ -265,10 +336,14 @@ fn required_keys(op: &str) -> Option<&'static [&'static str]> {
         "start_command" => &["command_id", "command_name", "args"],
         "interrupt_command" => &["command_id", "why"],
         // worker → master (buildbot/worker/protocols/manager/msgpack.py)
-        "update" | "complete" | "update_upload_file_write" | "update_upload_directory_write" => &["command_id", "args"],
+        "update" | "complete" | "update_upload_file_write" | "update_upload_directory_write" => {
+            &["command_id", "args"]
+        }
         "update_upload_file_utime" => &["command_id", "access_time", "modified_time"],
         "update_read_file" => &["command_id", "length"],
-        "update_upload_file_close" | "update_upload_directory_unpack" | "update_read_file_close" => &["command_id"],
+        "update_upload_file_close"
+        | "update_upload_directory_unpack"
+        | "update_read_file_close" => &["command_id"],
         _ => return None,
     })
 }
@@ -302,7 +377,9 @@ impl Req<'_> {
     }
     fn num(&self, key: &str) -> Result<f64, String> {
         let v = self.get(key)?;
-        v.as_f64().or_else(|| v.as_i64().map(|i| i as f64)).ok_or_else(|| format!("\"{key}\" is not a number"))
+        v.as_f64()
+            .or_else(|| v.as_i64().map(|i| i as f64))
+            .ok_or_else(|| format!("\"{key}\" is not a number"))
     }
     fn bin(&self, key: &str) -> Result<Vec<u8>, String> {
         match self.get(key)? {
@@ -356,8 +433,13 @@ fn scan(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
     let mut open: Vec<usize> = vec![1];
     let mut seen = 0usize;
     let read_be = |pos: &mut usize, n: usize| -> Result<usize, DecodeError> {
-        let end = pos.checked_add(n).filter(|e| *e <= bytes.len()).ok_or_else(truncated)?;
-        let v = bytes[*pos..end].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        let end = pos
+            .checked_add(n)
+            .filter(|e| *e <= bytes.len())
+            .ok_or_else(truncated)?;
+        let v = bytes[*pos..end]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
         *pos = end;
         Ok(v)
     };
@@ -376,7 +458,9 @@ fn scan(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
         let b = *bytes.get(pos).ok_or_else(truncated)?;
         pos += 1;
         let (skip, children, is_str) = match Marker::from_u8(b) {
-            Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => (0, 0, false),
+            Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => {
+                (0, 0, false)
+            }
             Marker::U8 | Marker::I8 => (1, 0, false),
             Marker::U16 | Marker::I16 => (2, 0, false),
             Marker::U32 | Marker::I32 | Marker::F32 => (4, 0, false),
@@ -402,16 +486,30 @@ fn scan(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
             Marker::Ext8 => (read_be(&mut pos, 1)? + 1, 0, false),
             Marker::Ext16 => (read_be(&mut pos, 2)? + 1, 0, false),
             Marker::Ext32 => (read_be(&mut pos, 4)? + 1, 0, false),
-            Marker::Reserved => return Err(DecodeError::Malformed(format!("reserved msgpack marker 0x{b:02x}"))),
+            Marker::Reserved => {
+                return Err(DecodeError::Malformed(format!(
+                    "reserved msgpack marker 0x{b:02x}"
+                )));
+            }
         };
-        let end = pos.checked_add(skip).filter(|p| *p <= bytes.len()).ok_or_else(truncated)?;
+        let end = pos
+            .checked_add(skip)
+            .filter(|p| *p <= bytes.len())
+            .ok_or_else(truncated)?;
         if is_str && std::str::from_utf8(&bytes[pos..end]).is_err() {
-            return Err(DecodeError::Malformed(format!("invalid UTF-8 in a str at byte {pos}")));
+            return Err(DecodeError::Malformed(format!(
+                "invalid UTF-8 in a str at byte {pos}"
+            )));
         }
         pos = end;
         if matches!(
             Marker::from_u8(b),
-            Marker::FixArray(_) | Marker::Array16 | Marker::Array32 | Marker::FixMap(_) | Marker::Map16 | Marker::Map32
+            Marker::FixArray(_)
+                | Marker::Array16
+                | Marker::Array32
+                | Marker::FixMap(_)
+                | Marker::Map16
+                | Marker::Map32
         ) {
             // Every child needs at least one byte, so a count beyond the bytes left is a lie.
             if children > bytes.len() - pos {
@@ -422,7 +520,9 @@ fn scan(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
                 return Err(too_many());
             }
             if open.len() > MAX_DEPTH {
-                return Err(DecodeError::Malformed(format!("nested deeper than {MAX_DEPTH} levels")));
+                return Err(DecodeError::Malformed(format!(
+                    "nested deeper than {MAX_DEPTH} levels"
+                )));
             }
             open.push(children);
         }

@@ -13,7 +13,11 @@ impl WorkerInfo {
     /// Sets `key`, replacing an earlier value in place (later keys overwrite earlier ones).
     pub fn set(&mut self, key: &str, value: impl Into<Value>) {
         let value = value.into();
-        match self.0.iter_mut().find(|(k, _)| text_of(k).as_deref() == Some(key)) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(k, _)| text_of(k).as_deref() == Some(key))
+        {
             Some(slot) => slot.1 = value,
             None => self.0.push(entry(key, value)),
         }
@@ -25,7 +29,12 @@ impl WorkerInfo {
 
     /// The `worker_commands` map every worker reports: all 14 names at `version`.
     pub fn commands(version: &str) -> Value {
-        Value::Map(CommandName::ADVERTISED.iter().map(|n| entry(n, version)).collect())
+        Value::Map(
+            CommandName::ADVERTISED
+                .iter()
+                .map(|n| entry(n, version))
+                .collect(),
+        )
     }
 
     pub fn into_value(self) -> Value {

@@ -10,7 +10,10 @@ use crate::update::UpdateItem;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     /// A request: `seq_number` is the sender's own counter, echoed in the response.
-    Request { seq_number: i64, op: Op },
+    Request {
+        seq_number: i64,
+        op: Op,
+    },
     Response(Response),
 }
 
@@ -25,22 +28,35 @@ pub struct Response {
 impl Response {
     /// A successful response with a nil result (the answer to almost every op).
     pub fn ok(seq_number: i64) -> Response {
-        Response { seq_number, result: Value::Nil, is_exception: false }
+        Response {
+            seq_number,
+            result: Value::Nil,
+            is_exception: false,
+        }
     }
 
     /// A successful response carrying a value.
     pub fn with_result(seq_number: i64, result: Value) -> Response {
-        Response { seq_number, result, is_exception: false }
+        Response {
+            seq_number,
+            result,
+            is_exception: false,
+        }
     }
 
     /// A failure response; the text is what the peer logs and shows.
     pub fn error(seq_number: i64, message: impl Into<String>) -> Response {
-        Response { seq_number, result: Value::from(message.into()), is_exception: true }
+        Response {
+            seq_number,
+            result: Value::from(message.into()),
+            is_exception: true,
+        }
     }
 
     /// The failure text, if this response is an exception.
     pub fn error_text(&self) -> Option<String> {
-        self.is_exception.then(|| crate::text_of(&self.result).unwrap_or_else(|| self.result.to_string()))
+        self.is_exception
+            .then(|| crate::text_of(&self.result).unwrap_or_else(|| self.result.to_string()))
     }
 }
 
@@ -49,30 +65,68 @@ impl Response {
 pub enum Op {
     // --- master → worker ---
     /// Write `message` to the worker log ("attached", "ping", duplicate probes).
-    Print { message: String },
+    Print {
+        message: String,
+    },
     Keepalive,
     GetWorkerInfo,
     SetWorkerSettings(WorkerSettings),
     /// Start a command; results follow as `Update`s and one `Complete`.
-    StartCommand { builder_name: Option<String>, command_id: String, command_name: String, args: Args },
-    InterruptCommand { builder_name: Option<String>, command_id: String, why: String },
+    StartCommand {
+        builder_name: Option<String>,
+        command_id: String,
+        command_name: String,
+        args: Args,
+    },
+    InterruptCommand {
+        builder_name: Option<String>,
+        command_id: String,
+        why: String,
+    },
     Shutdown,
 
     // --- worker → master ---
-    Update { command_id: String, items: Vec<UpdateItem> },
+    Update {
+        command_id: String,
+        items: Vec<UpdateItem>,
+    },
     /// `failure` is nil when the command ran to completion, whatever its rc.
-    Complete { command_id: String, failure: Option<String> },
-    UploadFileWrite { command_id: String, data: Vec<u8> },
-    UploadFileClose { command_id: String },
-    UploadFileUtime { command_id: String, access_time: f64, modified_time: f64 },
-    UploadDirectoryWrite { command_id: String, data: Vec<u8> },
-    UploadDirectoryUnpack { command_id: String },
+    Complete {
+        command_id: String,
+        failure: Option<String>,
+    },
+    UploadFileWrite {
+        command_id: String,
+        data: Vec<u8>,
+    },
+    UploadFileClose {
+        command_id: String,
+    },
+    UploadFileUtime {
+        command_id: String,
+        access_time: f64,
+        modified_time: f64,
+    },
+    UploadDirectoryWrite {
+        command_id: String,
+        data: Vec<u8>,
+    },
+    UploadDirectoryUnpack {
+        command_id: String,
+    },
     /// Ask for up to `length` bytes of a download; the response carries them as bin.
-    ReadFile { command_id: String, length: u64 },
-    ReadFileClose { command_id: String },
+    ReadFile {
+        command_id: String,
+        length: u64,
+    },
+    ReadFileClose {
+        command_id: String,
+    },
 
     /// An op this side does not know; answer with [`Op::unknown_error`].
-    Unknown { op: String },
+    Unknown {
+        op: String,
+    },
 }
 
 impl Op {

@@ -27,7 +27,11 @@ impl Lines {
             }
         }
         let times = vec![time; newlines.len()];
-        Lines { text, newlines, times }
+        Lines {
+            text,
+            newlines,
+            times,
+        }
     }
 
     /// Appends `other` (merging two batches of the same stream).
@@ -35,7 +39,8 @@ impl Lines {
         // Text ends with its last newline, so the character count is that index + 1.
         let shift = self.newlines.last().map_or(0, |p| p + 1);
         self.text.push_str(&other.text);
-        self.newlines.extend(other.newlines.iter().map(|p| p + shift));
+        self.newlines
+            .extend(other.newlines.iter().map(|p| p + shift));
         self.times.extend_from_slice(&other.times);
     }
 
@@ -86,7 +91,10 @@ impl UpdateItem {
     /// Size for output batching: text plus 8 per index/time entry, 20 for anything else.
     pub fn weight(&self) -> usize {
         match self {
-            UpdateItem::Header(l) | UpdateItem::Stdout(l) | UpdateItem::Stderr(l) | UpdateItem::Log(_, l) => l.weight(),
+            UpdateItem::Header(l)
+            | UpdateItem::Stdout(l)
+            | UpdateItem::Stderr(l)
+            | UpdateItem::Log(_, l) => l.weight(),
             _ => 20,
         }
     }
@@ -98,7 +106,9 @@ impl UpdateItem {
         w_array(buf, 2);
         w_str(buf, self.key());
         match self {
-            UpdateItem::Header(l) | UpdateItem::Stdout(l) | UpdateItem::Stderr(l) => write_lines(buf, l),
+            UpdateItem::Header(l) | UpdateItem::Stdout(l) | UpdateItem::Stderr(l) => {
+                write_lines(buf, l)
+            }
             UpdateItem::Log(name, l) => {
                 w_array(buf, 2);
                 w_str(buf, name);
@@ -124,7 +134,10 @@ impl UpdateItem {
     }
 
     pub(crate) fn from_value(v: &Value) -> Result<UpdateItem, String> {
-        let pair = v.as_array().filter(|a| a.len() == 2).ok_or("update item is not a [key, value] pair")?;
+        let pair = v
+            .as_array()
+            .filter(|a| a.len() == 2)
+            .ok_or("update item is not a [key, value] pair")?;
         let key = text_of(&pair[0]).ok_or("update item key is not a string")?;
         let val = &pair[1];
         let bad = |what: &str| format!("update item {key:?}: {what}");
@@ -133,13 +146,20 @@ impl UpdateItem {
             "stdout" => UpdateItem::Stdout(lines_from(val).map_err(|e| bad(&e))?),
             "stderr" => UpdateItem::Stderr(lines_from(val).map_err(|e| bad(&e))?),
             "log" => {
-                let a = val.as_array().filter(|a| a.len() == 2).ok_or_else(|| bad("expected [name, lines]"))?;
+                let a = val
+                    .as_array()
+                    .filter(|a| a.len() == 2)
+                    .ok_or_else(|| bad("expected [name, lines]"))?;
                 let name = text_of(&a[0]).ok_or_else(|| bad("log name is not a string"))?;
                 UpdateItem::Log(name, lines_from(&a[1]).map_err(|e| bad(&e))?)
             }
             "rc" => UpdateItem::Rc(val.as_i64().ok_or_else(|| bad("rc is not an integer"))?),
-            "elapsed" => UpdateItem::Elapsed(val.as_f64().ok_or_else(|| bad("elapsed is not a number"))?),
-            "failure_reason" => UpdateItem::FailureReason(text_of(val).ok_or_else(|| bad("not a string"))?),
+            "elapsed" => {
+                UpdateItem::Elapsed(val.as_f64().ok_or_else(|| bad("elapsed is not a number"))?)
+            }
+            "failure_reason" => {
+                UpdateItem::FailureReason(text_of(val).ok_or_else(|| bad("not a string"))?)
+            }
             "files" => UpdateItem::Files(
                 val.as_array()
                     .ok_or_else(|| bad("not an array"))?
@@ -150,7 +170,10 @@ impl UpdateItem {
             // `tuple(os.stat())` is ints, but st_ino/st_dev are unsigned 64-bit and may
             // exceed i64 (some network and FUSE file systems): such a tuple, or any other
             // shape, is kept as it came rather than failing the whole update.
-            "stat" => match val.as_array().and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<_>>>()) {
+            "stat" => match val
+                .as_array()
+                .and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<_>>>())
+            {
                 Some(st) => UpdateItem::Stat(st),
                 None => UpdateItem::Other(key, val.clone()),
             },
@@ -174,13 +197,20 @@ fn write_lines(buf: &mut Vec<u8>, l: &Lines) {
 }
 
 fn lines_from(v: &Value) -> Result<Lines, String> {
-    let a = v.as_array().filter(|a| a.len() == 3).ok_or("expected [text, newline positions, times]")?;
+    let a = v
+        .as_array()
+        .filter(|a| a.len() == 3)
+        .ok_or("expected [text, newline positions, times]")?;
     let text = text_of(&a[0]).ok_or("text is not a string")?;
     let newlines = a[1]
         .as_array()
         .ok_or("newline positions are not an array")?
         .iter()
-        .map(|p| p.as_u64().and_then(|p| u32::try_from(p).ok()).ok_or("newline position is not an index"))
+        .map(|p| {
+            p.as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .ok_or("newline position is not an index")
+        })
         .collect::<Result<_, _>>()?;
     let times = a[2]
         .as_array()
@@ -188,5 +218,9 @@ fn lines_from(v: &Value) -> Result<Lines, String> {
         .iter()
         .map(|t| t.as_f64().ok_or("line time is not a number"))
         .collect::<Result<_, _>>()?;
-    Ok(Lines { text, newlines, times })
+    Ok(Lines {
+        text,
+        newlines,
+        times,
+    })
 }

@@ -24,7 +24,8 @@ pub trait MapExt {
     fn get_key(&self, key: &str) -> Option<&Value>;
     /// The first of `keys` present with a non-nil value (camelCase and snake_case aliases).
     fn get_any(&self, keys: &[&str]) -> Option<&Value> {
-        keys.iter().find_map(|k| self.get_key(k).filter(|v| !v.is_nil()))
+        keys.iter()
+            .find_map(|k| self.get_key(k).filter(|v| !v.is_nil()))
     }
     /// Whether `key` is present at all (even with a nil value).
     fn has_key(&self, key: &str) -> bool {

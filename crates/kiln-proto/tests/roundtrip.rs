@@ -31,7 +31,17 @@ const KNOWN_OPS: &[&str] = &[
 ];
 
 /// Update item keys with a typed variant; `UpdateItem::Other` must carry none of them.
-const KNOWN_ITEMS: &[&str] = &["header", "stdout", "stderr", "log", "rc", "elapsed", "failure_reason", "files", "stat"];
+const KNOWN_ITEMS: &[&str] = &[
+    "header",
+    "stdout",
+    "stderr",
+    "log",
+    "rc",
+    "elapsed",
+    "failure_reason",
+    "files",
+    "stat",
+];
 
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -72,7 +82,11 @@ fn int() -> impl Strategy<Value = Value> {
         i64::MIN as i128,
     ];
     prop_oneof![
-        prop::sample::select(edges).prop_map(|n| if n < 0 { Value::from(n as i64) } else { Value::from(n as u64) }),
+        prop::sample::select(edges).prop_map(|n| if n < 0 {
+            Value::from(n as i64)
+        } else {
+            Value::from(n as u64)
+        }),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
     ]
@@ -92,7 +106,11 @@ fn float() -> impl Strategy<Value = f64> {
 }
 
 fn bytes() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![prop::collection::vec(any::<u8>(), 0..300), Just(Vec::new()), Just(vec![0u8; 70_000])]
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..300),
+        Just(Vec::new()),
+        Just(vec![0u8; 70_000])
+    ]
 }
 
 fn leaf() -> impl Strategy<Value = Value> {
@@ -101,10 +119,13 @@ fn leaf() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Boolean),
         int(),
         float().prop_map(Value::F64),
-        any::<f32>().prop_filter("NaN", |f| !f.is_nan()).prop_map(Value::F32),
+        any::<f32>()
+            .prop_filter("NaN", |f| !f.is_nan())
+            .prop_map(Value::F32),
         text().prop_map(Value::from),
         prop::collection::vec(any::<u8>(), 0..40).prop_map(Value::Binary),
-        (any::<i8>(), prop::collection::vec(any::<u8>(), 0..20)).prop_map(|(t, d)| Value::Ext(t, d)),
+        (any::<i8>(), prop::collection::vec(any::<u8>(), 0..20))
+            .prop_map(|(t, d)| Value::Ext(t, d)),
     ]
 }
 
@@ -119,23 +140,44 @@ fn value() -> impl Strategy<Value = Value> {
 }
 
 fn args() -> impl Strategy<Value = Args> {
-    prop::collection::vec((prop_oneof![4 => text().prop_map(Value::from), 1 => value()], value()), 0..12).prop_map(Args)
+    prop::collection::vec(
+        (
+            prop_oneof![4 => text().prop_map(Value::from), 1 => value()],
+            value(),
+        ),
+        0..12,
+    )
+    .prop_map(Args)
 }
 
 fn settings() -> impl Strategy<Value = WorkerSettings> {
     // buffer_timeout_is_int means "an integer f64 holds exactly" (see its docs).
-    let timeout = prop_oneof![(-(1i64 << 53)..=(1i64 << 53)).prop_map(|i| (i as f64, true)), float().prop_map(|f| (f, false)),];
-    (text(), any::<usize>(), timeout, any::<usize>()).prop_map(|(newline_re, max_line_length, (buffer_timeout, is_int), buffer_size)| {
-        WorkerSettings { newline_re, max_line_length, buffer_timeout, buffer_size, buffer_timeout_is_int: is_int }
-    })
+    let timeout = prop_oneof![
+        (-(1i64 << 53)..=(1i64 << 53)).prop_map(|i| (i as f64, true)),
+        float().prop_map(|f| (f, false)),
+    ];
+    (text(), any::<usize>(), timeout, any::<usize>()).prop_map(
+        |(newline_re, max_line_length, (buffer_timeout, is_int), buffer_size)| WorkerSettings {
+            newline_re,
+            max_line_length,
+            buffer_timeout,
+            buffer_size,
+            buffer_timeout_is_int: is_int,
+        },
+    )
 }
 
 fn lines() -> impl Strategy<Value = Lines> {
-    (text(), prop::collection::vec(any::<u32>(), 0..20), prop::collection::vec(float(), 0..20)).prop_map(|(text, newlines, times)| Lines {
-        text,
-        newlines,
-        times,
-    })
+    (
+        text(),
+        prop::collection::vec(any::<u32>(), 0..20),
+        prop::collection::vec(float(), 0..20),
+    )
+        .prop_map(|(text, newlines, times)| Lines {
+            text,
+            newlines,
+            times,
+        })
 }
 
 fn item() -> impl Strategy<Value = UpdateItem> {
@@ -149,7 +191,11 @@ fn item() -> impl Strategy<Value = UpdateItem> {
         text().prop_map(UpdateItem::FailureReason),
         prop::collection::vec(text(), 0..10).prop_map(UpdateItem::Files),
         prop::collection::vec(any::<i64>(), 0..12).prop_map(UpdateItem::Stat),
-        (text().prop_filter("typed key", |k| !KNOWN_ITEMS.contains(&k.as_str())), value()).prop_map(|(k, v)| UpdateItem::Other(k, v)),
+        (
+            text().prop_filter("typed key", |k| !KNOWN_ITEMS.contains(&k.as_str())),
+            value()
+        )
+            .prop_map(|(k, v)| UpdateItem::Other(k, v)),
     ]
 }
 
@@ -160,32 +206,45 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Keepalive),
         Just(Op::GetWorkerInfo),
         settings().prop_map(Op::SetWorkerSettings),
-        (prop::option::of(text()), id(), text(), args()).prop_map(|(builder_name, command_id, command_name, args)| Op::StartCommand {
-            builder_name,
-            command_id,
-            command_name,
-            args
-        }),
-        (prop::option::of(text()), id(), text()).prop_map(|(builder_name, command_id, why)| Op::InterruptCommand {
-            builder_name,
-            command_id,
-            why
+        (prop::option::of(text()), id(), text(), args()).prop_map(
+            |(builder_name, command_id, command_name, args)| Op::StartCommand {
+                builder_name,
+                command_id,
+                command_name,
+                args
+            }
+        ),
+        (prop::option::of(text()), id(), text()).prop_map(|(builder_name, command_id, why)| {
+            Op::InterruptCommand {
+                builder_name,
+                command_id,
+                why,
+            }
         }),
         Just(Op::Shutdown),
-        (id(), prop::collection::vec(item(), 0..12)).prop_map(|(command_id, items)| Op::Update { command_id, items }),
-        (id(), prop::option::of(text())).prop_map(|(command_id, failure)| Op::Complete { command_id, failure }),
+        (id(), prop::collection::vec(item(), 0..12))
+            .prop_map(|(command_id, items)| Op::Update { command_id, items }),
+        (id(), prop::option::of(text())).prop_map(|(command_id, failure)| Op::Complete {
+            command_id,
+            failure
+        }),
         (id(), bytes()).prop_map(|(command_id, data)| Op::UploadFileWrite { command_id, data }),
         id().prop_map(|command_id| Op::UploadFileClose { command_id }),
-        (id(), float(), float()).prop_map(|(command_id, access_time, modified_time)| Op::UploadFileUtime {
-            command_id,
-            access_time,
-            modified_time
+        (id(), float(), float()).prop_map(|(command_id, access_time, modified_time)| {
+            Op::UploadFileUtime {
+                command_id,
+                access_time,
+                modified_time,
+            }
         }),
-        (id(), bytes()).prop_map(|(command_id, data)| Op::UploadDirectoryWrite { command_id, data }),
+        (id(), bytes())
+            .prop_map(|(command_id, data)| Op::UploadDirectoryWrite { command_id, data }),
         id().prop_map(|command_id| Op::UploadDirectoryUnpack { command_id }),
         (id(), any::<u64>()).prop_map(|(command_id, length)| Op::ReadFile { command_id, length }),
         id().prop_map(|command_id| Op::ReadFileClose { command_id }),
-        text().prop_filter("known op", |o| !KNOWN_OPS.contains(&o.as_str())).prop_map(|op| Op::Unknown { op }),
+        text()
+            .prop_filter("known op", |o| !KNOWN_OPS.contains(&o.as_str()))
+            .prop_map(|op| Op::Unknown { op }),
     ]
 }
 
@@ -199,8 +258,11 @@ fn message() -> impl Strategy<Value = Message> {
 
 fn golden() -> Vec<Vec<u8>> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut files: Vec<_> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "msgpack")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "msgpack"))
+        .collect();
     files.sort();
     files.iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
@@ -210,9 +272,12 @@ fn golden() -> Vec<Vec<u8>> {
 /// `Debug` so NaN payloads compare equal to themselves.
 fn check_reencode(bytes: &[u8]) {
     let limits = Limits::default();
-    let Ok(m1) = decode(bytes, &limits) else { return };
+    let Ok(m1) = decode(bytes, &limits) else {
+        return;
+    };
     let e1 = encode(&m1);
-    let m2 = decode(&e1, &limits).unwrap_or_else(|e| panic!("re-encoded message does not decode: {e}\n{m1:?}"));
+    let m2 = decode(&e1, &limits)
+        .unwrap_or_else(|e| panic!("re-encoded message does not decode: {e}\n{m1:?}"));
     assert_eq!(format!("{m1:?}"), format!("{m2:?}"));
     assert_eq!(encode(&m2), e1);
 }
@@ -250,8 +315,10 @@ fn apply(mut b: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     // Bytes that are msgpack markers with lengths: the interesting ones to plant.
-    let marker =
-        prop::sample::select(vec![0xc0u8, 0xc4, 0xc5, 0xc6, 0xd9, 0xda, 0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0x9f, 0x8f, 0xbf, 0xff, 0xc1]);
+    let marker = prop::sample::select(vec![
+        0xc0u8, 0xc4, 0xc5, 0xc6, 0xd9, 0xda, 0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0x9f, 0x8f, 0xbf, 0xff,
+        0xc1,
+    ]);
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
         (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
@@ -259,7 +326,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
         any::<usize>().prop_map(Mutation::Remove),
         any::<usize>().prop_map(Mutation::Truncate),
-        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..8)).prop_map(|(i, b)| Mutation::Splice(i, b)),
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..8))
+            .prop_map(|(i, b)| Mutation::Splice(i, b)),
     ]
 }
 
@@ -320,14 +388,27 @@ fn nan_roundtrips_bitwise() {
             seq_number: 1,
             op: Op::Update {
                 command_id: "c".into(),
-                items: vec![UpdateItem::Elapsed(nan), UpdateItem::Other("x".into(), Value::F64(nan))],
+                items: vec![
+                    UpdateItem::Elapsed(nan),
+                    UpdateItem::Other("x".into(), Value::F64(nan)),
+                ],
             },
         };
         let bytes = encode(&m);
-        let Ok(Message::Request { op: Op::Update { items, .. }, .. }) = decode(&bytes, &Limits::default()) else { panic!() };
-        let UpdateItem::Elapsed(e) = items[0] else { panic!() };
+        let Ok(Message::Request {
+            op: Op::Update { items, .. },
+            ..
+        }) = decode(&bytes, &Limits::default())
+        else {
+            panic!()
+        };
+        let UpdateItem::Elapsed(e) = items[0] else {
+            panic!()
+        };
         assert_eq!(e.to_bits(), nan.to_bits());
-        assert!(matches!(items[1], UpdateItem::Other(_, Value::F64(f)) if f.to_bits() == nan.to_bits()));
+        assert!(
+            matches!(items[1], UpdateItem::Other(_, Value::F64(f)) if f.to_bits() == nan.to_bits())
+        );
         check_reencode(&bytes);
     }
 }
@@ -354,27 +435,58 @@ fn int_and_float_widths_match_python() {
         (-32768, &[0xd1, 0x80, 0x00]),
         (-32769, &[0xd2, 0xff, 0xff, 0x7f, 0xff]),
         (-2147483648, &[0xd2, 0x80, 0, 0, 0]),
-        (-2147483649, &[0xd3, 0xff, 0xff, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff]),
+        (
+            -2147483649,
+            &[0xd3, 0xff, 0xff, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff],
+        ),
     ];
     for (n, want) in ints {
         // seq_number, rc and a value inside args all go through the same writers.
-        let m = Message::Request { seq_number: *n, op: Op::Keepalive };
+        let m = Message::Request {
+            seq_number: *n,
+            op: Op::Keepalive,
+        };
         let mut expect = vec![0x82, 0xa2, b'o', b'p', 0xa9];
         expect.extend_from_slice(b"keepalive");
         expect.push(0xaa);
         expect.extend_from_slice(b"seq_number");
         expect.extend_from_slice(want);
         assert_eq!(encode(&m), expect, "seq_number {n}");
-        let m = Message::Request { seq_number: 0, op: Op::Update { command_id: "c".into(), items: vec![UpdateItem::Rc(*n)] } };
+        let m = Message::Request {
+            seq_number: 0,
+            op: Op::Update {
+                command_id: "c".into(),
+                items: vec![UpdateItem::Rc(*n)],
+            },
+        };
         let bytes = encode(&m);
         let needle: Vec<u8> = [&[0x92, 0xa2, b'r', b'c'][..], want].concat();
-        assert!(bytes.windows(needle.len()).any(|w| w == needle), "rc {n}: {bytes:02x?}");
+        assert!(
+            bytes.windows(needle.len()).any(|w| w == needle),
+            "rc {n}: {bytes:02x?}"
+        );
     }
     // u64 above i64::MAX: uint 64, as Python.
-    let m = Message::Request { seq_number: 0, op: Op::ReadFile { command_id: "c".into(), length: u64::MAX } };
-    assert!(encode(&m).windows(9).any(|w| w == [0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]));
+    let m = Message::Request {
+        seq_number: 0,
+        op: Op::ReadFile {
+            command_id: "c".into(),
+            length: u64::MAX,
+        },
+    };
+    assert!(
+        encode(&m)
+            .windows(9)
+            .any(|w| w == [0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+    );
     // Floats are always float 64, even integral ones.
-    let m = Message::Request { seq_number: 0, op: Op::Update { command_id: "c".into(), items: vec![UpdateItem::Elapsed(2.0)] } };
+    let m = Message::Request {
+        seq_number: 0,
+        op: Op::Update {
+            command_id: "c".into(),
+            items: vec![UpdateItem::Elapsed(2.0)],
+        },
+    };
     let needle = [&[0xcb][..], &2.0f64.to_be_bytes()].concat();
     assert!(encode(&m).windows(9).any(|w| w == needle));
 }
@@ -382,13 +494,36 @@ fn int_and_float_widths_match_python() {
 #[test]
 fn worker_settings_edge_values_roundtrip() {
     for s in [
-        WorkerSettings { max_line_length: usize::MAX, buffer_size: usize::MAX, ..WorkerSettings::default() },
-        WorkerSettings { buffer_timeout: 2.5, buffer_timeout_is_int: false, ..WorkerSettings::default() },
-        WorkerSettings { buffer_timeout: 5.0, buffer_timeout_is_int: false, ..WorkerSettings::default() },
-        WorkerSettings { buffer_timeout: -3.0, buffer_timeout_is_int: true, ..WorkerSettings::default() },
-        WorkerSettings { buffer_timeout: 9007199254740992.0, buffer_timeout_is_int: true, ..WorkerSettings::default() },
+        WorkerSettings {
+            max_line_length: usize::MAX,
+            buffer_size: usize::MAX,
+            ..WorkerSettings::default()
+        },
+        WorkerSettings {
+            buffer_timeout: 2.5,
+            buffer_timeout_is_int: false,
+            ..WorkerSettings::default()
+        },
+        WorkerSettings {
+            buffer_timeout: 5.0,
+            buffer_timeout_is_int: false,
+            ..WorkerSettings::default()
+        },
+        WorkerSettings {
+            buffer_timeout: -3.0,
+            buffer_timeout_is_int: true,
+            ..WorkerSettings::default()
+        },
+        WorkerSettings {
+            buffer_timeout: 9007199254740992.0,
+            buffer_timeout_is_int: true,
+            ..WorkerSettings::default()
+        },
     ] {
-        let m = Message::Request { seq_number: 2, op: Op::SetWorkerSettings(s) };
+        let m = Message::Request {
+            seq_number: 2,
+            op: Op::SetWorkerSettings(s),
+        };
         assert_eq!(decode(&encode(&m), &Limits::default()), Ok(m));
     }
     // An int timeout too large for f64 to hold exactly is read as a float, and stays stable.
@@ -398,7 +533,12 @@ fn worker_settings_edge_values_roundtrip() {
     rmp::encode::write_str(&mut bytes, "set_worker_settings").unwrap();
     rmp::encode::write_str(&mut bytes, "args").unwrap();
     rmp::encode::write_map_len(&mut bytes, 4).unwrap();
-    for (k, v) in [("newline_re", None), ("max_line_length", Some(4096u64)), ("buffer_timeout", Some(u64::MAX)), ("buffer_size", Some(1))] {
+    for (k, v) in [
+        ("newline_re", None),
+        ("max_line_length", Some(4096u64)),
+        ("buffer_timeout", Some(u64::MAX)),
+        ("buffer_size", Some(1)),
+    ] {
         rmp::encode::write_str(&mut bytes, k).unwrap();
         match v {
             Some(n) => rmp::encode::write_uint(&mut bytes, n).map(drop).unwrap(),
@@ -407,7 +547,13 @@ fn worker_settings_edge_values_roundtrip() {
     }
     rmp::encode::write_str(&mut bytes, "seq_number").unwrap();
     rmp::encode::write_uint(&mut bytes, 2).unwrap();
-    let Ok(Message::Request { op: Op::SetWorkerSettings(s), .. }) = decode(&bytes, &Limits::default()) else { panic!() };
+    let Ok(Message::Request {
+        op: Op::SetWorkerSettings(s),
+        ..
+    }) = decode(&bytes, &Limits::default())
+    else {
+        panic!()
+    };
     assert!(!s.buffer_timeout_is_int);
     assert_eq!(s.buffer_timeout, u64::MAX as f64);
     check_reencode(&bytes);
@@ -415,10 +561,20 @@ fn worker_settings_edge_values_roundtrip() {
 
 #[test]
 fn stat_beyond_i64_is_kept_verbatim() {
-    let st = Value::Array(vec![Value::from(33152u64), Value::from(u64::MAX), Value::from(-5i64)]);
+    let st = Value::Array(vec![
+        Value::from(33152u64),
+        Value::from(u64::MAX),
+        Value::from(-5i64),
+    ]);
     let m = Message::Request {
         seq_number: 0,
-        op: Op::Update { command_id: "c".into(), items: vec![UpdateItem::Other("stat".into(), st.clone()), UpdateItem::Rc(0)] },
+        op: Op::Update {
+            command_id: "c".into(),
+            items: vec![
+                UpdateItem::Other("stat".into(), st.clone()),
+                UpdateItem::Rc(0),
+            ],
+        },
     };
     let bytes = encode(&m);
     assert_eq!(decode(&bytes, &Limits::default()), Ok(m));

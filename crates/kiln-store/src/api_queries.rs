@@ -360,4 +360,3 @@ impl Store {
         Ok(ApiPage { rows: out, total })
     }
 }
-

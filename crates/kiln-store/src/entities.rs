@@ -590,8 +590,11 @@ impl Store {
         bs: &NewBuildset,
         now: Epoch,
     ) -> Result<(BuildsetId, Vec<(BuilderId, BuildRequestId)>)> {
-        let requests: Vec<(BuilderId, i64, Option<&str>)> =
-            bs.builders.iter().map(|b| (*b, bs.priority, None)).collect();
+        let requests: Vec<(BuilderId, i64, Option<&str>)> = bs
+            .builders
+            .iter()
+            .map(|b| (*b, bs.priority, None))
+            .collect();
         let mut tx = self.write_tx().await?;
         let out = Self::insert_buildset(&mut tx, bs, now, "", &requests).await?;
         tx.commit().await?;
@@ -609,7 +612,11 @@ impl Store {
         now: Epoch,
         scheduler: &str,
         requests: &[(BuilderId, i64, Option<&str>)],
-    ) -> Result<(Vec<SourceStampId>, BuildsetId, Vec<(BuilderId, BuildRequestId)>)> {
+    ) -> Result<(
+        Vec<SourceStampId>,
+        BuildsetId,
+        Vec<(BuilderId, BuildRequestId)>,
+    )> {
         let mut n = 0;
         let mut p = || {
             n += 1;
@@ -620,13 +627,22 @@ impl Store {
             sql += &format!(
                 "INSERT INTO sourcestamps (branch, revision, repository, codebase, project, created_at) \
                  VALUES ({}, {}, {}, {}, {}, {}) RETURNING id, 'ss' AS kind; ",
-                p(), p(), p(), p(), p(), p()
+                p(),
+                p(),
+                p(),
+                p(),
+                p(),
+                p()
             );
         }
         sql += &format!(
             "INSERT INTO buildsets (external_idstring, reason, submitted_at, complete, parent_buildid, scheduler) \
              VALUES ({}, {}, {}, 0, {}, {}) RETURNING id, 'bs' AS kind; ",
-            p(), p(), p(), p(), p()
+            p(),
+            p(),
+            p(),
+            p(),
+            p()
         );
         const BSID: &str = "(SELECT MAX(id) FROM buildsets)";
         if !sources.is_empty() {
@@ -638,7 +654,10 @@ impl Store {
         }
         let props: Vec<_> = bs.properties.0.iter().collect();
         for batch in props.chunks(200) {
-            let values: Vec<String> = batch.iter().map(|_| format!("({}, {})", p(), p())).collect();
+            let values: Vec<String> = batch
+                .iter()
+                .map(|_| format!("({}, {})", p(), p()))
+                .collect();
             sql += &format!(
                 "INSERT INTO buildset_properties (buildsetid, property_name, property_value) \
                  SELECT {BSID}, column1, column2 FROM (VALUES {}); ",
@@ -649,7 +668,11 @@ impl Store {
             sql += &format!(
                 "INSERT INTO buildrequests (buildsetid, builderid, priority, submitted_at, complete, waited_for, collapse_key) \
                  VALUES ({BSID}, {}, {}, {}, 0, {}, {}) RETURNING id, 'br' AS kind; ",
-                p(), p(), p(), p(), p()
+                p(),
+                p(),
+                p(),
+                p(),
+                p()
             );
         }
         sql += "COMMIT";
@@ -675,7 +698,12 @@ impl Store {
             }
         }
         for (b, priority, key) in requests {
-            q = q.bind(b.0).bind(*priority).bind(now).bind(bs.waited_for as i64).bind(*key);
+            q = q
+                .bind(b.0)
+                .bind(*priority)
+                .bind(now)
+                .bind(bs.waited_for as i64)
+                .bind(*key);
         }
         let rows = self.sqlite_batch(q).await?;
         let (mut ssids, mut bsid, mut brids) = (Vec::new(), None, Vec::new());
@@ -687,11 +715,18 @@ impl Store {
                 _ => brids.push(BuildRequestId(id)),
             }
         }
-        let bsid = bsid.ok_or_else(|| StoreError::Corrupt("buildset insert returned no id".into()))?;
+        let bsid =
+            bsid.ok_or_else(|| StoreError::Corrupt("buildset insert returned no id".into()))?;
         if ssids.len() != sources.len() || brids.len() != requests.len() {
-            return Err(StoreError::Corrupt("buildset batch returned the wrong number of ids".into()));
+            return Err(StoreError::Corrupt(
+                "buildset batch returned the wrong number of ids".into(),
+            ));
         }
-        Ok((ssids, bsid, requests.iter().map(|r| r.0).zip(brids).collect()))
+        Ok((
+            ssids,
+            bsid,
+            requests.iter().map(|r| r.0).zip(brids).collect(),
+        ))
     }
 
     /// The buildset row, its source stamp links, properties and requests (builder, priority,
@@ -716,8 +751,9 @@ impl Store {
         .await?;
         let bsid = get_i64(&row, "id")?;
         if !bs.sourcestamps.is_empty() {
-            let values: Vec<String> =
-                (0..bs.sourcestamps.len()).map(|i| format!("($1, ${})", 2 + i)).collect();
+            let values: Vec<String> = (0..bs.sourcestamps.len())
+                .map(|i| format!("($1, ${})", 2 + i))
+                .collect();
             let sql = format!(
                 "INSERT INTO buildset_sourcestamps (buildsetid, sourcestampid) VALUES {}",
                 values.join(", ")
@@ -730,8 +766,9 @@ impl Store {
         }
         let props: Vec<_> = bs.properties.0.iter().collect();
         for batch in props.chunks(200) {
-            let values: Vec<String> =
-                (0..batch.len()).map(|i| format!("($1, ${}, ${})", 2 + 2 * i, 3 + 2 * i)).collect();
+            let values: Vec<String> = (0..batch.len())
+                .map(|i| format!("($1, ${}, ${})", 2 + 2 * i, 3 + 2 * i))
+                .collect();
             let sql = format!(
                 "INSERT INTO buildset_properties (buildsetid, property_name, property_value) VALUES {}",
                 values.join(", ")
@@ -982,7 +1019,12 @@ impl Store {
                  COMMIT"
             );
             let rows = self
-                .sqlite_batch(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(i64::from(results)).bind(id.0))
+                .sqlite_batch(
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(now)
+                        .bind(i64::from(results))
+                        .bind(id.0),
+                )
                 .await?;
             return Ok(rows.len() as u64);
         }
@@ -1105,7 +1147,12 @@ impl Store {
     /// SQLite: [`Store::add_build_with_properties`] as one batch. Inside its write
     /// transaction the newest build is the one it just made, so the properties (and
     /// `buildnumber`, computed in SQL) find it with `MAX(id)`.
-    async fn add_build_batch(&self, b: &NewBuild, props: &mut Properties, now: Epoch) -> Result<(BuildId, i64)> {
+    async fn add_build_batch(
+        &self,
+        b: &NewBuild,
+        props: &mut Properties,
+        now: Epoch,
+    ) -> Result<(BuildId, i64)> {
         props.0.remove("buildnumber");
         let rows: Vec<_> = props.0.iter().collect();
         let mut sql = String::from(
@@ -1140,10 +1187,15 @@ impl Store {
             .bind(now)
             .bind(b.state_string.as_str());
         for (name, PropertyValue(v, source)) in &rows {
-            q = q.bind(name.as_str()).bind(v.to_string()).bind(source.as_str());
+            q = q
+                .bind(name.as_str())
+                .bind(v.to_string())
+                .bind(source.as_str());
         }
         let out = self.sqlite_batch(q).await?;
-        let row = out.first().ok_or_else(|| StoreError::Corrupt("build insert returned no id".into()))?;
+        let row = out
+            .first()
+            .ok_or_else(|| StoreError::Corrupt("build insert returned no id".into()))?;
         let (id, number) = (BuildId(get_i64(row, "id")?), get_i64(row, "number")?);
         props.set("buildnumber", number, "Build");
         Ok((id, number))
@@ -1272,7 +1324,10 @@ impl Store {
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.0);
             for (name, PropertyValue(v, source)) in batch {
-                q = q.bind(name.as_str()).bind(v.to_string()).bind(source.as_str());
+                q = q
+                    .bind(name.as_str())
+                    .bind(v.to_string())
+                    .bind(source.as_str());
             }
             q.execute(&mut **tx).await?;
         }
@@ -1408,7 +1463,8 @@ impl Store {
         hidden: bool,
         now: Epoch,
     ) -> Result<bool> {
-        self.finish_step_with_state(id, results, hidden, None, now).await
+        self.finish_step_with_state(id, results, hidden, None, now)
+            .await
     }
 
     /// Finishes a step and, if given, sets its state string in the same statement.

@@ -23,11 +23,11 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, SqlSafeStr, Transaction};
 
 pub use entities::*;
-pub use queue::{QueueStore, RequestContext};
 pub use logs::{
-    AppendOutcome, ChunkInfo, JanitorReport, LogWriter, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES,
+    AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES, LogWriter,
     MAX_READ_LINES, slugify,
 };
+pub use queue::{QueueStore, RequestContext};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]

@@ -202,7 +202,13 @@ struct PlannedChunk {
 impl PlannedChunk {
     fn new(first: i64, last: i64, raw: &[u8], level: i32) -> PlannedChunk {
         let (content, method) = compress(raw, level);
-        PlannedChunk { first, last, content, method, raw_len: raw.len() as i64 }
+        PlannedChunk {
+            first,
+            last,
+            content,
+            method,
+            raw_len: raw.len() as i64,
+        }
     }
 }
 
@@ -228,7 +234,11 @@ fn plan_append(state: LogState, bytes: &[u8], cap: Option<u64>) -> AppendPlan {
             chunks: Vec::new(),
             marker_refresh: Some(PlannedChunk::new(line, line, m.as_bytes(), 3)),
             after,
-            outcome: AppendOutcome { lines_stored: 0, bytes_dropped: bytes.len() as u64, num_lines: state.num_lines },
+            outcome: AppendOutcome {
+                lines_stored: 0,
+                bytes_dropped: bytes.len() as u64,
+                num_lines: state.num_lines,
+            },
         };
     }
     let (keep, cut) = match cap {
@@ -304,7 +314,11 @@ async fn write_plan_sqlite(store: &Store, id: LogId, plan: &AppendPlan) -> Resul
     if plan.marker_refresh.is_some() {
         sql += &format!(
             "UPDATE logchunks SET content = {}, compressed = {}, raw_len = {} WHERE logid = {} AND first_line = {}; ",
-            p(), p(), p(), p(), p()
+            p(),
+            p(),
+            p(),
+            p(),
+            p()
         );
         sql += &format!("UPDATE logs SET total_bytes = {} WHERE id = {}; ", p(), p());
     } else {
@@ -320,17 +334,32 @@ async fn write_plan_sqlite(store: &Store, id: LogId, plan: &AppendPlan) -> Resul
         }
         sql += &format!(
             "UPDATE logs SET num_lines = {}, total_bytes = {}, stored_bytes = {}, truncated = {} WHERE id = {}; ",
-            p(), p(), p(), p(), p()
+            p(),
+            p(),
+            p(),
+            p(),
+            p()
         );
     }
     sql += "COMMIT";
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     if let Some(m) = &plan.marker_refresh {
-        q = q.bind(m.content.as_slice()).bind(m.method).bind(m.raw_len).bind(id.0).bind(m.first);
+        q = q
+            .bind(m.content.as_slice())
+            .bind(m.method)
+            .bind(m.raw_len)
+            .bind(id.0)
+            .bind(m.first);
         q = q.bind(plan.after.total as i64).bind(id.0);
     } else {
         for c in &plan.chunks {
-            q = q.bind(id.0).bind(c.first).bind(c.last).bind(c.content.as_slice()).bind(c.method).bind(c.raw_len);
+            q = q
+                .bind(id.0)
+                .bind(c.first)
+                .bind(c.last)
+                .bind(c.content.as_slice())
+                .bind(c.method)
+                .bind(c.raw_len);
         }
         q = q
             .bind(plan.after.num_lines)
@@ -343,7 +372,11 @@ async fn write_plan_sqlite(store: &Store, id: LogId, plan: &AppendPlan) -> Resul
     Ok(())
 }
 
-async fn write_plan(tx: &mut Transaction<'static, Any>, id: LogId, plan: &AppendPlan) -> Result<()> {
+async fn write_plan(
+    tx: &mut Transaction<'static, Any>,
+    id: LogId,
+    plan: &AppendPlan,
+) -> Result<()> {
     if let Some(m) = &plan.marker_refresh {
         sqlx::query("UPDATE logchunks SET content = $1, compressed = $2, raw_len = $3 WHERE logid = $4 AND first_line = $5")
             .bind(m.content.as_slice())
@@ -364,7 +397,15 @@ async fn write_plan(tx: &mut Transaction<'static, Any>, id: LogId, plan: &Append
         let values: Vec<String> = (0..batch.len())
             .map(|i| {
                 let b = 6 * i;
-                format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                )
             })
             .collect();
         let sql = format!(
@@ -373,7 +414,13 @@ async fn write_plan(tx: &mut Transaction<'static, Any>, id: LogId, plan: &Append
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for c in batch {
-            q = q.bind(id.0).bind(c.first).bind(c.last).bind(c.content.as_slice()).bind(c.method).bind(c.raw_len);
+            q = q
+                .bind(id.0)
+                .bind(c.first)
+                .bind(c.last)
+                .bind(c.content.as_slice())
+                .bind(c.method)
+                .bind(c.raw_len);
         }
         q.execute(&mut **tx).await?;
     }
@@ -411,7 +458,10 @@ impl LogWriter {
     /// Like [`Store::append_log`].
     pub async fn append(&mut self, text: &str) -> Result<AppendOutcome> {
         if text.is_empty() {
-            return Ok(AppendOutcome { num_lines: self.state.num_lines, ..Default::default() });
+            return Ok(AppendOutcome {
+                num_lines: self.state.num_lines,
+                ..Default::default()
+            });
         }
         let plan = plan_append(self.state, text.as_bytes(), self.store.opts.log_max_bytes);
         if self.store.backend == Backend::Sqlite {
@@ -538,7 +588,12 @@ impl Store {
     }
 
     /// Adds an empty log to a step and returns its writer (see [`LogWriter`]).
-    pub async fn add_log_writer(&self, step: StepId, name: &str, log_type: LogType) -> Result<LogWriter> {
+    pub async fn add_log_writer(
+        &self,
+        step: StepId,
+        name: &str,
+        log_type: LogType,
+    ) -> Result<LogWriter> {
         let id = self.add_log(step, name, log_type).await?;
         Ok(LogWriter {
             store: self.clone(),
@@ -638,7 +693,11 @@ impl Store {
         };
         let num_lines = get_i64(&r, "num_lines")?;
         // Keep the marker chunk apart so it can still be refreshed.
-        let end = if get_bool(&r, "truncated")? { num_lines - 1 } else { num_lines };
+        let end = if get_bool(&r, "truncated")? {
+            num_lines - 1
+        } else {
+            num_lines
+        };
         // Plan the merge from the chunk index alone (no content read): runs of contiguous
         // chunks that fit the limits together. A log streamed in big batches has nothing to
         // merge, and then nothing is read.
@@ -652,7 +711,11 @@ impl Store {
         let mut runs: Vec<(i64, i64, usize)> = Vec::new(); // (first, last, chunks)
         let mut bytes = 0i64;
         for r in &index {
-            let (f, l, len) = (get_i64(r, "first_line")?, get_i64(r, "last_line")?, get_i64(r, "raw_len")?);
+            let (f, l, len) = (
+                get_i64(r, "first_line")?,
+                get_i64(r, "last_line")?,
+                get_i64(r, "raw_len")?,
+            );
             match runs.last_mut() {
                 Some(run)
                     if f == run.1 + 1
@@ -676,17 +739,21 @@ impl Store {
             let mut group: Vec<u8> = Vec::new();
             let mut next = first;
             while next <= last {
-                let Some(row) = next_chunk(&self.pool, id, next, last + 1).await? else { break };
+                let Some(row) = next_chunk(&self.pool, id, next, last + 1).await? else {
+                    break;
+                };
                 group.extend_from_slice(&decompress(&row)?);
                 next = get_i64(&row, "last_line")? + 1;
             }
             let mut tx = self.write_tx().await?;
-            sqlx::query("DELETE FROM logchunks WHERE logid = $1 AND first_line >= $2 AND first_line <= $3")
-                .bind(id.0)
-                .bind(first)
-                .bind(last)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "DELETE FROM logchunks WHERE logid = $1 AND first_line >= $2 AND first_line <= $3",
+            )
+            .bind(id.0)
+            .bind(first)
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
             insert_chunk(&mut tx, id.0, first, last, &group, 9).await?;
             tx.commit().await?;
         }

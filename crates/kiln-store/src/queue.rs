@@ -20,7 +20,9 @@ use kiln_model::{
     BuildRequestId, BuilderId, BuildsetId, Epoch, MasterId, Properties, Results, SourceStamp,
 };
 
-use crate::{Backend, NewBuildset, NewSourceStamp, Store, StoreError, get_i64, get_opt_str, get_str};
+use crate::{
+    Backend, NewBuildset, NewSourceStamp, Store, StoreError, get_i64, get_opt_str, get_str,
+};
 
 /// What a build needs of its request: the buildset, its source stamps and properties.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,17 +75,28 @@ fn row_pending(r: &sqlx::any::AnyRow) -> crate::Result<PendingRequest> {
 impl QueueStore {
     /// Reads the queue from the database on every call (several masters, tests).
     pub fn new(store: Store, master: MasterId) -> QueueStore {
-        QueueStore { store, master, caches: None }
+        QueueStore {
+            store,
+            master,
+            caches: None,
+        }
     }
 
     /// Keeps the pending requests and the request contexts in memory (see the module doc).
     pub fn cached(store: Store, master: MasterId, refresh: Duration) -> QueueStore {
         let caches = Caches {
             refresh,
-            pending: Mutex::new(PendingCache { full_due: true, ..Default::default() }),
+            pending: Mutex::new(PendingCache {
+                full_due: true,
+                ..Default::default()
+            }),
             contexts: Mutex::new(HashMap::new()),
         };
-        QueueStore { store, master, caches: Some(Arc::new(caches)) }
+        QueueStore {
+            store,
+            master,
+            caches: Some(Arc::new(caches)),
+        }
     }
 
     /// The buildset, source stamps and properties of a request: from memory when this master
@@ -95,7 +108,10 @@ impl QueueStore {
             return Ok(ctx.clone());
         }
         let store = &self.store;
-        let req = store.get_build_request(id).await?.ok_or(StoreError::NotFound("build request", id.0))?;
+        let req = store
+            .get_build_request(id)
+            .await?
+            .ok_or(StoreError::NotFound("build request", id.0))?;
         let bs = store
             .get_buildset(req.buildsetid)
             .await?
@@ -107,7 +123,11 @@ impl QueueStore {
             }
         }
         let properties = store.get_buildset_properties(req.buildsetid).await?;
-        Ok(Arc::new(RequestContext { buildsetid: req.buildsetid, sourcestamps, properties }))
+        Ok(Arc::new(RequestContext {
+            buildsetid: req.buildsetid,
+            sourcestamps,
+            properties,
+        }))
     }
 
     /// A request is done with (complete, cancelled, claimed elsewhere): drop it from memory.
@@ -235,12 +255,15 @@ impl QueueStoreTrait for QueueStore {
         } else {
             let mut tx = self.store.write_tx().await.map_err(backend)?;
             for ss in &sources {
-                new.sourcestamps.push(Store::insert_ss(&mut tx, ss, now).await.map_err(backend)?);
+                new.sourcestamps
+                    .push(Store::insert_ss(&mut tx, ss, now).await.map_err(backend)?);
             }
             let (bsid, brids) = Store::insert_buildset(&mut tx, &new, now, &bs.scheduler, &rows)
                 .await
                 .map_err(backend)?;
-            tx.commit().await.map_err(|e| QueueError::Backend(e.to_string()))?;
+            tx.commit()
+                .await
+                .map_err(|e| QueueError::Backend(e.to_string()))?;
             (new.sourcestamps.clone(), bsid, brids)
         };
         if let Some(c) = &self.caches {
@@ -296,7 +319,9 @@ impl QueueStoreTrait for QueueStore {
         let now = Instant::now();
         let (full, after) = {
             let p = c.pending.lock().expect("pending lock");
-            let stale = |t: Option<Instant>, every: Duration| t.is_none_or(|t| now.duration_since(t) >= every);
+            let stale = |t: Option<Instant>, every: Duration| {
+                t.is_none_or(|t| now.duration_since(t) >= every)
+            };
             if p.full_due || stale(p.last_full, c.refresh * 10) {
                 (true, None)
             } else if stale(p.last_scan, c.refresh) {

@@ -36,10 +36,23 @@ async fn engine_queue(store: Store) {
     let b = store.upsert_builder("b", None, &[]).await.unwrap();
     let q1 = QueueStore::new(store.clone(), m1);
     let q2 = QueueStore::new(store.clone(), m2);
-    let new = |key: &str| NewRequest { builder: b, priority: 5, collapse_key: Some(key.to_string()) };
-    let (bs1, r1) = q1.add_buildset(&request(&["b"]), &[new("k")], 10).await.unwrap();
-    let (_bs2, r2) = q1.add_buildset(&request(&["b"]), &[new("k")], 11).await.unwrap();
-    let (_bs3, r3) = q1.add_buildset(&request(&["b"]), &[new("other")], 12).await.unwrap();
+    let new = |key: &str| NewRequest {
+        builder: b,
+        priority: 5,
+        collapse_key: Some(key.to_string()),
+    };
+    let (bs1, r1) = q1
+        .add_buildset(&request(&["b"]), &[new("k")], 10)
+        .await
+        .unwrap();
+    let (_bs2, r2) = q1
+        .add_buildset(&request(&["b"]), &[new("k")], 11)
+        .await
+        .unwrap();
+    let (_bs3, r3) = q1
+        .add_buildset(&request(&["b"]), &[new("other")], 12)
+        .await
+        .unwrap();
     assert_eq!(store.buildset_scheduler(bs1).await.unwrap(), "force");
     let props = store.get_buildset_properties(bs1).await.unwrap();
     assert_eq!(props.get("scheduler"), Some(&serde_json::json!("force")));
@@ -52,9 +65,17 @@ async fn engine_queue(store: Store) {
     assert_eq!(pending[0].builder, BuilderId(b.0));
 
     let worker = store.upsert_worker("w", &Default::default()).await.unwrap();
-    let a = Assignment { request: r2[0], builder: b, worker, collapsed: vec![r1[0]] };
+    let a = Assignment {
+        request: r2[0],
+        builder: b,
+        worker,
+        collapsed: vec![r1[0]],
+    };
     assert!(q1.claim(&a, 20).await.unwrap(), "the first claim wins");
-    assert!(!q2.claim(&a, 20).await.unwrap(), "a second master cannot claim it again");
+    assert!(
+        !q2.claim(&a, 20).await.unwrap(),
+        "a second master cannot claim it again"
+    );
     let collapsed = store.get_build_request(r1[0]).await.unwrap().unwrap();
     assert!(collapsed.complete);
     assert_eq!(collapsed.results, Some(Results::Skipped));
@@ -71,11 +92,24 @@ async fn engine_queue(store: Store) {
     // Unclaim puts it back; complete ends it.
     q1.unclaim(r2[0]).await.unwrap();
     assert_eq!(q1.pending_requests().await.unwrap().len(), 1);
-    assert!(q2.claim(&Assignment { collapsed: vec![], ..a }, 30).await.unwrap());
+    assert!(
+        q2.claim(
+            &Assignment {
+                collapsed: vec![],
+                ..a
+            },
+            30
+        )
+        .await
+        .unwrap()
+    );
     q2.complete(r2[0], Results::Success, 31).await.unwrap();
     assert!(q1.pending_requests().await.unwrap().is_empty());
     let bs = store.get_buildset(bs1).await.unwrap().unwrap();
-    assert!(bs.complete, "the buildset of the collapsed request is complete");
+    assert!(
+        bs.complete,
+        "the buildset of the collapsed request is complete"
+    );
 }
 
 both!(sqlite_cached_queue, pg_cached_queue, cached_queue);
@@ -90,26 +124,52 @@ async fn cached_queue(store: Store) {
     let worker = store.upsert_worker("w", &Default::default()).await.unwrap();
     let cached = QueueStore::cached(store.clone(), m, Duration::from_millis(300));
     let plain = QueueStore::new(store.clone(), m);
-    let new = || NewRequest { builder: b, priority: 3, collapse_key: Some("k".into()) };
+    let new = || NewRequest {
+        builder: b,
+        priority: 3,
+        collapse_key: Some("k".into()),
+    };
 
     assert!(cached.pending_requests().await.unwrap().is_empty());
     let mut req = request(&["b"]);
     req.properties.set("color", "red", "Force");
     let (bs, r1) = cached.add_buildset(&req, &[new()], 10).await.unwrap();
     // Own submission: pending at once, and the same as the database says.
-    assert_eq!(cached.pending_requests().await.unwrap(), plain.pending_requests().await.unwrap());
+    assert_eq!(
+        cached.pending_requests().await.unwrap(),
+        plain.pending_requests().await.unwrap()
+    );
     assert_eq!(cached.pending_requests().await.unwrap().len(), 1);
     // Its context from memory equals the one read back from the database.
     let from_memory = cached.request_context(r1[0]).await.unwrap();
     let from_db = plain.request_context(r1[0]).await.unwrap();
     assert_eq!(from_memory.buildsetid, bs);
     assert_eq!(from_memory.properties, from_db.properties);
-    assert_eq!(from_memory.properties.get("color"), Some(&serde_json::json!("red")));
-    assert_eq!(from_memory.properties.get("scheduler"), Some(&serde_json::json!("force")));
+    assert_eq!(
+        from_memory.properties.get("color"),
+        Some(&serde_json::json!("red"))
+    );
+    assert_eq!(
+        from_memory.properties.get("scheduler"),
+        Some(&serde_json::json!("force"))
+    );
     let strip = |v: &[kiln_model::SourceStamp]| {
-        v.iter().map(|s| (s.ssid, s.branch.clone(), s.repository.clone(), s.codebase.clone(), s.project.clone())).collect::<Vec<_>>()
+        v.iter()
+            .map(|s| {
+                (
+                    s.ssid,
+                    s.branch.clone(),
+                    s.repository.clone(),
+                    s.codebase.clone(),
+                    s.project.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
     };
-    assert_eq!(strip(&from_memory.sourcestamps), strip(&from_db.sourcestamps));
+    assert_eq!(
+        strip(&from_memory.sourcestamps),
+        strip(&from_db.sourcestamps)
+    );
 
     // Several source stamps and builders: ids in order, same as the database says.
     let b2 = store.upsert_builder("b2", None, &[]).await.unwrap();
@@ -122,7 +182,22 @@ async fn cached_queue(store: Store) {
         project: "p".into(),
     });
     let (mbs, mr) = cached
-        .add_buildset(&multi, &[NewRequest { builder: b, priority: 1, collapse_key: None }, NewRequest { builder: b2, priority: 9, collapse_key: None }], 10)
+        .add_buildset(
+            &multi,
+            &[
+                NewRequest {
+                    builder: b,
+                    priority: 1,
+                    collapse_key: None,
+                },
+                NewRequest {
+                    builder: b2,
+                    priority: 9,
+                    collapse_key: None,
+                },
+            ],
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(mr.len(), 2);
@@ -134,7 +209,8 @@ async fn cached_queue(store: Store) {
         assert_eq!(mem.buildsetid, mbs);
         assert_eq!(mem.sourcestamps.len(), 2);
     }
-    let reqs: Vec<_> = futures_util::future::join_all(mr.iter().map(|r| store.get_build_request(*r))).await;
+    let reqs: Vec<_> =
+        futures_util::future::join_all(mr.iter().map(|r| store.get_build_request(*r))).await;
     let reqs: Vec<_> = reqs.into_iter().map(|r| r.unwrap().unwrap()).collect();
     assert_eq!((reqs[0].builderid, reqs[0].priority), (b, 1));
     assert_eq!((reqs[1].builderid, reqs[1].priority), (b2, 9));
@@ -144,20 +220,49 @@ async fn cached_queue(store: Store) {
     }
 
     // Another writer's request shows up once the refresh interval has passed.
-    let (_, r2) = plain.add_buildset(&request(&["b"]), &[new()], 11).await.unwrap();
+    let (_, r2) = plain
+        .add_buildset(&request(&["b"]), &[new()], 11)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(350)).await;
-    let ids: Vec<_> = cached.pending_requests().await.unwrap().iter().map(|p| p.id).collect();
+    let ids: Vec<_> = cached
+        .pending_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
     assert_eq!(ids, vec![r1[0], r2[0]]);
 
     // A claim (won or lost) takes a request out of the pending list.
-    let a = Assignment { request: r1[0], builder: b, worker, collapsed: vec![] };
+    let a = Assignment {
+        request: r1[0],
+        builder: b,
+        worker,
+        collapsed: vec![],
+    };
     assert!(plain.claim(&a, 20).await.unwrap());
-    assert!(!cached.claim(&a, 20).await.unwrap(), "already claimed by the other handle");
-    let ids: Vec<_> = cached.pending_requests().await.unwrap().iter().map(|p| p.id).collect();
+    assert!(
+        !cached.claim(&a, 20).await.unwrap(),
+        "already claimed by the other handle"
+    );
+    let ids: Vec<_> = cached
+        .pending_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
     assert_eq!(ids, vec![r2[0]]);
     // Unclaimed again: back after the full re-read an unclaim asks for.
     cached.unclaim(r1[0]).await.unwrap();
-    let ids: Vec<_> = cached.pending_requests().await.unwrap().iter().map(|p| p.id).collect();
+    let ids: Vec<_> = cached
+        .pending_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
     assert_eq!(ids, vec![r1[0], r2[0]]);
     // Completed and cancelled requests are gone.
     assert!(cached.claim(&a, 30).await.unwrap());

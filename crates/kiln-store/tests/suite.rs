@@ -1266,26 +1266,67 @@ async fn runner_paths(store: Store) {
     };
     let mut props = Properties::default();
     props.set("color", "red", "Force");
-    let (id1, n1) = store.add_build_with_properties(&new(brs[0]), &mut props, 110).await.unwrap();
-    let (id2, n2) = store.add_build_with_properties(&new(brs[1]), &mut props, 111).await.unwrap();
+    let (id1, n1) = store
+        .add_build_with_properties(&new(brs[0]), &mut props, 110)
+        .await
+        .unwrap();
+    let (id2, n2) = store
+        .add_build_with_properties(&new(brs[1]), &mut props, 111)
+        .await
+        .unwrap();
     assert_eq!((n1, n2), (1, 2), "numbers follow the builder's");
     let stored = store.get_build_properties(id2).await.unwrap();
     assert_eq!(stored.get("buildnumber"), Some(&serde_json::json!(2)));
     assert_eq!(stored.get("color"), Some(&serde_json::json!("red")));
     assert_eq!(store.get_build(id1).await.unwrap().unwrap().number, 1);
 
-    let s0 = store.add_started_step(id1, 0, "compile", "compiling", 120).await.unwrap();
-    let s1 = store.add_started_step(id1, 1, "compile_2", "compiling", 121).await.unwrap();
+    let s0 = store
+        .add_started_step(id1, 0, "compile", "compiling", 120)
+        .await
+        .unwrap();
+    let s1 = store
+        .add_started_step(id1, 1, "compile_2", "compiling", 121)
+        .await
+        .unwrap();
     let steps = store.list_steps(id1).await.unwrap();
-    assert_eq!(steps.iter().map(|s| (s.number, s.name.as_str())).collect::<Vec<_>>(), [(0, "compile"), (1, "compile_2")]);
+    assert_eq!(
+        steps
+            .iter()
+            .map(|s| (s.number, s.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(0, "compile"), (1, "compile_2")]
+    );
     assert_eq!(steps[0].started_at, Some(120));
     assert_eq!(steps[0].state_string, "compiling");
-    assert!(store.finish_step_with_state(s0, Results::Warnings, false, Some("compiled"), 130).await.unwrap());
-    assert!(!store.finish_step_with_state(s0, Results::Failure, false, Some("again"), 131).await.unwrap(), "finishes once");
-    assert!(store.finish_step_with_state(s1, Results::Success, true, None, 132).await.unwrap());
+    assert!(
+        store
+            .finish_step_with_state(s0, Results::Warnings, false, Some("compiled"), 130)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .finish_step_with_state(s0, Results::Failure, false, Some("again"), 131)
+            .await
+            .unwrap(),
+        "finishes once"
+    );
+    assert!(
+        store
+            .finish_step_with_state(s1, Results::Success, true, None, 132)
+            .await
+            .unwrap()
+    );
     let steps = store.list_steps(id1).await.unwrap();
-    assert_eq!((steps[0].results, steps[0].state_string.as_str()), (Some(Results::Warnings), "compiled"));
-    assert_eq!((steps[1].state_string.as_str(), steps[1].hidden), ("compiling", true), "None keeps the state");
+    assert_eq!(
+        (steps[0].results, steps[0].state_string.as_str()),
+        (Some(Results::Warnings), "compiled")
+    );
+    assert_eq!(
+        (steps[1].state_string.as_str(), steps[1].hidden),
+        ("compiling", true),
+        "None keeps the state"
+    );
 
     // Requests completed one at a time (a build's end): the buildset completes with the
     // last one, with Buildbot's worst result (SKIPPED counts below SUCCESS).
@@ -1297,21 +1338,67 @@ async fn runner_paths(store: Store) {
         ([Results::Exception, Results::Warnings], Results::Exception),
     ] {
         let (bsid, brs) = store
-            .add_buildset(&NewBuildset { builders: vec![b1, b1], reason: "r".into(), ..Default::default() }, 150)
+            .add_buildset(
+                &NewBuildset {
+                    builders: vec![b1, b1],
+                    reason: "r".into(),
+                    ..Default::default()
+                },
+                150,
+            )
             .await
             .unwrap();
-        assert_eq!(store.complete_build_requests(&[brs[0].1], results[0], 151).await.unwrap(), 1);
-        assert!(!store.get_buildset(bsid).await.unwrap().unwrap().complete, "one request still open");
-        assert_eq!(store.complete_build_requests(&[brs[1].1], results[1], 152).await.unwrap(), 1);
-        assert_eq!(store.complete_build_requests(&[brs[1].1], Results::Failure, 153).await.unwrap(), 0, "completes once");
+        assert_eq!(
+            store
+                .complete_build_requests(&[brs[0].1], results[0], 151)
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(
+            !store.get_buildset(bsid).await.unwrap().unwrap().complete,
+            "one request still open"
+        );
+        assert_eq!(
+            store
+                .complete_build_requests(&[brs[1].1], results[1], 152)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .complete_build_requests(&[brs[1].1], Results::Failure, 153)
+                .await
+                .unwrap(),
+            0,
+            "completes once"
+        );
         let bs = store.get_buildset(bsid).await.unwrap().unwrap();
-        assert_eq!((bs.complete, bs.results, bs.complete_at), (true, Some(want), Some(152)), "{results:?}");
+        assert_eq!(
+            (bs.complete, bs.results, bs.complete_at),
+            (true, Some(want), Some(152)),
+            "{results:?}"
+        );
     }
 
-    assert!(store.finish_build_with_state(id1, Results::Warnings, Some("build warnings"), 140).await.unwrap());
-    assert!(!store.finish_build_with_state(id1, Results::Failure, None, 141).await.unwrap());
+    assert!(
+        store
+            .finish_build_with_state(id1, Results::Warnings, Some("build warnings"), 140)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .finish_build_with_state(id1, Results::Failure, None, 141)
+            .await
+            .unwrap()
+    );
     let b = store.get_build(id1).await.unwrap().unwrap();
-    assert_eq!((b.results, b.state_string.as_str(), b.complete_at), (Some(Results::Warnings), "build warnings", Some(140)));
+    assert_eq!(
+        (b.results, b.state_string.as_str(), b.complete_at),
+        (Some(Results::Warnings), "build warnings", Some(140))
+    );
 }
 
 /// A log written through its [`LogWriter`] reads back exactly like one written with
@@ -1320,19 +1407,37 @@ async fn log_writer(store: Store) {
     let (m, w, b1, _) = setup(&store).await;
     let brs = buildset(&store, &[b1], 0, 100).await;
     let (build, _) = store
-        .add_build(&NewBuild { builderid: b1, buildrequestid: brs[0], workerid: w, masterid: m, state_string: String::new() }, 1)
+        .add_build(
+            &NewBuild {
+                builderid: b1,
+                buildrequestid: brs[0],
+                workerid: w,
+                masterid: m,
+                state_string: String::new(),
+            },
+            1,
+        )
         .await
         .unwrap();
     let (step, _, _) = store.add_step(build, "s").await.unwrap();
-    let appends: Vec<String> = (0..40).map(|i| format!("line {i} {}\nmore {i}\n", "x".repeat(i * 7))).chain(["no newline".to_string()]).collect();
+    let appends: Vec<String> = (0..40)
+        .map(|i| format!("line {i} {}\nmore {i}\n", "x".repeat(i * 7)))
+        .chain(["no newline".to_string()])
+        .collect();
     let plain = store.add_log(step, "plain", LogType::Stdio).await.unwrap();
-    let mut writer = store.add_log_writer(step, "writer", LogType::Stdio).await.unwrap();
+    let mut writer = store
+        .add_log_writer(step, "writer", LogType::Stdio)
+        .await
+        .unwrap();
     for a in &appends {
         let o1 = store.append_log(plain, a).await.unwrap();
         let o2 = writer.append(a).await.unwrap();
         assert_eq!(o1, o2, "same outcome for {a:?}");
     }
-    assert!(store.log_sizes(plain).await.unwrap().2, "the cap was reached");
+    assert!(
+        store.log_sizes(plain).await.unwrap().2,
+        "the cap was reached"
+    );
     let wid = writer.id();
     let before = store.log_chunks(wid).await.unwrap().len();
     writer.finish().await.unwrap();
@@ -1340,17 +1445,38 @@ async fn log_writer(store: Store) {
     let a = store.read_log_lines(plain, 0, 10_000).await.unwrap();
     let b = store.read_log_lines(wid, 0, 10_000).await.unwrap();
     assert_eq!(a, b);
-    assert!(b.last().unwrap().starts_with("[kiln: log truncated at 5000 bytes;"), "{:?}", b.last());
-    assert_eq!(store.log_sizes(plain).await.unwrap(), store.log_sizes(wid).await.unwrap());
+    assert!(
+        b.last()
+            .unwrap()
+            .starts_with("[kiln: log truncated at 5000 bytes;"),
+        "{:?}",
+        b.last()
+    );
+    assert_eq!(
+        store.log_sizes(plain).await.unwrap(),
+        store.log_sizes(wid).await.unwrap()
+    );
     assert!(store.get_log(wid).await.unwrap().unwrap().complete);
-    assert!(store.log_chunks(wid).await.unwrap().len() < before, "small chunks were merged");
-    assert_eq!(store.log_chunks(wid).await.unwrap(), store.log_chunks(plain).await.unwrap());
+    assert!(
+        store.log_chunks(wid).await.unwrap().len() < before,
+        "small chunks were merged"
+    );
+    assert_eq!(
+        store.log_chunks(wid).await.unwrap(),
+        store.log_chunks(plain).await.unwrap()
+    );
 
     // One big append: nothing to merge, and the writer skips the merge pass.
-    let mut big = store.add_log_writer(step, "big", LogType::Stdio).await.unwrap();
+    let mut big = store
+        .add_log_writer(step, "big", LogType::Stdio)
+        .await
+        .unwrap();
     let text: String = (0..2000).map(|i| format!("{i:04}\n")).collect();
     big.append(&text).await.unwrap();
     let id = big.id();
     big.finish().await.unwrap();
-    assert_eq!(store.read_log_lines(id, 0, 5).await.unwrap(), ["0000", "0001", "0002", "0003", "0004", "0005"]);
+    assert_eq!(
+        store.read_log_lines(id, 0, 5).await.unwrap(),
+        ["0000", "0001", "0002", "0003", "0004", "0005"]
+    );
 }

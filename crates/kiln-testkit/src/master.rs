@@ -80,7 +80,10 @@ pub fn kiln_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    for d in [dir.clone(), dir.parent().map(Path::to_path_buf).unwrap_or_default()] {
+    for d in [
+        dir.clone(),
+        dir.parent().map(Path::to_path_buf).unwrap_or_default(),
+    ] {
         let cand = d.join("kiln");
         if cand.is_file() {
             return cand;
@@ -99,7 +102,10 @@ pub fn start_master(dir: &Path, master_star: &str) -> anyhow::Result<MasterProc>
 /// [`start_master`] with an explicit binary.
 pub fn start_master_with(bin: &Path, dir: &Path, master_star: &str) -> anyhow::Result<MasterProc> {
     if !bin.is_file() {
-        bail!("no kiln binary at {} (build it with `cargo build -p kiln-master`, or set KILN_BIN)", bin.display());
+        bail!(
+            "no kiln binary at {} (build it with `cargo build -p kiln-master`, or set KILN_BIN)",
+            bin.display()
+        );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -126,14 +132,25 @@ pub fn start_master_with(bin: &Path, dir: &Path, master_star: &str) -> anyhow::R
         .stderr(log)
         .spawn()
         .with_context(|| format!("spawning {} run {}", bin.display(), dir.display()))?;
-    let mut m = MasterProc { web_port, worker_port, pid: child.id(), dir: dir.clone(), startup: Duration::ZERO, child };
+    let mut m = MasterProc {
+        web_port,
+        worker_port,
+        pid: child.id(),
+        dir: dir.clone(),
+        startup: Duration::ZERO,
+        child,
+    };
     loop {
         if let Ok((200, _)) = http_get(web_port, "/api/v2/builders") {
             m.startup = t0.elapsed();
             return Ok(m);
         }
         if let Some(st) = m.child.try_wait()? {
-            bail!("kiln run {} exited ({st}) before its web port answered; its output:\n{}", dir.display(), m.log());
+            bail!(
+                "kiln run {} exited ({st}) before its web port answered; its output:\n{}",
+                dir.display(),
+                m.log()
+            );
         }
         if t0.elapsed() > START_TIMEOUT {
             bail!(
@@ -151,11 +168,21 @@ pub fn start_master_with(bin: &Path, dir: &Path, master_star: &str) -> anyhow::R
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
-    let status_line = String::from_utf8_lossy(&buf[..head_end]).lines().next().unwrap_or_default().to_string();
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let status_line = String::from_utf8_lossy(&buf[..head_end])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let status = status_line
         .split_whitespace()
         .nth(1)

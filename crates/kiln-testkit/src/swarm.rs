@@ -110,7 +110,8 @@ impl Stats {
     }
 
     fn touch(&self) {
-        self.last_activity_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_activity_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Time since any client last received a message (the swarm is quiet when this grows).
@@ -165,7 +166,9 @@ impl Swarm {
                 return true;
             }
             // Clients that gave up or were closed never come back: stop waiting when too few are left.
-            if s.failed.load(Ordering::Relaxed) + s.closed.load(Ordering::Relaxed) > self.count.saturating_sub(n) {
+            if s.failed.load(Ordering::Relaxed) + s.closed.load(Ordering::Relaxed)
+                > self.count.saturating_sub(n)
+            {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -189,19 +192,29 @@ pub fn spawn(cfg: SwarmConfig) -> Swarm {
     for idx in 0..cfg.count {
         tasks.spawn(client(cfg.clone(), stats.clone(), gate.clone(), idx));
     }
-    Swarm { stats, count: cfg.count, tasks }
+    Swarm {
+        stats,
+        count: cfg.count,
+        tasks,
+    }
 }
 
 /// Raises the soft open-files limit to the hard one (each client is one socket).
 pub fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 0;
         }
         if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
                 return want.rlim_cur;
             }
@@ -251,7 +264,8 @@ async fn connect(cfg: &SwarmConfig, idx: usize, name: &str) -> Result<Ws, String
     let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     if cfg.source_ips > 1 {
         let ip = Ipv4Addr::new(127, 0, 0, 1 + (idx % usize::from(cfg.source_ips)) as u8);
-        sock.bind(SocketAddr::new(ip.into(), 0)).map_err(|e| format!("bind {ip}: {e}"))?;
+        sock.bind(SocketAddr::new(ip.into(), 0))
+            .map_err(|e| format!("bind {ip}: {e}"))?;
     }
     // Small kernel buffers: idle connections carry a few hundred bytes.
     let _ = sock.set_recv_buffer_size(16 * 1024);
@@ -259,27 +273,42 @@ async fn connect(cfg: &SwarmConfig, idx: usize, name: &str) -> Result<Ws, String
     let stream = timeout(CONNECT_TIMEOUT, sock.connect(cfg.addr))
         .await
         .map_err(|_| format!("connect to {} timed out", cfg.addr))?
-        .map_err(|e| format!("connect to {}: {e} (fd limit / ephemeral ports? try --source-ips)", cfg.addr))?;
+        .map_err(|e| {
+            format!(
+                "connect to {}: {e} (fd limit / ephemeral ports? try --source-ips)",
+                cfg.addr
+            )
+        })?;
     let _ = stream.set_nodelay(true);
-    let mut req = format!("ws://{}/", cfg.addr).into_client_request().map_err(|e| e.to_string())?;
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{name}:{}", cfg.password));
-    req.headers_mut()
-        .insert("Authorization", HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| e.to_string())?);
+    let mut req = format!("ws://{}/", cfg.addr)
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("{name}:{}", cfg.password));
+    req.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| e.to_string())?,
+    );
     let limits = Limits::default();
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .max_message_size(Some(limits.max_message))
         .max_frame_size(Some(limits.max_message));
-    let (ws, _) = timeout(CONNECT_TIMEOUT, tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config)))
-        .await
-        .map_err(|_| "WebSocket handshake timed out".to_string())?
-        .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    let (ws, _) = timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config)),
+    )
+    .await
+    .map_err(|_| "WebSocket handshake timed out".to_string())?
+    .map_err(|e| format!("WebSocket handshake: {e}"))?;
     Ok(ws)
 }
 
 async fn send(ws: &mut Ws, msg: &Message) -> Result<(), String> {
-    ws.send(WsMsg::Binary(kiln_proto::encode(msg).into())).await.map_err(|e| format!("send: {e}"))
+    ws.send(WsMsg::Binary(kiln_proto::encode(msg).into()))
+        .await
+        .map_err(|e| format!("send: {e}"))
 }
 
 async fn respond(ws: &mut Ws, r: Response) -> Result<(), String> {
@@ -287,7 +316,13 @@ async fn respond(ws: &mut Ws, r: Response) -> Result<(), String> {
 }
 
 /// Answers the master until it closes the connection.
-async fn serve(mut ws: Ws, cfg: &SwarmConfig, stats: &Stats, name: &str, attached: &mut bool) -> Result<(), String> {
+async fn serve(
+    mut ws: Ws,
+    cfg: &SwarmConfig,
+    stats: &Stats,
+    name: &str,
+    attached: &mut bool,
+) -> Result<(), String> {
     let limits = Limits::default();
     let mut seq: i64 = 0;
     let mut got_info = false;
@@ -303,7 +338,9 @@ async fn serve(mut ws: Ws, cfg: &SwarmConfig, stats: &Stats, name: &str, attache
         let (seq_number, op) = match kiln_proto::decode(&data, &limits) {
             Ok(Message::Request { seq_number, op }) => (seq_number, op),
             Ok(Message::Response(_)) => continue,
-            Err(DecodeError::BadRequest { seq_number, reason, .. }) => {
+            Err(DecodeError::BadRequest {
+                seq_number, reason, ..
+            }) => {
                 respond(&mut ws, Response::error(seq_number, reason)).await?;
                 continue;
             }
@@ -317,10 +354,16 @@ async fn serve(mut ws: Ws, cfg: &SwarmConfig, stats: &Stats, name: &str, attache
                 }
                 respond(&mut ws, Response::ok(seq_number)).await?;
             }
-            Op::Keepalive | Op::InterruptCommand { .. } => respond(&mut ws, Response::ok(seq_number)).await?,
+            Op::Keepalive | Op::InterruptCommand { .. } => {
+                respond(&mut ws, Response::ok(seq_number)).await?
+            }
             Op::GetWorkerInfo => {
                 got_info = true;
-                respond(&mut ws, Response::with_result(seq_number, worker_info(cfg, name))).await?;
+                respond(
+                    &mut ws,
+                    Response::with_result(seq_number, worker_info(cfg, name)),
+                )
+                .await?;
             }
             Op::SetWorkerSettings(_) => {
                 respond(&mut ws, Response::ok(seq_number)).await?;
@@ -329,13 +372,35 @@ async fn serve(mut ws: Ws, cfg: &SwarmConfig, stats: &Stats, name: &str, attache
                     stats.attached.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Op::StartCommand { command_id, command_name, .. } => {
+            Op::StartCommand {
+                command_id,
+                command_name,
+                ..
+            } => {
                 respond(&mut ws, Response::ok(seq_number)).await?;
                 let items = command_result(&command_name);
-                send(&mut ws, &Message::Request { seq_number: seq, op: Op::Update { command_id: command_id.clone(), items } })
-                    .await?;
-                send(&mut ws, &Message::Request { seq_number: seq + 1, op: Op::Complete { command_id, failure: None } })
-                    .await?;
+                send(
+                    &mut ws,
+                    &Message::Request {
+                        seq_number: seq,
+                        op: Op::Update {
+                            command_id: command_id.clone(),
+                            items,
+                        },
+                    },
+                )
+                .await?;
+                send(
+                    &mut ws,
+                    &Message::Request {
+                        seq_number: seq + 1,
+                        op: Op::Complete {
+                            command_id,
+                            failure: None,
+                        },
+                    },
+                )
+                .await?;
                 seq += 2;
                 stats.commands.fetch_add(1, Ordering::Relaxed);
             }
@@ -344,7 +409,13 @@ async fn serve(mut ws: Ws, cfg: &SwarmConfig, stats: &Stats, name: &str, attache
                 let _ = ws.close(None).await;
                 return Ok(());
             }
-            other => respond(&mut ws, Response::error(seq_number, Op::unknown_error(other.name()))).await?,
+            other => {
+                respond(
+                    &mut ws,
+                    Response::error(seq_number, Op::unknown_error(other.name())),
+                )
+                .await?
+            }
         }
     }
     Ok(())
@@ -356,7 +427,9 @@ pub fn command_result(command_name: &str) -> Vec<UpdateItem> {
     match command_name {
         "listdir" => items.push(UpdateItem::Files(Vec::new())),
         // A directory (mode 040755), as `tuple(os.stat(path))`.
-        "stat" => items.push(UpdateItem::Stat(vec![0o40755, 1, 1, 2, 0, 0, 4096, 0, 0, 0])),
+        "stat" => items.push(UpdateItem::Stat(vec![
+            0o40755, 1, 1, 2, 0, 0, 4096, 0, 0, 0,
+        ])),
         "glob" => items.push(UpdateItem::Files(Vec::new())),
         _ => {}
     }
@@ -375,7 +448,10 @@ pub fn worker_info(cfg: &SwarmConfig, name: &str) -> Value {
     info.set(
         "environ",
         Value::Map(vec![
-            (Value::from("PATH"), Value::from("/usr/local/bin:/usr/bin:/bin")),
+            (
+                Value::from("PATH"),
+                Value::from("/usr/local/bin:/usr/bin:/bin"),
+            ),
             (Value::from("HOME"), Value::from(basedir.clone())),
             (Value::from("LANG"), Value::from("C.UTF-8")),
         ]),
@@ -384,7 +460,10 @@ pub fn worker_info(cfg: &SwarmConfig, name: &str) -> Value {
     info.set("basedir", basedir);
     info.set("numcpus", 1);
     info.set("version", cfg.version.clone());
-    info.set("worker_commands", WorkerInfo::commands(kiln_proto::COMMAND_VERSION));
+    info.set(
+        "worker_commands",
+        WorkerInfo::commands(kiln_proto::COMMAND_VERSION),
+    );
     info.set("delete_leftover_dirs", false);
     info.into_value()
 }

@@ -56,28 +56,53 @@ fn starts_on_free_ports_and_waits_for_http_200() {
     );
     // Ready means the API answered: it was not before the stand-in's delay.
     assert!(m.startup >= Duration::from_millis(300), "{:?}", m.startup);
-    assert_eq!(master::http_get(m.web_port, "/api/v2/builders").unwrap().0, 200);
+    assert_eq!(
+        master::http_get(m.web_port, "/api/v2/builders").unwrap().0,
+        200
+    );
     assert_eq!(master::http_get(m.web_port, "/nope").unwrap().0, 404);
-    assert!(m.log().contains("config:"), "the output goes to DIR/kiln.log");
+    assert!(
+        m.log().contains("config:"),
+        "the output goes to DIR/kiln.log"
+    );
     let pid = m.pid;
     let st = m.stop(Duration::from_secs(5)).unwrap();
     assert!(!st.success(), "stopped by a signal");
-    assert!(!Path::new(&format!("/proc/{pid}/cmdline")).exists() || std::fs::read(format!("/proc/{pid}/cmdline")).unwrap().is_empty());
+    assert!(
+        !Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap()
+                .is_empty()
+    );
 }
 
 #[test]
 fn a_master_that_exits_early_is_an_error_with_its_output() {
     let tmp = tempfile::tempdir().unwrap();
     let bin = tmp.path().join("kiln");
-    std::fs::write(&bin, "#!/bin/sh\necho 'master.star:1: bad config' >&2\nexit 3\n").unwrap();
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\necho 'master.star:1: bad config' >&2\nexit 3\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let err = start_master_with(&bin, &tmp.path().join("m"), "").unwrap_err().to_string();
-    assert!(err.contains("exited") && err.contains("bad config"), "{err}");
+    let err = start_master_with(&bin, &tmp.path().join("m"), "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("exited") && err.contains("bad config"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_missing_binary_says_how_to_build_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = start_master_with(&tmp.path().join("kiln"), tmp.path(), "").unwrap_err().to_string();
-    assert!(err.contains("cargo build -p kiln-master") && err.contains("KILN_BIN"), "{err}");
+    let err = start_master_with(&tmp.path().join("kiln"), tmp.path(), "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cargo build -p kiln-master") && err.contains("KILN_BIN"),
+        "{err}"
+    );
 }

@@ -12,7 +12,9 @@ use kiln_testkit::swarm::{self, SwarmConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMsg;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response as HsResponse};
+use tokio_tungstenite::tungstenite::handshake::server::{
+    ErrorResponse, Request, Response as HsResponse,
+};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 
 type Ws = WebSocketStream<TcpStream>;
@@ -57,14 +59,21 @@ impl Conn {
     async fn send(&mut self, op: Op) -> i64 {
         let seq = self.seq;
         self.seq += 1;
-        let bytes = kiln_proto::encode(&Message::Request { seq_number: seq, op });
+        let bytes = kiln_proto::encode(&Message::Request {
+            seq_number: seq,
+            op,
+        });
         self.ws.send(WsMsg::Binary(bytes.into())).await.unwrap();
         seq
     }
 
     async fn recv(&mut self) -> Message {
         loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), self.ws.next()).await.expect("worker answers").unwrap().unwrap();
+            let m = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("worker answers")
+                .unwrap()
+                .unwrap();
             if let WsMsg::Binary(b) = m {
                 return kiln_proto::decode(&b, &Limits::default()).unwrap();
             }
@@ -74,8 +83,15 @@ impl Conn {
     async fn response(&mut self, seq: i64) -> Response {
         match self.recv().await {
             Message::Response(r) => {
-                assert_eq!(r.seq_number, seq, "responses come in order for a sequential master");
-                assert!(!r.is_exception, "request {seq} failed: {:?}", r.error_text());
+                assert_eq!(
+                    r.seq_number, seq,
+                    "responses come in order for a sequential master"
+                );
+                assert!(
+                    !r.is_exception,
+                    "request {seq} failed: {:?}",
+                    r.error_text()
+                );
                 r
             }
             other => panic!("expected the response to {seq}, got {other:?}"),
@@ -86,25 +102,48 @@ impl Conn {
     async fn command(&mut self, name: &str, args: Args) -> Vec<UpdateItem> {
         let id = format!("cmd-{name}-{}", self.seq);
         let seq = self
-            .send(Op::StartCommand { builder_name: None, command_id: id.clone(), command_name: name.into(), args })
+            .send(Op::StartCommand {
+                builder_name: None,
+                command_id: id.clone(),
+                command_name: name.into(),
+                args,
+            })
             .await;
         self.response(seq).await;
         let mut items = Vec::new();
         loop {
             match self.recv().await {
-                Message::Request { seq_number, op: Op::Update { command_id, items: it } } => {
+                Message::Request {
+                    seq_number,
+                    op:
+                        Op::Update {
+                            command_id,
+                            items: it,
+                        },
+                } => {
                     assert_eq!(command_id, id);
                     items.extend(it);
                     self.ws
-                        .send(WsMsg::Binary(kiln_proto::encode(&Message::Response(Response::ok(seq_number))).into()))
+                        .send(WsMsg::Binary(
+                            kiln_proto::encode(&Message::Response(Response::ok(seq_number))).into(),
+                        ))
                         .await
                         .unwrap();
                 }
-                Message::Request { seq_number, op: Op::Complete { command_id, failure } } => {
+                Message::Request {
+                    seq_number,
+                    op:
+                        Op::Complete {
+                            command_id,
+                            failure,
+                        },
+                } => {
                     assert_eq!(command_id, id);
                     assert_eq!(failure, None, "{name} completes without a failure");
                     self.ws
-                        .send(WsMsg::Binary(kiln_proto::encode(&Message::Response(Response::ok(seq_number))).into()))
+                        .send(WsMsg::Binary(
+                            kiln_proto::encode(&Message::Response(Response::ok(seq_number))).into(),
+                        ))
                         .await
                         .unwrap();
                     return items;
@@ -121,34 +160,100 @@ fn path_args(key: &str, v: Value) -> Args {
 
 /// Buildbot's attach sequence, checking every answer the way the 4.3 master does.
 async fn attach(mut c: Conn, name: &str) -> Conn {
-    let s = c.send(Op::Print { message: "attached".into() }).await;
+    let s = c
+        .send(Op::Print {
+            message: "attached".into(),
+        })
+        .await;
     c.response(s).await;
     let s = c.send(Op::GetWorkerInfo).await;
     let info = c.response(s).await.result;
     let info = info.as_map().expect("info is a map");
     let basedir = text_of(info.get_key("basedir").expect("basedir")).unwrap();
-    assert!(basedir.ends_with(&format!("/{name}")), "basedir {basedir} names the worker");
-    assert_eq!(text_of(info.get_key("system").unwrap()).as_deref(), Some("posix"));
-    assert_eq!(info.get_key("delete_leftover_dirs"), Some(&Value::Boolean(false)));
+    assert!(
+        basedir.ends_with(&format!("/{name}")),
+        "basedir {basedir} names the worker"
+    );
+    assert_eq!(
+        text_of(info.get_key("system").unwrap()).as_deref(),
+        Some("posix")
+    );
+    assert_eq!(
+        info.get_key("delete_leftover_dirs"),
+        Some(&Value::Boolean(false))
+    );
     assert!(text_of(info.get_key("version").unwrap()).is_some());
-    let cmds = info.get_key("worker_commands").and_then(Value::as_map).expect("worker_commands");
+    let cmds = info
+        .get_key("worker_commands")
+        .and_then(Value::as_map)
+        .expect("worker_commands");
     for needed in ["listdir", "mkdir", "stat", "rmdir", "shell"] {
-        assert!(cmds.get_key(needed).is_some(), "worker_commands has {needed}");
+        assert!(
+            cmds.get_key(needed).is_some(),
+            "worker_commands has {needed}"
+        );
     }
-    assert!(info.get_key("environ").and_then(Value::as_map).is_some(), "environ is a map");
-    let s = c.send(Op::SetWorkerSettings(kiln_proto::args::WorkerSettings::default())).await;
+    assert!(
+        info.get_key("environ").and_then(Value::as_map).is_some(),
+        "environ is a map"
+    );
+    let s = c
+        .send(Op::SetWorkerSettings(
+            kiln_proto::args::WorkerSettings::default(),
+        ))
+        .await;
     c.response(s).await;
-    let items = c.command("listdir", path_args("path", Value::from(basedir.clone()))).await;
-    assert!(items.contains(&UpdateItem::Files(vec![])), "listdir reports files: {items:?}");
-    assert!(items.contains(&UpdateItem::Rc(0)), "listdir rc 0: {items:?}");
-    let items = c.command("mkdir", path_args("paths", Value::Array(vec![Value::from(format!("{basedir}/b"))]))).await;
+    let items = c
+        .command("listdir", path_args("path", Value::from(basedir.clone())))
+        .await;
+    assert!(
+        items.contains(&UpdateItem::Files(vec![])),
+        "listdir reports files: {items:?}"
+    );
+    assert!(
+        items.contains(&UpdateItem::Rc(0)),
+        "listdir rc 0: {items:?}"
+    );
+    let items = c
+        .command(
+            "mkdir",
+            path_args(
+                "paths",
+                Value::Array(vec![Value::from(format!("{basedir}/b"))]),
+            ),
+        )
+        .await;
     assert!(items.contains(&UpdateItem::Rc(0)));
-    let items = c.command("stat", path_args("path", Value::from(basedir.clone()))).await;
-    let stat = items.iter().find_map(|i| if let UpdateItem::Stat(s) = i { Some(s.clone()) } else { None });
-    assert_eq!(stat.map(|s| (s.len(), s[0] & 0o170000)), Some((10, 0o040000)), "stat is a directory: {items:?}");
-    let items = c.command("rmdir", path_args("paths", Value::Array(vec![Value::from(format!("{basedir}/old"))]))).await;
+    let items = c
+        .command("stat", path_args("path", Value::from(basedir.clone())))
+        .await;
+    let stat = items.iter().find_map(|i| {
+        if let UpdateItem::Stat(s) = i {
+            Some(s.clone())
+        } else {
+            None
+        }
+    });
+    assert_eq!(
+        stat.map(|s| (s.len(), s[0] & 0o170000)),
+        Some((10, 0o040000)),
+        "stat is a directory: {items:?}"
+    );
+    let items = c
+        .command(
+            "rmdir",
+            path_args(
+                "paths",
+                Value::Array(vec![Value::from(format!("{basedir}/old"))]),
+            ),
+        )
+        .await;
     assert!(items.contains(&UpdateItem::Rc(0)));
-    let s = c.send(Op::Print { message: "attached".into() }).await;
+    let s = c
+        .send(Op::Print {
+            message: "attached".into(),
+        })
+        .await;
     c.response(s).await;
     c
 }
@@ -157,7 +262,10 @@ async fn attach(mut c: Conn, name: &str) -> Conn {
 async fn swarm_answers_the_attach_sequence_then_idles_and_answers_pings() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let sw = swarm::spawn(SwarmConfig { connect_concurrency: 2, ..SwarmConfig::new(addr, 3, "sesame") });
+    let sw = swarm::spawn(SwarmConfig {
+        connect_concurrency: 2,
+        ..SwarmConfig::new(addr, 3, "sesame")
+    });
     let mut conns = Vec::new();
     let mut names = Vec::new();
     for _ in 0..3 {
@@ -167,26 +275,44 @@ async fn swarm_answers_the_attach_sequence_then_idles_and_answers_pings() {
     }
     names.sort();
     assert_eq!(names, ["w0", "w1", "w2"]);
-    assert!(sw.wait_attached(3, Duration::from_millis(200), Duration::from_secs(10)).await);
+    assert!(
+        sw.wait_attached(3, Duration::from_millis(200), Duration::from_secs(10))
+            .await
+    );
     assert_eq!(sw.stats.commands.load(Ordering::Relaxed), 12);
     // Idle: a build-time ping, a keepalive and a WebSocket ping are all answered.
     for c in &mut conns {
-        let s = c.send(Op::Print { message: "ping".into() }).await;
+        let s = c
+            .send(Op::Print {
+                message: "ping".into(),
+            })
+            .await;
         c.response(s).await;
         let s = c.send(Op::Keepalive).await;
         c.response(s).await;
         c.ws.send(WsMsg::Ping(b"hi"[..].into())).await.unwrap();
-        let pong = tokio::time::timeout(Duration::from_secs(10), c.ws.next()).await.unwrap().unwrap().unwrap();
+        let pong = tokio::time::timeout(Duration::from_secs(10), c.ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(pong, WsMsg::Pong(b"hi"[..].into()));
     }
     assert_eq!(sw.stats.pings.load(Ordering::Relaxed), 3);
     // An unknown op gets Buildbot's error text.
     let c = &mut conns[0];
-    let s = c.send(Op::Unknown { op: "frobnicate".into() }).await;
+    let s = c
+        .send(Op::Unknown {
+            op: "frobnicate".into(),
+        })
+        .await;
     match c.recv().await {
         Message::Response(r) => {
             assert_eq!(r.seq_number, s);
-            assert_eq!(r.error_text().as_deref(), Some("Command frobnicate does not exist."));
+            assert_eq!(
+                r.error_text().as_deref(),
+                Some("Command frobnicate does not exist.")
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -208,21 +334,33 @@ async fn swarm_answers_the_attach_sequence_then_idles_and_answers_pings() {
 async fn wrong_password_is_counted_as_failed_with_the_reason() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let sw = swarm::spawn(SwarmConfig { retries: 1, ..SwarmConfig::new(addr, 1, "wrong") });
+    let sw = swarm::spawn(SwarmConfig {
+        retries: 1,
+        ..SwarmConfig::new(addr, 1, "wrong")
+    });
     for _ in 0..2 {
         assert!(accept(&l, "right").await.is_none());
     }
-    assert!(!sw.wait_attached(1, Duration::ZERO, Duration::from_secs(10)).await);
+    assert!(
+        !sw.wait_attached(1, Duration::ZERO, Duration::from_secs(10))
+            .await
+    );
     assert_eq!(sw.stats.failed.load(Ordering::Relaxed), 1);
     let errs = sw.stats.errors();
-    assert!(errs[0].contains("w0") && errs[0].contains("401"), "{errs:?}");
+    assert!(
+        errs[0].contains("w0") && errs[0].contains("401"),
+        "{errs:?}"
+    );
 }
 
 #[tokio::test]
 async fn source_addresses_spread_over_loopback() {
     let l = TcpListener::bind("0.0.0.0:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
-    let sw = swarm::spawn(SwarmConfig { source_ips: 3, ..SwarmConfig::new(([127, 0, 0, 1], port).into(), 3, "p") });
+    let sw = swarm::spawn(SwarmConfig {
+        source_ips: 3,
+        ..SwarmConfig::new(([127, 0, 0, 1], port).into(), 3, "p")
+    });
     let mut ips = Vec::new();
     for _ in 0..3 {
         let (s, peer) = l.accept().await.unwrap();

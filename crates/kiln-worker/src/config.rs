@@ -596,7 +596,8 @@ impl WorkerConfig {
     /// A configuration with every default and a password, for tests and tools.
     #[doc(hidden)]
     pub fn for_tests(basedir: &Path) -> WorkerConfig {
-        let mut config = WorkerConfig::new(basedir, "127.0.0.1", DEFAULT_MASTER_PORT, "test-worker");
+        let mut config =
+            WorkerConfig::new(basedir, "127.0.0.1", DEFAULT_MASTER_PORT, "test-worker");
         config.password = "pass".to_owned();
         config
     }

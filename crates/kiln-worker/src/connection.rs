@@ -62,10 +62,17 @@ pub async fn serve(config: WorkerConfig, stop: watch::Receiver<StopRequest>) -> 
 }
 
 /// [`serve`] with an already built execution policy.
-pub async fn serve_with_policy(config: WorkerConfig, policy: Arc<ExecPolicy>, mut stop: watch::Receiver<StopRequest>) -> anyhow::Result<()> {
+pub async fn serve_with_policy(
+    config: WorkerConfig,
+    policy: Arc<ExecPolicy>,
+    mut stop: watch::Receiver<StopRequest>,
+) -> anyhow::Result<()> {
     let password = config.resolved_password()?;
     if config.name.contains(':') {
-        anyhow::bail!("worker name {:?} contains ':', which HTTP Basic auth cannot carry; rename the worker", config.name);
+        anyhow::bail!(
+            "worker name {:?} contains ':', which HTTP Basic auth cannot carry; rename the worker",
+            config.name
+        );
     }
     let state = Arc::new(WorkerState {
         settings: Mutex::new(WorkerSettings::default()),
@@ -110,7 +117,11 @@ pub async fn serve_with_policy(config: WorkerConfig, policy: Arc<ExecPolicy>, mu
                     "the master at {url} refused worker {:?}: wrong name or password (HTTP 401); \
                      check `name` and the password in {}",
                     state.config.name,
-                    state.config.basedir.join(crate::config::CONFIG_FILE).display()
+                    state
+                        .config
+                        .basedir
+                        .join(crate::config::CONFIG_FILE)
+                        .display()
                 );
             }
             Err(e) => warn!("cannot connect to {url}: {e}"),
@@ -120,7 +131,9 @@ pub async fn serve_with_policy(config: WorkerConfig, policy: Arc<ExecPolicy>, mu
             && failures >= max
         {
             state.kill_orphans("worker is exiting").await;
-            anyhow::bail!("gave up after {failures} failed connection attempts to {url} (maxretries = {max})");
+            anyhow::bail!(
+                "gave up after {failures} failed connection attempts to {url} (maxretries = {max})"
+            );
         }
         let delay = backoff.next_delay();
         info!("retrying in {:.1} s", delay.as_secs_f64());
@@ -225,43 +238,79 @@ enum ConnectError {
 
 async fn connect(config: &WorkerConfig, password: &str) -> Result<Ws, ConnectError> {
     let url = config.master_url();
-    let mut request = url.as_str().into_client_request().map_err(|e| ConnectError::Other(format!("bad master address {url}: {e}")))?;
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", config.name));
-    request
-        .headers_mut()
-        .insert("Authorization", HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| ConnectError::Other(e.to_string()))?);
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ConnectError::Other(format!("bad master address {url}: {e}")))?;
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", config.name));
+    request.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Basic {token}"))
+            .map_err(|e| ConnectError::Other(e.to_string()))?,
+    );
     let limits = Limits::default();
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(limits.max_message))
         .max_frame_size(Some(limits.max_message))
         .write_buffer_size(128 * 1024);
     match timeout(CONNECT_TIMEOUT, open(config, request, ws_config)).await {
-        Err(_) => Err(ConnectError::Other(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))),
+        Err(_) => Err(ConnectError::Other(format!(
+            "no answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
         Ok(Err(e)) => Err(e),
         Ok(Ok(Ok(ws))) => Ok(ws),
-        Ok(Ok(Err(tungstenite::Error::Http(resp)))) if resp.status() == StatusCode::UNAUTHORIZED => Err(ConnectError::Unauthorized),
-        Ok(Ok(Err(tungstenite::Error::Http(resp)))) => Err(ConnectError::Other(format!("the master answered HTTP {}", resp.status()))),
+        Ok(Ok(Err(tungstenite::Error::Http(resp))))
+            if resp.status() == StatusCode::UNAUTHORIZED =>
+        {
+            Err(ConnectError::Unauthorized)
+        }
+        Ok(Ok(Err(tungstenite::Error::Http(resp)))) => Err(ConnectError::Other(format!(
+            "the master answered HTTP {}",
+            resp.status()
+        ))),
         Ok(Ok(Err(e))) => Err(ConnectError::Other(e.to_string())),
     }
 }
 
 #[cfg(feature = "tls")]
-async fn open(config: &WorkerConfig, request: Request, ws_config: WebSocketConfig) -> Result<Result<Ws, tungstenite::Error>, ConnectError> {
+async fn open(
+    config: &WorkerConfig,
+    request: Request,
+    ws_config: WebSocketConfig,
+) -> Result<Result<Ws, tungstenite::Error>, ConnectError> {
     let connector = if config.use_tls {
-        let tls = crate::tls::client_config(config.ca_file.as_deref()).map_err(|e| ConnectError::Other(format!("{e:#}")))?;
+        let tls = crate::tls::client_config(config.ca_file.as_deref())
+            .map_err(|e| ConnectError::Other(format!("{e:#}")))?;
         Some(tokio_tungstenite::Connector::Rustls(tls))
     } else {
         None
     };
-    Ok(tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, connector).await.map(|(ws, _)| ws))
+    Ok(
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, connector)
+            .await
+            .map(|(ws, _)| ws),
+    )
 }
 
 #[cfg(not(feature = "tls"))]
-async fn open(config: &WorkerConfig, request: Request, ws_config: WebSocketConfig) -> Result<Result<Ws, tungstenite::Error>, ConnectError> {
+async fn open(
+    config: &WorkerConfig,
+    request: Request,
+    ws_config: WebSocketConfig,
+) -> Result<Result<Ws, tungstenite::Error>, ConnectError> {
     if config.use_tls {
-        return Err(ConnectError::Other("this kiln-worker was built without TLS support; rebuild it with the `tls` feature".into()));
+        return Err(ConnectError::Other(
+            "this kiln-worker was built without TLS support; rebuild it with the `tls` feature"
+                .into(),
+        ));
     }
-    Ok(tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true).await.map(|(ws, _)| ws))
+    Ok(
+        tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
+            .await
+            .map(|(ws, _)| ws),
+    )
 }
 
 /// Exponential backoff with jitter: 1.5^n seconds, capped at [`MAX_BACKOFF`],
@@ -274,7 +323,9 @@ struct Backoff {
 impl Backoff {
     fn next_delay(&mut self) -> Duration {
         self.attempts = self.attempts.saturating_add(1);
-        let base = 1.5f64.powi(self.attempts.min(32) as i32).min(MAX_BACKOFF.as_secs_f64());
+        let base = 1.5f64
+            .powi(self.attempts.min(32) as i32)
+            .min(MAX_BACKOFF.as_secs_f64());
         let jittered = base * rand::random_range(0.5..=1.0);
         Duration::from_secs_f64(jittered.max(1.0))
     }
@@ -285,7 +336,11 @@ impl Backoff {
 
 type Pending = Arc<Mutex<HashMap<i64, oneshot::Sender<Response>>>>;
 
-async fn run_session(ws: Ws, state: &Arc<WorkerState>, stop: &mut watch::Receiver<StopRequest>) -> SessionEnd {
+async fn run_session(
+    ws: Ws,
+    state: &Arc<WorkerState>,
+    stop: &mut watch::Receiver<StopRequest>,
+) -> SessionEnd {
     let (sink, mut stream) = ws.split();
     let (link, out_rx) = MasterLink::channel(64);
     let pending: Pending = Arc::default();
@@ -400,16 +455,32 @@ async fn run_session(ws: Ws, state: &Arc<WorkerState>, stop: &mut watch::Receive
 
 /// After `disconnect_grace` seconds, interrupts the orphans still running.
 fn arm_grace_period(state: &Arc<WorkerState>) {
-    let ids: Vec<String> = state.orphans.lock().unwrap().iter().map(|c| c.id.clone()).collect();
+    let ids: Vec<String> = state
+        .orphans
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
     if ids.is_empty() {
         return;
     }
     let grace = Duration::from_secs_f64(state.config.disconnect_grace.max(0.0));
-    warn!("{} command(s) still running after the connection dropped; they are killed in {:.0} s unless they end", ids.len(), grace.as_secs_f64());
+    warn!(
+        "{} command(s) still running after the connection dropped; they are killed in {:.0} s unless they end",
+        ids.len(),
+        grace.as_secs_f64()
+    );
     let state = state.clone();
     tokio::spawn(async move {
         sleep(grace).await;
-        for c in state.orphans.lock().unwrap().iter().filter(|c| ids.contains(&c.id)) {
+        for c in state
+            .orphans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| ids.contains(&c.id))
+        {
             c.interrupt.interrupt("connection to the master lost");
         }
     });
@@ -447,12 +518,25 @@ async fn handle_request(
             // The checks take a moment at start-up; don't hold the attach up for long.
             let mut doctor = state.doctor.clone();
             let _ = timeout(Duration::from_secs(5), doctor.wait_for(Option::is_some)).await;
-            let extra = doctor.borrow().clone().map(|checks| Value::Map(vec![(Value::from("doctor"), checks)]));
+            let extra = doctor
+                .borrow()
+                .clone()
+                .map(|checks| Value::Map(vec![(Value::from("doctor"), checks)]));
             let config = state.config.clone();
-            let info = tokio::task::spawn_blocking(move || crate::info::gather(&config, extra)).await;
+            let info =
+                tokio::task::spawn_blocking(move || crate::info::gather(&config, extra)).await;
             match info {
-                Ok(info) => link.respond(Response::with_result(seq, info.into_value())).await?,
-                Err(e) => link.respond(Response::error(seq, format!("cannot gather worker info: {e}"))).await?,
+                Ok(info) => {
+                    link.respond(Response::with_result(seq, info.into_value()))
+                        .await?
+                }
+                Err(e) => {
+                    link.respond(Response::error(
+                        seq,
+                        format!("cannot gather worker info: {e}"),
+                    ))
+                    .await?
+                }
             }
         }
         Op::SetWorkerSettings(s) => {
@@ -460,14 +544,25 @@ async fn handle_request(
             *state.settings.lock().unwrap() = s;
             link.respond(Response::ok(seq)).await?;
         }
-        Op::StartCommand { command_id, command_name, args, builder_name } => {
+        Op::StartCommand {
+            command_id,
+            command_name,
+            args,
+            builder_name,
+        } => {
             if *first_command {
                 // Nothing of an earlier session may run beside this session's commands.
                 *first_command = false;
-                state.kill_orphans("a new session with the master started").await;
+                state
+                    .kill_orphans("a new session with the master started")
+                    .await;
             }
             if commands.contains_key(&command_id) {
-                link.respond(Response::error(seq, format!("command id {command_id:?} is already running"))).await?;
+                link.respond(Response::error(
+                    seq,
+                    format!("command id {command_id:?} is already running"),
+                ))
+                .await?;
                 return Ok(Flow::Continue);
             }
             let prepared = match commands::prepare(&command_id, &command_name, &args) {
@@ -482,7 +577,12 @@ async fn handle_request(
             let settings = state.settings.lock().unwrap().clone();
             let (handle, interrupt) = Interrupt::new();
             let ctx = CommandCtx {
-                out: Output::new(command_id.clone(), link.clone(), settings.buffer_size, settings.buffer_timeout),
+                out: Output::new(
+                    command_id.clone(),
+                    link.clone(),
+                    settings.buffer_size,
+                    settings.buffer_timeout,
+                ),
                 command_id: command_id.clone(),
                 link: link.clone(),
                 settings,
@@ -494,9 +594,18 @@ async fn handle_request(
             link.respond(Response::ok(seq)).await?;
             *state.last_busy.lock().unwrap() = Instant::now();
             let task = tokio::spawn(commands::run(ctx, prepared));
-            commands.insert(command_id.clone(), RunningCommand { id: command_id, interrupt: handle, task });
+            commands.insert(
+                command_id.clone(),
+                RunningCommand {
+                    id: command_id,
+                    interrupt: handle,
+                    task,
+                },
+            );
         }
-        Op::InterruptCommand { command_id, why, .. } => {
+        Op::InterruptCommand {
+            command_id, why, ..
+        } => {
             match commands.get(&command_id) {
                 Some(c) if !c.task.is_finished() => {
                     info!("interrupting command {command_id}: {why}");
@@ -517,12 +626,17 @@ async fn handle_request(
         }
         Op::Unknown { op } => {
             warn!("the master sent an unknown op {op:?}");
-            link.respond(Response::error(seq, Op::unknown_error(&op))).await?;
+            link.respond(Response::error(seq, Op::unknown_error(&op)))
+                .await?;
         }
         other => {
             // A worker→master op sent to us: unknown to a worker, like Buildbot answers.
-            warn!("the master sent {:?}, which only workers send", other.name());
-            link.respond(Response::error(seq, Op::unknown_error(other.name()))).await?;
+            warn!(
+                "the master sent {:?}, which only workers send",
+                other.name()
+            );
+            link.respond(Response::error(seq, Op::unknown_error(other.name())))
+                .await?;
         }
     }
     Ok(Flow::Continue)
@@ -555,14 +669,19 @@ async fn write_loop(
                 if let Some(reply) = reply {
                     pending.lock().unwrap().insert(seq, reply);
                 }
-                Message::Request { seq_number: seq, op }
+                Message::Request {
+                    seq_number: seq,
+                    op,
+                }
             }
         };
         let mut buf = Vec::with_capacity(size_hint);
         kiln_proto::encode_into(&message, &mut buf);
         size_hint = buf.len().clamp(256, 256 * 1024);
         // Batch what is already queued into one flush.
-        sink.feed(WsMessage::Binary(buf.into())).await.map_err(|e| e.to_string())?;
+        sink.feed(WsMessage::Binary(buf.into()))
+            .await
+            .map_err(|e| e.to_string())?;
         if rx.is_empty() {
             sink.flush().await.map_err(|e| e.to_string())?;
         }
@@ -596,7 +715,10 @@ mod tests {
             last = b.next_delay();
             assert!(last <= MAX_BACKOFF);
         }
-        assert!(last >= MAX_BACKOFF / 2, "after many failures the delay is near the cap: {last:?}");
+        assert!(
+            last >= MAX_BACKOFF / 2,
+            "after many failures the delay is near the cap: {last:?}"
+        );
         b.reset();
         assert!(b.next_delay() <= Duration::from_secs_f64(1.5));
     }

@@ -27,19 +27,38 @@ pub fn gather(config: &WorkerConfig, kiln_extra: Option<Value>) -> WorkerInfo {
         }
     }
     let environ: Vec<(Value, Value)> = std::env::vars_os()
-        .map(|(k, v)| (Value::from(k.to_string_lossy().into_owned()), Value::from(v.to_string_lossy().into_owned())))
+        .map(|(k, v)| {
+            (
+                Value::from(k.to_string_lossy().into_owned()),
+                Value::from(v.to_string_lossy().into_owned()),
+            )
+        })
         .collect();
     info.set("environ", Value::Map(environ));
     info.set("system", if cfg!(windows) { "nt" } else { "posix" });
     info.set("basedir", config.basedir.to_string_lossy().into_owned());
-    info.set("numcpus", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i64);
+    info.set(
+        "numcpus",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as i64,
+    );
     info.set("version", format!("kiln-worker {VERSION}"));
-    info.set("worker_commands", WorkerInfo::commands(kiln_proto::COMMAND_VERSION));
+    info.set(
+        "worker_commands",
+        WorkerInfo::commands(kiln_proto::COMMAND_VERSION),
+    );
     // The master indexes this key directly; Buildbot's worker reports it as 0/1.
-    info.set("delete_leftover_dirs", i64::from(config.delete_leftover_dirs));
+    info.set(
+        "delete_leftover_dirs",
+        i64::from(config.delete_leftover_dirs),
+    );
     let mut kiln = vec![
         (Value::from("version"), Value::from(VERSION)),
-        (Value::from("features"), Value::Array(FEATURES.iter().map(|f| Value::from(*f)).collect())),
+        (
+            Value::from("features"),
+            Value::Array(FEATURES.iter().map(|f| Value::from(*f)).collect()),
+        ),
     ];
     if let Some(Value::Map(extra)) = kiln_extra {
         kiln.extend(extra);
@@ -90,7 +109,10 @@ mod tests {
         assert_eq!(
             os_release(text),
             vec![
-                ("os_pretty_name".to_owned(), "Debian GNU/Linux 12 (bookworm)".to_owned()),
+                (
+                    "os_pretty_name".to_owned(),
+                    "Debian GNU/Linux 12 (bookworm)".to_owned()
+                ),
                 ("os_id".to_owned(), "debian".to_owned()),
                 ("os_version_id".to_owned(), "12".to_owned()),
             ]
@@ -105,14 +127,31 @@ mod tests {
         std::fs::write(dir.path().join("info/host"), "a test box\n").unwrap();
         let config = crate::config::WorkerConfig::for_tests(dir.path());
         let info = gather(&config, None);
-        let keys: Vec<String> = info.0.iter().map(|(k, _)| kiln_proto::text_of(k).unwrap()).collect();
+        let keys: Vec<String> = info
+            .0
+            .iter()
+            .map(|(k, _)| kiln_proto::text_of(k).unwrap())
+            .collect();
         assert_eq!(&keys[..2], ["admin", "host"]);
-        assert_eq!(info.get("admin").and_then(|v| v.as_str()), Some("Ada <ada@example.invalid>\n"));
-        assert_eq!(info.get("delete_leftover_dirs").and_then(Value::as_i64), Some(0));
-        assert_eq!(info.get("basedir").and_then(|v| v.as_str()), Some(dir.path().to_str().unwrap()));
+        assert_eq!(
+            info.get("admin").and_then(|v| v.as_str()),
+            Some("Ada <ada@example.invalid>\n")
+        );
+        assert_eq!(
+            info.get("delete_leftover_dirs").and_then(Value::as_i64),
+            Some(0)
+        );
+        assert_eq!(
+            info.get("basedir").and_then(|v| v.as_str()),
+            Some(dir.path().to_str().unwrap())
+        );
         let commands = info.get("worker_commands").and_then(Value::as_map).unwrap();
         assert_eq!(commands.len(), 14);
-        assert!(info.get("environ").and_then(Value::as_map).is_some_and(|m| !m.is_empty()));
+        assert!(
+            info.get("environ")
+                .and_then(Value::as_map)
+                .is_some_and(|m| !m.is_empty())
+        );
         assert!(info.get("kiln").and_then(Value::as_map).is_some());
         // The fixed keys come after the info files and os keys, as in Buildbot.
         let pos = |k: &str| keys.iter().position(|x| x == k).unwrap();

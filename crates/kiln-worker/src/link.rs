@@ -12,7 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug)]
 pub enum Outgoing {
     /// A request; the writer numbers it, and routes the response to `reply` if given.
-    Request { op: Op, reply: Option<oneshot::Sender<Response>> },
+    Request {
+        op: Op,
+        reply: Option<oneshot::Sender<Response>>,
+    },
     /// Our answer to one of the master's requests.
     Response(Response),
 }
@@ -37,19 +40,31 @@ impl MasterLink {
 
     /// Sends a request without waiting for its response (`update`, `complete`).
     pub async fn send(&self, op: Op) -> Result<(), LinkClosed> {
-        self.tx.send(Outgoing::Request { op, reply: None }).await.map_err(|_| LinkClosed)
+        self.tx
+            .send(Outgoing::Request { op, reply: None })
+            .await
+            .map_err(|_| LinkClosed)
     }
 
     /// Sends a request and waits for the master's response (file transfers).
     pub async fn call(&self, op: Op) -> Result<Response, LinkClosed> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Outgoing::Request { op, reply: Some(reply) }).await.map_err(|_| LinkClosed)?;
+        self.tx
+            .send(Outgoing::Request {
+                op,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| LinkClosed)?;
         rx.await.map_err(|_| LinkClosed)
     }
 
     /// Answers one of the master's requests.
     pub async fn respond(&self, response: Response) -> Result<(), LinkClosed> {
-        self.tx.send(Outgoing::Response(response)).await.map_err(|_| LinkClosed)
+        self.tx
+            .send(Outgoing::Response(response))
+            .await
+            .map_err(|_| LinkClosed)
     }
 
     /// Whether the session has ended.

@@ -151,7 +151,9 @@ pub fn init(
         .with_writer(log.clone());
     let stderr_layer = stderr.then(|| {
         use std::io::IsTerminal as _;
-        tracing_subscriber::fmt::layer().with_ansi(io::stderr().is_terminal()).with_writer(io::stderr)
+        tracing_subscriber::fmt::layer()
+            .with_ansi(io::stderr().is_terminal())
+            .with_writer(io::stderr)
     });
     tracing_subscriber::registry()
         .with(filter())

@@ -26,7 +26,9 @@ pub fn client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::Clien
             anyhow::bail!("{} holds no PEM certificate", path.display());
         }
         for cert in certs {
-            roots.add(cert).with_context(|| format!("a certificate in {} is not usable as a CA", path.display()))?;
+            roots.add(cert).with_context(|| {
+                format!("a certificate in {} is not usable as a CA", path.display())
+            })?;
         }
     }
     if roots.is_empty() {

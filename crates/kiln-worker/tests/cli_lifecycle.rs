@@ -320,7 +320,11 @@ fn run_in_the_foreground_handles_signals() {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGUSR1).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", all(&out));
-    assert!(stderr(&out).contains("stopping once the running builds have finished"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stopping once the running builds have finished"),
+        "{}",
+        stderr(&out)
+    );
 
     // `start --nodaemon` is `run`: foreground, same pid, logs to stderr.
     let child = spawn_foreground(&w, &["start", "--nodaemon"]);
@@ -374,8 +378,16 @@ fn warns_when_running_as_root_without_run_as_or_allow_root() {
     assert_eq!(o.status.code(), Some(0), "the worker starts: {}", all(&o));
     if is_root() {
         // It connects, but refuses build commands (tested in the command tests).
-        assert!(stderr(&o).contains("will refuse every build command"), "{}", all(&o));
-        assert!(stderr(&o).contains("allow_root"), "says what to do: {}", all(&o));
+        assert!(
+            stderr(&o).contains("will refuse every build command"),
+            "{}",
+            all(&o)
+        );
+        assert!(
+            stderr(&o).contains("allow_root"),
+            "says what to do: {}",
+            all(&o)
+        );
     } else {
         assert!(!stderr(&o).contains("will refuse"), "{}", all(&o));
     }

@@ -40,14 +40,24 @@ async fn mkdir_stops_at_the_first_failure_with_errno() {
     let after = tmp.path().join("never");
     let paths = Value::Array(vec![path_value(&under_file), path_value(&after)]);
     let rec = fs("mkdir", "paths", paths).await;
-    assert_eq!(rec.text("header"), format!("mkdir: Not a directory: {}\n", s(&under_file)));
+    assert_eq!(
+        rec.text("header"),
+        format!("mkdir: Not a directory: {}\n", s(&under_file))
+    );
     rec.assert_rc_then_elapsed(20);
     assert!(!after.exists(), "mkdir stops at the first failure");
-    assert_eq!(rec.complete(), Some(None), "an OS error is an rc, not an exception");
+    assert_eq!(
+        rec.complete(),
+        Some(None),
+        "an OS error is an rc, not an exception"
+    );
 
     // The path itself is a file: EEXIST.
     let rec = fs("mkdir", "paths", Value::Array(vec![path_value(&file)])).await;
-    assert_eq!(rec.text("header"), format!("mkdir: File exists: {}\n", s(&file)));
+    assert_eq!(
+        rec.text("header"),
+        format!("mkdir: File exists: {}\n", s(&file))
+    );
     rec.assert_rc_then_elapsed(17);
 }
 
@@ -61,7 +71,12 @@ async fn stat_reports_os_stat_in_pythons_order() {
     let times = std::fs::FileTimes::new()
         .set_accessed(std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_600_000_000_900))
         .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_500_000_000_600));
-    std::fs::File::options().write(true).open(&file).unwrap().set_times(times).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_times(times)
+        .unwrap();
 
     let rec = fs("stat", "path", path_value(&file)).await;
     let m = std::fs::metadata(&file).unwrap();
@@ -80,12 +95,19 @@ async fn stat_reports_os_stat_in_pythons_order() {
     let stat = rec.stat().expect("a stat item");
     assert_eq!(stat, expected);
     assert_eq!(stat[6], 11);
-    assert_eq!((stat[7], stat[8]), (1_600_000_000, 1_500_000_000), "times are truncated to whole seconds");
+    assert_eq!(
+        (stat[7], stat[8]),
+        (1_600_000_000, 1_500_000_000),
+        "times are truncated to whole seconds"
+    );
     assert_eq!(rec.keys(), ["stat", "rc", "elapsed"]);
     rec.assert_rc_then_elapsed(0);
 
     // And exactly what Python's worker would send.
-    let py = transfer_support::python("import os, sys; print(list(tuple(os.stat(sys.argv[1]))))", &[&s(&file)]);
+    let py = transfer_support::python(
+        "import os, sys; print(list(tuple(os.stat(sys.argv[1]))))",
+        &[&s(&file)],
+    );
     assert_eq!(py.trim(), format!("{stat:?}"));
 }
 
@@ -94,7 +116,10 @@ async fn stat_of_a_missing_file_is_enoent() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("up.txt");
     let rec = fs("stat", "path", path_value(&missing)).await;
-    assert_eq!(rec.text("header"), format!("stat: No such file or directory: {}\n", s(&missing)));
+    assert_eq!(
+        rec.text("header"),
+        format!("stat: No such file or directory: {}\n", s(&missing))
+    );
     assert_eq!(rec.keys(), ["header", "rc", "elapsed"]);
     rec.assert_rc_then_elapsed(2);
     assert_eq!(rec.stat(), None);
@@ -104,7 +129,10 @@ async fn stat_of_a_missing_file_is_enoent() {
 #[tokio::test]
 async fn a_path_python_would_raise_on_fails_the_command() {
     let rec = fs("stat", "path", Value::from("/tmp/nul\0byte")).await;
-    let failure = rec.complete().expect("a complete").expect("a failure string");
+    let failure = rec
+        .complete()
+        .expect("a complete")
+        .expect("a failure string");
     assert!(failure.contains("stat"), "{failure}");
     assert_eq!(rec.rc(), None);
 }
@@ -116,7 +144,19 @@ fn glob_tree() -> tempfile::TempDir {
     for dir in ["a/b/c", "a/.hid", ".h/x", "empty"] {
         std::fs::create_dir_all(d.join(dir)).unwrap();
     }
-    for f in ["a/f.txt", "a/b/g.txt", "a/b/c/h.txt", "a/b/c/h.log", ".h/x/i.txt", "a/.hid/j.txt", "a/.k.txt", "top.txt", "b1.dat", "b2.dat", "c3.dat"] {
+    for f in [
+        "a/f.txt",
+        "a/b/g.txt",
+        "a/b/c/h.txt",
+        "a/b/c/h.log",
+        ".h/x/i.txt",
+        "a/.hid/j.txt",
+        "a/.k.txt",
+        "top.txt",
+        "b1.dat",
+        "b2.dat",
+        "c3.dat",
+    ] {
         std::fs::write(d.join(f), f).unwrap();
     }
     #[cfg(unix)]
@@ -141,10 +181,19 @@ async fn glob_recurses_with_double_star() {
     let tmp = glob_tree();
     let d = s(tmp.path());
     let got = glob_of(&format!("{d}/a/**/*.txt")).await;
-    let want: Vec<String> = ["a/b/c/h.txt", "a/b/g.txt", "a/f.txt"].iter().map(|f| format!("{d}/{f}")).collect();
-    assert_eq!(got, want, "`**` matches zero or more directories; hidden names are skipped");
+    let want: Vec<String> = ["a/b/c/h.txt", "a/b/g.txt", "a/f.txt"]
+        .iter()
+        .map(|f| format!("{d}/{f}"))
+        .collect();
+    assert_eq!(
+        got, want,
+        "`**` matches zero or more directories; hidden names are skipped"
+    );
     assert!(glob_of(&format!("{d}/nothing/*")).await.is_empty());
-    assert_eq!(glob_of(&format!("{d}/top.txt")).await, [format!("{d}/top.txt")]);
+    assert_eq!(
+        glob_of(&format!("{d}/top.txt")).await,
+        [format!("{d}/top.txt")]
+    );
 }
 
 #[cfg(unix)]
@@ -154,8 +203,14 @@ async fn glob_enters_a_symlink_loop_only_once() {
     let d = s(tmp.path());
     std::os::unix::fs::symlink("..", tmp.path().join("a/b/c/up")).unwrap();
     let got = glob_of(&format!("{d}/a/**/*.txt")).await;
-    let want: Vec<String> = ["a/b/c/h.txt", "a/b/c/up/g.txt", "a/b/g.txt", "a/f.txt"].iter().map(|f| format!("{d}/{f}")).collect();
-    assert_eq!(got, want, "the loop is listed once, never descended into again");
+    let want: Vec<String> = ["a/b/c/h.txt", "a/b/c/up/g.txt", "a/b/g.txt", "a/f.txt"]
+        .iter()
+        .map(|f| format!("{d}/{f}"))
+        .collect();
+    assert_eq!(
+        got, want,
+        "the loop is listed once, never descended into again"
+    );
 }
 
 #[cfg(unix)]
@@ -204,7 +259,11 @@ async fn glob_matches_pythons_glob_module() {
 /// A JSON list of plain strings (no escapes needed for these paths).
 #[cfg(unix)]
 fn parse_json_strings(json: &str) -> Vec<String> {
-    let inner = json.trim().trim_start_matches('[').trim_end_matches(']').trim();
+    let inner = json
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim();
     if inner.is_empty() {
         return Vec::new();
     }
@@ -227,7 +286,13 @@ async fn listdir_gives_entry_names() {
     std::fs::create_dir(tmp.path().join("sub")).unwrap();
     let rec = fs("listdir", "path", path_value(tmp.path())).await;
     let names: BTreeSet<String> = rec.files().expect("files").into_iter().collect();
-    assert_eq!(names, [".hidden", "one", "sub", "two"].iter().map(|s| s.to_string()).collect());
+    assert_eq!(
+        names,
+        [".hidden", "one", "sub", "two"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
     assert_eq!(rec.keys(), ["files", "rc", "elapsed"]);
     rec.assert_rc_then_elapsed(0);
 }
@@ -237,14 +302,20 @@ async fn listdir_errors_carry_errno() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("gone");
     let rec = fs("listdir", "path", path_value(&missing)).await;
-    assert_eq!(rec.text("header"), format!("listdir: No such file or directory: {}\n", s(&missing)));
+    assert_eq!(
+        rec.text("header"),
+        format!("listdir: No such file or directory: {}\n", s(&missing))
+    );
     rec.assert_rc_then_elapsed(2);
     assert_eq!(rec.files(), None);
 
     let file = tmp.path().join("file");
     std::fs::write(&file, "").unwrap();
     let rec = fs("listdir", "path", path_value(&file)).await;
-    assert_eq!(rec.text("header"), format!("listdir: Not a directory: {}\n", s(&file)));
+    assert_eq!(
+        rec.text("header"),
+        format!("listdir: Not a directory: {}\n", s(&file))
+    );
     rec.assert_rc_then_elapsed(20);
 }
 
@@ -260,7 +331,10 @@ async fn rmfile_removes_and_reports_enoent() {
     rec.assert_rc_then_elapsed(0);
 
     let rec = fs("rmfile", "path", path_value(&file)).await;
-    assert_eq!(rec.text("header"), format!("rmfile: No such file or directory: {}\n", s(&file)));
+    assert_eq!(
+        rec.text("header"),
+        format!("rmfile: No such file or directory: {}\n", s(&file))
+    );
     assert_eq!(rec.keys(), ["header", "rc", "elapsed"]);
     rec.assert_rc_then_elapsed(2);
     assert_eq!(rec.complete(), Some(None));
@@ -280,8 +354,11 @@ async fn directories_and_downloads_belong_to_the_build_user() {
         eprintln!("skipped: changing owners needs root");
         return;
     }
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
-    let policy = Arc::new(ExecPolicy::new(Some("nobody"), false, None, Default::default()).unwrap());
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    let policy =
+        Arc::new(ExecPolicy::new(Some("nobody"), false, None, Default::default()).unwrap());
     let tmp = tempfile::tempdir().unwrap();
     let builder = tmp.path().join("b1");
     let deep = builder.join("build/sub");
@@ -289,7 +366,12 @@ async fn directories_and_downloads_belong_to_the_build_user() {
 
     let (mut ctx, rx, handle) = transfer_support::make_ctx();
     ctx.policy = policy.clone();
-    let prepared = commands::prepare("1", "mkdir", &args([("paths", Value::Array(vec![Value::from(s(&deep))]))])).unwrap();
+    let prepared = commands::prepare(
+        "1",
+        "mkdir",
+        &args([("paths", Value::Array(vec![Value::from(s(&deep))]))]),
+    )
+    .unwrap();
     let task = tokio::spawn(commands::run(ctx, prepared));
     let rec = transfer_support::play_master(rx, handle, Script::default()).await;
     task.await.unwrap();
@@ -297,17 +379,41 @@ async fn directories_and_downloads_belong_to_the_build_user() {
 
     let (mut ctx, rx, handle) = transfer_support::make_ctx();
     ctx.policy = policy;
-    let dl_args = args([("path", Value::from(s(&download))), ("blocksize", Value::from(16)), ("maxsize", Value::Nil), ("mode", Value::Nil)]);
+    let dl_args = args([
+        ("path", Value::from(s(&download))),
+        ("blocksize", Value::from(16)),
+        ("maxsize", Value::Nil),
+        ("mode", Value::Nil),
+    ]);
     let prepared = commands::prepare("2", "download_file", &dl_args).unwrap();
     let task = tokio::spawn(commands::run(ctx, prepared));
-    let script = Script { download: [Value::Binary(b"data".to_vec()), Value::Binary(Vec::new())].into(), ..Script::default() };
+    let script = Script {
+        download: [Value::Binary(b"data".to_vec()), Value::Binary(Vec::new())].into(),
+        ..Script::default()
+    };
     let rec = transfer_support::play_master(rx, handle, script).await;
     task.await.unwrap();
     assert_eq!(rec.rc(), Some(0));
 
-    for p in [builder.clone(), builder.join("build"), deep, builder.join("dl"), builder.join("dl/new"), download] {
+    for p in [
+        builder.clone(),
+        builder.join("build"),
+        deep,
+        builder.join("dl"),
+        builder.join("dl/new"),
+        download,
+    ] {
         let meta = std::fs::metadata(&p).unwrap();
-        assert_eq!((meta.uid(), meta.gid()), (nobody.uid.as_raw(), nobody.gid.as_raw()), "{} belongs to nobody", p.display());
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (nobody.uid.as_raw(), nobody.gid.as_raw()),
+            "{} belongs to nobody",
+            p.display()
+        );
     }
-    assert_eq!(std::fs::metadata(tmp.path()).unwrap().uid(), 0, "what existed before is left alone");
+    assert_eq!(
+        std::fs::metadata(tmp.path()).unwrap().uid(),
+        0,
+        "what existed before is left alone"
+    );
 }

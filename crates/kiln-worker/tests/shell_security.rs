@@ -25,7 +25,9 @@ async fn root_without_run_as_or_allow_root_is_refused() {
     let marker_file = dir.path().join("ran");
     let mut run = Run::new(dir.path());
     run.policy = ExecPolicy::default();
-    let c = run.shell(&sh(dir.path(), &format!("touch {}", marker_file.display()))).await;
+    let c = run
+        .shell(&sh(dir.path(), &format!("touch {}", marker_file.display())))
+        .await;
     let failure = c.complete().expect("the command fails");
     assert!(failure.contains(ROOT_REFUSAL), "{failure}");
     assert!(c.header().contains("kiln-worker is running as root and will not run build commands as root; restart it with --run-as USER"), "{}", c.header());
@@ -37,13 +39,33 @@ async fn root_without_run_as_or_allow_root_is_refused() {
     std::fs::create_dir(&victim).unwrap();
     let mut run = Run::new(dir.path());
     run.policy = ExecPolicy::default();
-    let c = run.command("rmdir", Args::from_pairs([("paths", Value::Array(vec![Value::from(victim.to_str().unwrap())]))])).await;
+    let c = run
+        .command(
+            "rmdir",
+            Args::from_pairs([(
+                "paths",
+                Value::Array(vec![Value::from(victim.to_str().unwrap())]),
+            )]),
+        )
+        .await;
     assert!(c.complete().unwrap().contains(ROOT_REFUSAL));
     assert!(victim.exists());
     let mut run = Run::new(dir.path());
     run.policy = ExecPolicy::default();
-    let args = Args::from_pairs([("from_path", Value::from(victim.to_str().unwrap())), ("to_path", Value::from(dir.path().join("copy").to_str().unwrap()))]);
-    assert!(run.command("cpdir", args).await.complete().unwrap().contains(ROOT_REFUSAL));
+    let args = Args::from_pairs([
+        ("from_path", Value::from(victim.to_str().unwrap())),
+        (
+            "to_path",
+            Value::from(dir.path().join("copy").to_str().unwrap()),
+        ),
+    ]);
+    assert!(
+        run.command("cpdir", args)
+            .await
+            .complete()
+            .unwrap()
+            .contains(ROOT_REFUSAL)
+    );
 }
 
 #[tokio::test]
@@ -56,7 +78,9 @@ async fn run_as_nobody() {
     let dir = tempfile::tempdir().unwrap();
     let mut run = Run::new(dir.path());
     run.policy = ExecPolicy::new(Some("nobody"), false, None, Limits::default()).unwrap();
-    let c = run.shell(&sh(dir.path(), "id -u; id -g; touch made-here")).await;
+    let c = run
+        .shell(&sh(dir.path(), "id -u; id -g; touch made-here"))
+        .await;
     assert_eq!(c.complete(), None);
     assert_eq!(c.rc(), Some(0), "{}", c.stderr());
     assert_eq!(c.stdout(), format!("{}\n{}\n", nobody.uid, nobody.gid));
@@ -65,14 +89,21 @@ async fn run_as_nobody() {
     use std::os::unix::fs::MetadataExt;
     let made = std::fs::metadata(dir.path().join("build/made-here")).unwrap();
     assert_eq!(made.uid(), nobody.uid);
-    assert_eq!(std::fs::metadata(dir.path().join("build")).unwrap().uid(), nobody.uid);
+    assert_eq!(
+        std::fs::metadata(dir.path().join("build")).unwrap().uid(),
+        nobody.uid
+    );
     // Supplementary groups are the user's, not root's.
     let c = {
         let mut run = Run::new(dir.path());
         run.policy = ExecPolicy::new(Some("nobody"), false, None, Limits::default()).unwrap();
         run.shell(&sh(dir.path(), "id -G")).await
     };
-    let groups: Vec<u32> = c.stdout().split_whitespace().map(|g| g.parse().unwrap()).collect();
+    let groups: Vec<u32> = c
+        .stdout()
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
     assert!(!groups.contains(&0), "{groups:?}");
     assert!(ExecPolicy::new(Some("no-such-user-kiln"), false, None, Limits::default()).is_err());
 }
@@ -81,7 +112,11 @@ async fn run_as_nobody() {
 /// tmpfs, where any write "succeeds" and vanishes), wherever the checkout lives.
 fn sandbox_test_dir() -> tempfile::TempDir {
     let target = env!("CARGO_TARGET_TMPDIR");
-    let parent = if std::path::Path::new(target).starts_with("/tmp") { "/var/tmp" } else { target };
+    let parent = if std::path::Path::new(target).starts_with("/tmp") {
+        "/var/tmp"
+    } else {
+        target
+    };
     tempfile::tempdir_in(parent).unwrap()
 }
 
@@ -100,12 +135,24 @@ async fn bwrap_sandbox_confines_writes_to_the_builder_directory() {
                   (echo e > /etc/kiln-sandbox-test) 2>/dev/null || echo etc-failed; \
                   echo t > /tmp/t && echo tmp-ok; \
                   wc -l < /proc/net/dev";
-    let args = vec![("command", Value::from(script)), ("workdir", Value::from(workdir.to_str().unwrap()))];
+    let args = vec![
+        ("command", Value::from(script)),
+        ("workdir", Value::from(workdir.to_str().unwrap())),
+    ];
     let mut run = Run::new(base.path());
-    run.policy = ExecPolicy { allow_root: true, sandbox: Some(Sandbox::Bwrap { network: false }), ..ExecPolicy::default() };
+    run.policy = ExecPolicy {
+        allow_root: true,
+        sandbox: Some(Sandbox::Bwrap { network: false }),
+        ..ExecPolicy::default()
+    };
     let c = run.shell(&args).await;
     assert_eq!(c.complete(), None);
-    assert_eq!(c.stdout(), "inside-ok\nbuilder-ok\noutside-failed\netc-failed\ntmp-ok\n3\n", "stderr: {}", c.stderr());
+    assert_eq!(
+        c.stdout(),
+        "inside-ok\nbuilder-ok\noutside-failed\netc-failed\ntmp-ok\n3\n",
+        "stderr: {}",
+        c.stderr()
+    );
     assert!(workdir.join("inside.txt").exists());
     assert!(base.path().join("b1/builder-level.txt").exists());
     assert!(!base.path().join("outside.txt").exists());
@@ -122,9 +169,16 @@ async fn a_sandboxed_tree_is_killed_too() {
     let m = marker(20);
     let workdir = base.path().join("b1/build");
     let script = format!("sleep {m} & setsid sh -c 'sleep {m}' & sleep 0.2; echo started; wait");
-    let args = vec![("command", Value::from(script)), ("workdir", Value::from(workdir.to_str().unwrap()))];
+    let args = vec![
+        ("command", Value::from(script)),
+        ("workdir", Value::from(workdir.to_str().unwrap())),
+    ];
     let mut run = Run::new(base.path());
-    run.policy = ExecPolicy { allow_root: true, sandbox: Some(Sandbox::Bwrap { network: true }), ..ExecPolicy::default() };
+    run.policy = ExecPolicy {
+        allow_root: true,
+        sandbox: Some(Sandbox::Bwrap { network: true }),
+        ..ExecPolicy::default()
+    };
     run.interrupt_on = Some("started".into());
     let c = run.shell(&args).await;
     assert_eq!(c.rc(), Some(-1));
@@ -137,16 +191,31 @@ async fn rlimits_apply_to_build_processes() {
     let mut run = Run::new(dir.path());
     run.policy = ExecPolicy {
         allow_root: true,
-        limits: Limits { memory: Some(2 << 30), processes: Some(500), open_files: Some(64), cpu_time: Some(100) },
+        limits: Limits {
+            memory: Some(2 << 30),
+            processes: Some(500),
+            open_files: Some(64),
+            cpu_time: Some(100),
+        },
         ..ExecPolicy::default()
     };
     let c = run.shell(&sh(dir.path(), "cat /proc/self/limits")).await;
     let out = c.stdout();
     let limit = |name: &str| -> Vec<String> {
-        let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {out}"));
-        line[name.len()..].split_whitespace().take(2).map(str::to_owned).collect()
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {out}"));
+        line[name.len()..]
+            .split_whitespace()
+            .take(2)
+            .map(str::to_owned)
+            .collect()
     };
-    assert_eq!(limit("Max address space"), [(2u64 << 30).to_string(), (2u64 << 30).to_string()]);
+    assert_eq!(
+        limit("Max address space"),
+        [(2u64 << 30).to_string(), (2u64 << 30).to_string()]
+    );
     assert_eq!(limit("Max processes"), ["500", "500"]);
     assert_eq!(limit("Max open files"), ["64", "64"]);
     assert_eq!(limit("Max cpu time"), ["100", "100"]);

@@ -21,17 +21,29 @@ async fn streaming_100_byte_lines() {
     let total: u64 = 2_000_000_000;
     let dir = tempfile::tempdir().unwrap();
     let script = format!("yes \"$(head -c 99 /dev/zero | tr '\\0' x)\" | head -c {total}");
-    let args = Args::from_pairs([("command", Value::from(script.as_str())), ("workdir", Value::from(dir.path().to_str().unwrap())), ("logEnviron", Value::from(false))]);
+    let args = Args::from_pairs([
+        ("command", Value::from(script.as_str())),
+        ("workdir", Value::from(dir.path().to_str().unwrap())),
+        ("logEnviron", Value::from(false)),
+    ]);
     let prepared = commands::prepare("1", "shell", &args).unwrap();
     let (link, mut rx) = MasterLink::channel(64);
     let settings = WorkerSettings::default();
     let (_handle, interrupt) = Interrupt::new();
     let ctx = CommandCtx {
         command_id: "1".into(),
-        out: Output::new("1".into(), link.clone(), settings.buffer_size, settings.buffer_timeout),
+        out: Output::new(
+            "1".into(),
+            link.clone(),
+            settings.buffer_size,
+            settings.buffer_timeout,
+        ),
         link,
         settings,
-        policy: Arc::new(ExecPolicy { allow_root: true, ..ExecPolicy::default() }),
+        policy: Arc::new(ExecPolicy {
+            allow_root: true,
+            ..ExecPolicy::default()
+        }),
         basedir: dir.path().to_path_buf(),
         interrupt,
         started: std::time::Instant::now(),
@@ -53,12 +65,23 @@ async fn streaming_100_byte_lines() {
             }
             seq += 1;
             buf.clear();
-            kiln_proto::encode_into(&Message::Request { seq_number: seq, op }, &mut buf);
+            kiln_proto::encode_into(
+                &Message::Request {
+                    seq_number: seq,
+                    op,
+                },
+                &mut buf,
+            );
             wire += buf.len();
         }
     }
     task.await.unwrap();
     let secs = t0.elapsed().as_secs_f64();
     assert_eq!(bytes, total);
-    println!("{:.0} MB/s of output ({} updates, {:.0} MB on the wire) in {secs:.2} s", bytes as f64 / secs / 1e6, seq, wire as f64 / 1e6);
+    println!(
+        "{:.0} MB/s of output ({} updates, {:.0} MB on the wire) in {secs:.2} s",
+        bytes as f64 / secs / 1e6,
+        seq,
+        wire as f64 / 1e6
+    );
 }

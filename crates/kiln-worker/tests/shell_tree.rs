@@ -14,7 +14,12 @@ use shell_util::{Collected, Run, marker, processes_with, sh, survivors};
 
 /// Runs `run` while watching for processes carrying `marker`; returns what the
 /// command sent and the pids seen.
-async fn run_watching(run: Run, args: Vec<(&'static str, Value)>, marker: &str, expect: usize) -> (Collected, Vec<i32>) {
+async fn run_watching(
+    run: Run,
+    args: Vec<(&'static str, Value)>,
+    marker: &str,
+    expect: usize,
+) -> (Collected, Vec<i32>) {
     let m = marker.to_owned();
     let watcher = tokio::spawn(async move {
         let mut seen: Vec<i32> = Vec::new();
@@ -33,14 +38,20 @@ async fn run_watching(run: Run, args: Vec<(&'static str, Value)>, marker: &str, 
     });
     let c = run.shell(&args).await;
     let seen = watcher.await.unwrap();
-    assert!(seen.len() >= expect, "saw {seen:?} running, expected {expect}");
+    assert!(
+        seen.len() >= expect,
+        "saw {seen:?} running, expected {expect}"
+    );
     (c, seen)
 }
 
 /// Every pid is gone from /proc (killed and reaped) within 10 s (generous: CI machines are busy).
 async fn all_gone(pids: &[i32]) {
     for _ in 0..200 {
-        if pids.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+        if pids
+            .iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -69,8 +80,18 @@ async fn interrupt_kills_background_jobs_and_escapees() {
     assert_eq!(c.complete(), None);
     assert_eq!(c.rc(), Some(-1));
     let left = survivors(&m).await;
-    let info: Vec<String> = left.iter().filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok()).collect();
-    let env: Vec<String> = left.iter().filter_map(|p| std::fs::read(format!("/proc/{p}/environ")).ok().map(|e| String::from_utf8_lossy(&e).into_owned())).collect();
+    let info: Vec<String> = left
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .collect();
+    let env: Vec<String> = left
+        .iter()
+        .filter_map(|p| {
+            std::fs::read(format!("/proc/{p}/environ"))
+                .ok()
+                .map(|e| String::from_utf8_lossy(&e).into_owned())
+        })
+        .collect();
     assert!(left.is_empty(), "survivors: {info:?} {env:?} seen {seen:?}");
     all_gone(&seen).await;
 }
@@ -79,13 +100,22 @@ async fn interrupt_kills_background_jobs_and_escapees() {
 async fn timeout_kills_the_whole_tree() {
     let dir = tempfile::tempdir().unwrap();
     let m = marker(11);
-    let script = format!("sleep {m} & (sleep {m} &); setsid sh -c 'sleep {m}' & echo started; exec sleep 30");
+    let script = format!(
+        "sleep {m} & (sleep {m} &); setsid sh -c 'sleep {m}' & echo started; exec sleep 30"
+    );
     let mut args = sh(dir.path(), &script);
     args.push(("timeout", Value::from(1)));
     let (c, seen) = run_watching(Run::new(dir.path()), args, &m, 3).await;
-    assert_eq!(c.failure_reason().as_deref(), Some("timeout_without_output"));
+    assert_eq!(
+        c.failure_reason().as_deref(),
+        Some("timeout_without_output")
+    );
     assert_eq!(c.rc(), Some(-1));
-    assert!(survivors(&m).await.is_empty(), "survivors: {:?}", processes_with(&m));
+    assert!(
+        survivors(&m).await.is_empty(),
+        "survivors: {:?}",
+        processes_with(&m)
+    );
     all_gone(&seen).await;
 }
 
@@ -93,13 +123,19 @@ async fn timeout_kills_the_whole_tree() {
 async fn max_time_kills_the_whole_tree() {
     let dir = tempfile::tempdir().unwrap();
     let m = marker(12);
-    let script = format!("sleep {m} & setsid sh -c 'sleep {m} & sleep {m}' </dev/null >/dev/null 2>&1 & while :; do echo tick; sleep 0.2; done");
+    let script = format!(
+        "sleep {m} & setsid sh -c 'sleep {m} & sleep {m}' </dev/null >/dev/null 2>&1 & while :; do echo tick; sleep 0.2; done"
+    );
     let mut args = sh(dir.path(), &script);
     args.push(("maxTime", Value::from(1)));
     let (c, seen) = run_watching(Run::new(dir.path()), args, &m, 3).await;
     assert_eq!(c.failure_reason().as_deref(), Some("timeout"));
     assert_eq!(c.rc(), Some(-1));
-    assert!(survivors(&m).await.is_empty(), "survivors: {:?}", processes_with(&m));
+    assert!(
+        survivors(&m).await.is_empty(),
+        "survivors: {:?}",
+        processes_with(&m)
+    );
     all_gone(&seen).await;
 }
 
@@ -113,7 +149,10 @@ async fn a_background_job_holding_the_output_keeps_the_step_until_the_timeout() 
     args.push(("timeout", Value::from(1)));
     let (c, seen) = run_watching(Run::new(dir.path()), args, &m, 1).await;
     assert_eq!(c.stdout(), "done\n");
-    assert_eq!(c.failure_reason().as_deref(), Some("timeout_without_output"));
+    assert_eq!(
+        c.failure_reason().as_deref(),
+        Some("timeout_without_output")
+    );
     assert_eq!(c.rc(), Some(-1));
     assert!(survivors(&m).await.is_empty());
     all_gone(&seen).await;
@@ -125,15 +164,30 @@ async fn a_detached_daemon_outlives_a_normal_exit_and_is_reaped_when_it_dies() {
     // It was reparented to the worker (a subreaper); once it dies it is reaped.
     let dir = tempfile::tempdir().unwrap();
     let m = marker(14);
-    let args = sh(dir.path(), &format!("(setsid sleep {m} </dev/null >/dev/null 2>&1 &); echo done"));
+    let args = sh(
+        dir.path(),
+        &format!("(setsid sleep {m} </dev/null >/dev/null 2>&1 &); echo done"),
+    );
     let (c, seen) = run_watching(Run::new(dir.path()), args, &m, 1).await;
     assert_eq!(c.rc(), Some(0));
     assert_eq!(c.failure_reason(), None);
     let alive = processes_with(&m);
     assert_eq!(alive.len(), 1, "the daemon still runs");
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", alive[0])).unwrap();
-    let ppid: u32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let ppid: u32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(ppid, std::process::id(), "the worker adopted it");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(alive[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(alive[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     all_gone(&seen).await;
 }

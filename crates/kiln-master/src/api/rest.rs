@@ -665,17 +665,16 @@ async fn build(
 }
 
 /// `/builds/{id}/properties`: Buildbot answers one object of `name: [value, source]`.
-async fn build_properties(
-    State(st): State<ApiState>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> Res {
+async fn build_properties(State(st): State<ApiState>, h: HeaderMap, Path(id): Path<String>) -> Res {
     let n = num_or_invalid(&id, &format!("builds/{id}/properties"))?;
     if st.store.get_build(BuildId(n)).await?.is_none() {
         return Err(not_found(format!("/builds/{id}/properties")));
     }
     let p = st.store.get_build_properties(BuildId(n)).await?;
-    let m: Obj = p.0.iter().map(|(k, v)| (k.clone(), json!([v.0, v.1]))).collect();
+    let m: Obj =
+        p.0.iter()
+            .map(|(k, v)| (k.clone(), json!([v.0, v.1])))
+            .collect();
     Ok(render(&st, &h, "properties", vec![m], Some(1)))
 }
 

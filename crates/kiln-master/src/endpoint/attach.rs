@@ -71,7 +71,11 @@ pub(crate) fn to_json(v: &Value) -> serde_json::Value {
         Value::F64(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
         Value::String(_) | Value::Binary(_) => J::String(text_of(v).unwrap_or_default()),
         Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
-        Value::Map(m) => J::Object(m.iter().map(|(k, v)| (text_of(k).unwrap_or_else(|| k.to_string()), to_json(v))).collect()),
+        Value::Map(m) => J::Object(
+            m.iter()
+                .map(|(k, v)| (text_of(k).unwrap_or_else(|| k.to_string()), to_json(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -80,21 +84,41 @@ fn is_dir_mode(mode: i64) -> bool {
 }
 
 pub(crate) async fn attach(link: &Link, entry: &WorkerEntry) -> Result<Attached, String> {
-    ask(link, Op::Print { message: "attached".into() }).await?;
+    ask(
+        link,
+        Op::Print {
+            message: "attached".into(),
+        },
+    )
+    .await?;
     let info = ask(link, Op::GetWorkerInfo).await?;
     let Value::Map(info) = info else {
         return Err("get_worker_info did not return a map".into());
     };
-    let get = |k: &str| info.iter().find(|(key, _)| text_of(key).as_deref() == Some(k)).map(|(_, v)| v);
-    let basedir = get("basedir").and_then(text_of).ok_or("the worker's info has no \"basedir\"")?;
+    let get = |k: &str| {
+        info.iter()
+            .find(|(key, _)| text_of(key).as_deref() == Some(k))
+            .map(|(_, v)| v)
+    };
+    let basedir = get("basedir")
+        .and_then(text_of)
+        .ok_or("the worker's info has no \"basedir\"")?;
     let windows = get("system").and_then(text_of).as_deref() == Some("nt");
     let delete_leftovers = truthy(get("delete_leftover_dirs"));
-    let json = info.iter().map(|(k, v)| (text_of(k).unwrap_or_else(|| k.to_string()), to_json(v))).collect();
+    let json = info
+        .iter()
+        .map(|(k, v)| (text_of(k).unwrap_or_else(|| k.to_string()), to_json(v)))
+        .collect();
     drop(info);
 
     ask(link, Op::SetWorkerSettings(WorkerSettings::default())).await?;
 
-    let listing = run_ok(link, "listdir", Args::from_pairs([("path", basedir.as_str())])).await?;
+    let listing = run_ok(
+        link,
+        "listdir",
+        Args::from_pairs([("path", basedir.as_str())]),
+    )
+    .await?;
     let files: Vec<String> = listing
         .into_iter()
         .find_map(|i| match i {
@@ -103,13 +127,21 @@ pub(crate) async fn attach(link: &Link, entry: &WorkerEntry) -> Result<Attached,
         })
         .ok_or("listdir of the worker's basedir returned no \"files\"")?;
 
-    let wanted: Vec<&str> = entry.builder_dirs.iter().map(String::as_str).chain(["info"]).collect();
+    let wanted: Vec<&str> = entry
+        .builder_dirs
+        .iter()
+        .map(String::as_str)
+        .chain(["info"])
+        .collect();
     if delete_leftovers {
         let mut dirs = Vec::new();
         for f in files.iter().filter(|f| !wanted.contains(&f.as_str())) {
             let path = join_worker_path(windows, &basedir, f);
             // An entry that vanished since the listing is simply not a leftover any more.
-            let Ok(items) = run_ok(link, "stat", Args::from_pairs([("path", path.as_str())])).await else { continue };
+            let Ok(items) = run_ok(link, "stat", Args::from_pairs([("path", path.as_str())])).await
+            else {
+                continue;
+            };
             let mode = items.iter().find_map(|i| match i {
                 UpdateItem::Stat(s) => s.first().copied(),
                 _ => None,
@@ -119,7 +151,12 @@ pub(crate) async fn attach(link: &Link, entry: &WorkerEntry) -> Result<Attached,
             }
         }
         if !dirs.is_empty() {
-            run_ok(link, "rmdir", Args::from_pairs([("paths", Value::Array(dirs))])).await?;
+            run_ok(
+                link,
+                "rmdir",
+                Args::from_pairs([("paths", Value::Array(dirs))]),
+            )
+            .await?;
         }
     }
 
@@ -135,9 +172,19 @@ pub(crate) async fn attach(link: &Link, entry: &WorkerEntry) -> Result<Attached,
         run_ok(link, "mkdir", Args::from_pairs([("paths", paths)])).await?;
     }
     for _ in &entry.builder_dirs {
-        ask(link, Op::Print { message: "attached".into() }).await?;
+        ask(
+            link,
+            Op::Print {
+                message: "attached".into(),
+            },
+        )
+        .await?;
     }
-    Ok(Attached { info: json, basedir, windows })
+    Ok(Attached {
+        info: json,
+        basedir,
+        windows,
+    })
 }
 
 #[cfg(test)]
@@ -162,7 +209,10 @@ mod tests {
 
     #[test]
     fn info_to_json() {
-        let v = Value::Map(vec![(Value::from("a"), Value::Binary(b"x\xff".to_vec())), (Value::from("n"), Value::from(3))]);
+        let v = Value::Map(vec![
+            (Value::from("a"), Value::Binary(b"x\xff".to_vec())),
+            (Value::from("n"), Value::from(3)),
+        ]);
         assert_eq!(to_json(&v), serde_json::json!({"a": "x\u{fffd}", "n": 3}));
     }
 }

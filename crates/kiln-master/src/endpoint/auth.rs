@@ -23,12 +23,16 @@ pub enum CredError {
 /// Splits `Authorization: Basic base64(name:password)` on the first colon, as Buildbot does.
 pub fn parse_basic(header: Option<&[u8]>) -> Result<(String, String), CredError> {
     let value = header.ok_or(CredError::Missing)?;
-    let value = std::str::from_utf8(value).map_err(|_| CredError::Malformed)?.trim();
+    let value = std::str::from_utf8(value)
+        .map_err(|_| CredError::Malformed)?
+        .trim();
     let (scheme, rest) = value.split_once(' ').ok_or(CredError::Malformed)?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(CredError::Malformed);
     }
-    let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).map_err(|_| CredError::Malformed)?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .map_err(|_| CredError::Malformed)?;
     let text = String::from_utf8(raw).map_err(|_| CredError::Malformed)?;
     let (name, password) = text.split_once(':').ok_or(CredError::Malformed)?;
     Ok((name.to_owned(), password.to_owned()))
@@ -37,12 +41,16 @@ pub fn parse_basic(header: Option<&[u8]>) -> Result<(String, String), CredError>
 /// Checks a password; argon2 runs on the blocking pool because it takes tens of milliseconds.
 pub async fn verify(check: &PasswordCheck, password: String) -> bool {
     match check {
-        PasswordCheck::Plain(expected) => constant_time_eq(expected.as_bytes(), password.as_bytes()),
+        PasswordCheck::Plain(expected) => {
+            constant_time_eq(expected.as_bytes(), password.as_bytes())
+        }
         PasswordCheck::Argon2(phc) => {
             let phc = phc.clone();
             tokio::task::spawn_blocking(move || {
                 use argon2::PasswordVerifier as _;
-                argon2::Argon2::default().verify_password(password.as_bytes(), phc.as_str()).is_ok()
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), phc.as_str())
+                    .is_ok()
             })
             .await
             .unwrap_or(false)
@@ -79,7 +87,9 @@ impl FailedLogins {
         if map.len() >= 4096 {
             map.retain(|_, (start, _)| start.elapsed() < WINDOW);
         }
-        let slot = map.entry((addr, name.to_string())).or_insert((Instant::now(), 0));
+        let slot = map
+            .entry((addr, name.to_string()))
+            .or_insert((Instant::now(), 0));
         if slot.0.elapsed() >= WINDOW {
             *slot = (Instant::now(), 0);
         }
@@ -92,14 +102,26 @@ mod tests {
     use super::*;
 
     fn hdr(s: &str) -> Option<Vec<u8>> {
-        Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s)).into_bytes())
+        Some(
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            )
+            .into_bytes(),
+        )
     }
 
     #[test]
     fn splits_on_the_first_colon() {
-        assert_eq!(parse_basic(hdr("w1:pa:ss").as_deref()), Ok(("w1".into(), "pa:ss".into())));
+        assert_eq!(
+            parse_basic(hdr("w1:pa:ss").as_deref()),
+            Ok(("w1".into(), "pa:ss".into()))
+        );
         assert_eq!(parse_basic(None), Err(CredError::Missing));
-        assert_eq!(parse_basic(hdr("nocolon").as_deref()), Err(CredError::Malformed));
+        assert_eq!(
+            parse_basic(hdr("nocolon").as_deref()),
+            Err(CredError::Malformed)
+        );
         assert_eq!(parse_basic(Some(b"Bearer abc")), Err(CredError::Malformed));
         assert_eq!(parse_basic(Some(b"Basic !!!")), Err(CredError::Malformed));
     }
@@ -114,7 +136,10 @@ mod tests {
     #[tokio::test]
     async fn argon2_phc_verifies() {
         use argon2::PasswordHasher as _;
-        let phc = argon2::Argon2::default().hash_password_with_salt(b"s3cret", b"saltsaltsaltsalt").unwrap().to_string();
+        let phc = argon2::Argon2::default()
+            .hash_password_with_salt(b"s3cret", b"saltsaltsaltsalt")
+            .unwrap()
+            .to_string();
         assert!(verify(&PasswordCheck::Argon2(phc.clone()), "s3cret".into()).await);
         assert!(!verify(&PasswordCheck::Argon2(phc), "wrong".into()).await);
         assert!(!verify(&PasswordCheck::Argon2("not a phc".into()), "s3cret".into()).await);
@@ -129,7 +154,10 @@ mod tests {
         assert!(!f.blocked(a, "w1", 2));
         f.record(a, "w1");
         assert!(f.blocked(a, "w1", 2));
-        assert!(!f.blocked(a, "w2", 2), "another worker at the same address is not locked out");
+        assert!(
+            !f.blocked(a, "w2", 2),
+            "another worker at the same address is not locked out"
+        );
         assert!(!f.blocked("127.0.0.8".parse().unwrap(), "w1", 2));
     }
 }

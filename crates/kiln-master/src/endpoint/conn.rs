@@ -76,7 +76,10 @@ impl Link {
     /// Sends a request and waits for its response.
     pub(crate) async fn request(&self, op: Op) -> Result<Response, RemoteError> {
         let (tx, rx) = oneshot::channel();
-        self.0.out.send(Out::Request(Box::new((op, Some(tx))))).map_err(|_| RemoteError::NotConnected)?;
+        self.0
+            .out
+            .send(Out::Request(Box::new((op, Some(tx)))))
+            .map_err(|_| RemoteError::NotConnected)?;
         rx.await.map_err(|_| RemoteError::NotConnected)
     }
 
@@ -85,7 +88,11 @@ impl Link {
         let _ = self.0.out.send(Out::Request(Box::new((op, None))));
     }
 
-    pub(crate) async fn start(&self, spec: CommandSpec, transfer: Transfer) -> Result<RunningCommand, RemoteError> {
+    pub(crate) async fn start(
+        &self,
+        spec: CommandSpec,
+        transfer: Transfer,
+    ) -> Result<RunningCommand, RemoteError> {
         let command_id = NEXT_COMMAND_ID.fetch_add(1, Ordering::Relaxed).to_string();
         let (events, rx) = mpsc::channel(COMMAND_EVENTS);
         let (reply, answer) = oneshot::channel();
@@ -95,8 +102,16 @@ impl Link {
             command_name: spec.name,
             args: spec.args,
         };
-        let req = StartReq { op, command_id: command_id.clone(), cmd: Cmd { events, transfer }, reply };
-        self.0.out.send(Out::Start(Box::new(req))).map_err(|_| RemoteError::NotConnected)?;
+        let req = StartReq {
+            op,
+            command_id: command_id.clone(),
+            cmd: Cmd { events, transfer },
+            reply,
+        };
+        self.0
+            .out
+            .send(Out::Start(Box::new(req)))
+            .map_err(|_| RemoteError::NotConnected)?;
         let resp = answer.await.map_err(|_| RemoteError::NotConnected)?;
         if let Some(err) = resp.error_text() {
             return Err(RemoteError::Refused(err));
@@ -107,7 +122,11 @@ impl Link {
             builder: spec.builder,
             sent: AtomicBool::new(false),
         });
-        Ok(RunningCommand { command_id, events: rx, interrupt })
+        Ok(RunningCommand {
+            command_id,
+            events: rx,
+            interrupt,
+        })
     }
 
     pub(crate) fn close(&self) {
@@ -161,7 +180,11 @@ pub struct WorkerConn {
 
 impl std::fmt::Debug for WorkerConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerConn").field("name", &self.name).field("conn_id", &self.conn_id).field("peer", &self.peer).finish()
+        f.debug_struct("WorkerConn")
+            .field("name", &self.name)
+            .field("conn_id", &self.conn_id)
+            .field("peer", &self.peer)
+            .finish()
     }
 }
 
@@ -208,18 +231,30 @@ impl Remote for WorkerConn {
         self.windows
     }
     fn has_command(&self, name: &str) -> bool {
-        self.info.get("worker_commands").and_then(|c| c.as_object()).is_some_and(|c| c.contains_key(name))
+        self.info
+            .get("worker_commands")
+            .and_then(|c| c.as_object())
+            .is_some_and(|c| c.contains_key(name))
     }
     fn ping(&self) -> BoxFuture<'_, Result<(), RemoteError>> {
         Box::pin(async move {
-            let resp = self.link.request(Op::Print { message: "ping".into() }).await?;
+            let resp = self
+                .link
+                .request(Op::Print {
+                    message: "ping".into(),
+                })
+                .await?;
             match resp.error_text() {
                 Some(e) => Err(RemoteError::Refused(e)),
                 None => Ok(()),
             }
         })
     }
-    fn start(&self, spec: CommandSpec, transfer: Transfer) -> BoxFuture<'_, Result<RunningCommand, RemoteError>> {
+    fn start(
+        &self,
+        spec: CommandSpec,
+        transfer: Transfer,
+    ) -> BoxFuture<'_, Result<RunningCommand, RemoteError>> {
         Box::pin(self.link.start(spec, transfer))
     }
 }
@@ -251,7 +286,14 @@ pub(crate) async fn run_loop(
     opts: LoopOpts,
     mut shutdown: watch::Receiver<bool>,
 ) -> End {
-    let mut io = Io { ws, next_seq: 0, pending: HashMap::new(), commands: HashMap::new(), limits: opts.limits, link: link.clone() };
+    let mut io = Io {
+        ws,
+        next_seq: 0,
+        pending: HashMap::new(),
+        commands: HashMap::new(),
+        limits: opts.limits,
+        link: link.clone(),
+    };
     let mut last_rx = Instant::now();
     let mut ping_sent: Option<Instant> = None;
     let end = loop {
@@ -353,7 +395,10 @@ const UNKNOWN_COMMAND: &str = "unknown \"command_id\"";
 impl Io {
     async fn send(&mut self, msg: &Message) -> Result<(), End> {
         let bytes = kiln_proto::encode(msg);
-        self.ws.send(WsMessage::Binary(bytes.into())).await.map_err(|e| End::Error(e.to_string()))
+        self.ws
+            .send(WsMessage::Binary(bytes.into()))
+            .await
+            .map_err(|e| End::Error(e.to_string()))
     }
 
     async fn send_request(
@@ -398,7 +443,9 @@ impl Io {
                 tracing::warn!("bad response from worker ignored: {e}");
                 return Ok(());
             }
-            Err(kiln_proto::DecodeError::BadRequest { seq_number, reason, .. }) => {
+            Err(kiln_proto::DecodeError::BadRequest {
+                seq_number, reason, ..
+            }) => {
                 return self.respond(Response::error(seq_number, reason)).await;
             }
             Err(e) => return Err(End::Error(e.to_string())),
@@ -417,7 +464,9 @@ impl Io {
                             let _ = reply.send(resp);
                         }
                     }
-                    None => tracing::warn!("response to unknown seq_number {} ignored", resp.seq_number),
+                    None => {
+                        tracing::warn!("response to unknown seq_number {} ignored", resp.seq_number)
+                    }
                 }
                 Ok(())
             }
@@ -430,7 +479,11 @@ impl Io {
 
     /// Hands an event to a command's consumer, waiting while its channel is full (the
     /// worker is slowed down, not buffered), but not past an abort.
-    async fn deliver(&mut self, events: mpsc::Sender<CommandEvent>, ev: CommandEvent) -> Result<(), End> {
+    async fn deliver(
+        &mut self,
+        events: mpsc::Sender<CommandEvent>,
+        ev: CommandEvent,
+    ) -> Result<(), End> {
         let link = self.link.clone();
         tokio::select! {
             _ = events.send(ev) => Ok(()),
@@ -448,21 +501,30 @@ impl Io {
                 }
                 None => Response::error(seq, UNKNOWN_COMMAND),
             },
-            Op::Complete { command_id, failure } => match self.commands.remove(&command_id) {
+            Op::Complete {
+                command_id,
+                failure,
+            } => match self.commands.remove(&command_id) {
                 Some(cmd) => {
-                    self.deliver(cmd.events, CommandEvent::Complete { failure }).await?;
+                    self.deliver(cmd.events, CommandEvent::Complete { failure })
+                        .await?;
                     Response::ok(seq)
                 }
                 None => Response::error(seq, UNKNOWN_COMMAND),
             },
-            Op::UploadFileWrite { command_id, data } | Op::UploadDirectoryWrite { command_id, data } => {
+            Op::UploadFileWrite { command_id, data }
+            | Op::UploadDirectoryWrite { command_id, data } => {
                 self.with_upload(seq, &command_id, |s| s.write(&data))
             }
             Op::UploadFileClose { command_id } => self.with_upload(seq, &command_id, |s| s.close()),
-            Op::UploadFileUtime { command_id, access_time, modified_time } => {
-                self.with_upload(seq, &command_id, |s| s.utime(access_time, modified_time))
+            Op::UploadFileUtime {
+                command_id,
+                access_time,
+                modified_time,
+            } => self.with_upload(seq, &command_id, |s| s.utime(access_time, modified_time)),
+            Op::UploadDirectoryUnpack { command_id } => {
+                self.with_upload(seq, &command_id, |s| s.unpack())
             }
-            Op::UploadDirectoryUnpack { command_id } => self.with_upload(seq, &command_id, |s| s.unpack()),
             Op::ReadFile { command_id, length } => {
                 // A worker cannot make the master read more than one message can carry.
                 let length = (length as usize).min(self.limits.max_message.saturating_sub(64));
@@ -474,13 +536,15 @@ impl Io {
                     _ => Response::error(seq, UNKNOWN_COMMAND),
                 }
             }
-            Op::ReadFileClose { command_id } => match self.commands.get_mut(&command_id).map(|c| &mut c.transfer) {
-                Some(Transfer::Download(src)) => {
-                    src.close();
-                    Response::ok(seq)
+            Op::ReadFileClose { command_id } => {
+                match self.commands.get_mut(&command_id).map(|c| &mut c.transfer) {
+                    Some(Transfer::Download(src)) => {
+                        src.close();
+                        Response::ok(seq)
+                    }
+                    _ => Response::error(seq, UNKNOWN_COMMAND),
                 }
-                _ => Response::error(seq, UNKNOWN_COMMAND),
-            },
+            }
             // Master→worker ops and unknown ones alike: the master has no handler for them.
             other => Response::error(seq, Op::unknown_error(other.name())),
         })
@@ -503,15 +567,28 @@ impl Io {
 }
 
 /// Runs one of the endpoint's own commands and collects its updates.
-pub(crate) async fn run_collect(link: &Link, name: &str, args: Args) -> Result<Vec<kiln_proto::update::UpdateItem>, String> {
-    let spec = CommandSpec { builder: None, name: name.to_owned(), args };
-    let mut cmd = link.start(spec, Transfer::None).await.map_err(|e| format!("{name}: {e}"))?;
+pub(crate) async fn run_collect(
+    link: &Link,
+    name: &str,
+    args: Args,
+) -> Result<Vec<kiln_proto::update::UpdateItem>, String> {
+    let spec = CommandSpec {
+        builder: None,
+        name: name.to_owned(),
+        args,
+    };
+    let mut cmd = link
+        .start(spec, Transfer::None)
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
     let mut items = Vec::new();
     loop {
         match cmd.events.recv().await {
             Some(CommandEvent::Update(u)) => items.extend(u),
             Some(CommandEvent::Complete { failure: None }) => return Ok(items),
-            Some(CommandEvent::Complete { failure: Some(f) }) => return Err(format!("{name} failed: {f}")),
+            Some(CommandEvent::Complete { failure: Some(f) }) => {
+                return Err(format!("{name} failed: {f}"));
+            }
             Some(CommandEvent::Lost) | None => return Err(format!("{name}: connection lost")),
         }
     }

@@ -107,7 +107,11 @@ const READ_BUFFER: usize = 2 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
 
 impl Endpoint {
-    pub fn new(roster: Roster, opts: EndpointOptions, events: mpsc::UnboundedSender<WorkerEvent>) -> Endpoint {
+    pub fn new(
+        roster: Roster,
+        opts: EndpointOptions,
+        events: mpsc::UnboundedSender<WorkerEvent>,
+    ) -> Endpoint {
         let (shutdown, _) = watch::channel(false);
         Endpoint(Arc::new(Inner {
             roster,
@@ -124,26 +128,48 @@ impl Endpoint {
     /// Serve it with connect info (`SocketAddr` or [`PeerAddr`]) so failed logins are
     /// counted per address; without it all clients share one counter.
     pub fn router(&self) -> axum::Router {
-        axum::Router::new().fallback(handshake).with_state(self.clone())
+        axum::Router::new()
+            .fallback(handshake)
+            .with_state(self.clone())
     }
 
     /// The attached worker of that name.
     pub fn get(&self, name: &str) -> Option<Arc<WorkerConn>> {
-        self.0.attached.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.0
+            .attached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     pub fn connected(&self) -> Vec<Arc<WorkerConn>> {
-        self.0.attached.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.0
+            .attached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// How many workers are attached (without collecting them).
     pub fn connected_count(&self) -> usize {
-        self.0.attached.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.0
+            .attached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Drops the worker's connection (e.g. it was removed from the config).
     pub fn disconnect(&self, name: &str) {
-        let conn = self.0.attached.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        let conn = self
+            .0
+            .attached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         if let Some(conn) = conn {
             conn.link.abort();
         }
@@ -162,7 +188,10 @@ impl Endpoint {
 fn status(code: StatusCode, text: &'static str) -> Response {
     let mut r = (code, text).into_response();
     if code == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"kiln\""));
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"kiln\""),
+        );
     }
     r
 }
@@ -174,12 +203,27 @@ async fn handshake(State(ep): State<Endpoint>, req: Request) -> Response {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
-        .or_else(|| parts.extensions.get::<ConnectInfo<PeerAddr>>().map(|c| c.0.0))
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<ConnectInfo<PeerAddr>>()
+                .map(|c| c.0.0)
+        })
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let inner = &ep.0;
     let limit = inner.opts.failed_logins_per_minute;
-    let too_many = || status(StatusCode::TOO_MANY_REQUESTS, "Too many failed logins; try again in a minute\n");
-    let (name, password) = match auth::parse_basic(parts.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
+    let too_many = || {
+        status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed logins; try again in a minute\n",
+        )
+    };
+    let (name, password) = match auth::parse_basic(
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    ) {
         Ok(c) => c,
         Err(e) => {
             if inner.failed.blocked(peer.ip(), "", limit) {
@@ -198,7 +242,13 @@ async fn handshake(State(ep): State<Endpoint>, req: Request) -> Response {
     if inner.failed.blocked(peer.ip(), &name, limit) {
         return too_many();
     }
-    let check = inner.roster.0.read().unwrap_or_else(|e| e.into_inner()).get(&name).map(|e| e.password.clone());
+    let check = inner
+        .roster
+        .0
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&name)
+        .map(|e| e.password.clone());
     let ok = match check {
         Some(check) => auth::verify(&check, password).await,
         None => false,
@@ -230,8 +280,11 @@ async fn connection(ep: Endpoint, mut ws: WebSocket, name: String, peer: SocketA
 
     // Spec §4.3: the old connection gets a chance to prove it is alive.
     if let Some(old) = ep.get(&name) {
-        let probe = Op::Print { message: "master got a duplicate connection".into() };
-        let answer = tokio::time::timeout(inner.opts.duplicate_check_timeout, old.link.request(probe)).await;
+        let probe = Op::Print {
+            message: "master got a duplicate connection".into(),
+        };
+        let answer =
+            tokio::time::timeout(inner.opts.duplicate_check_timeout, old.link.request(probe)).await;
         if matches!(answer, Ok(Ok(ref r)) if !r.is_exception) {
             tracing::warn!(worker = %name, %peer, "duplicate connection refused: the attached one still answers");
             let _ = ws.send(WsMessage::Close(None)).await;
@@ -250,14 +303,23 @@ async fn connection(ep: Endpoint, mut ws: WebSocket, name: String, peer: SocketA
 
     let (link, rx) = Link::new();
     let opts = LoopOpts {
-        limits: kiln_proto::Limits { max_message: inner.opts.max_message_bytes, ..Default::default() },
+        limits: kiln_proto::Limits {
+            max_message: inner.opts.max_message_bytes,
+            ..Default::default()
+        },
         idle_ping_after: inner.opts.idle_ping_after,
         dead_after: inner.opts.dead_after,
     };
     let io = conn::run_loop(ws, link.clone(), rx, opts, inner.shutdown.subscribe());
     let attached: OnceLock<Arc<WorkerConn>> = OnceLock::new();
     let driver = async {
-        let entry = inner.roster.0.read().unwrap_or_else(|e| e.into_inner()).get(&name).cloned();
+        let entry = inner
+            .roster
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+            .cloned();
         let Some(entry) = entry else {
             tracing::info!(worker = %name, "worker no longer configured; closing");
             link.close();

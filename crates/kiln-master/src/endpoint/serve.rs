@@ -37,7 +37,10 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+    pub fn new(
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(config);
@@ -67,7 +70,11 @@ impl TlsListener {
                 });
             }
         });
-        Ok(TlsListener { ready, local, acceptor_task })
+        Ok(TlsListener {
+            ready,
+            local,
+            acceptor_task,
+        })
     }
 }
 
@@ -114,15 +121,21 @@ pub async fn serve(
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(shutdown)
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
         }
         Some(config) => {
             let listener = TlsListener::new(listener, config)?;
-            axum::serve(listener, app.into_make_service_with_connect_info::<PeerAddr>())
-                .with_graceful_shutdown(shutdown)
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<PeerAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
         }
     }
 }

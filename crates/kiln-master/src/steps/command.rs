@@ -38,7 +38,12 @@ pub(crate) struct Done {
 
 impl Done {
     pub fn new(result: Results) -> Done {
-        Done { result, note: None, timed_out: false, text: None }
+        Done {
+            result,
+            note: None,
+            timed_out: false,
+            text: None,
+        }
     }
 
     /// The final state string, Buildbot style: `compile (warnings: 3) (failure) (timed out)`.
@@ -79,7 +84,12 @@ pub(crate) struct LogSet {
 
 impl LogSet {
     /// The log `name`, created with `log_type` on first use.
-    pub async fn named(&mut self, logs: &mut dyn StepLogs, name: &str, log_type: LogType) -> Result<LogHandle, Halt> {
+    pub async fn named(
+        &mut self,
+        logs: &mut dyn StepLogs,
+        name: &str,
+        log_type: LogType,
+    ) -> Result<LogHandle, Halt> {
         if let Some(h) = self.named.get(name) {
             return Ok(*h);
         }
@@ -94,7 +104,13 @@ impl LogSet {
     }
 
     /// Appends whole lines (a missing final `\n` is added) to the log `name`.
-    pub async fn write(&mut self, logs: &mut dyn StepLogs, name: &str, log_type: LogType, text: &str) -> Result<(), Halt> {
+    pub async fn write(
+        &mut self,
+        logs: &mut dyn StepLogs,
+        name: &str,
+        log_type: LogType,
+        text: &str,
+    ) -> Result<(), Halt> {
         let h = self.named(logs, name, log_type).await?;
         let mut text = text.to_string();
         if !text.ends_with('\n') {
@@ -103,12 +119,22 @@ impl LogSet {
         self.queue(logs, h, &text).await
     }
 
-    async fn queue(&mut self, logs: &mut dyn StepLogs, h: LogHandle, text: &str) -> Result<(), Halt> {
+    async fn queue(
+        &mut self,
+        logs: &mut dyn StepLogs,
+        h: LogHandle,
+        text: &str,
+    ) -> Result<(), Halt> {
         self.queue_with(logs, h, |buf| buf.push_str(text)).await
     }
 
     /// Lets `write` add text to the log's pending batch in place (no copy in between).
-    async fn queue_with(&mut self, logs: &mut dyn StepLogs, h: LogHandle, write: impl FnOnce(&mut String)) -> Result<(), Halt> {
+    async fn queue_with(
+        &mut self,
+        logs: &mut dyn StepLogs,
+        h: LogHandle,
+        write: impl FnOnce(&mut String),
+    ) -> Result<(), Halt> {
         let i = match self.pending.iter().position(|(p, _)| *p == h) {
             Some(i) => i,
             None => {
@@ -138,12 +164,18 @@ impl LogSet {
     }
 
     /// Appends lines to stdio on channel `ch` (`h`, `o` or `e`).
-    pub async fn stdio_lines(&mut self, logs: &mut dyn StepLogs, ch: char, text: &str) -> Result<(), Halt> {
+    pub async fn stdio_lines(
+        &mut self,
+        logs: &mut dyn StepLogs,
+        ch: char,
+        text: &str,
+    ) -> Result<(), Halt> {
         if text.is_empty() {
             return Ok(());
         }
         let h = self.stdio(logs).await?;
-        self.queue_with(logs, h, |buf| push_prefixed(buf, ch, text)).await
+        self.queue_with(logs, h, |buf| push_prefixed(buf, ch, text))
+            .await
     }
 
     pub async fn finish_all(&mut self, logs: &mut dyn StepLogs) {
@@ -179,20 +211,33 @@ fn push_prefixed(out: &mut String, ch: char, text: &str) {
 /// Renders a value against the build (properties, source stamps, secrets).
 pub(crate) fn render(ctx: &StepCtx<'_>, r: &Renderable, what: &str) -> Result<String, Halt> {
     let sources = ctx.sources.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let rc = RenderContext { properties: Some(&*ctx.properties), sources, secrets: Some(ctx.secrets) };
-    r.render(&rc).map_err(|e| Halt::Exception(format!("cannot render {what}: {e}")))
+    let rc = RenderContext {
+        properties: Some(&*ctx.properties),
+        sources,
+        secrets: Some(ctx.secrets),
+    };
+    r.render(&rc)
+        .map_err(|e| Halt::Exception(format!("cannot render {what}: {e}")))
 }
 
 /// The command as the wire carries it: a string for the shell, or an argv list.
 pub(crate) fn render_command(ctx: &StepCtx<'_>, c: &Command) -> Result<Value, Halt> {
     Ok(match c {
         Command::Shell(r) => Value::from(render(ctx, r, "command")?),
-        Command::Argv(items) => Value::Array(items.iter().map(|r| render(ctx, r, "command").map(Value::from)).collect::<Result<_, _>>()?),
+        Command::Argv(items) => Value::Array(
+            items
+                .iter()
+                .map(|r| render(ctx, r, "command").map(Value::from))
+                .collect::<Result<_, _>>()?,
+        ),
     })
 }
 
 /// The builder's env with the step's env over it, rendered.
-pub(crate) fn render_env(ctx: &StepCtx<'_>, flags: &StepFlags) -> Result<BTreeMap<String, String>, Halt> {
+pub(crate) fn render_env(
+    ctx: &StepCtx<'_>,
+    flags: &StepFlags,
+) -> Result<BTreeMap<String, String>, Halt> {
     let mut env = BTreeMap::new();
     for (k, v) in ctx.builder_env.iter().chain(flags.env.iter()) {
         env.insert(k.clone(), render(ctx, v, &format!("env {k}"))?);
@@ -218,8 +263,18 @@ fn opt_secs(v: Option<u64>) -> Value {
 }
 
 /// `shell` arguments in the order and with the defaults the 4.3 master sends (spec §5.5, §8.3).
-pub(crate) fn shell_args(workdir: &str, command: Value, env: &BTreeMap<String, String>, flags: &StepFlags, use_pty: bool) -> Args {
-    let env = Value::Map(env.iter().map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str()))).collect());
+pub(crate) fn shell_args(
+    workdir: &str,
+    command: Value,
+    env: &BTreeMap<String, String>,
+    flags: &StepFlags,
+    use_pty: bool,
+) -> Args {
+    let env = Value::Map(
+        env.iter()
+            .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+            .collect(),
+    );
     Args::from_pairs([
         ("workdir", Value::from(workdir)),
         ("env", env),
@@ -248,8 +303,13 @@ pub(crate) struct Warnings {
 
 impl Warnings {
     pub fn new(pattern: &str) -> Result<Warnings, Halt> {
-        let re = regex::Regex::new(pattern).map_err(|e| Halt::Exception(format!("bad warning_pattern {pattern:?}: {e}")))?;
-        Ok(Warnings { re, count: 0, lines: String::new() })
+        let re = regex::Regex::new(pattern)
+            .map_err(|e| Halt::Exception(format!("bad warning_pattern {pattern:?}: {e}")))?;
+        Ok(Warnings {
+            re,
+            count: 0,
+            lines: String::new(),
+        })
     }
 
     fn scan(&mut self, text: &str) {
@@ -276,7 +336,10 @@ pub(crate) struct CmdResult {
 
 impl CmdResult {
     pub fn timed_out(&self) -> bool {
-        matches!(self.failure_reason.as_deref(), Some("timeout" | "timeout_without_output"))
+        matches!(
+            self.failure_reason.as_deref(),
+            Some("timeout" | "timeout_without_output")
+        )
     }
 }
 
@@ -289,18 +352,31 @@ pub(crate) struct CmdOpts<'w> {
 /// Runs one remote command to its end, streaming output into the `stdio` log (and `log`
 /// items into logs of their own). A stop interrupts the command, waits for its end and
 /// gives [`Halt::Cancelled`]; a `complete` with failure text gives [`Halt::Exception`].
-pub(crate) async fn run_cmd(ctx: &mut StepCtx<'_>, logs: &mut LogSet, name: &str, args: Args, transfer: Transfer, mut opts: CmdOpts<'_>) -> Result<CmdResult, Halt> {
+pub(crate) async fn run_cmd(
+    ctx: &mut StepCtx<'_>,
+    logs: &mut LogSet,
+    name: &str,
+    args: Args,
+    transfer: Transfer,
+    mut opts: CmdOpts<'_>,
+) -> Result<CmdResult, Halt> {
     let mut stop = ctx.stop.clone();
     if stop.borrow_and_update().is_some() {
         return Err(Halt::Cancelled);
     }
     logs.stdio(&mut *ctx.logs).await?;
-    let spec = CommandSpec { builder: Some(ctx.builder_name.to_string()), name: name.to_string(), args };
+    let spec = CommandSpec {
+        builder: Some(ctx.builder_name.to_string()),
+        name: name.to_string(),
+        args,
+    };
     let mut running = match ctx.remote.start(spec, transfer).await {
         Ok(r) => r,
         Err(RemoteError::NotConnected) => return Err(Halt::Lost),
         Err(RemoteError::Refused(text)) => {
-            return Err(Halt::Exception(format!("the worker refused the `{name}` command: {text}")));
+            return Err(Halt::Exception(format!(
+                "the worker refused the `{name}` command: {text}"
+            )));
         }
     };
     let mut res = CmdResult::default();
@@ -347,7 +423,13 @@ pub(crate) async fn run_cmd(ctx: &mut StepCtx<'_>, logs: &mut LogSet, name: &str
     }
 }
 
-async fn apply(ctx: &mut StepCtx<'_>, logs: &mut LogSet, res: &mut CmdResult, opts: &mut CmdOpts<'_>, item: UpdateItem) -> Result<(), Halt> {
+async fn apply(
+    ctx: &mut StepCtx<'_>,
+    logs: &mut LogSet,
+    res: &mut CmdResult,
+    opts: &mut CmdOpts<'_>,
+    item: UpdateItem,
+) -> Result<(), Halt> {
     let l = &mut *ctx.logs;
     match item {
         UpdateItem::Header(lines) => logs.stdio_lines(l, 'h', &lines.text).await?,
@@ -373,7 +455,8 @@ async fn apply(ctx: &mut StepCtx<'_>, logs: &mut LogSet, res: &mut CmdResult, op
         }
         UpdateItem::Rc(rc) => {
             res.rc = Some(rc);
-            logs.stdio_lines(l, 'h', &format!("program finished with exit code {rc}\n")).await?
+            logs.stdio_lines(l, 'h', &format!("program finished with exit code {rc}\n"))
+                .await?
         }
         UpdateItem::FailureReason(r) => res.failure_reason = Some(r),
         UpdateItem::Files(f) => res.files = Some(f),

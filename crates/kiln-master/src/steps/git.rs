@@ -10,7 +10,9 @@ use kiln_proto::Value;
 use kiln_proto::args::Args;
 
 use super::StepCtx;
-use super::command::{CmdOpts, Done, Halt, LogSet, render, render_env, rel_workdir, run_cmd, shell_args, worker_path};
+use super::command::{
+    CmdOpts, Done, Halt, LogSet, rel_workdir, render, render_env, run_cmd, shell_args, worker_path,
+};
 use crate::remote::Transfer;
 
 /// `_sourcedirIsUpdatable`'s answer.
@@ -38,12 +40,28 @@ struct Git<'s> {
     env: BTreeMap<String, String>,
 }
 
-pub(crate) async fn run_git(step: &Step, a: &GitArgs, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<Done, Halt> {
+pub(crate) async fn run_git(
+    step: &Step,
+    a: &GitArgs,
+    ctx: &mut StepCtx<'_>,
+    logs: &mut LogSet,
+) -> Result<Done, Halt> {
     logs.stdio(&mut *ctx.logs).await?;
     let stamp = ctx.sources.get("");
-    let step_branch = a.branch.as_ref().map(|b| render(ctx, b, "branch")).transpose()?;
-    let branch = stamp.and_then(|s| s.branch.clone()).filter(|b| !b.is_empty()).or(step_branch).filter(|b| !b.is_empty()).unwrap_or_else(|| "HEAD".into());
-    let revision = stamp.and_then(|s| s.revision.clone()).filter(|r| !r.is_empty());
+    let step_branch = a
+        .branch
+        .as_ref()
+        .map(|b| render(ctx, b, "branch"))
+        .transpose()?;
+    let branch = stamp
+        .and_then(|s| s.branch.clone())
+        .filter(|b| !b.is_empty())
+        .or(step_branch)
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "HEAD".into());
+    let revision = stamp
+        .and_then(|s| s.revision.clone())
+        .filter(|r| !r.is_empty());
     let shallow = match a.shallow {
         None | Some(Shallow::Flag(false)) | Some(Shallow::Depth(0)) => None,
         Some(Shallow::Flag(true)) => Some(1),
@@ -72,10 +90,17 @@ pub(crate) async fn run_git(step: &Step, a: &GitArgs, ctx: &mut StepCtx<'_>, log
         GitMode::Incremental => git.mode_incremental(ctx, logs).await?,
         GitMode::Full => git.mode_full(ctx, logs).await?,
     }
-    let (_, out) = git.vc(ctx, logs, &["rev-parse", "HEAD"], true, true).await?;
+    let (_, out) = git
+        .vc(ctx, logs, &["rev-parse", "HEAD"], true, true)
+        .await?;
     let rev = out.trim();
     if rev.len() != 40 || !rev.bytes().all(|b| b.is_ascii_hexdigit()) {
-        logs.stdio_lines(&mut *ctx.logs, 'e', &format!("git rev-parse HEAD printed {rev:?}, not a commit id\n")).await?;
+        logs.stdio_lines(
+            &mut *ctx.logs,
+            'e',
+            &format!("git rev-parse HEAD printed {rev:?}, not a commit id\n"),
+        )
+        .await?;
         return Err(Halt::Failed);
     }
     ctx.properties.set("got_revision", rev.to_string(), "Git");
@@ -88,12 +113,30 @@ impl Git<'_> {
     }
 
     /// `_dovccmd`: `git <args>` in the workdir. With `abandon`, a non-zero exit fails the step.
-    async fn vc(&self, ctx: &mut StepCtx<'_>, logs: &mut LogSet, args: &[&str], abandon: bool, collect: bool) -> Result<(i64, String), Halt> {
+    async fn vc(
+        &self,
+        ctx: &mut StepCtx<'_>,
+        logs: &mut LogSet,
+        args: &[&str],
+        abandon: bool,
+        collect: bool,
+    ) -> Result<(i64, String), Halt> {
         let mut argv = vec![Value::from("git")];
         argv.extend(args.iter().map(|a| Value::from(*a)));
         let workdir = worker_path(ctx, &self.workdir);
         let wire = shell_args(&workdir, Value::Array(argv), &self.env, self.flags, false);
-        let res = run_cmd(ctx, logs, "shell", wire, Transfer::None, CmdOpts { collect_stdout: collect, warnings: None }).await?;
+        let res = run_cmd(
+            ctx,
+            logs,
+            "shell",
+            wire,
+            Transfer::None,
+            CmdOpts {
+                collect_stdout: collect,
+                warnings: None,
+            },
+        )
+        .await?;
         let rc = res.rc.unwrap_or(-1);
         if abandon && rc != 0 {
             return Err(Halt::Failed);
@@ -101,7 +144,13 @@ impl Git<'_> {
         Ok((rc, res.stdout))
     }
 
-    async fn vc_rc(&self, ctx: &mut StepCtx<'_>, logs: &mut LogSet, args: &[&str], abandon: bool) -> Result<i64, Halt> {
+    async fn vc_rc(
+        &self,
+        ctx: &mut StepCtx<'_>,
+        logs: &mut LogSet,
+        args: &[&str],
+        abandon: bool,
+    ) -> Result<i64, Halt> {
         Ok(self.vc(ctx, logs, args, abandon, false).await?.0)
     }
 
@@ -119,7 +168,11 @@ impl Git<'_> {
         }
     }
 
-    async fn mode_incremental(&mut self, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<(), Halt> {
+    async fn mode_incremental(
+        &mut self,
+        ctx: &mut StepCtx<'_>,
+        logs: &mut LogSet,
+    ) -> Result<(), Halt> {
         match self.sourcedir_is_updatable(ctx, logs).await? {
             Action::Clobber => self.clobber(ctx, logs).await,
             Action::Clone => self.full_clone_or_fallback(ctx, logs).await,
@@ -192,10 +245,18 @@ impl Git<'_> {
     }
 
     /// `_fetch`: fetch the branch (unless the wanted revision is already here) and check it out.
-    async fn fetch(&self, ctx: &mut StepCtx<'_>, logs: &mut LogSet, abandon: bool) -> Result<i64, Halt> {
+    async fn fetch(
+        &self,
+        ctx: &mut StepCtx<'_>,
+        logs: &mut LogSet,
+        abandon: bool,
+    ) -> Result<i64, Halt> {
         let mut fetch_required = true;
         if let Some(rev) = &self.revision
-            && self.vc_rc(ctx, logs, &["cat-file", "-e", rev], false).await? == 0
+            && self
+                .vc_rc(ctx, logs, &["cat-file", "-e", rev], false)
+                .await?
+                == 0
         {
             fetch_required = false;
         }
@@ -212,15 +273,22 @@ impl Git<'_> {
             }
         }
         let rev = self.revision.as_deref().unwrap_or("FETCH_HEAD");
-        let rc = self.vc_rc(ctx, logs, &["checkout", "-f", rev], abandon).await?;
+        let rc = self
+            .vc_rc(ctx, logs, &["checkout", "-f", rev], abandon)
+            .await?;
         if rc == 0 && self.branch != "HEAD" {
             // Names the checkout after the branch; errors are ignored, as in Buildbot.
-            self.vc_rc(ctx, logs, &["checkout", "-B", &self.branch], false).await?;
+            self.vc_rc(ctx, logs, &["checkout", "-B", &self.branch], false)
+                .await?;
         }
         Ok(rc)
     }
 
-    async fn fetch_or_fallback(&mut self, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<(), Halt> {
+    async fn fetch_or_fallback(
+        &mut self,
+        ctx: &mut StepCtx<'_>,
+        logs: &mut LogSet,
+    ) -> Result<(), Halt> {
         let abandon = !self.retry_fetch && !self.clobber_on_failure;
         if self.fetch(ctx, logs, abandon).await? == 0 {
             return Ok(());
@@ -269,7 +337,9 @@ impl Git<'_> {
         }
         let shallow = self.shallow.is_some();
         if let Some(rev) = &self.revision {
-            rc = self.vc_rc(ctx, logs, &["checkout", "-f", rev], shallow).await?;
+            rc = self
+                .vc_rc(ctx, logs, &["checkout", "-f", rev], shallow)
+                .await?;
         }
         if self.submodules {
             let depth = self.shallow.map(|d| d.to_string());
@@ -282,7 +352,11 @@ impl Git<'_> {
         Ok(rc)
     }
 
-    async fn full_clone_or_fallback(&mut self, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<(), Halt> {
+    async fn full_clone_or_fallback(
+        &mut self,
+        ctx: &mut StepCtx<'_>,
+        logs: &mut LogSet,
+    ) -> Result<(), Halt> {
         if self.full_clone(ctx, logs).await? != 0 {
             if !self.clobber_on_failure {
                 return Err(Halt::Failed);
@@ -295,18 +369,34 @@ impl Git<'_> {
     async fn do_clobber(&self, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<(), Halt> {
         let workdir = self.workdir.clone();
         if self.rmdir(ctx, logs, &workdir).await? != 0 {
-            return Err(Halt::Exception(format!("Failed to delete directory {}", worker_path(ctx, &workdir))));
+            return Err(Halt::Exception(format!(
+                "Failed to delete directory {}",
+                worker_path(ctx, &workdir)
+            )));
         }
         Ok(())
     }
 
-    async fn rmdir(&self, ctx: &mut StepCtx<'_>, logs: &mut LogSet, rel: &str) -> Result<i64, Halt> {
+    async fn rmdir(
+        &self,
+        ctx: &mut StepCtx<'_>,
+        logs: &mut LogSet,
+        rel: &str,
+    ) -> Result<i64, Halt> {
         let args = Args::from_pairs([
-            ("paths", Value::Array(vec![Value::from(worker_path(ctx, rel))])),
+            (
+                "paths",
+                Value::Array(vec![Value::from(worker_path(ctx, rel))]),
+            ),
             ("logEnviron", Value::from(true)),
             ("timeout", Value::from(self.timeout())),
         ]);
-        Ok(run_cmd(ctx, logs, "rmdir", args, Transfer::None, CmdOpts::default()).await?.rc.unwrap_or(0))
+        Ok(
+            run_cmd(ctx, logs, "rmdir", args, Transfer::None, CmdOpts::default())
+                .await?
+                .rc
+                .unwrap_or(0),
+        )
     }
 
     async fn sync_submodule(&self, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<(), Halt> {
@@ -318,24 +408,59 @@ impl Git<'_> {
 
     async fn update_submodule(&self, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<(), Halt> {
         if self.submodules {
-            self.vc_rc(ctx, logs, &["submodule", "update", "--init", "--recursive", "--force", "--checkout"], true).await?;
+            self.vc_rc(
+                ctx,
+                logs,
+                &[
+                    "submodule",
+                    "update",
+                    "--init",
+                    "--recursive",
+                    "--force",
+                    "--checkout",
+                ],
+                true,
+            )
+            .await?;
         }
         Ok(())
     }
 
     async fn clean_submodule(&self, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<(), Halt> {
         if self.submodules {
-            let sub = if self.mode == GitMode::Full && self.method == Some(GitMethod::Fresh) { "git clean -f -f -d -x" } else { "git clean -f -f -d" };
-            self.vc_rc(ctx, logs, &["submodule", "foreach", "--recursive", sub], true).await?;
+            let sub = if self.mode == GitMode::Full && self.method == Some(GitMethod::Fresh) {
+                "git clean -f -f -d -x"
+            } else {
+                "git clean -f -f -d"
+            };
+            self.vc_rc(
+                ctx,
+                logs,
+                &["submodule", "foreach", "--recursive", sub],
+                true,
+            )
+            .await?;
         }
         Ok(())
     }
 
     /// `listdir` of the workdir: `.git` there → update; other files → clobber; empty or
     /// missing → clone.
-    async fn sourcedir_is_updatable(&self, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<Action, Halt> {
+    async fn sourcedir_is_updatable(
+        &self,
+        ctx: &mut StepCtx<'_>,
+        logs: &mut LogSet,
+    ) -> Result<Action, Halt> {
         let args = Args::from_pairs([("path", Value::from(worker_path(ctx, &self.workdir)))]);
-        let res = run_cmd(ctx, logs, "listdir", args, Transfer::None, CmdOpts::default()).await?;
+        let res = run_cmd(
+            ctx,
+            logs,
+            "listdir",
+            args,
+            Transfer::None,
+            CmdOpts::default(),
+        )
+        .await?;
         Ok(match res.files {
             None => Action::Clone,
             Some(f) if f.iter().any(|n| n == ".git") => Action::Update,

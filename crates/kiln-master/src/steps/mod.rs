@@ -46,7 +46,11 @@ pub struct LogHandle(pub i64);
 /// and publishes events). Stdio logs (`LogType::Stdio`) get Buildbot's line format: each line
 /// starts with its channel, `h` (header), `o` (stdout) or `e` (stderr).
 pub trait StepLogs: Send {
-    fn add_log(&mut self, name: &str, log_type: LogType) -> BoxFuture<'_, anyhow::Result<LogHandle>>;
+    fn add_log(
+        &mut self,
+        name: &str,
+        log_type: LogType,
+    ) -> BoxFuture<'_, anyhow::Result<LogHandle>>;
     /// Whole lines, each ending in `\n` (already channel-prefixed for stdio logs). Secrets
     /// are redacted by the implementation, not by the caller. The text is handed over: a
     /// big log's batches are not copied again. An implementation may write in the
@@ -93,7 +97,10 @@ pub struct StepCtx<'a> {
 
 /// A step's state string while it runs: its description, else its name.
 pub fn running_text(step: &Step) -> String {
-    step.flags.description.clone().unwrap_or_else(|| step.name.clone())
+    step.flags
+        .description
+        .clone()
+        .unwrap_or_else(|| step.name.clone())
 }
 
 /// Runs one step to its end. `do_step_if` has already been evaluated by the caller.
@@ -102,14 +109,25 @@ pub fn running_text(step: &Step) -> String {
 pub async fn run_step(step: &Step, ctx: &mut StepCtx<'_>) -> StepEnd {
     let mut logs = LogSet::default();
     let running = running_text(step);
-    let done_text = step.flags.description_done.clone().or_else(|| step.flags.description.clone()).unwrap_or_else(|| step.name.clone());
+    let done_text = step
+        .flags
+        .description_done
+        .clone()
+        .or_else(|| step.flags.description.clone())
+        .unwrap_or_else(|| step.name.clone());
     let _ = ctx.logs.set_state_string(&running).await;
     let outcome = match &step.kind {
-        StepKind::Shell(a) | StepKind::Configure(a) | StepKind::Compile(a) | StepKind::Test(a) => shell::run_shell(step, a, ctx, &mut logs).await,
-        StepKind::SetPropertyFromCommand(a) => shell::run_set_property(step, a, ctx, &mut logs).await,
+        StepKind::Shell(a) | StepKind::Configure(a) | StepKind::Compile(a) | StepKind::Test(a) => {
+            shell::run_shell(step, a, ctx, &mut logs).await
+        }
+        StepKind::SetPropertyFromCommand(a) => {
+            shell::run_set_property(step, a, ctx, &mut logs).await
+        }
         StepKind::Git(a) => git::run_git(step, a, ctx, &mut logs).await,
         StepKind::FileUpload(a) => transfer::run_file_upload(step, a, ctx, &mut logs).await,
-        StepKind::DirectoryUpload(a) => transfer::run_directory_upload(step, a, ctx, &mut logs).await,
+        StepKind::DirectoryUpload(a) => {
+            transfer::run_directory_upload(step, a, ctx, &mut logs).await
+        }
         StepKind::FileDownload(a) => transfer::run_file_download(step, a, ctx, &mut logs).await,
         StepKind::StringDownload(a) => transfer::run_string_download(step, a, ctx, &mut logs).await,
         StepKind::Mkdir(a) => simple::run_mkdir(step, a, ctx, &mut logs).await,
@@ -119,11 +137,16 @@ pub async fn run_step(step: &Step, ctx: &mut StepCtx<'_>) -> StepEnd {
     };
     let (end, summary) = match outcome {
         Ok(done) => (StepEnd::Finished(done.result), done.summary(&done_text)),
-        Err(Halt::Failed) => (StepEnd::Finished(Results::Failure), format!("{done_text} (failure)")),
+        Err(Halt::Failed) => (
+            StepEnd::Finished(Results::Failure),
+            format!("{done_text} (failure)"),
+        ),
         Err(Halt::Cancelled) => {
             // Buildbot records why in a log named `cancelled`.
             let why = ctx.stop.borrow().clone().unwrap_or_default();
-            let _ = logs.write(&mut *ctx.logs, "cancelled", LogType::Text, &why).await;
+            let _ = logs
+                .write(&mut *ctx.logs, "cancelled", LogType::Text, &why)
+                .await;
             (StepEnd::Cancelled, format!("{done_text} (cancelled)"))
         }
         Err(Halt::Lost) => (StepEnd::ConnectionLost, format!("{done_text} (retry)")),

@@ -8,13 +8,16 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, UNIX_EPOCH};
 
-use kiln_config::{Compress, DirectoryUploadArgs, FileDownloadArgs, FileUploadArgs, Renderable, Step, StringDownloadArgs};
+use kiln_config::{
+    Compress, DirectoryUploadArgs, FileDownloadArgs, FileUploadArgs, Renderable, Step,
+    StringDownloadArgs,
+};
 use kiln_model::{LogType, Results};
 use kiln_proto::Value;
 use kiln_proto::args::Args;
 
 use super::StepCtx;
-use super::command::{CmdOpts, Done, Halt, LogSet, render, rel_workdir, run_cmd, worker_path};
+use super::command::{CmdOpts, Done, Halt, LogSet, rel_workdir, render, run_cmd, worker_path};
 use crate::remote::{DownloadSource, Transfer, UploadSink, join_worker_path};
 
 /// Buildbot's defaults (spec §8.2).
@@ -43,10 +46,24 @@ impl FileSink {
     /// Creates the destination's missing parent directories and the temp file.
     pub fn new(dest: &Path, maxsize: Option<u64>, mode: Option<u32>) -> io::Result<FileSink> {
         let dest = std::path::absolute(dest)?;
-        let dir = dest.parent().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no parent directory", dest.display())))?;
+        let dir = dest.parent().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} has no parent directory", dest.display()),
+            )
+        })?;
         fs::create_dir_all(dir)?;
-        let tmp = tempfile::Builder::new().prefix("kiln-transfer-").tempfile_in(dir)?;
-        Ok(FileSink { state: Arc::new(Mutex::new(WriterState { dest, tmp: Some(tmp), remaining: maxsize, mode })) })
+        let tmp = tempfile::Builder::new()
+            .prefix("kiln-transfer-")
+            .tempfile_in(dir)?;
+        Ok(FileSink {
+            state: Arc::new(Mutex::new(WriterState {
+                dest,
+                tmp: Some(tmp),
+                remaining: maxsize,
+                mode,
+            })),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, WriterState> {
@@ -67,7 +84,10 @@ impl FileSink {
 
     fn finish_close(&self) -> io::Result<PathBuf> {
         let mut s = self.lock();
-        let tmp = s.tmp.take().ok_or_else(|| io::Error::other("the upload was already closed"))?;
+        let tmp = s
+            .tmp
+            .take()
+            .ok_or_else(|| io::Error::other("the upload was already closed"))?;
         let dest = s.dest.clone();
         tmp.persist(&dest).map_err(|e| e.error)?;
         #[cfg(unix)]
@@ -99,7 +119,11 @@ impl UploadSink for FileSink {
     fn utime(&mut self, access_time: f64, modified_time: f64) -> io::Result<()> {
         let dest = self.lock().dest.clone();
         let at = |t: f64| UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0));
-        File::open(&dest)?.set_times(fs::FileTimes::new().set_accessed(at(access_time)).set_modified(at(modified_time)))
+        File::open(&dest)?.set_times(
+            fs::FileTimes::new()
+                .set_accessed(at(access_time))
+                .set_modified(at(modified_time)),
+        )
     }
 
     fn close(&mut self) -> io::Result<()> {
@@ -107,7 +131,10 @@ impl UploadSink for FileSink {
     }
 
     fn unpack(&mut self) -> io::Result<()> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "unpack sent for a file upload, not a directory upload"))
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "unpack sent for a file upload, not a directory upload",
+        ))
     }
 }
 
@@ -122,15 +149,27 @@ pub struct DirectorySink {
 }
 
 impl DirectorySink {
-    pub fn new(root: &Path, maxsize: Option<u64>, compress: Option<Compress>) -> io::Result<DirectorySink> {
+    pub fn new(
+        root: &Path,
+        maxsize: Option<u64>,
+        compress: Option<Compress>,
+    ) -> io::Result<DirectorySink> {
         let root = std::path::absolute(root)?;
         let parent = root.parent().unwrap_or(&root).to_path_buf();
         fs::create_dir_all(&parent)?;
-        let tarball = tempfile::Builder::new().prefix("kiln-transfer-").suffix(".tar").tempfile_in(&parent)?.into_temp_path();
+        let tarball = tempfile::Builder::new()
+            .prefix("kiln-transfer-")
+            .suffix(".tar")
+            .tempfile_in(&parent)?
+            .into_temp_path();
         let file = FileSink::new(&tarball, maxsize, Some(0o600))?;
         // The FileSink renames onto this path on close; `unpack`/`cancel` delete it.
         tarball.keep().map_err(|e| e.error)?;
-        Ok(DirectorySink { file, root, compress })
+        Ok(DirectorySink {
+            file,
+            root,
+            compress,
+        })
     }
 
     pub fn cancel(&self) {
@@ -172,7 +211,14 @@ impl UploadSink for DirectorySink {
 }
 
 fn escapes(what: &str, path: &Path, root: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("refusing tar entry {what} {}: it would land outside {}", path.display(), root.display()))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "refusing tar entry {what} {}: it would land outside {}",
+            path.display(),
+            root.display()
+        ),
+    )
 }
 
 /// How deep `rel` ends up below a directory `start` levels under the root; `None` if it leaves
@@ -227,15 +273,32 @@ pub(crate) fn unpack_tar(reader: impl Read, root: &Path) -> io::Result<()> {
         match entry.header().entry_type() {
             T::Regular | T::Continuous | T::Directory => {}
             T::Symlink | T::Link => {
-                let target = entry.link_name()?.ok_or_else(|| escapes("link without a target", &path, root))?.into_owned();
+                let target = entry
+                    .link_name()?
+                    .ok_or_else(|| escapes("link without a target", &path, root))?
+                    .into_owned();
                 // Symlinks resolve from the link's directory, hard links from the archive root.
-                let start = if entry.header().entry_type() == T::Symlink { depth - 1 } else { 0 };
+                let start = if entry.header().entry_type() == T::Symlink {
+                    depth - 1
+                } else {
+                    0
+                };
                 if depth_after(start, &target).is_none() {
-                    return Err(escapes(&format!("link to {}", target.display()), &path, root));
+                    return Err(escapes(
+                        &format!("link to {}", target.display()),
+                        &path,
+                        root,
+                    ));
                 }
             }
             other => {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("refusing tar entry {}: type {other:?} is not a file, directory or link", path.display())));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "refusing tar entry {}: type {other:?} is not a file, directory or link",
+                        path.display()
+                    ),
+                ));
             }
         }
         if !entry.unpack_in(root)? {
@@ -252,13 +315,17 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn open(path: &Path) -> io::Result<FileSource> {
-        Ok(FileSource { file: Some(File::open(path)?) })
+        Ok(FileSource {
+            file: Some(File::open(path)?),
+        })
     }
 }
 
 impl DownloadSource for FileSource {
     fn read(&mut self, length: usize) -> io::Result<Vec<u8>> {
-        let Some(f) = self.file.as_mut() else { return Ok(Vec::new()) };
+        let Some(f) = self.file.as_mut() else {
+            return Ok(Vec::new());
+        };
         let mut buf = Vec::with_capacity(length.min(1 << 20));
         f.take(length as u64).read_to_end(&mut buf)?;
         Ok(buf)
@@ -277,7 +344,10 @@ pub struct StringSource {
 
 impl StringSource {
     pub fn new(data: impl Into<Vec<u8>>) -> StringSource {
-        StringSource { data: data.into(), pos: 0 }
+        StringSource {
+            data: data.into(),
+            pos: 0,
+        }
     }
 }
 
@@ -302,23 +372,42 @@ fn master_path(ctx: &StepCtx<'_>, p: &str) -> PathBuf {
         None if p == "~" => home().unwrap_or_else(|| PathBuf::from(p)),
         None => PathBuf::from(p),
     };
-    if p.is_absolute() { p } else { ctx.master_dir.join(p) }
+    if p.is_absolute() {
+        p
+    } else {
+        ctx.master_dir.join(p)
+    }
 }
 
 fn basename(p: &str) -> String {
     let trimmed = p.trim_end_matches(['/', '\\']);
-    trimmed.rsplit(['/', '\\']).next().unwrap_or(trimmed).to_string()
+    trimmed
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or(trimmed)
+        .to_string()
 }
 
 /// A transfer's result: `rc` 0 (or none) is SUCCESS, anything else FAILURE.
 fn transfer_result(rc: Option<i64>) -> Results {
-    if rc.unwrap_or(0) == 0 { Results::Success } else { Results::Failure }
+    if rc.unwrap_or(0) == 0 {
+        Results::Success
+    } else {
+        Results::Failure
+    }
 }
 
-async fn add_url(ctx: &mut StepCtx<'_>, url: &Option<Renderable>, masterdest: &str) -> Result<(), Halt> {
+async fn add_url(
+    ctx: &mut StepCtx<'_>,
+    url: &Option<Renderable>,
+    masterdest: &str,
+) -> Result<(), Halt> {
     if let Some(u) = url {
         let u = render(ctx, u, "url")?;
-        ctx.logs.add_url(&basename(masterdest), &u).await.map_err(|e| Halt::Exception(format!("adding the step URL failed: {e:#}")))?;
+        ctx.logs
+            .add_url(&basename(masterdest), &u)
+            .await
+            .map_err(|e| Halt::Exception(format!("adding the step URL failed: {e:#}")))?;
     }
     Ok(())
 }
@@ -333,13 +422,19 @@ fn sink_error(what: &str, path: &Path, e: io::Error) -> Halt {
     Halt::Exception(format!("cannot prepare {what} {}: {e}", path.display()))
 }
 
-pub(crate) async fn run_file_upload(step: &Step, a: &FileUploadArgs, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<Done, Halt> {
+pub(crate) async fn run_file_upload(
+    step: &Step,
+    a: &FileUploadArgs,
+    ctx: &mut StepCtx<'_>,
+    logs: &mut LogSet,
+) -> Result<Done, Halt> {
     logs.stdio(&mut *ctx.logs).await?;
     let src = render(ctx, &a.workersrc, "workersrc")?;
     let masterdest = render(ctx, &a.masterdest, "masterdest")?;
     let dest = master_path(ctx, &masterdest);
     add_url(ctx, &a.url, &masterdest).await?;
-    let sink = FileSink::new(&dest, None, a.mode).map_err(|e| sink_error("the upload destination", &dest, e))?;
+    let sink = FileSink::new(&dest, None, a.mode)
+        .map_err(|e| sink_error("the upload destination", &dest, e))?;
     let workdir = rel_workdir(ctx, &step.flags)?;
     let args = Args::from_pairs([
         ("workdir", Value::from(workdir.as_str())),
@@ -349,7 +444,15 @@ pub(crate) async fn run_file_upload(step: &Step, a: &FileUploadArgs, ctx: &mut S
         ("workersrc", Value::from(src.as_str())),
         ("path", Value::from(transfer_path(ctx, &workdir, &src))),
     ]);
-    let res = run_cmd(ctx, logs, "upload_file", args, Transfer::Upload(Box::new(sink.clone())), CmdOpts::default()).await;
+    let res = run_cmd(
+        ctx,
+        logs,
+        "upload_file",
+        args,
+        Transfer::Upload(Box::new(sink.clone())),
+        CmdOpts::default(),
+    )
+    .await;
     sink.cancel();
     let result = transfer_result(res?.rc);
     if result != Results::Success {
@@ -358,13 +461,19 @@ pub(crate) async fn run_file_upload(step: &Step, a: &FileUploadArgs, ctx: &mut S
     Ok(Done::new(result))
 }
 
-pub(crate) async fn run_directory_upload(step: &Step, a: &DirectoryUploadArgs, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<Done, Halt> {
+pub(crate) async fn run_directory_upload(
+    step: &Step,
+    a: &DirectoryUploadArgs,
+    ctx: &mut StepCtx<'_>,
+    logs: &mut LogSet,
+) -> Result<Done, Halt> {
     logs.stdio(&mut *ctx.logs).await?;
     let src = render(ctx, &a.workersrc, "workersrc")?;
     let masterdest = render(ctx, &a.masterdest, "masterdest")?;
     let dest = master_path(ctx, &masterdest);
     add_url(ctx, &a.url, &masterdest).await?;
-    let sink = DirectorySink::new(&dest, None, a.compress).map_err(|e| sink_error("the upload directory", &dest, e))?;
+    let sink = DirectorySink::new(&dest, None, a.compress)
+        .map_err(|e| sink_error("the upload directory", &dest, e))?;
     let workdir = rel_workdir(ctx, &step.flags)?;
     let compress = match a.compress {
         None => Value::Nil,
@@ -379,12 +488,27 @@ pub(crate) async fn run_directory_upload(step: &Step, a: &DirectoryUploadArgs, c
         ("workersrc", Value::from(src.as_str())),
         ("path", Value::from(transfer_path(ctx, &workdir, &src))),
     ]);
-    let res = run_cmd(ctx, logs, "upload_directory", args, Transfer::Upload(Box::new(sink.clone())), CmdOpts::default()).await;
+    let res = run_cmd(
+        ctx,
+        logs,
+        "upload_directory",
+        args,
+        Transfer::Upload(Box::new(sink.clone())),
+        CmdOpts::default(),
+    )
+    .await;
     sink.cancel();
     Ok(Done::new(transfer_result(res?.rc)))
 }
 
-async fn download(step: &Step, ctx: &mut StepCtx<'_>, logs: &mut LogSet, source: Box<dyn DownloadSource>, workerdest: &Renderable, mode: Option<u32>) -> Result<Done, Halt> {
+async fn download(
+    step: &Step,
+    ctx: &mut StepCtx<'_>,
+    logs: &mut LogSet,
+    source: Box<dyn DownloadSource>,
+    workerdest: &Renderable,
+    mode: Option<u32>,
+) -> Result<Done, Halt> {
     let dest = render(ctx, workerdest, "workerdest")?;
     let workdir = rel_workdir(ctx, &step.flags)?;
     let args = Args::from_pairs([
@@ -395,28 +519,60 @@ async fn download(step: &Step, ctx: &mut StepCtx<'_>, logs: &mut LogSet, source:
         ("workerdest", Value::from(dest.as_str())),
         ("path", Value::from(transfer_path(ctx, &workdir, &dest))),
     ]);
-    let res = run_cmd(ctx, logs, "download_file", args, Transfer::Download(source), CmdOpts::default()).await?;
+    let res = run_cmd(
+        ctx,
+        logs,
+        "download_file",
+        args,
+        Transfer::Download(source),
+        CmdOpts::default(),
+    )
+    .await?;
     Ok(Done::new(transfer_result(res.rc)))
 }
 
-pub(crate) async fn run_file_download(step: &Step, a: &FileDownloadArgs, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<Done, Halt> {
+pub(crate) async fn run_file_download(
+    step: &Step,
+    a: &FileDownloadArgs,
+    ctx: &mut StepCtx<'_>,
+    logs: &mut LogSet,
+) -> Result<Done, Halt> {
     logs.stdio(&mut *ctx.logs).await?;
     let mastersrc = render(ctx, &a.mastersrc, "mastersrc")?;
     let source = match FileSource::open(&master_path(ctx, &mastersrc)) {
         Ok(s) => s,
         Err(e) => {
             // Buildbot's wording, in a log of its own.
-            logs.write(&mut *ctx.logs, "stderr", LogType::Text, &format!("File '{mastersrc}' not available at master ({e})")).await?;
+            logs.write(
+                &mut *ctx.logs,
+                "stderr",
+                LogType::Text,
+                &format!("File '{mastersrc}' not available at master ({e})"),
+            )
+            .await?;
             return Ok(Done::new(Results::Failure));
         }
     };
     download(step, ctx, logs, Box::new(source), &a.workerdest, a.mode).await
 }
 
-pub(crate) async fn run_string_download(step: &Step, a: &StringDownloadArgs, ctx: &mut StepCtx<'_>, logs: &mut LogSet) -> Result<Done, Halt> {
+pub(crate) async fn run_string_download(
+    step: &Step,
+    a: &StringDownloadArgs,
+    ctx: &mut StepCtx<'_>,
+    logs: &mut LogSet,
+) -> Result<Done, Halt> {
     logs.stdio(&mut *ctx.logs).await?;
     let s = render(ctx, &a.s, "s")?;
-    download(step, ctx, logs, Box::new(StringSource::new(s)), &a.workerdest, a.mode).await
+    download(
+        step,
+        ctx,
+        logs,
+        Box::new(StringSource::new(s)),
+        &a.workerdest,
+        a.mode,
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -441,7 +597,12 @@ mod tests {
     fn unpacks_files_and_inner_links() {
         let dir = tempfile::tempdir().unwrap();
         let data = tar_of(|b| {
-            b.append_data(&mut header(tar::EntryType::Regular, 5), "sub/a.txt", &b"hello"[..]).unwrap();
+            b.append_data(
+                &mut header(tar::EntryType::Regular, 5),
+                "sub/a.txt",
+                &b"hello"[..],
+            )
+            .unwrap();
             let mut l = header(tar::EntryType::Symlink, 0);
             b.append_link(&mut l, "sub/link", "a.txt").unwrap();
         });
@@ -457,7 +618,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let mut raw = Vec::new();
-        for (name, ty, body) in [("/", tar::EntryType::Directory, &b""[..]), ("/a.txt", tar::EntryType::Regular, &b"hi"[..])] {
+        for (name, ty, body) in [
+            ("/", tar::EntryType::Directory, &b""[..]),
+            ("/a.txt", tar::EntryType::Regular, &b"hi"[..]),
+        ] {
             let mut h = header(ty, body.len() as u64);
             let n = name.as_bytes();
             h.as_old_mut().name[..n.len()].copy_from_slice(n);
@@ -515,7 +679,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o640);
+            assert_eq!(
+                fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+                0o640
+            );
         }
         sink.utime(1_000_000.0, 2_000_000.0).unwrap();
         let m = fs::metadata(&dest).unwrap().modified().unwrap();

@@ -26,9 +26,9 @@ pub fn kiln_worker_bin() -> PathBuf {
             .status()
             .expect("run cargo build -p kiln-worker");
         assert!(st.success(), "cargo build -p kiln-worker failed");
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
-        });
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
         let bin = target.join("debug/kiln-worker");
         assert!(bin.exists(), "no kiln-worker at {}", bin.display());
         bin
@@ -86,7 +86,10 @@ impl WorkerProc {
             .stderr(log)
             .spawn()
             .unwrap();
-        WorkerProc { dir: dir.to_path_buf(), child }
+        WorkerProc {
+            dir: dir.to_path_buf(),
+            child,
+        }
     }
 
     pub fn start(root: &Path, name: &str, master: SocketAddr) -> WorkerProc {
@@ -107,13 +110,21 @@ impl Drop for WorkerProc {
 }
 
 pub async fn builder_id(store: &Store, name: &str) -> BuilderId {
-    store.get_builder_by_name(name).await.unwrap().expect("builder row").builderid
+    store
+        .get_builder_by_name(name)
+        .await
+        .unwrap()
+        .expect("builder row")
+        .builderid
 }
 
 pub async fn builds_of(store: &Store, builder: &str) -> Vec<Build> {
     let id = builder_id(store, builder).await;
     let mut b = store
-        .list_builds(&BuildFilter { builderid: Some(id), ..Default::default() })
+        .list_builds(&BuildFilter {
+            builderid: Some(id),
+            ..Default::default()
+        })
         .await
         .unwrap();
     b.sort_by_key(|b| b.buildid.0);
@@ -152,17 +163,28 @@ pub fn results(b: &[Build]) -> Vec<Option<Results>> {
 /// The text of a step's log, channel prefixes included (Buildbot's stdio format).
 pub async fn log_text(store: &Store, build: &Build, step: &str, log: &str) -> String {
     let steps = store.list_steps(build.buildid).await.unwrap();
-    let s = steps.iter().find(|s| s.name == step).unwrap_or_else(|| panic!("no step {step}: {steps:#?}"));
+    let s = steps
+        .iter()
+        .find(|s| s.name == step)
+        .unwrap_or_else(|| panic!("no step {step}: {steps:#?}"));
     let logs = store.list_logs(s.stepid).await.unwrap();
-    let l = logs.iter().find(|l| l.name == log).unwrap_or_else(|| panic!("no log {log}: {logs:#?}"));
-    let lines = store.read_log_lines(l.logid, 0, l.num_lines.max(1) - 1).await.unwrap();
+    let l = logs
+        .iter()
+        .find(|l| l.name == log)
+        .unwrap_or_else(|| panic!("no log {log}: {logs:#?}"));
+    let lines = store
+        .read_log_lines(l.logid, 0, l.num_lines.max(1) - 1)
+        .await
+        .unwrap();
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
 /// The stock `buildbot-worker` 4.3 from the interop venv (`KILN_INTEROP_VENV`, default
 /// `/tmp/bbvenv`), or `None` (the caller prints SKIP).
 pub fn stock_worker_bin() -> Option<PathBuf> {
-    let venv = std::env::var_os("KILN_INTEROP_VENV").map(PathBuf::from).unwrap_or_else(|| "/tmp/bbvenv".into());
+    let venv = std::env::var_os("KILN_INTEROP_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp/bbvenv".into());
     let bin = venv.join("bin/buildbot-worker");
     bin.exists().then_some(bin)
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
-use kiln_master::endpoint::{Endpoint, EndpointOptions, PasswordCheck, Roster, WorkerEntry, WorkerEvent};
+use kiln_master::endpoint::{
+    Endpoint, EndpointOptions, PasswordCheck, Roster, WorkerEntry, WorkerEvent,
+};
 use kiln_proto::update::UpdateItem;
 use kiln_proto::{Message, Op, Response, Value};
 use tokio::net::TcpStream;
@@ -71,7 +73,13 @@ impl Server {
             .await
             .unwrap();
         });
-        Server { port, endpoint, roster, events, stop: Some(stop) }
+        Server {
+            port,
+            endpoint,
+            roster,
+            events,
+            stop: Some(stop),
+        }
     }
 
     /// Resolves the `shutdown` future given to `serve`.
@@ -97,16 +105,28 @@ impl Server {
 }
 
 /// Opens a WebSocket with `Authorization` set to `auth` (verbatim) or none.
-pub async fn connect_raw(port: u16, path: &str, auth: Option<String>) -> Result<Client, tungstenite::Error> {
-    let mut req = format!("ws://127.0.0.1:{port}{path}").into_client_request().unwrap();
+pub async fn connect_raw(
+    port: u16,
+    path: &str,
+    auth: Option<String>,
+) -> Result<Client, tungstenite::Error> {
+    let mut req = format!("ws://127.0.0.1:{port}{path}")
+        .into_client_request()
+        .unwrap();
     if let Some(a) = auth {
-        req.headers_mut().insert("authorization", a.parse().unwrap());
+        req.headers_mut()
+            .insert("authorization", a.parse().unwrap());
     }
-    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
 }
 
 pub fn basic(name: &str, password: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"))
+    )
 }
 
 /// The HTTP status of a refused handshake.
@@ -138,7 +158,12 @@ pub struct Script {
 
 impl Script {
     pub fn new(basedir: &str) -> Script {
-        Script { basedir: basedir.into(), listing: vec![], delete_leftover_dirs: 0, dirs: vec![] }
+        Script {
+            basedir: basedir.into(),
+            listing: vec![],
+            delete_leftover_dirs: 0,
+            dirs: vec![],
+        }
     }
 }
 
@@ -186,7 +211,9 @@ impl FakeWorker {
                 if s2.load(Ordering::SeqCst) {
                     continue;
                 }
-                let Message::Request { seq_number, op } = msg else { continue };
+                let Message::Request { seq_number, op } = msg else {
+                    continue;
+                };
                 for m in answer(&script, seq_number, op, &mut seq) {
                     if ws.send(encode(&m)).await.is_err() {
                         return;
@@ -194,7 +221,13 @@ impl FakeWorker {
                 }
             }
         });
-        FakeWorker { seen, inject, silent, other, reading }
+        FakeWorker {
+            seen,
+            inject,
+            silent,
+            other,
+            reading,
+        }
     }
 
     /// The next request from the master (responses to the worker's own requests skipped).
@@ -213,7 +246,10 @@ impl FakeWorker {
     /// Waits for the worker's socket to end (or a Close frame), skipping other frames.
     pub async fn wait_closed(&mut self) -> Option<Ws> {
         loop {
-            match tokio::time::timeout(Duration::from_secs(20), self.other.recv()).await.expect("connection still open") {
+            match tokio::time::timeout(Duration::from_secs(20), self.other.recv())
+                .await
+                .expect("connection still open")
+            {
                 None | Some(None) => return None,
                 Some(Some(Ws::Close(c))) => return Some(Ws::Close(c)),
                 Some(Some(_)) => continue,
@@ -227,41 +263,86 @@ fn info_map(s: &Script) -> Value {
         (Value::from("admin"), Value::from("me\n")),
         (Value::from("basedir"), Value::from(s.basedir.as_str())),
         (Value::from("system"), Value::from("posix")),
-        (Value::from("delete_leftover_dirs"), Value::from(s.delete_leftover_dirs)),
-        (Value::from("worker_commands"), Value::Map(vec![(Value::from("shell"), Value::from("3.3"))])),
+        (
+            Value::from("delete_leftover_dirs"),
+            Value::from(s.delete_leftover_dirs),
+        ),
+        (
+            Value::from("worker_commands"),
+            Value::Map(vec![(Value::from("shell"), Value::from("3.3"))]),
+        ),
     ])
 }
 
 fn update(id: &str, items: Vec<UpdateItem>, seq: &mut i64) -> Message {
     *seq += 1;
-    Message::Request { seq_number: *seq, op: Op::Update { command_id: id.into(), items } }
+    Message::Request {
+        seq_number: *seq,
+        op: Op::Update {
+            command_id: id.into(),
+            items,
+        },
+    }
 }
 
 fn complete(id: &str, seq: &mut i64) -> Message {
     *seq += 1;
-    Message::Request { seq_number: *seq, op: Op::Complete { command_id: id.into(), failure: None } }
+    Message::Request {
+        seq_number: *seq,
+        op: Op::Complete {
+            command_id: id.into(),
+            failure: None,
+        },
+    }
 }
 
 fn answer(s: &Script, seq_number: i64, op: Op, seq: &mut i64) -> Vec<Message> {
     let ok = |r| vec![Message::Response(r)];
     match op {
         Op::GetWorkerInfo => ok(Response::with_result(seq_number, info_map(s))),
-        Op::StartCommand { command_id: id, command_name, args, .. } => {
+        Op::StartCommand {
+            command_id: id,
+            command_name,
+            args,
+            ..
+        } => {
             let mut out = vec![Message::Response(Response::ok(seq_number))];
             match command_name.as_str() {
                 "listdir" => {
-                    out.push(update(&id, vec![UpdateItem::Files(s.listing.clone()), UpdateItem::Rc(0)], seq));
+                    out.push(update(
+                        &id,
+                        vec![UpdateItem::Files(s.listing.clone()), UpdateItem::Rc(0)],
+                        seq,
+                    ));
                     out.push(complete(&id, seq));
                 }
                 "stat" => {
-                    let path = args.get(&["path"]).and_then(kiln_proto::text_of).unwrap_or_default();
-                    let mode = if s.dirs.contains(&path) { 0o040755 } else { 0o100644 };
-                    out.push(update(&id, vec![UpdateItem::Stat(vec![mode, 1, 2, 3, 0, 0, 10, 0, 0, 0]), UpdateItem::Rc(0)], seq));
+                    let path = args
+                        .get(&["path"])
+                        .and_then(kiln_proto::text_of)
+                        .unwrap_or_default();
+                    let mode = if s.dirs.contains(&path) {
+                        0o040755
+                    } else {
+                        0o100644
+                    };
+                    out.push(update(
+                        &id,
+                        vec![
+                            UpdateItem::Stat(vec![mode, 1, 2, 3, 0, 0, 10, 0, 0, 0]),
+                            UpdateItem::Rc(0),
+                        ],
+                        seq,
+                    ));
                     out.push(complete(&id, seq));
                 }
                 "shell" => {
                     let lines = kiln_proto::update::Lines::from_text("fake\n", 1.0);
-                    out.push(update(&id, vec![UpdateItem::Stdout(lines), UpdateItem::Rc(3)], seq));
+                    out.push(update(
+                        &id,
+                        vec![UpdateItem::Stdout(lines), UpdateItem::Rc(3)],
+                        seq,
+                    ));
                     out.push(complete(&id, seq));
                 }
                 // More updates than a command channel holds, then complete.
@@ -274,7 +355,10 @@ fn answer(s: &Script, seq_number: i64, op: Op, seq: &mut i64) -> Vec<Message> {
                 // Never answers: the test drops the connection meanwhile.
                 "hang" => {}
                 "refuse" => {
-                    out = ok(Response::error(seq_number, "(command x): unrecognized WorkerCommand 'refuse'"));
+                    out = ok(Response::error(
+                        seq_number,
+                        "(command x): unrecognized WorkerCommand 'refuse'",
+                    ));
                 }
                 _ => {
                     out.push(update(&id, vec![UpdateItem::Rc(0)], seq));
@@ -292,7 +376,9 @@ pub async fn serve_script(mut ws: Client, script: Script) {
     let mut seq = 1000i64;
     while let Some(Ok(frame)) = ws.next().await {
         let Ws::Binary(data) = frame else { continue };
-        let Message::Request { seq_number, op } = decode(&data) else { continue };
+        let Message::Request { seq_number, op } = decode(&data) else {
+            continue;
+        };
         for m in answer(&script, seq_number, op, &mut seq) {
             if ws.send(encode(&m)).await.is_err() {
                 return;
@@ -303,10 +389,15 @@ pub async fn serve_script(mut ws: Client, script: Script) {
 
 /// Logs a worker in and runs the scripted worker on the connection.
 pub async fn login(port: u16, name: &str, password: &str, script: Script) -> FakeWorker {
-    let ws = connect_raw(port, "/", Some(basic(name, password))).await.expect("login refused");
+    let ws = connect_raw(port, "/", Some(basic(name, password)))
+        .await
+        .expect("login refused");
     FakeWorker::spawn(ws, script)
 }
 
 pub fn quick_opts() -> EndpointOptions {
-    EndpointOptions { failed_logins_per_minute: 1000, ..Default::default() }
+    EndpointOptions {
+        failed_logins_per_minute: 1000,
+        ..Default::default()
+    }
 }

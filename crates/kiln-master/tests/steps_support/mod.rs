@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use kiln_config::{Renderable, Secrets, SourceAttrs, Step};
 use kiln_engine::results::StepEnd;
-use kiln_master::remote::{BoxFuture, CommandEvent, CommandSpec, Interrupt, Remote, RemoteError, RunningCommand, Transfer};
+use kiln_master::remote::{
+    BoxFuture, CommandEvent, CommandSpec, Interrupt, Remote, RemoteError, RunningCommand, Transfer,
+};
 use kiln_master::steps::{LogHandle, StepCtx, StepLogs, Triggerer, run_step};
 use kiln_model::{LogType, Properties, Results};
 use kiln_proto::args::WorkerSettings;
@@ -30,11 +32,20 @@ pub struct LocalWorker {
 
 impl LocalWorker {
     pub fn new(basedir: &Path) -> LocalWorker {
-        LocalWorker { basedir: basedir.to_path_buf(), next_id: AtomicU64::new(0), started: Mutex::new(Vec::new()) }
+        LocalWorker {
+            basedir: basedir.to_path_buf(),
+            next_id: AtomicU64::new(0),
+            started: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn command_names(&self) -> Vec<String> {
-        self.started.lock().unwrap().iter().map(|s| s.name.clone()).collect()
+        self.started
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
     }
 }
 
@@ -54,19 +65,29 @@ fn io_answer(r: std::io::Result<()>) -> Response {
 }
 
 /// Answers one worker→master request the way the endpoint does.
-fn answer(op: Op, transfer: &mut Transfer, events: &mpsc::Sender<CommandEvent>) -> (Response, Option<CommandEvent>) {
+fn answer(
+    op: Op,
+    transfer: &mut Transfer,
+    events: &mpsc::Sender<CommandEvent>,
+) -> (Response, Option<CommandEvent>) {
     match op {
         Op::Update { items, .. } => (Response::ok(0), Some(CommandEvent::Update(items))),
         Op::Complete { failure, .. } => (Response::ok(0), Some(CommandEvent::Complete { failure })),
-        Op::UploadFileWrite { data, .. } | Op::UploadDirectoryWrite { data, .. } => match transfer {
-            Transfer::Upload(s) => (io_answer(s.write(&data)), None),
-            _ => (Response::error(0, "unknown \"command_id\""), None),
-        },
+        Op::UploadFileWrite { data, .. } | Op::UploadDirectoryWrite { data, .. } => {
+            match transfer {
+                Transfer::Upload(s) => (io_answer(s.write(&data)), None),
+                _ => (Response::error(0, "unknown \"command_id\""), None),
+            }
+        }
         Op::UploadFileClose { .. } => match transfer {
             Transfer::Upload(s) => (io_answer(s.close()), None),
             _ => (Response::error(0, "unknown \"command_id\""), None),
         },
-        Op::UploadFileUtime { access_time, modified_time, .. } => match transfer {
+        Op::UploadFileUtime {
+            access_time,
+            modified_time,
+            ..
+        } => match transfer {
             Transfer::Upload(s) => (io_answer(s.utime(access_time, modified_time)), None),
             _ => (Response::error(0, "unknown \"command_id\""), None),
         },
@@ -89,7 +110,10 @@ fn answer(op: Op, transfer: &mut Transfer, events: &mpsc::Sender<CommandEvent>) 
         }
         other => {
             let _ = events;
-            (Response::error(0, format!("unexpected op {}", other.name())), None)
+            (
+                Response::error(0, format!("unexpected op {}", other.name())),
+                None,
+            )
         }
     }
 }
@@ -110,21 +134,34 @@ impl Remote for LocalWorker {
     fn ping(&self) -> BoxFuture<'_, Result<(), RemoteError>> {
         Box::pin(async { Ok(()) })
     }
-    fn start(&self, spec: CommandSpec, mut transfer: Transfer) -> BoxFuture<'_, Result<RunningCommand, RemoteError>> {
+    fn start(
+        &self,
+        spec: CommandSpec,
+        mut transfer: Transfer,
+    ) -> BoxFuture<'_, Result<RunningCommand, RemoteError>> {
         Box::pin(async move {
             self.started.lock().unwrap().push(spec.clone());
             let id = self.next_id.fetch_add(1, Ordering::SeqCst).to_string();
-            let prepared = commands::prepare(&id, &spec.name, &spec.args).map_err(RemoteError::Refused)?;
+            let prepared =
+                commands::prepare(&id, &spec.name, &spec.args).map_err(RemoteError::Refused)?;
             let (link, mut rx) = MasterLink::channel(64);
             let (handle, interrupt) = commands::Interrupt::new();
             let settings = WorkerSettings::default();
-            let out = Output::new(id.clone(), link.clone(), settings.buffer_size, settings.buffer_timeout);
+            let out = Output::new(
+                id.clone(),
+                link.clone(),
+                settings.buffer_size,
+                settings.buffer_timeout,
+            );
             let ctx = CommandCtx {
                 command_id: id.clone(),
                 link,
                 out,
                 settings,
-                policy: Arc::new(ExecPolicy { allow_root: true, ..Default::default() }),
+                policy: Arc::new(ExecPolicy {
+                    allow_root: true,
+                    ..Default::default()
+                }),
                 basedir: self.basedir.clone(),
                 interrupt,
                 started: Instant::now(),
@@ -133,7 +170,9 @@ impl Remote for LocalWorker {
             let (tx, events) = mpsc::channel(16);
             tokio::spawn(async move {
                 while let Some(out) = rx.recv().await {
-                    let Outgoing::Request { op, reply } = out else { continue };
+                    let Outgoing::Request { op, reply } = out else {
+                        continue;
+                    };
                     let (response, event) = answer(op, &mut transfer, &tx);
                     if let Some(r) = reply {
                         let _ = r.send(response);
@@ -147,7 +186,11 @@ impl Remote for LocalWorker {
                     }
                 }
             });
-            Ok(RunningCommand { command_id: id, events, interrupt: Box::new(LocalInterrupt(handle)) })
+            Ok(RunningCommand {
+                command_id: id,
+                events,
+                interrupt: Box::new(LocalInterrupt(handle)),
+            })
         })
     }
 }
@@ -167,7 +210,12 @@ pub struct ScriptedRemote {
 
 impl ScriptedRemote {
     pub fn new(scripts: Vec<Script>) -> ScriptedRemote {
-        ScriptedRemote { scripts: Mutex::new(scripts), after_interrupt: Mutex::new(Vec::new()), started: Mutex::new(Vec::new()), interrupts: Arc::default() }
+        ScriptedRemote {
+            scripts: Mutex::new(scripts),
+            after_interrupt: Mutex::new(Vec::new()),
+            started: Mutex::new(Vec::new()),
+            interrupts: Arc::default(),
+        }
     }
 }
 
@@ -205,7 +253,11 @@ impl Remote for ScriptedRemote {
     fn ping(&self) -> BoxFuture<'_, Result<(), RemoteError>> {
         Box::pin(async { Ok(()) })
     }
-    fn start(&self, spec: CommandSpec, _transfer: Transfer) -> BoxFuture<'_, Result<RunningCommand, RemoteError>> {
+    fn start(
+        &self,
+        spec: CommandSpec,
+        _transfer: Transfer,
+    ) -> BoxFuture<'_, Result<RunningCommand, RemoteError>> {
         Box::pin(async move {
             self.started.lock().unwrap().push(spec);
             let mut scripts = self.scripts.lock().unwrap();
@@ -218,8 +270,15 @@ impl Remote for ScriptedRemote {
                 tx.try_send(ev).expect("scripts fit the channel");
             }
             let after = std::mem::take(&mut *self.after_interrupt.lock().unwrap());
-            let interrupt = ScriptedInterrupt { why: self.interrupts.clone(), tx: Mutex::new(Some((tx, after))) };
-            Ok(RunningCommand { command_id: "1".into(), events, interrupt: Box::new(interrupt) })
+            let interrupt = ScriptedInterrupt {
+                why: self.interrupts.clone(),
+                tx: Mutex::new(Some((tx, after))),
+            };
+            Ok(RunningCommand {
+                command_id: "1".into(),
+                events,
+                interrupt: Box::new(interrupt),
+            })
         })
     }
 }
@@ -242,7 +301,11 @@ pub struct MemLogs {
 
 impl MemLogs {
     pub fn text(&self, name: &str) -> String {
-        self.logs.iter().find(|l| l.name == name).map(|l| l.text.clone()).unwrap_or_else(|| panic!("no log {name:?}; logs: {:?}", self.names()))
+        self.logs
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.text.clone())
+            .unwrap_or_else(|| panic!("no log {name:?}; logs: {:?}", self.names()))
     }
     pub fn names(&self) -> Vec<String> {
         self.logs.iter().map(|l| l.name.clone()).collect()
@@ -253,8 +316,17 @@ impl MemLogs {
 }
 
 impl StepLogs for MemLogs {
-    fn add_log(&mut self, name: &str, log_type: LogType) -> BoxFuture<'_, anyhow::Result<LogHandle>> {
-        self.logs.push(MemLog { name: name.into(), log_type, text: String::new(), finished: false });
+    fn add_log(
+        &mut self,
+        name: &str,
+        log_type: LogType,
+    ) -> BoxFuture<'_, anyhow::Result<LogHandle>> {
+        self.logs.push(MemLog {
+            name: name.into(),
+            log_type,
+            text: String::new(),
+            finished: false,
+        });
         let id = self.logs.len() as i64 - 1;
         Box::pin(async move { Ok(LogHandle(id)) })
     }
@@ -289,8 +361,17 @@ pub struct RecordingTriggerer {
 }
 
 impl Triggerer for RecordingTriggerer {
-    fn trigger(&self, names: &[String], properties: Properties, sources: BTreeMap<String, SourceAttrs>, wait: bool) -> BoxFuture<'_, anyhow::Result<Results>> {
-        self.calls.lock().unwrap().push((names.to_vec(), properties, sources, wait));
+    fn trigger(
+        &self,
+        names: &[String],
+        properties: Properties,
+        sources: BTreeMap<String, SourceAttrs>,
+        wait: bool,
+    ) -> BoxFuture<'_, anyhow::Result<Results>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((names.to_vec(), properties, sources, wait));
         let r = if wait { self.result } else { Results::Success };
         Box::pin(async move { Ok(r) })
     }
@@ -320,7 +401,10 @@ impl Harness {
             master_dir: master_dir.to_path_buf(),
             builder_dir: builder_dir.to_string(),
             stop_tx: watch::channel(None).0,
-            triggerer: RecordingTriggerer { calls: Mutex::new(Vec::new()), result: Results::Success },
+            triggerer: RecordingTriggerer {
+                calls: Mutex::new(Vec::new()),
+                result: Results::Success,
+            },
         }
     }
 
@@ -349,12 +433,25 @@ impl Harness {
 
 /// A step from its JSON form: `step("shell", json!({"command": "echo hi"}), json!({}))`.
 pub fn step(kind: &str, args: serde_json::Value, flags: serde_json::Value) -> Step {
-    serde_json::from_value(serde_json::json!({ "name": kind, "kind": { kind: args }, "flags": flags })).expect("a valid step")
+    serde_json::from_value(
+        serde_json::json!({ "name": kind, "kind": { kind: args }, "flags": flags }),
+    )
+    .expect("a valid step")
 }
 
 /// Runs a command line in `dir`, panicking with its output if it fails.
 pub fn sh(dir: &Path, cmd: &str) -> String {
-    let out = std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }

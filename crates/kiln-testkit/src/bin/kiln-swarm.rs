@@ -48,10 +48,15 @@ fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let fds = swarm::raise_fd_limit();
     if (fds as usize) < a.count + 64 {
-        eprintln!("kiln-swarm: the open-files limit is {fds}, below {} workers + 64; raise it (ulimit -Hn)", a.count);
+        eprintln!(
+            "kiln-swarm: the open-files limit is {fds}, below {} workers + 64; raise it (ulimit -Hn)",
+            a.count
+        );
     }
     // One thread: the master under test gets the other cores.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let cfg = SwarmConfig {
             first: a.first,
@@ -69,14 +74,18 @@ fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(a.report_ms)).await;
             let snap = stats.snapshot();
             let attached = stats.attached.load(Ordering::Relaxed);
-            if !ready && attached >= a.count && stats.idle_for() >= Duration::from_millis(a.quiet_ms) {
+            if !ready
+                && attached >= a.count
+                && stats.idle_for() >= Duration::from_millis(a.quiet_ms)
+            {
                 ready = true;
                 println!("READY {snap}");
             } else {
                 println!("STATUS {snap}");
             }
             if !ready {
-                let lost = stats.failed.load(Ordering::Relaxed) + stats.closed.load(Ordering::Relaxed);
+                let lost =
+                    stats.failed.load(Ordering::Relaxed) + stats.closed.load(Ordering::Relaxed);
                 if lost > 0 && attached + lost >= a.count {
                     println!("FAILED {snap}");
                     std::process::exit(1);

@@ -16,7 +16,10 @@ use super::CommandCtx;
 
 /// `create_dir_all`, giving every directory it creates to the build user (if any),
 /// so builds that run as that user can write where the master asked for directories.
-pub(crate) fn create_dirs_for_builds(dir: &Path, run_as: Option<&super::process::RunAs>) -> std::io::Result<()> {
+pub(crate) fn create_dirs_for_builds(
+    dir: &Path,
+    run_as: Option<&super::process::RunAs>,
+) -> std::io::Result<()> {
     let mut missing = Vec::new();
     let mut p = Some(dir);
     while let Some(d) = p.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
@@ -84,7 +87,9 @@ pub async fn glob(ctx: &mut CommandCtx, args: PathArgs) -> Result<(), String> {
 pub async fn listdir(ctx: &mut CommandCtx, args: PathArgs) -> Result<(), String> {
     let path = args.path.clone();
     let listed = blocking(move || -> io::Result<Vec<String>> {
-        std::fs::read_dir(&path)?.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect()
+        std::fs::read_dir(&path)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect()
     })
     .await?;
     let result = match listed {
@@ -111,12 +116,21 @@ pub async fn rmfile(ctx: &mut CommandCtx, args: PathArgs) -> Result<(), String> 
 }
 
 /// Runs file-system work off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| format!("worker thread failed: {e}"))
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("worker thread failed: {e}"))
 }
 
 /// `header "<cmd>: <strerror>: <path>"` and `rc errno`, as Buildbot's fs commands report an `OSError`.
-async fn report_error(ctx: &mut CommandCtx, cmd: &str, path: &str, e: &io::Error) -> Result<(), String> {
+async fn report_error(
+    ctx: &mut CommandCtx,
+    cmd: &str,
+    path: &str,
+    e: &io::Error,
+) -> Result<(), String> {
     match os_error(e) {
         Some((errno, strerror)) => {
             ctx.header(&format!("{cmd}: {strerror}: {path}")).await;
@@ -157,7 +171,11 @@ fn strerror(code: i32) -> String {
         Some(i) => full[..i].to_owned(),
         None => full,
     };
-    if cfg!(windows) { text.trim_end().trim_end_matches('.').to_owned() } else { text }
+    if cfg!(windows) {
+        text.trim_end().trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
 }
 
 #[cfg(not(windows))]
@@ -169,17 +187,17 @@ fn errno_of(code: i32) -> i64 {
 #[cfg(windows)]
 fn errno_of(code: i32) -> i64 {
     match code {
-        2 | 3 | 15 | 53 | 67 | 161 | 206 => 2,        // ENOENT
-        5 | 19 | 32 | 33 | 65 | 86 | 1314 => 13,      // EACCES
-        80 | 183 => 17,                               // EEXIST
-        145 => 41,                                    // ENOTEMPTY
-        267 => 20,                                    // ENOTDIR
-        8 | 14 => 12,                                 // ENOMEM
-        39 | 112 => 28,                               // ENOSPC
-        17 => 18,                                     // EXDEV
-        6 => 9,                                       // EBADF
-        10000..=11999 => i64::from(code),             // winsock codes pass through
-        _ => 22,                                      // EINVAL
+        2 | 3 | 15 | 53 | 67 | 161 | 206 => 2,   // ENOENT
+        5 | 19 | 32 | 33 | 65 | 86 | 1314 => 13, // EACCES
+        80 | 183 => 17,                          // EEXIST
+        145 => 41,                               // ENOTEMPTY
+        267 => 20,                               // ENOTDIR
+        8 | 14 => 12,                            // ENOMEM
+        39 | 112 => 28,                          // ENOSPC
+        17 => 18,                                // EXDEV
+        6 => 9,                                  // EBADF
+        10000..=11999 => i64::from(code),        // winsock codes pass through
+        _ => 22,                                 // EINVAL
     }
 }
 
@@ -215,10 +233,29 @@ fn stat_tuple(m: &std::fs::Metadata) -> Vec<i64> {
             Err(_) => 0,
         }
     };
-    let mut mode: i64 = if m.is_dir() { 0o040000 | 0o111 } else { 0o100000 };
-    mode |= if m.permissions().readonly() { 0o444 } else { 0o666 };
+    let mut mode: i64 = if m.is_dir() {
+        0o040000 | 0o111
+    } else {
+        0o100000
+    };
+    mode |= if m.permissions().readonly() {
+        0o444
+    } else {
+        0o666
+    };
     let size = i64::try_from(m.len()).unwrap_or(i64::MAX);
-    vec![mode, 0, 0, 0, 0, 0, size, secs(m.accessed()), secs(m.modified()), secs(m.created())]
+    vec![
+        mode,
+        0,
+        0,
+        0,
+        0,
+        0,
+        size,
+        secs(m.accessed()),
+        secs(m.modified()),
+        secs(m.created()),
+    ]
 }
 
 /// Python's `glob.glob(pattern, recursive=True)` (3.11): `*`, `?`, `[…]` per path
@@ -241,7 +278,9 @@ pub(crate) mod pyglob {
         let mut out = Vec::new();
         iglob(pattern, false, &mut out);
         // `glob` drops the empty first match of a relative `**…` pattern.
-        if (pattern.is_empty() || pattern.starts_with("**")) && out.first().is_some_and(String::is_empty) {
+        if (pattern.is_empty() || pattern.starts_with("**"))
+            && out.first().is_some_and(String::is_empty)
+        {
             out.remove(0);
         }
         out
@@ -250,7 +289,11 @@ pub(crate) mod pyglob {
     fn iglob(pathname: &str, dironly: bool, out: &mut Vec<String>) {
         let (dirname, basename) = split(pathname);
         if !has_magic(pathname) {
-            let found = if basename.is_empty() { is_dir(dirname) } else { lexists(pathname) };
+            let found = if basename.is_empty() {
+                is_dir(dirname)
+            } else {
+                lexists(pathname)
+            };
             if found {
                 out.push(pathname.to_owned());
             }
@@ -285,7 +328,11 @@ pub(crate) mod pyglob {
     }
 
     fn glob0(dirname: &str, basename: &str, out: &mut Vec<String>) {
-        let found = if basename.is_empty() { is_dir(dirname) } else { lexists(&join(dirname, basename)) };
+        let found = if basename.is_empty() {
+            is_dir(dirname)
+        } else {
+            lexists(&join(dirname, basename))
+        };
         if found {
             out.push(basename.to_owned());
         }
@@ -294,7 +341,11 @@ pub(crate) mod pyglob {
     fn glob1(dirname: &str, pattern: &str, dironly: bool, out: &mut Vec<String>) {
         let matcher = Pattern::new(pattern);
         let hidden_ok = pattern.starts_with('.');
-        out.extend(listdir(dirname, dironly).into_iter().filter(|n| (hidden_ok || !n.starts_with('.')) && matcher.matches(n)));
+        out.extend(
+            listdir(dirname, dironly)
+                .into_iter()
+                .filter(|n| (hidden_ok || !n.starts_with('.')) && matcher.matches(n)),
+        );
     }
 
     fn glob2(dirname: &str, dironly: bool, out: &mut Vec<String>) {
@@ -319,7 +370,11 @@ pub(crate) mod pyglob {
                 continue;
             }
             out.push(name.clone());
-            let path = if dirname.is_empty() { name.clone() } else { join(dirname, &name) };
+            let path = if dirname.is_empty() {
+                name.clone()
+            } else {
+                join(dirname, &name)
+            };
             let mut below = Vec::new();
             rlistdir(&path, dironly, ancestors, &mut below);
             out.extend(below.iter().map(|b| join(&name, b)));
@@ -357,7 +412,9 @@ pub(crate) mod pyglob {
             .filter(|e| {
                 !dironly
                     || match e.file_type() {
-                        Ok(t) if t.is_symlink() => std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()),
+                        Ok(t) if t.is_symlink() => {
+                            std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir())
+                        }
                         Ok(t) => t.is_dir(),
                         Err(_) => false,
                     }
@@ -381,7 +438,11 @@ pub(crate) mod pyglob {
     /// The length of a drive prefix (`C:`) on Windows.
     fn drive_len(p: &str) -> usize {
         let b = p.as_bytes();
-        if cfg!(windows) && b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() { 2 } else { 0 }
+        if cfg!(windows) && b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() {
+            2
+        } else {
+            0
+        }
     }
 
     /// `os.path.split`: the head loses its trailing separators unless it is only separators.
@@ -391,7 +452,11 @@ pub(crate) mod pyglob {
         let cut = rest.rfind(is_sep).map_or(0, |i| i + 1);
         let (head, tail) = (&rest[..cut], &rest[cut..]);
         let trimmed = head.trim_end_matches(is_sep);
-        let head_len = if trimmed.is_empty() { head.len() } else { trimmed.len() };
+        let head_len = if trimmed.is_empty() {
+            head.len()
+        } else {
+            trimmed.len()
+        };
         (&p[..drive + head_len], tail)
     }
 
@@ -419,7 +484,10 @@ pub(crate) mod pyglob {
         Any,
         Lit(char),
         /// `[…]`: inclusive ranges; an empty set never matches, an empty negated set matches anything.
-        Class { negated: bool, ranges: Vec<(char, char)> },
+        Class {
+            negated: bool,
+            ranges: Vec<(char, char)>,
+        },
     }
 
     impl Pattern {
@@ -521,14 +589,20 @@ pub(crate) mod pyglob {
         match tok {
             Token::Any => true,
             Token::Lit(l) => *l == c,
-            Token::Class { negated, ranges } => ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negated,
+            Token::Class { negated, ranges } => {
+                ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negated
+            }
             Token::Star => unreachable!("handled by the caller"),
         }
     }
 
     /// `os.path.normcase`: nothing on POSIX; lower case and backslashes on Windows.
     fn normcase(s: &str) -> String {
-        if cfg!(windows) { s.to_lowercase().replace('/', "\\") } else { s.to_owned() }
+        if cfg!(windows) {
+            s.to_lowercase().replace('/', "\\")
+        } else {
+            s.to_owned()
+        }
     }
 
     #[cfg(test)]

@@ -27,7 +27,10 @@ use regex::Regex;
 
 /// The current Unix time as Buildbot stamps lines.
 pub fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// `text` as whole lines stamped now, with a final `\n` added if missing.
@@ -61,7 +64,10 @@ enum Matcher {
 
 impl Default for LineConfig {
     fn default() -> Self {
-        LineConfig { matcher: Matcher::Default, max_line_length: kiln_proto::defaults::MAX_LINE_LENGTH }
+        LineConfig {
+            matcher: Matcher::Default,
+            max_line_length: kiln_proto::defaults::MAX_LINE_LENGTH,
+        }
     }
 }
 
@@ -74,22 +80,37 @@ impl LineConfig {
         } else {
             Matcher::Regex(compile_python_regex(newline_re)?)
         };
-        Ok(LineConfig { matcher, max_line_length: max_line_length.max(2) })
+        Ok(LineConfig {
+            matcher,
+            max_line_length: max_line_length.max(2),
+        })
     }
 
     /// The config for a command started under `settings`. A `newline_re` that cannot
     /// be translated falls back to the default one (with a warning in the log).
     pub fn from_settings(settings: &WorkerSettings) -> LineConfig {
         LineConfig::new(&settings.newline_re, settings.max_line_length).unwrap_or_else(|e| {
-            tracing::warn!("newline_re {:?} is not usable ({e}); using the default", settings.newline_re);
-            LineConfig { max_line_length: settings.max_line_length.max(2), ..LineConfig::default() }
+            tracing::warn!(
+                "newline_re {:?} is not usable ({e}); using the default",
+                settings.newline_re
+            );
+            LineConfig {
+                max_line_length: settings.max_line_length.max(2),
+                ..LineConfig::default()
+            }
         })
     }
 
     /// Forces the general regex engine even for the default regex (for tests and benchmarks).
     #[doc(hidden)]
-    pub fn with_regex_engine(newline_re: &str, max_line_length: usize) -> Result<LineConfig, String> {
-        Ok(LineConfig { matcher: Matcher::Regex(compile_python_regex(newline_re)?), max_line_length: max_line_length.max(2) })
+    pub fn with_regex_engine(
+        newline_re: &str,
+        max_line_length: usize,
+    ) -> Result<LineConfig, String> {
+        Ok(LineConfig {
+            matcher: Matcher::Regex(compile_python_regex(newline_re)?),
+            max_line_length: max_line_length.max(2),
+        })
     }
 
     pub fn max_line_length(&self) -> usize {
@@ -110,10 +131,15 @@ pub fn compile_python_regex(py: &str) -> Result<Regex, String> {
         let c = b[i];
         if c == b'\\' && i + 1 < b.len() {
             let rest = &b[i + 1..];
-            let octal = |n: usize| rest.len() >= n && rest[..n].iter().all(|d| (b'0'..=b'7').contains(d));
+            let octal =
+                |n: usize| rest.len() >= n && rest[..n].iter().all(|d| (b'0'..=b'7').contains(d));
             // Python: `\0` plus up to two octal digits, or exactly three octal digits.
             let digits = if rest[0] == b'0' {
-                1 + rest[1..].iter().take(2).take_while(|d| (b'0'..=b'7').contains(d)).count()
+                1 + rest[1..]
+                    .iter()
+                    .take(2)
+                    .take_while(|d| (b'0'..=b'7').contains(d))
+                    .count()
             } else if octal(3) && rest[0] <= b'3' {
                 3
             } else {
@@ -245,7 +271,10 @@ impl LineSplitter {
             if bad.is_empty() {
                 continue;
             }
-            let incomplete = chunks.peek().is_none() && std::str::from_utf8(bad).err().is_some_and(|e| e.error_len().is_none());
+            let incomplete = chunks.peek().is_none()
+                && std::str::from_utf8(bad)
+                    .err()
+                    .is_some_and(|e| e.error_len().is_none());
             if incomplete {
                 self.utf8_carry = bad.to_vec();
             } else {
@@ -439,19 +468,36 @@ struct Assembler {
 
 impl Assembler {
     fn new(max: usize) -> Assembler {
-        Assembler { max: max.max(2), line: String::new(), line_chars: 0, line_time: None, now: 0.0, ascii: true, out: Lines::default(), out_chars: 0 }
+        Assembler {
+            max: max.max(2),
+            line: String::new(),
+            line_chars: 0,
+            line_time: None,
+            now: 0.0,
+            ascii: true,
+            out: Lines::default(),
+            out_chars: 0,
+        }
     }
 
     fn begin(&mut self, len_hint: usize, now: f64) {
         self.now = now;
         self.ascii = true;
-        self.out = Lines { text: String::with_capacity(len_hint + self.line.len() + 1), newlines: Vec::new(), times: Vec::new() };
+        self.out = Lines {
+            text: String::with_capacity(len_hint + self.line.len() + 1),
+            newlines: Vec::new(),
+            times: Vec::new(),
+        };
         self.out_chars = 0;
     }
 
     fn finish(&mut self) -> Option<Lines> {
         let out = std::mem::take(&mut self.out);
-        if out.newlines.is_empty() { None } else { Some(out) }
+        if out.newlines.is_empty() {
+            None
+        } else {
+            Some(out)
+        }
     }
 
     fn has_partial(&self) -> bool {
@@ -486,7 +532,11 @@ impl Assembler {
     }
 
     fn count(&self, s: &str) -> usize {
-        if self.ascii { s.len() } else { s.chars().count() }
+        if self.ascii {
+            s.len()
+        } else {
+            s.chars().count()
+        }
     }
 
     /// Adds text without `\n` to the current line, splitting it when it grows over
@@ -514,7 +564,11 @@ impl Assembler {
                 }
             } else {
                 let k = keep - self.line_chars;
-                let cut = if self.ascii { k } else { byte_of_char(piece, k) };
+                let cut = if self.ascii {
+                    k
+                } else {
+                    byte_of_char(piece, k)
+                };
                 self.out.text.push_str(&self.line);
                 self.out.text.push_str(&piece[..cut]);
                 let time = self.line_time.unwrap_or(self.now);
@@ -618,7 +672,13 @@ mod tests {
 
     fn check(l: &Lines) {
         assert!(l.text.ends_with('\n'));
-        let expect: Vec<u32> = l.text.chars().enumerate().filter(|(_, c)| *c == '\n').map(|(i, _)| i as u32).collect();
+        let expect: Vec<u32> = l
+            .text
+            .chars()
+            .enumerate()
+            .filter(|(_, c)| *c == '\n')
+            .map(|(i, _)| i as u32)
+            .collect();
         assert_eq!(l.newlines, expect, "newline positions of {:?}", l.text);
         assert_eq!(l.times.len(), l.newlines.len());
     }
@@ -626,7 +686,15 @@ mod tests {
     #[test]
     fn plain_lines_and_times() {
         let out = run(&cfg(4096), &[b"one\ntw", b"o\nthree\n", b"four"]);
-        assert_eq!(out, vec![("one".into(), 0.0), ("two".into(), 0.0), ("three".into(), 1.0), ("four".into(), 2.0)]);
+        assert_eq!(
+            out,
+            vec![
+                ("one".into(), 0.0),
+                ("two".into(), 0.0),
+                ("three".into(), 1.0),
+                ("four".into(), 2.0)
+            ]
+        );
     }
 
     #[test]
@@ -644,7 +712,10 @@ mod tests {
 
     #[test]
     fn crlf_and_lone_cr_and_ansi() {
-        let out = run(&cfg(4096), &[b"a\r\nb\rc\x1b[2Jd\x1b[uf\x1b[12;4Hg\x1b[1;2fh\x08\x08\x08i\n"]);
+        let out = run(
+            &cfg(4096),
+            &[b"a\r\nb\rc\x1b[2Jd\x1b[uf\x1b[12;4Hg\x1b[1;2fh\x08\x08\x08i\n"],
+        );
         assert_eq!(texts(&out), vec!["a", "b", "c", "d", "f", "g", "h", "i"]);
         // Sequences that do not match stay as they are.
         let out = run(&cfg(4096), &[b"x\x1b[31my\x1b[;1Hz\x1b[2Kw\n"]);
@@ -660,7 +731,10 @@ mod tests {
     #[test]
     fn trailing_cr_is_held_until_more_data() {
         let mut s = LineSplitter::new(&cfg(4096));
-        assert!(s.feed_at(b"progress 10%\r", 0.0).is_none(), "a lone trailing \\r is not a newline yet");
+        assert!(
+            s.feed_at(b"progress 10%\r", 0.0).is_none(),
+            "a lone trailing \\r is not a newline yet"
+        );
         let l = s.feed_at(b"progress 20%\r", 1.0).unwrap();
         assert_eq!(l.text, "progress 10%\n");
         let l = s.flush_at(2.0).unwrap();
@@ -670,9 +744,18 @@ mod tests {
 
     #[test]
     fn backspace_runs_and_escapes_across_reads() {
-        assert_eq!(texts(&run(&cfg(4096), &[b"a\x08", b"\x08", b"\x08b\n"])), vec!["a", "b"]);
-        assert_eq!(texts(&run(&cfg(4096), &[b"a\x1b", b"[1", b"2;", b"3", b"Hb\n"])), vec!["a", "b"]);
-        assert_eq!(texts(&run(&cfg(4096), &[b"a\x1b[", b"2", b"J", b"b\n"])), vec!["a", "b"]);
+        assert_eq!(
+            texts(&run(&cfg(4096), &[b"a\x08", b"\x08", b"\x08b\n"])),
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            texts(&run(&cfg(4096), &[b"a\x1b", b"[1", b"2;", b"3", b"Hb\n"])),
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            texts(&run(&cfg(4096), &[b"a\x1b[", b"2", b"J", b"b\n"])),
+            vec!["a", "b"]
+        );
         // An escape prefix left at the very end is literal text.
         assert_eq!(texts(&run(&cfg(4096), &[b"a\x1b[12"])), vec!["a\x1b[12"]);
     }
@@ -712,13 +795,22 @@ mod tests {
     fn long_lines_are_split_without_loss() {
         let line = "x".repeat(10_000);
         let out = run(&cfg(4096), &[format!("{line}\n").as_bytes()]);
-        assert_eq!(texts(&out), vec!["x".repeat(4095), "x".repeat(4095), "x".repeat(1810)]);
+        assert_eq!(
+            texts(&out),
+            vec!["x".repeat(4095), "x".repeat(4095), "x".repeat(1810)]
+        );
         // A line of exactly max_line_length is not split; one more char is.
         assert_eq!(texts(&run(&cfg(5), &[b"abcde\n"])), vec!["abcde"]);
         assert_eq!(texts(&run(&cfg(5), &[b"abcdef\n"])), vec!["abcd", "ef"]);
         // Chunked, and with multi-byte characters.
-        assert_eq!(texts(&run(&cfg(5), &[b"abc", b"de", b"f", b"ghijk\n"])), vec!["abcd", "efgh", "ijk"]);
-        assert_eq!(texts(&run(&cfg(3), &["ééé".as_bytes(), "éé\n".as_bytes()])), vec!["éé", "ééé"]);
+        assert_eq!(
+            texts(&run(&cfg(5), &[b"abc", b"de", b"f", b"ghijk\n"])),
+            vec!["abcd", "efgh", "ijk"]
+        );
+        assert_eq!(
+            texts(&run(&cfg(3), &["ééé".as_bytes(), "éé\n".as_bytes()])),
+            vec!["éé", "ééé"]
+        );
     }
 
     #[test]
@@ -728,8 +820,14 @@ mod tests {
         assert!(re.is_match("\r"));
         assert_eq!(compile_python_regex(r"\0").unwrap().as_str(), r"\x{0}");
         assert_eq!(compile_python_regex(r"\101").unwrap().as_str(), r"\x{41}");
-        assert_eq!(compile_python_regex(r"[\d(?=.)]").unwrap().as_str(), r"[\d(?=.)]");
-        assert!(LineConfig::new("(?<=a)b", 10).is_err(), "other lookarounds are refused");
+        assert_eq!(
+            compile_python_regex(r"[\d(?=.)]").unwrap().as_str(),
+            r"[\d(?=.)]"
+        );
+        assert!(
+            LineConfig::new("(?<=a)b", 10).is_err(),
+            "other lookarounds are refused"
+        );
     }
 
     #[test]
@@ -737,7 +835,10 @@ mod tests {
         let c = LineConfig::new(r";", 4096).unwrap();
         assert_eq!(texts(&run(&c, &[b"a;b", b";c\n"])), vec!["a", "b", "c"]);
         let c = LineConfig::new(r"(\r\n|\r(?=.)|\n)", 4096).unwrap();
-        assert_eq!(texts(&run(&c, &[b"a\r", b"b\r", b"\nc\r"])), vec!["a", "b", "c"]);
+        assert_eq!(
+            texts(&run(&c, &[b"a\r", b"b\r", b"\nc\r"])),
+            vec!["a", "b", "c"]
+        );
     }
 
     #[test]
@@ -790,7 +891,13 @@ mod tests {
             chunk.extend_from_slice(&line);
         }
         chunk.extend_from_slice(&line[..65536 - chunk.len()]);
-        for (name, c) in [("default", cfg(4096)), ("regex", LineConfig::with_regex_engine(NEWLINE_RE, 4096).unwrap())] {
+        for (name, c) in [
+            ("default", cfg(4096)),
+            (
+                "regex",
+                LineConfig::with_regex_engine(NEWLINE_RE, 4096).unwrap(),
+            ),
+        ] {
             let mut s = LineSplitter::new(&c);
             let start = std::time::Instant::now();
             let mut total = 0usize;
@@ -804,7 +911,11 @@ mod tests {
                 }
             }
             let secs = start.elapsed().as_secs_f64();
-            println!("{name}: {:.0} MB/s, {:.1} M lines/s", total as f64 / secs / 1e6, lines as f64 / secs / 1e6);
+            println!(
+                "{name}: {:.0} MB/s, {:.1} M lines/s",
+                total as f64 / secs / 1e6,
+                lines as f64 / secs / 1e6
+            );
         }
     }
 

@@ -17,7 +17,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kiln_proto::args::{CommandName, CpdirArgs, DownloadFileArgs, PathArgs, PathsArgs, ShellArgs, UploadDirectoryArgs, UploadFileArgs, WorkerSettings};
+use kiln_proto::args::{
+    CommandName, CpdirArgs, DownloadFileArgs, PathArgs, PathsArgs, ShellArgs, UploadDirectoryArgs,
+    UploadFileArgs, WorkerSettings,
+};
 use kiln_proto::update::UpdateItem;
 use kiln_proto::{Op, args::Args};
 use tokio::sync::watch;
@@ -54,12 +57,14 @@ impl CommandCtx {
 
     /// Queues a `header` line (a `\n` is added if missing).
     pub async fn header(&mut self, text: &str) {
-        self.push(UpdateItem::Header(lines::whole_lines(text))).await;
+        self.push(UpdateItem::Header(lines::whole_lines(text)))
+            .await;
     }
 
     /// Queues a `stderr` line (a `\n` is added if missing).
     pub async fn stderr(&mut self, text: &str) {
-        self.push(UpdateItem::Stderr(lines::whole_lines(text))).await;
+        self.push(UpdateItem::Stderr(lines::whole_lines(text)))
+            .await;
     }
 }
 
@@ -132,12 +137,16 @@ pub enum Prepared {
 /// Checks a `start_command`; the error text is the exception response Buildbot gives.
 pub fn prepare(command_id: &str, name: &str, args: &Args) -> Result<Prepared, String> {
     let Some(command) = CommandName::parse(name) else {
-        return Err(format!("(command {command_id}): unrecognized WorkerCommand '{name}'"));
+        return Err(format!(
+            "(command {command_id}): unrecognized WorkerCommand '{name}'"
+        ));
     };
     let prepared = match command {
         CommandName::Shell => ShellArgs::parse(args).map(Prepared::Shell),
         CommandName::UploadFile => UploadFileArgs::parse(args).map(Prepared::UploadFile),
-        CommandName::UploadDirectory => UploadDirectoryArgs::parse(args).map(Prepared::UploadDirectory),
+        CommandName::UploadDirectory => {
+            UploadDirectoryArgs::parse(args).map(Prepared::UploadDirectory)
+        }
         CommandName::DownloadFile => DownloadFileArgs::parse(args).map(Prepared::DownloadFile),
         CommandName::Mkdir => PathsArgs::parse("MakeDirectory", args).map(Prepared::Mkdir),
         CommandName::Rmdir => PathsArgs::parse("RemoveDirectory", args).map(Prepared::Rmdir),
@@ -169,5 +178,11 @@ pub async fn run(mut ctx: CommandCtx, command: Prepared) {
     ctx.out.flush().await;
     let failure = result.err().map(|e| format!("[Failure instance: {e}]"));
     // A lost session makes this fail; there is nobody left to tell.
-    let _ = ctx.link.send(Op::Complete { command_id: ctx.command_id.clone(), failure }).await;
+    let _ = ctx
+        .link
+        .send(Op::Complete {
+            command_id: ctx.command_id.clone(),
+            failure,
+        })
+        .await;
 }

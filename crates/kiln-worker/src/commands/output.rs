@@ -25,7 +25,12 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn new(command_id: String, link: MasterLink, buffer_size: usize, buffer_timeout: f64) -> Output {
+    pub fn new(
+        command_id: String,
+        link: MasterLink,
+        buffer_size: usize,
+        buffer_timeout: f64,
+    ) -> Output {
         Output {
             command_id,
             link,
@@ -111,7 +116,15 @@ impl Output {
         if self.closed {
             return;
         }
-        if self.link.send(Op::Update { command_id: self.command_id.clone(), items }).await.is_err() {
+        if self
+            .link
+            .send(Op::Update {
+                command_id: self.command_id.clone(),
+                items,
+            })
+            .await
+            .is_err()
+        {
             self.closed = true;
         }
     }
@@ -167,10 +180,17 @@ fn split_off_prefix(item: UpdateItem, room: usize) -> (Option<UpdateItem>, Optio
     }
     let (head_text, tail_text) = lines.text.split_at(bytes);
     let head_chars = lines.newlines[count - 1] + 1;
-    let head = Lines { text: head_text.to_owned(), newlines: lines.newlines[..count].to_vec(), times: lines.times[..count].to_vec() };
+    let head = Lines {
+        text: head_text.to_owned(),
+        newlines: lines.newlines[..count].to_vec(),
+        times: lines.times[..count].to_vec(),
+    };
     let tail = Lines {
         text: tail_text.to_owned(),
-        newlines: lines.newlines[count..].iter().map(|p| p - head_chars).collect(),
+        newlines: lines.newlines[count..]
+            .iter()
+            .map(|p| p - head_chars)
+            .collect(),
         times: lines.times[count..].to_vec(),
     };
     (Some(rebuild(&item, head)), Some(rebuild(&item, tail)))
@@ -180,9 +200,15 @@ fn split_off_prefix(item: UpdateItem, room: usize) -> (Option<UpdateItem>, Optio
 mod tests {
     use super::*;
 
-    fn collect(rx: &mut tokio::sync::mpsc::Receiver<crate::link::Outgoing>) -> Vec<Vec<UpdateItem>> {
+    fn collect(
+        rx: &mut tokio::sync::mpsc::Receiver<crate::link::Outgoing>,
+    ) -> Vec<Vec<UpdateItem>> {
         let mut out = Vec::new();
-        while let Ok(crate::link::Outgoing::Request { op: Op::Update { items, .. }, .. }) = rx.try_recv() {
+        while let Ok(crate::link::Outgoing::Request {
+            op: Op::Update { items, .. },
+            ..
+        }) = rx.try_recv()
+        {
             out.push(items);
         }
         out
@@ -192,15 +218,35 @@ mod tests {
     async fn merges_same_stream_and_flushes_on_size() {
         let (link, mut rx) = MasterLink::channel(64);
         let mut out = Output::new("1".into(), link, 100, 5.0);
-        out.push(UpdateItem::Stdout(Lines::from_text("a\n", 1.0))).await;
-        out.push(UpdateItem::Stdout(Lines::from_text("bc\n", 2.0))).await;
-        out.push(UpdateItem::Stderr(Lines::from_text("e\n", 3.0))).await;
-        assert!(collect(&mut rx).is_empty(), "nothing is sent before the buffer fills");
-        out.push(UpdateItem::Stdout(Lines::from_text("x".repeat(80) + "\n", 4.0))).await;
+        out.push(UpdateItem::Stdout(Lines::from_text("a\n", 1.0)))
+            .await;
+        out.push(UpdateItem::Stdout(Lines::from_text("bc\n", 2.0)))
+            .await;
+        out.push(UpdateItem::Stderr(Lines::from_text("e\n", 3.0)))
+            .await;
+        assert!(
+            collect(&mut rx).is_empty(),
+            "nothing is sent before the buffer fills"
+        );
+        out.push(UpdateItem::Stdout(Lines::from_text(
+            "x".repeat(80) + "\n",
+            4.0,
+        )))
+        .await;
         let batches = collect(&mut rx);
         assert_eq!(batches.len(), 1);
-        assert_eq!(batches[0][0], UpdateItem::Stdout(Lines { text: "a\nbc\n".into(), newlines: vec![1, 4], times: vec![1.0, 2.0] }));
-        assert_eq!(batches[0][1], UpdateItem::Stderr(Lines::from_text("e\n", 3.0)));
+        assert_eq!(
+            batches[0][0],
+            UpdateItem::Stdout(Lines {
+                text: "a\nbc\n".into(),
+                newlines: vec![1, 4],
+                times: vec![1.0, 2.0]
+            })
+        );
+        assert_eq!(
+            batches[0][1],
+            UpdateItem::Stderr(Lines::from_text("e\n", 3.0))
+        );
     }
 
     #[tokio::test]
@@ -208,16 +254,26 @@ mod tests {
         let (link, mut rx) = MasterLink::channel(64);
         let mut out = Output::new("1".into(), link, 64, 5.0);
         let text: String = (0..20).map(|i| format!("line{i:02}\n")).collect();
-        out.push(UpdateItem::Stdout(Lines::from_text(text.clone(), 1.0))).await;
+        out.push(UpdateItem::Stdout(Lines::from_text(text.clone(), 1.0)))
+            .await;
         out.flush().await;
         let batches = collect(&mut rx);
-        assert!(batches.len() > 1, "an item heavier than the buffer is split");
+        assert!(
+            batches.len() > 1,
+            "an item heavier than the buffer is split"
+        );
         let mut joined = String::new();
         for b in &batches {
             for item in b {
-                let UpdateItem::Stdout(l) = item else { panic!("unexpected {item:?}") };
+                let UpdateItem::Stdout(l) = item else {
+                    panic!("unexpected {item:?}")
+                };
                 assert!(l.text.ends_with('\n'));
-                assert_eq!(*l, Lines::from_text(l.text.clone(), 1.0), "positions restart in each part");
+                assert_eq!(
+                    *l,
+                    Lines::from_text(l.text.clone(), 1.0),
+                    "positions restart in each part"
+                );
                 joined.push_str(&l.text);
             }
         }
@@ -228,28 +284,45 @@ mod tests {
     async fn a_fast_stream_fills_each_batch() {
         let (link, mut rx) = MasterLink::channel(256);
         let mut out = Output::new("1".into(), link, 1000, 5.0);
-        out.push(UpdateItem::Header(Lines::from_text("hdr\n", 0.5))).await;
+        out.push(UpdateItem::Header(Lines::from_text("hdr\n", 0.5)))
+            .await;
         // Output arrives in reads of many lines, each read heavier than a batch.
         let mut sent = String::new();
         for read in 0..5 {
-            let text: String = (0..40).map(|i| format!("r{read}l{i:02}xxxxxxxx\n")).collect();
+            let text: String = (0..40)
+                .map(|i| format!("r{read}l{i:02}xxxxxxxx\n"))
+                .collect();
             sent.push_str(&text);
-            out.push(UpdateItem::Stdout(Lines::from_text(text, f64::from(read)))).await;
+            out.push(UpdateItem::Stdout(Lines::from_text(text, f64::from(read))))
+                .await;
         }
         out.flush().await;
         let batches = collect(&mut rx);
-        let weights: Vec<usize> = batches.iter().map(|b| b.iter().map(UpdateItem::weight).sum()).collect();
-        assert!(weights.iter().all(|w| *w <= 1000), "no batch over buffer_size: {weights:?}");
+        let weights: Vec<usize> = batches
+            .iter()
+            .map(|b| b.iter().map(UpdateItem::weight).sum())
+            .collect();
+        assert!(
+            weights.iter().all(|w| *w <= 1000),
+            "no batch over buffer_size: {weights:?}"
+        );
         let line_weight = "r0l00xxxxxxxx\n".len() + 16;
         for w in &weights[..weights.len() - 1] {
-            assert!(w + line_weight > 1000, "every batch but the last is full: {weights:?}");
+            assert!(
+                w + line_weight > 1000,
+                "every batch but the last is full: {weights:?}"
+            );
         }
         let stdout: String = batches
             .iter()
             .flatten()
             .filter_map(|i| match i {
                 UpdateItem::Stdout(l) => {
-                    assert_eq!(l.newlines, Lines::from_text(l.text.clone(), 0.0).newlines, "positions restart in each part");
+                    assert_eq!(
+                        l.newlines,
+                        Lines::from_text(l.text.clone(), 0.0).newlines,
+                        "positions restart in each part"
+                    );
                     assert_eq!(l.times.len(), l.newlines.len());
                     Some(l.text.clone())
                 }

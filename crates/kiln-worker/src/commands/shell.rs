@@ -88,12 +88,20 @@ pub async fn rmdir(ctx: &mut CommandCtx, args: PathsArgs) -> Result<(), String> 
         let mut r = helper(ctx, &rm, args.log_environ, args.timeout, args.max_time).await?;
         if r.rc != 0 && !r.interrupted {
             let chmod: Vec<&OsStr> = if cfg!(target_os = "freebsd") {
-                ["find", path.as_str(), "-exec", "chmod", "u+rwx", "{}", ";"].map(OsStr::new).into()
+                ["find", path.as_str(), "-exec", "chmod", "u+rwx", "{}", ";"]
+                    .map(OsStr::new)
+                    .into()
             } else {
-                ["chmod", "-Rf", "u+rwx", path.as_str()].map(OsStr::new).into()
+                ["chmod", "-Rf", "u+rwx", path.as_str()]
+                    .map(OsStr::new)
+                    .into()
             };
             let c = helper(ctx, &chmod, args.log_environ, args.timeout, args.max_time).await?;
-            r = if c.interrupted { c } else { helper(ctx, &rm, args.log_environ, args.timeout, args.max_time).await? };
+            r = if c.interrupted {
+                c
+            } else {
+                helper(ctx, &rm, args.log_environ, args.timeout, args.max_time).await?
+            };
         }
         if r.rc != 0 {
             rc = r.rc;
@@ -106,11 +114,19 @@ pub async fn rmdir(ctx: &mut CommandCtx, args: PathsArgs) -> Result<(), String> 
     #[cfg(windows)]
     for path in &args.paths {
         let p = PathBuf::from(path);
-        let result = tokio::task::spawn_blocking(move || if p.exists() { std::fs::remove_dir_all(&p) } else { Ok(()) }).await;
+        let result = tokio::task::spawn_blocking(move || {
+            if p.exists() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                Ok(())
+            }
+        })
+        .await;
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                ctx.header(&format!("exception from rmdirRecursive\n{e}")).await;
+                ctx.header(&format!("exception from rmdirRecursive\n{e}"))
+                    .await;
                 rc = -1;
             }
             Err(e) => return Err(e.to_string()),
@@ -132,12 +148,25 @@ async fn finish_helper(ctx: &mut CommandCtx, rc: i64, interrupted: bool) -> Resu
 /// `cpdir`: `cp -R -P -p -v from to`, after creating the parent of `to`.
 pub async fn cpdir(ctx: &mut CommandCtx, args: CpdirArgs) -> Result<(), String> {
     refuse_root(ctx).await?;
-    if let Some(parent) = Path::new(&args.to_path).parent().filter(|p| !p.as_os_str().is_empty()) {
-        super::fs::create_dirs_for_builds(parent, ctx.policy.run_as.as_ref()).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    if let Some(parent) = Path::new(&args.to_path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        super::fs::create_dirs_for_builds(parent, ctx.policy.run_as.as_ref())
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     #[cfg(unix)]
     let (rc, interrupted) = {
-        let cp = ["cp", "-R", "-P", "-p", "-v", args.from_path.as_str(), args.to_path.as_str()].map(OsStr::new);
+        let cp = [
+            "cp",
+            "-R",
+            "-P",
+            "-p",
+            "-v",
+            args.from_path.as_str(),
+            args.to_path.as_str(),
+        ]
+        .map(OsStr::new);
         let r = helper(ctx, &cp, args.log_environ, args.timeout, args.max_time).await?;
         (r.rc, r.interrupted)
     };
@@ -183,8 +212,17 @@ async fn refuse_root(ctx: &mut CommandCtx) -> Result<(), String> {
 
 /// Runs one `rmdir`/`cpdir` helper process in the worker's base directory, no rc item.
 #[cfg(unix)]
-async fn helper(ctx: &mut CommandCtx, argv: &[&OsStr], log_environ: bool, timeout: Option<f64>, max_time: Option<f64>) -> Result<ChildOutcome, String> {
-    let shown: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+async fn helper(
+    ctx: &mut CommandCtx,
+    argv: &[&OsStr],
+    log_environ: bool,
+    timeout: Option<f64>,
+    max_time: Option<f64>,
+) -> Result<ChildOutcome, String> {
+    let shown: Vec<String> = argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let workdir = absolute(&ctx.basedir);
     let spec = ChildSpec {
         argv: argv.iter().map(|a| a.to_os_string()).collect(),
@@ -253,21 +291,32 @@ struct ChildOutcome {
 async fn run_child(ctx: &mut CommandCtx, spec: &ChildSpec) -> Result<ChildOutcome, String> {
     let mut use_pty = spec.use_pty;
     if use_pty && (spec.initial_stdin.is_some() || cfg!(windows)) {
-        ctx.header("WARNING: disabling usePTY for this command").await;
+        ctx.header("WARNING: disabling usePTY for this command")
+            .await;
         use_pty = false;
     }
     if !spec.workdir.is_dir() {
-        super::fs::create_dirs_for_builds(&spec.workdir, ctx.policy.run_as.as_ref()).map_err(|e| format!("cannot create workdir {}: {e}", spec.workdir.display()))?;
+        super::fs::create_dirs_for_builds(&spec.workdir, ctx.policy.run_as.as_ref())
+            .map_err(|e| format!("cannot create workdir {}: {e}", spec.workdir.display()))?;
     }
     send_headers(ctx, spec, use_pty).await;
 
     let config = LineConfig::from_settings(&ctx.settings);
-    let watchers: Vec<LogWatcher> = spec.logfiles.iter().map(|l| LogWatcher::new(l, &spec.workdir, &config)).collect();
-    let sandbox_dir = (spec.sandbox && ctx.policy.sandbox.is_some()).then(|| process::builder_dir(&absolute(&ctx.basedir), &spec.workdir));
+    let watchers: Vec<LogWatcher> = spec
+        .logfiles
+        .iter()
+        .map(|l| LogWatcher::new(l, &spec.workdir, &config))
+        .collect();
+    let sandbox_dir = (spec.sandbox && ctx.policy.sandbox.is_some())
+        .then(|| process::builder_dir(&absolute(&ctx.basedir), &spec.workdir));
     let pspec = SpawnSpec {
         argv: spec.argv.clone(),
         cwd: spec.workdir.clone(),
-        env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        env: spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         use_pty,
         stdin: spec.initial_stdin.is_some(),
         sandbox_dir,
@@ -282,16 +331,37 @@ async fn run_child(ctx: &mut CommandCtx, spec: &ChildSpec) -> Result<ChildOutcom
                 std::io::ErrorKind::PermissionDenied => 126,
                 _ => 1,
             };
-            let argv0 = spec.argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
-            ctx.stderr(&format!("error in RunProcess._startCommand (cannot run {argv0:?}: {e})")).await;
+            let argv0 = spec
+                .argv
+                .first()
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            ctx.stderr(&format!(
+                "error in RunProcess._startCommand (cannot run {argv0:?}: {e})"
+            ))
+            .await;
             if spec.send_rc {
                 ctx.push(UpdateItem::Rc(rc)).await;
             }
-            ctx.header(&format!("elapsedTime={:.6}", started.elapsed().as_secs_f64())).await;
-            return Ok(ChildOutcome { rc, interrupted: false, tail: Vec::new() });
+            ctx.header(&format!(
+                "elapsedTime={:.6}",
+                started.elapsed().as_secs_f64()
+            ))
+            .await;
+            return Ok(ChildOutcome {
+                rc,
+                interrupted: false,
+                tail: Vec::new(),
+            });
         }
     };
-    let process::Spawned { child, stdin, stdout, stderr, tree } = spawned;
+    let process::Spawned {
+        child,
+        stdin,
+        stdout,
+        stderr,
+        tree,
+    } = spawned;
     if let (Some(mut pipe), Some(data)) = (stdin, spec.initial_stdin.clone()) {
         // Written on the side, so a child that does not read cannot block its output.
         tokio::spawn(async move {
@@ -299,7 +369,10 @@ async fn run_child(ctx: &mut CommandCtx, spec: &ChildSpec) -> Result<ChildOutcom
             let _ = pipe.shutdown().await;
         });
     }
-    let timeout = spec.timeout.filter(|t| *t > 0.0).map(Duration::from_secs_f64);
+    let timeout = spec
+        .timeout
+        .filter(|t| *t > 0.0)
+        .map(Duration::from_secs_f64);
     let mut r = Runner {
         spec,
         child,
@@ -312,7 +385,10 @@ async fn run_child(ctx: &mut CommandCtx, spec: &ChildSpec) -> Result<ChildOutcom
         started,
         timeout,
         io_deadline: timeout.map(|t| started + t),
-        max_deadline: spec.max_time.filter(|t| *t > 0.0).map(|t| started + Duration::from_secs_f64(t)),
+        max_deadline: spec
+            .max_time
+            .filter(|t| *t > 0.0)
+            .map(|t| started + Duration::from_secs_f64(t)),
         status: None,
         phase: Phase::Running,
         killed: false,
@@ -329,25 +405,46 @@ async fn send_headers(ctx: &mut CommandCtx, spec: &ChildSpec, use_pty: bool) {
     ctx.header(&spec.display).await;
     let mut msg = format!(" in dir {}", spec.workdir.display());
     if let Some(t) = spec.timeout.filter(|t| *t != 0.0) {
-        msg.push_str(&format!(" (timeout {} {})", py_num(t), if t == 1.0 { "sec" } else { "secs" }));
+        msg.push_str(&format!(
+            " (timeout {} {})",
+            py_num(t),
+            if t == 1.0 { "sec" } else { "secs" }
+        ));
     }
     if let Some(t) = spec.max_time.filter(|t| *t != 0.0) {
-        msg.push_str(&format!(" (maxTime {} {})", py_num(t), if t == 1.0 { "sec" } else { "secs" }));
+        msg.push_str(&format!(
+            " (maxTime {} {})",
+            py_num(t),
+            if t == 1.0 { "sec" } else { "secs" }
+        ));
     }
     ctx.header(&msg).await;
-    ctx.header(&format!(" watching logfiles {}", logfiles_repr(&spec.logfiles))).await;
+    ctx.header(&format!(
+        " watching logfiles {}",
+        logfiles_repr(&spec.logfiles)
+    ))
+    .await;
     ctx.header(&format!(" argv: {}", spec.argv_repr)).await;
     if spec.log_environ {
         let mut m = String::from(" environment:\n");
         for (k, v) in &spec.env {
-            m.push_str(&format!("  {}={}\n", k.to_string_lossy(), v.to_string_lossy()));
+            m.push_str(&format!(
+                "  {}={}\n",
+                k.to_string_lossy(),
+                v.to_string_lossy()
+            ));
         }
         ctx.push(UpdateItem::Header(whole_lines(&m))).await;
     }
     if let Some(data) = spec.initial_stdin.as_ref().filter(|d| !d.is_empty()) {
-        ctx.header(&format!(" writing {} bytes to stdin", data.len())).await;
+        ctx.header(&format!(" writing {} bytes to stdin", data.len()))
+            .await;
     }
-    ctx.header(&format!(" using PTY: {}", if use_pty { "True" } else { "False" })).await;
+    ctx.header(&format!(
+        " using PTY: {}",
+        if use_pty { "True" } else { "False" }
+    ))
+    .await;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -371,7 +468,11 @@ struct Stream {
 
 impl Stream {
     fn new(config: &LineConfig, want: bool) -> Stream {
-        Stream { split: LineSplitter::new(config), want, prev_cr: false }
+        Stream {
+            split: LineSplitter::new(config),
+            want,
+            prev_cr: false,
+        }
     }
 }
 
@@ -551,8 +652,12 @@ impl Runner<'_> {
         {
             self.max_lines_hit = true;
             self.stdout = None; // Buildbot closes the child's stdout first
-            ctx.push(UpdateItem::FailureReason("max_lines_failure".into())).await;
-            let reason = format!("command exceeds max lines: {}/{max} written/allowed running {}", self.lines_written, self.spec.argv_repr);
+            ctx.push(UpdateItem::FailureReason("max_lines_failure".into()))
+                .await;
+            let reason = format!(
+                "command exceeds max lines: {}/{max} written/allowed running {}",
+                self.lines_written, self.spec.argv_repr
+            );
             self.start_kill(ctx, reason).await;
         }
     }
@@ -564,7 +669,8 @@ impl Runner<'_> {
         if self.killed {
             // The main process is gone; nothing else of the tree may stay.
             self.tree.kill_all();
-            self.drain_deadline.get_or_insert(Instant::now() + DRAIN_AFTER_KILL);
+            self.drain_deadline
+                .get_or_insert(Instant::now() + DRAIN_AFTER_KILL);
         }
     }
 
@@ -572,7 +678,8 @@ impl Runner<'_> {
         ctx.out.flush().await;
         self.io_deadline = None;
         self.max_deadline = None;
-        ctx.header(&format!("\n{reason}, attempting to kill\n")).await;
+        ctx.header(&format!("\n{reason}, attempting to kill\n"))
+            .await;
         self.killed = true;
         match self.spec.sigterm_time {
             Some(t) if self.status.is_none() => {
@@ -589,7 +696,8 @@ impl Runner<'_> {
             // Only leftovers (e.g. background jobs holding the pipes) remain.
             self.tree.kill_all();
             self.phase = Phase::Exited;
-            self.drain_deadline.get_or_insert(Instant::now() + DRAIN_AFTER_KILL);
+            self.drain_deadline
+                .get_or_insert(Instant::now() + DRAIN_AFTER_KILL);
         } else {
             self.phase = Phase::Final(Instant::now() + BACKUP_TIMEOUT);
         }
@@ -615,9 +723,7 @@ impl Runner<'_> {
                 ctx.push(UpdateItem::Log(w.name.clone(), lines)).await;
             }
         }
-        if got
-            && let (Some(t), Some(_)) = (self.timeout, self.io_deadline)
-        {
+        if got && let (Some(t), Some(_)) = (self.timeout, self.io_deadline) {
             self.io_deadline = Some(Instant::now() + t);
         }
     }
@@ -658,9 +764,17 @@ impl Runner<'_> {
             }
             ctx.push(UpdateItem::Rc(rc)).await;
         }
-        ctx.header(&format!("elapsedTime={:.6}", self.started.elapsed().as_secs_f64())).await;
+        ctx.header(&format!(
+            "elapsedTime={:.6}",
+            self.started.elapsed().as_secs_f64()
+        ))
+        .await;
         self.tree.finish();
-        Ok(ChildOutcome { rc, interrupted: self.interrupted, tail: self.flush_partials() })
+        Ok(ChildOutcome {
+            rc,
+            interrupted: self.interrupted,
+            tail: self.flush_partials(),
+        })
     }
 }
 
@@ -701,13 +815,24 @@ fn file_sig(path: &Path) -> Option<FileSig> {
     };
     #[cfg(not(unix))]
     let ctime = None;
-    Some(FileSig { ctime, mtime: m.modified().ok(), size: m.len() })
+    Some(FileSig {
+        ctime,
+        mtime: m.modified().ok(),
+        size: m.len(),
+    })
 }
 
 impl LogWatcher {
     fn new(l: &LogFile, workdir: &Path, config: &LineConfig) -> LogWatcher {
         let path = workdir.join(&l.filename);
-        LogWatcher { name: l.name.clone(), old: file_sig(&path), path, follow: l.follow, file: None, split: LineSplitter::new(config) }
+        LogWatcher {
+            name: l.name.clone(),
+            old: file_sig(&path),
+            path,
+            follow: l.follow,
+            file: None,
+            split: LineSplitter::new(config),
+        }
     }
 
     /// New complete lines of the file; sets `got` when any data was read.
@@ -723,7 +848,9 @@ impl LogWatcher {
                 self.old = None;
                 return Vec::new();
             };
-            let Ok(mut f) = std::fs::File::open(&self.path) else { return Vec::new() };
+            let Ok(mut f) = std::fs::File::open(&self.path) else {
+                return Vec::new();
+            };
             // `follow`: only what was added since the command started. (Buildbot seeks
             // to the size found when it noticed the change, which loses whatever was
             // written before its first poll; we keep it.)
@@ -775,7 +902,11 @@ fn build_env(spec: Option<&[(String, EnvValue)]>, workdir: &Path) -> BTreeMap<Os
                 EnvValue::Text(t) => t.clone(),
                 EnvValue::List(items) => items.join(sep),
             };
-            let value = if key == "PYTHONPATH" { format!("{value}{sep}${{PYTHONPATH}}") } else { value };
+            let value = if key == "PYTHONPATH" {
+                format!("{value}{sep}${{PYTHONPATH}}")
+            } else {
+                value
+            };
             env.insert(key.into(), substitute(&value, &worker));
         }
     }
@@ -791,7 +922,10 @@ fn substitute(value: &str, worker: &BTreeMap<OsString, OsString>) -> OsString {
     let mut rest = value;
     while let Some(i) = rest.find("${") {
         let after = &rest[i + 2..];
-        let name_len = after.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
+        let name_len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .count();
         if after.as_bytes().get(name_len) != Some(&b'}') {
             out.push(&rest[..i + 2]);
             rest = after;
@@ -828,7 +962,10 @@ fn command_line(command: &CommandLine) -> (Vec<OsString>, String, String) {
             #[cfg(windows)]
             {
                 // Like Buildbot: anything but an absolute .exe path goes through cmd.exe.
-                let first = items.first().map(|i| i.real().to_ascii_lowercase()).unwrap_or_default();
+                let first = items
+                    .first()
+                    .map(|i| i.real().to_ascii_lowercase())
+                    .unwrap_or_default();
                 if !(first.ends_with(".exe") && Path::new(&first).is_absolute()) {
                     let mut v = comspec();
                     v.extend(argv);
@@ -857,7 +994,10 @@ fn shell_quote(words: &[String]) -> String {
         .map(|w| {
             if w.is_empty() {
                 "\"\"".to_owned()
-            } else if w.bytes().all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./-_".contains(&b)) {
+            } else if w
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./-_".contains(&b))
+            {
                 w.clone()
             } else {
                 format!("'{}'", w.replace('\'', "'\"'\"'"))
@@ -870,7 +1010,11 @@ fn shell_quote(words: &[String]) -> String {
 /// Python's repr of a bytes object holding `s` (UTF-8).
 fn py_bytes(s: &str) -> String {
     let b = s.as_bytes();
-    let quote = if b.contains(&b'\'') && !b.contains(&b'"') { '"' } else { '\'' };
+    let quote = if b.contains(&b'\'') && !b.contains(&b'"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(b.len() + 3);
     out.push('b');
     out.push(quote);
@@ -893,12 +1037,23 @@ fn py_bytes(s: &str) -> String {
 }
 
 fn py_list(words: &[String]) -> String {
-    format!("[{}]", words.iter().map(|w| py_bytes(w)).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        words
+            .iter()
+            .map(|w| py_bytes(w))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Python's repr of a str.
 fn py_str(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
     for c in s.chars() {
@@ -911,7 +1066,9 @@ fn py_str(s: &str) -> String {
                 out.push('\\');
                 out.push(quote);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -923,7 +1080,11 @@ fn logfiles_repr(logfiles: &[LogFile]) -> String {
     let items: Vec<String> = logfiles
         .iter()
         .map(|l| {
-            let v = if l.follow { format!("{{'filename': {}, 'follow': True}}", py_str(&l.filename)) } else { py_str(&l.filename) };
+            let v = if l.follow {
+                format!("{{'filename': {}, 'follow': True}}", py_str(&l.filename))
+            } else {
+                py_str(&l.filename)
+            };
             format!("{}: {v}", py_str(&l.name))
         })
         .collect();
@@ -932,7 +1093,11 @@ fn logfiles_repr(logfiles: &[LogFile]) -> String {
 
 /// A number as Python prints the int or float it came from.
 fn py_num(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 { format!("{}", x as i64) } else { format!("{x}") }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{x}")
+    }
 }
 
 #[cfg(test)]
@@ -941,24 +1106,54 @@ mod tests {
 
     #[test]
     fn quoting_like_python() {
-        assert_eq!(shell_quote(&["echo".into(), "a b".into(), "".into(), "it's".into(), "x=1,y".into()]), "echo 'a b' \"\" 'it'\"'\"'s' x=1,y");
+        assert_eq!(
+            shell_quote(&[
+                "echo".into(),
+                "a b".into(),
+                "".into(),
+                "it's".into(),
+                "x=1,y".into()
+            ]),
+            "echo 'a b' \"\" 'it'\"'\"'s' x=1,y"
+        );
         assert_eq!(py_bytes("a'b"), "b\"a'b\"");
         assert_eq!(py_bytes("a\"'\n\\é"), "b'a\"\\'\\n\\\\\\xc3\\xa9'");
-        assert_eq!(py_list(&["python3".into(), "-c".into()]), "[b'python3', b'-c']");
+        assert_eq!(
+            py_list(&["python3".into(), "-c".into()]),
+            "[b'python3', b'-c']"
+        );
         assert_eq!(py_num(1200.0), "1200");
         assert_eq!(py_num(1.5), "1.5");
         let lf = vec![
-            LogFile { name: "a".into(), filename: "a.log".into(), follow: false },
-            LogFile { name: "b".into(), filename: "b.log".into(), follow: true },
+            LogFile {
+                name: "a".into(),
+                filename: "a.log".into(),
+                follow: false,
+            },
+            LogFile {
+                name: "b".into(),
+                filename: "b.log".into(),
+                follow: true,
+            },
         ];
-        assert_eq!(logfiles_repr(&lf), "{'a': 'a.log', 'b': {'filename': 'b.log', 'follow': True}}");
+        assert_eq!(
+            logfiles_repr(&lf),
+            "{'a': 'a.log', 'b': {'filename': 'b.log', 'follow': True}}"
+        );
         assert_eq!(logfiles_repr(&[]), "{}");
     }
 
     #[test]
     fn substitution() {
-        let w: BTreeMap<OsString, OsString> = [("HOME".into(), "/home/ci".into()), ("A_1".into(), "x".into())].into();
+        let w: BTreeMap<OsString, OsString> = [
+            ("HOME".into(), "/home/ci".into()),
+            ("A_1".into(), "x".into()),
+        ]
+        .into();
         assert_eq!(substitute("${HOME}/sub", &w), "/home/ci/sub");
-        assert_eq!(substitute("${A_1}${NOPE}-${}-$HOME-${bad-name}", &w), "x--$HOME-${bad-name}");
+        assert_eq!(
+            substitute("${A_1}${NOPE}-${}-$HOME-${bad-name}", &w),
+            "x--$HOME-${bad-name}"
+        );
     }
 }

@@ -63,7 +63,11 @@ async fn call(ctx: &CommandCtx, op: Op) -> Result<Value, CallError> {
 /// Sends the pending output if its `buffer_timeout` has passed (a long transfer
 /// must not hold its header back until the end).
 async fn flush_if_due(ctx: &mut CommandCtx) {
-    if ctx.out.deadline().is_some_and(|d| d <= tokio::time::Instant::now()) {
+    if ctx
+        .out
+        .deadline()
+        .is_some_and(|d| d <= tokio::time::Instant::now())
+    {
         ctx.out.flush().await;
     }
 }
@@ -84,7 +88,12 @@ fn truncated(path: &str) -> String {
 
 /// The end of every transfer: `rc`, the error text if any, and `elapsed` unless
 /// the command was interrupted (an interrupt at any point makes `rc` 1).
-async fn finish(ctx: &mut CommandCtx, mut rc: i64, stderr: Option<String>, result: Result<(), String>) -> Result<(), String> {
+async fn finish(
+    ctx: &mut CommandCtx,
+    mut rc: i64,
+    stderr: Option<String>,
+    result: Result<(), String>,
+) -> Result<(), String> {
     let was_interrupted = interrupted(ctx);
     if was_interrupted {
         rc = 1;
@@ -134,9 +143,24 @@ struct Upload<'a> {
 }
 
 /// Sends `file` in stop-and-wait chunks; `rc`/`stderr` are set when `maxsize` cuts it short.
-async fn send_chunks(ctx: &mut CommandCtx, file: &mut tokio::fs::File, up: &Upload<'_>, rc: &mut i64, stderr: &mut Option<String>) -> Result<Sent, String> {
-    let Upload { path, blocksize, maxsize, directory } = *up;
-    let op_name = if directory { "update_upload_directory_write" } else { "update_upload_file_write" };
+async fn send_chunks(
+    ctx: &mut CommandCtx,
+    file: &mut tokio::fs::File,
+    up: &Upload<'_>,
+    rc: &mut i64,
+    stderr: &mut Option<String>,
+) -> Result<Sent, String> {
+    let Upload {
+        path,
+        blocksize,
+        maxsize,
+        directory,
+    } = *up;
+    let op_name = if directory {
+        "update_upload_directory_write"
+    } else {
+        "update_upload_file_write"
+    };
     let mut remaining = maxsize;
     loop {
         flush_if_due(ctx).await;
@@ -160,11 +184,17 @@ async fn send_chunks(ctx: &mut CommandCtx, file: &mut tokio::fs::File, up: &Uplo
             *r -= data.len() as u64;
         }
         let command_id = ctx.command_id.clone();
-        let op = if directory { Op::UploadDirectoryWrite { command_id, data } } else { Op::UploadFileWrite { command_id, data } };
+        let op = if directory {
+            Op::UploadDirectoryWrite { command_id, data }
+        } else {
+            Op::UploadFileWrite { command_id, data }
+        };
         match call(ctx, op).await {
             Ok(_) => {}
             Err(CallError::Closed) => return Err(lost(op_name)),
-            Err(CallError::Remote(text)) => return Ok(Sent::Refused(remote_failure(op_name, &text))),
+            Err(CallError::Remote(text)) => {
+                return Ok(Sent::Refused(remote_failure(op_name, &text)));
+            }
         }
     }
 }
@@ -204,18 +234,38 @@ pub async fn upload_file(ctx: &mut CommandCtx, args: UploadFileArgs) -> Result<(
     ctx.header(&format!("sending {path}\n")).await;
 
     let sent = match file.as_mut() {
-        Some(f) => send_chunks(ctx, f, &Upload { path: &path, blocksize: args.blocksize, maxsize: args.maxsize, directory: false }, &mut rc, &mut stderr).await?,
+        Some(f) => {
+            send_chunks(
+                ctx,
+                f,
+                &Upload {
+                    path: &path,
+                    blocksize: args.blocksize,
+                    maxsize: args.maxsize,
+                    directory: false,
+                },
+                &mut rc,
+                &mut stderr,
+            )
+            .await?
+        }
         None => Sent::Done,
     };
     drop(file);
-    let close = Op::UploadFileClose { command_id: ctx.command_id.clone() };
+    let close = Op::UploadFileClose {
+        command_id: ctx.command_id.clone(),
+    };
     let result = match sent {
         Sent::Done => match call(ctx, close).await {
             Err(CallError::Closed) => return Err(lost("update_upload_file_close")),
             Err(e) => Err(e.into_failure("update_upload_file_close")),
             Ok(_) => match times {
                 Some((access_time, modified_time)) if args.keepstamp && !interrupted(ctx) => {
-                    let op = Op::UploadFileUtime { command_id: ctx.command_id.clone(), access_time, modified_time };
+                    let op = Op::UploadFileUtime {
+                        command_id: ctx.command_id.clone(),
+                        access_time,
+                        modified_time,
+                    };
                     match call(ctx, op).await {
                         Err(CallError::Closed) => return Err(lost("update_upload_file_utime")),
                         // Buildbot 4.3's master always answers this one with an exception;
@@ -239,7 +289,10 @@ pub async fn upload_file(ctx: &mut CommandCtx, args: UploadFileArgs) -> Result<(
     finish(ctx, rc, stderr, result).await
 }
 
-pub async fn upload_directory(ctx: &mut CommandCtx, args: UploadDirectoryArgs) -> Result<(), String> {
+pub async fn upload_directory(
+    ctx: &mut CommandCtx,
+    args: UploadDirectoryArgs,
+) -> Result<(), String> {
     let path = args.path.clone();
     let root = PathBuf::from(&path);
     let compress = args.compress;
@@ -256,12 +309,31 @@ pub async fn upload_directory(ctx: &mut CommandCtx, args: UploadDirectoryArgs) -
 
     let mut rc = 0;
     let mut stderr = None;
-    let sent = send_chunks(ctx, &mut file, &Upload { path: &path, blocksize: args.blocksize, maxsize: args.maxsize, directory: true }, &mut rc, &mut stderr).await?;
+    let sent = send_chunks(
+        ctx,
+        &mut file,
+        &Upload {
+            path: &path,
+            blocksize: args.blocksize,
+            maxsize: args.maxsize,
+            directory: true,
+        },
+        &mut rc,
+        &mut stderr,
+    )
+    .await?;
     drop(file);
     let result = match sent {
         // A truncated or abandoned archive is not unpacked: the master would extract a broken tree.
         Sent::Done if rc != 0 || interrupted(ctx) => Ok(()),
-        Sent::Done => match call(ctx, Op::UploadDirectoryUnpack { command_id: ctx.command_id.clone() }).await {
+        Sent::Done => match call(
+            ctx,
+            Op::UploadDirectoryUnpack {
+                command_id: ctx.command_id.clone(),
+            },
+        )
+        .await
+        {
             Ok(_) => Ok(()),
             Err(CallError::Closed) => return Err(lost("update_upload_directory_unpack")),
             Err(e) => {
@@ -286,10 +358,17 @@ pub async fn download_file(ctx: &mut CommandCtx, args: DownloadFileArgs) -> Resu
     let mode = args.mode;
     let run_as = ctx.policy.run_as.clone();
     let opened = blocking(move || -> io::Result<std::fs::File> {
-        if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        if let Some(parent) = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
             super::fs::create_dirs_for_builds(parent, run_as.as_ref())?;
         }
-        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&p)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)?;
         if let Some(mode) = mode {
             set_mode(&p, mode)?;
         }
@@ -324,7 +403,10 @@ pub async fn download_file(ctx: &mut CommandCtx, args: DownloadFileArgs) -> Resu
                 stderr = Some(truncated(&path));
                 break;
             }
-            let op = Op::ReadFile { command_id: ctx.command_id.clone(), length };
+            let op = Op::ReadFile {
+                command_id: ctx.command_id.clone(),
+                length,
+            };
             let data = match call(ctx, op).await {
                 Err(CallError::Closed) => return Err(lost("update_read_file")),
                 Err(e) => {
@@ -338,7 +420,9 @@ pub async fn download_file(ctx: &mut CommandCtx, args: DownloadFileArgs) -> Resu
                 Ok(Value::String(s)) => s.into_bytes(),
                 Ok(other) => {
                     rc = 1;
-                    result = Err(format!("update_read_file: expected bytes from the master, got {other}"));
+                    result = Err(format!(
+                        "update_read_file: expected bytes from the master, got {other}"
+                    ));
                     break;
                 }
             };
@@ -347,7 +431,10 @@ pub async fn download_file(ctx: &mut CommandCtx, args: DownloadFileArgs) -> Resu
             }
             if data.len() as u64 > length {
                 rc = 1;
-                result = Err(format!("update_read_file: the master sent {} bytes, more than the {length} asked for", data.len()));
+                result = Err(format!(
+                    "update_read_file: the master sent {} bytes, more than the {length} asked for",
+                    data.len()
+                ));
                 break;
             }
             if let Some(r) = remaining.as_mut() {
@@ -368,10 +455,19 @@ pub async fn download_file(ctx: &mut CommandCtx, args: DownloadFileArgs) -> Resu
     }
     drop(file);
     // Sent on every path; a failure here is only logged, like Buildbot's worker does.
-    match call(ctx, Op::ReadFileClose { command_id: ctx.command_id.clone() }).await {
+    match call(
+        ctx,
+        Op::ReadFileClose {
+            command_id: ctx.command_id.clone(),
+        },
+    )
+    .await
+    {
         Ok(_) => {}
         Err(CallError::Closed) => return Err(lost("update_read_file_close")),
-        Err(CallError::Remote(text)) => tracing::warn!(command_id = %ctx.command_id, "update_read_file_close failed: {text}"),
+        Err(CallError::Remote(text)) => {
+            tracing::warn!(command_id = %ctx.command_id, "update_read_file_close failed: {text}")
+        }
     }
     finish(ctx, rc, stderr, result).await
 }
@@ -410,10 +506,16 @@ fn temp_file() -> io::Result<(std::fs::File, TempGuard)> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir();
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     for _ in 0..1000 {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("kiln-transfer-{}-{n}-{nanos:x}.tar", std::process::id()));
+        let path = dir.join(format!(
+            "kiln-transfer-{}-{n}-{nanos:x}.tar",
+            std::process::id()
+        ));
         let mut options = std::fs::OpenOptions::new();
         options.read(true).write(true).create_new(true);
         #[cfg(unix)]
@@ -429,7 +531,10 @@ fn temp_file() -> io::Result<(std::fs::File, TempGuard)> {
             Err(e) => return Err(e),
         }
     }
-    Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free name for a temporary file"))
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free name for a temporary file",
+    ))
 }
 
 /// Counts the bytes of the uncompressed tar stream, to pad it to whole records.
@@ -488,7 +593,10 @@ fn not_a_directory() -> io::Error {
 /// children and names sorted (as Python's `tarfile.add` walks), symlinks stored as
 /// links, then the end-of-archive blocks and zero padding to a whole record.
 fn write_tar<W: Write>(root: &Path, out: W) -> Result<W, String> {
-    let mut builder = tar::Builder::new(Counting { inner: out, count: 0 });
+    let mut builder = tar::Builder::new(Counting {
+        inner: out,
+        count: 0,
+    });
     // The directory itself comes first (Python's tarfile names it ''; we write "./"),
     // so an empty directory still arrives, with its mode.
     let meta = std::fs::symlink_metadata(root).map_err(|e| python_oserror(&e, root))?;
@@ -501,17 +609,29 @@ fn write_tar<W: Write>(root: &Path, out: W) -> Result<W, String> {
     // tar's path setter drops "." components, so the name is written directly.
     header.as_old_mut().name[..2].copy_from_slice(b"./");
     header.set_cksum();
-    builder.append(&header, io::empty()).map_err(|e| python_oserror(&e, root))?;
+    builder
+        .append(&header, io::empty())
+        .map_err(|e| python_oserror(&e, root))?;
     add_children(&mut builder, root, Path::new(""))?;
     let mut counting = builder.into_inner().map_err(|e| e.to_string())?;
     let pad = (RECORD_SIZE - counting.count % RECORD_SIZE) % RECORD_SIZE;
-    counting.write_all(&vec![0u8; pad as usize]).map_err(|e| e.to_string())?;
+    counting
+        .write_all(&vec![0u8; pad as usize])
+        .map_err(|e| e.to_string())?;
     Ok(counting.inner)
 }
 
-fn add_children<W: Write>(builder: &mut tar::Builder<W>, dir: &Path, rel: &Path) -> Result<(), String> {
+fn add_children<W: Write>(
+    builder: &mut tar::Builder<W>,
+    dir: &Path,
+    rel: &Path,
+) -> Result<(), String> {
     let mut names = std::fs::read_dir(dir)
-        .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect::<io::Result<Vec<_>>>())
+        .and_then(|entries| {
+            entries
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<io::Result<Vec<_>>>()
+        })
         .map_err(|e| python_oserror(&e, dir))?;
     names.sort();
     for name in names {
@@ -528,18 +648,27 @@ fn add_children<W: Write>(builder: &mut tar::Builder<W>, dir: &Path, rel: &Path)
             let target = std::fs::read_link(&full).map_err(fail)?;
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_size(0);
-            builder.append_link(&mut header, &name_in_tar, &target).map_err(fail)?;
+            builder
+                .append_link(&mut header, &name_in_tar, &target)
+                .map_err(fail)?;
         } else if kind.is_dir() {
             header.set_entry_type(tar::EntryType::Directory);
             header.set_size(0);
-            builder.append_data(&mut header, &name_in_tar, io::empty()).map_err(fail)?;
+            builder
+                .append_data(&mut header, &name_in_tar, io::empty())
+                .map_err(fail)?;
             add_children(builder, &full, &name_in_tar)?;
         } else if kind.is_file() {
             let file = std::fs::File::open(&full).map_err(fail)?;
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(meta.len());
-            let exact = Exact { inner: file.take(meta.len()), left: meta.len() };
-            builder.append_data(&mut header, &name_in_tar, exact).map_err(fail)?;
+            let exact = Exact {
+                inner: file.take(meta.len()),
+                left: meta.len(),
+            };
+            builder
+                .append_data(&mut header, &name_in_tar, exact)
+                .map_err(fail)?;
         }
         // Sockets, FIFOs and devices are left out: the master's `data` filter refuses them.
     }
@@ -560,7 +689,10 @@ impl<R: Read> Read for Exact<R> {
         }
         let n = self.inner.read(buf)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "unexpected end of data"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "unexpected end of data",
+            ));
         }
         self.left -= n as u64;
         Ok(n)

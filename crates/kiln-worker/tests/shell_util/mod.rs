@@ -41,27 +41,75 @@ impl Collected {
     }
 
     pub fn stdout(&self) -> String {
-        self.text(|i| if let UpdateItem::Stdout(l) = i { Some(l) } else { None })
+        self.text(|i| {
+            if let UpdateItem::Stdout(l) = i {
+                Some(l)
+            } else {
+                None
+            }
+        })
     }
     pub fn stderr(&self) -> String {
-        self.text(|i| if let UpdateItem::Stderr(l) = i { Some(l) } else { None })
+        self.text(|i| {
+            if let UpdateItem::Stderr(l) = i {
+                Some(l)
+            } else {
+                None
+            }
+        })
     }
     pub fn header(&self) -> String {
-        self.text(|i| if let UpdateItem::Header(l) = i { Some(l) } else { None })
+        self.text(|i| {
+            if let UpdateItem::Header(l) = i {
+                Some(l)
+            } else {
+                None
+            }
+        })
     }
     pub fn log(&self, name: &str) -> String {
-        self.text(|i| if let UpdateItem::Log(n, l) = i && n == name { Some(l) } else { None })
+        self.text(|i| {
+            if let UpdateItem::Log(n, l) = i
+                && n == name
+            {
+                Some(l)
+            } else {
+                None
+            }
+        })
     }
     pub fn rc(&self) -> Option<i64> {
-        let rcs: Vec<i64> = self.items().iter().filter_map(|i| if let UpdateItem::Rc(rc) = i { Some(*rc) } else { None }).collect();
+        let rcs: Vec<i64> = self
+            .items()
+            .iter()
+            .filter_map(|i| {
+                if let UpdateItem::Rc(rc) = i {
+                    Some(*rc)
+                } else {
+                    None
+                }
+            })
+            .collect();
         assert!(rcs.len() <= 1, "more than one rc: {rcs:?}");
         rcs.first().copied()
     }
     pub fn elapsed(&self) -> Option<f64> {
-        self.items().iter().find_map(|i| if let UpdateItem::Elapsed(e) = i { Some(*e) } else { None })
+        self.items().iter().find_map(|i| {
+            if let UpdateItem::Elapsed(e) = i {
+                Some(*e)
+            } else {
+                None
+            }
+        })
     }
     pub fn failure_reason(&self) -> Option<String> {
-        self.items().iter().find_map(|i| if let UpdateItem::FailureReason(r) = i { Some(r.clone()) } else { None })
+        self.items().iter().find_map(|i| {
+            if let UpdateItem::FailureReason(r) = i {
+                Some(r.clone())
+            } else {
+                None
+            }
+        })
     }
     /// The one `complete`: `None` = success (nil args), `Some(text)` = failure.
     pub fn complete(&self) -> Option<String> {
@@ -78,7 +126,13 @@ impl Collected {
 /// Positions and times of a line-triple are consistent with its text.
 pub fn check_lines(l: &Lines) {
     assert!(l.text.ends_with('\n'), "partial line sent: {:?}", l.text);
-    let expect: Vec<u32> = l.text.chars().enumerate().filter(|(_, c)| *c == '\n').map(|(i, _)| i as u32).collect();
+    let expect: Vec<u32> = l
+        .text
+        .chars()
+        .enumerate()
+        .filter(|(_, c)| *c == '\n')
+        .map(|(i, _)| i as u32)
+        .collect();
     assert_eq!(l.newlines, expect, "newline positions of {:?}", l.text);
     assert_eq!(l.times.len(), l.newlines.len());
     assert!(l.times.iter().all(|t| *t > 1.6e9), "times are Unix times");
@@ -99,9 +153,15 @@ impl Run {
     pub fn new(basedir: &Path) -> Run {
         kiln_worker::commands::process::init_process_control();
         // Quick flushes so tests can react to output.
-        let settings = WorkerSettings { buffer_timeout: 0.05, ..WorkerSettings::default() };
+        let settings = WorkerSettings {
+            buffer_timeout: 0.05,
+            ..WorkerSettings::default()
+        };
         Run {
-            policy: ExecPolicy { allow_root: true, ..ExecPolicy::default() },
+            policy: ExecPolicy {
+                allow_root: true,
+                ..ExecPolicy::default()
+            },
             settings,
             basedir: basedir.to_path_buf(),
             interrupt_on: None,
@@ -118,7 +178,12 @@ impl Run {
         let (handle, interrupt) = Interrupt::new();
         let ctx = CommandCtx {
             command_id: "7".into(),
-            out: Output::new("7".into(), link.clone(), self.settings.buffer_size, self.settings.buffer_timeout),
+            out: Output::new(
+                "7".into(),
+                link.clone(),
+                self.settings.buffer_size,
+                self.settings.buffer_timeout,
+            ),
             link,
             settings: self.settings.clone(),
             policy: Arc::new(self.policy.clone()),
@@ -138,7 +203,10 @@ impl Run {
         let mut seen = String::new();
         while let Some(msg) = rx.recv().await {
             match msg {
-                Outgoing::Request { op: Op::Update { command_id, items }, .. } => {
+                Outgoing::Request {
+                    op: Op::Update { command_id, items },
+                    ..
+                } => {
                     assert_eq!(command_id, "7");
                     if !c.completes.is_empty() {
                         c.after_complete += 1;
@@ -155,7 +223,14 @@ impl Run {
                         handle.interrupt("test interrupt");
                     }
                 }
-                Outgoing::Request { op: Op::Complete { command_id, failure }, .. } => {
+                Outgoing::Request {
+                    op:
+                        Op::Complete {
+                            command_id,
+                            failure,
+                        },
+                    ..
+                } => {
                     assert_eq!(command_id, "7");
                     if !c.completes.is_empty() {
                         c.after_complete += 1;
@@ -170,13 +245,20 @@ impl Run {
     }
 
     pub async fn shell(self, args: &[(&str, Value)]) -> Collected {
-        self.command("shell", Args::from_pairs(args.iter().map(|(k, v)| (*k, v.clone())))).await
+        self.command(
+            "shell",
+            Args::from_pairs(args.iter().map(|(k, v)| (*k, v.clone()))),
+        )
+        .await
     }
 }
 
 /// Standard shell args: `command` plus a workdir under `dir`.
 pub fn sh(dir: &Path, command: &str) -> Vec<(&'static str, Value)> {
-    vec![("command", Value::from(command)), ("workdir", Value::from(dir.join("build").to_str().unwrap()))]
+    vec![
+        ("command", Value::from(command)),
+        ("workdir", Value::from(dir.join("build").to_str().unwrap())),
+    ]
 }
 
 pub fn argv(items: &[&str]) -> Value {
@@ -184,7 +266,12 @@ pub fn argv(items: &[&str]) -> Value {
 }
 
 pub fn map(pairs: &[(&str, Value)]) -> Value {
-    Value::Map(pairs.iter().map(|(k, v)| (Value::from(*k), v.clone())).collect())
+    Value::Map(
+        pairs
+            .iter()
+            .map(|(k, v)| (Value::from(*k), v.clone()))
+            .collect(),
+    )
 }
 
 /// Pids of live (non-zombie) processes whose command line contains `marker`.
@@ -192,13 +279,25 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
         if pid == me {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')).unwrap_or(true);
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true);
         if cmdline.contains(marker) && !zombie {
             found.push(pid);
         }

@@ -75,8 +75,15 @@ impl Recorded {
                 _ => None,
             })
             .collect();
-        assert!(completes.len() <= 1, "more than one complete: {completes:?}");
-        if let Some(pos) = self.ops.iter().position(|op| matches!(op, Op::Complete { .. })) {
+        assert!(
+            completes.len() <= 1,
+            "more than one complete: {completes:?}"
+        );
+        if let Some(pos) = self
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::Complete { .. }))
+        {
             assert_eq!(pos, self.ops.len() - 1, "complete is the last message");
         }
         completes.into_iter().next()
@@ -95,7 +102,9 @@ impl Recorded {
             .iter()
             .filter(|i| i.key() == key)
             .map(|i| match i {
-                UpdateItem::Header(l) | UpdateItem::Stderr(l) | UpdateItem::Stdout(l) => l.text.clone(),
+                UpdateItem::Header(l) | UpdateItem::Stderr(l) | UpdateItem::Stdout(l) => {
+                    l.text.clone()
+                }
                 other => panic!("{other:?} is not a line item"),
             })
             .collect()
@@ -103,7 +112,11 @@ impl Recorded {
 
     /// The names of the transfer requests (everything but `update`/`complete`), in order.
     pub fn transfer_ops(&self) -> Vec<String> {
-        self.ops.iter().filter(|op| !matches!(op, Op::Update { .. } | Op::Complete { .. })).map(|op| op.name().to_owned()).collect()
+        self.ops
+            .iter()
+            .filter(|op| !matches!(op, Op::Update { .. } | Op::Complete { .. }))
+            .map(|op| op.name().to_owned())
+            .collect()
     }
 
     pub fn files(&self) -> Option<Vec<String>> {
@@ -123,14 +136,34 @@ impl Recorded {
     /// Asserts the usual ending: `rc` then `elapsed`, each exactly once.
     pub fn assert_rc_then_elapsed(&self, rc: i64) {
         let items = self.items();
-        let rcs: Vec<_> = items.iter().filter(|i| matches!(i, UpdateItem::Rc(_))).collect();
-        assert_eq!(rcs, vec![&UpdateItem::Rc(rc)], "exactly one rc {rc}: {items:?}");
-        let elapsed: Vec<_> = items.iter().filter(|i| matches!(i, UpdateItem::Elapsed(_))).collect();
+        let rcs: Vec<_> = items
+            .iter()
+            .filter(|i| matches!(i, UpdateItem::Rc(_)))
+            .collect();
+        assert_eq!(
+            rcs,
+            vec![&UpdateItem::Rc(rc)],
+            "exactly one rc {rc}: {items:?}"
+        );
+        let elapsed: Vec<_> = items
+            .iter()
+            .filter(|i| matches!(i, UpdateItem::Elapsed(_)))
+            .collect();
         assert_eq!(elapsed.len(), 1, "exactly one elapsed: {items:?}");
-        let rc_at = items.iter().position(|i| matches!(i, UpdateItem::Rc(_))).unwrap();
-        let elapsed_at = items.iter().position(|i| matches!(i, UpdateItem::Elapsed(_))).unwrap();
+        let rc_at = items
+            .iter()
+            .position(|i| matches!(i, UpdateItem::Rc(_)))
+            .unwrap();
+        let elapsed_at = items
+            .iter()
+            .position(|i| matches!(i, UpdateItem::Elapsed(_)))
+            .unwrap();
         assert!(rc_at < elapsed_at, "rc comes before elapsed: {items:?}");
-        assert_eq!(elapsed_at, items.len() - 1, "elapsed is the last item: {items:?}");
+        assert_eq!(
+            elapsed_at,
+            items.len() - 1,
+            "elapsed is the last item: {items:?}"
+        );
     }
 }
 
@@ -139,7 +172,12 @@ pub fn make_ctx() -> (CommandCtx, mpsc::Receiver<Outgoing>, InterruptHandle) {
     let (link, rx) = MasterLink::channel(16);
     let (handle, interrupt) = Interrupt::new();
     let settings = WorkerSettings::default();
-    let out = Output::new(COMMAND_ID.into(), link.clone(), settings.buffer_size, settings.buffer_timeout);
+    let out = Output::new(
+        COMMAND_ID.into(),
+        link.clone(),
+        settings.buffer_size,
+        settings.buffer_timeout,
+    );
     let ctx = CommandCtx {
         command_id: COMMAND_ID.into(),
         link,
@@ -163,25 +201,37 @@ pub async fn run_command(name: &str, args: Args, script: Script) -> Recorded {
     };
     let task = tokio::spawn(commands::run(ctx, prepared));
     let recorded = play_master(rx, handle, script).await;
-    tokio::time::timeout(std::time::Duration::from_secs(30), task).await.expect("command ends").expect("command task");
+    tokio::time::timeout(std::time::Duration::from_secs(30), task)
+        .await
+        .expect("command ends")
+        .expect("command task");
     recorded
 }
 
 /// Answers the command's requests per `script` until the link closes (or the script drops it).
-pub async fn play_master(mut rx: mpsc::Receiver<Outgoing>, handle: InterruptHandle, mut script: Script) -> Recorded {
+pub async fn play_master(
+    mut rx: mpsc::Receiver<Outgoing>,
+    handle: InterruptHandle,
+    mut script: Script,
+) -> Recorded {
     let mut rec = Recorded::default();
     let mut transfers = 0usize;
     loop {
-        let item = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv()).await.expect("the command keeps talking or ends");
+        let item = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+            .await
+            .expect("the command keeps talking or ends");
         let Some(item) = item else { break };
-        let Outgoing::Request { op, reply } = item else { panic!("a command never answers requests") };
+        let Outgoing::Request { op, reply } = item else {
+            panic!("a command never answers requests")
+        };
         let answer = match &op {
             Op::Update { command_id, .. } | Op::Complete { command_id, .. } => {
                 assert_eq!(command_id, COMMAND_ID);
                 assert!(reply.is_none(), "{} is fire-and-forget", op.name());
                 None
             }
-            Op::UploadFileWrite { command_id, data } | Op::UploadDirectoryWrite { command_id, data } => {
+            Op::UploadFileWrite { command_id, data }
+            | Op::UploadDirectoryWrite { command_id, data } => {
                 assert_eq!(command_id, COMMAND_ID);
                 assert!(!data.is_empty(), "no empty chunks");
                 let index = rec.chunks.len();
@@ -200,7 +250,10 @@ pub async fn play_master(mut rx: mpsc::Receiver<Outgoing>, handle: InterruptHand
                 transfers += 1;
                 match &script.read_error {
                     Some(e) => Some(Response::error(0, e.clone())),
-                    None => Some(Response::with_result(0, script.download.pop_front().unwrap_or(Value::Nil))),
+                    None => Some(Response::with_result(
+                        0,
+                        script.download.pop_front().unwrap_or(Value::Nil),
+                    )),
                 }
             }
             Op::UploadFileUtime { .. } => Some(match &script.utime_error {
@@ -214,7 +267,10 @@ pub async fn play_master(mut rx: mpsc::Receiver<Outgoing>, handle: InterruptHand
             Op::UploadFileClose { .. } | Op::ReadFileClose { .. } => Some(Response::ok(0)),
             other => panic!("a worker does not send {other:?}"),
         };
-        let is_transfer = matches!(op, Op::UploadFileWrite { .. } | Op::UploadDirectoryWrite { .. } | Op::ReadFile { .. });
+        let is_transfer = matches!(
+            op,
+            Op::UploadFileWrite { .. } | Op::UploadDirectoryWrite { .. } | Op::ReadFile { .. }
+        );
         rec.ops.push(op);
         if is_transfer && script.close_after == Some(transfers) {
             break; // dropping `rx` (and `reply`) is the lost connection
@@ -254,7 +310,16 @@ pub fn bytes(n: usize, seed: u32) -> Vec<u8> {
 
 /// Runs `python3 -c <script> <args…>` and returns its stdout; panics with its stderr on failure.
 pub fn python(script: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("python3").arg("-c").arg(script).args(args).output().expect("python3 runs (it is needed for these tests)");
-    assert!(out.status.success(), "python3 failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs (it is needed for these tests)");
+    assert!(
+        out.status.success(),
+        "python3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8 output")
 }

@@ -83,25 +83,50 @@ impl RunAs {
 
 impl ExecPolicy {
     /// A policy; `run_as` is looked up now so a typo fails at start, not at the first build.
-    pub fn new(run_as: Option<&str>, allow_root: bool, sandbox: Option<Sandbox>, limits: Limits) -> Result<ExecPolicy, String> {
+    pub fn new(
+        run_as: Option<&str>,
+        allow_root: bool,
+        sandbox: Option<Sandbox>,
+        limits: Limits,
+    ) -> Result<ExecPolicy, String> {
         let run_as = run_as.map(RunAs::lookup).transpose()?;
-        Ok(ExecPolicy { run_as, allow_root, sandbox, limits })
+        Ok(ExecPolicy {
+            run_as,
+            allow_root,
+            sandbox,
+            limits,
+        })
     }
 
     /// The policy a worker configuration asks for (`sandbox`: `"bwrap"`, `"none"` or unset).
     pub fn from_config(config: &WorkerConfig) -> Result<ExecPolicy, String> {
         let sandbox = match config.sandbox.as_deref() {
             None | Some("") | Some("none") => None,
-            Some("bwrap") => Some(Sandbox::Bwrap { network: config.sandbox_network }),
-            Some(other) => return Err(format!("unknown sandbox {other:?} (expected \"bwrap\" or \"none\")")),
+            Some("bwrap") => Some(Sandbox::Bwrap {
+                network: config.sandbox_network,
+            }),
+            Some(other) => {
+                return Err(format!(
+                    "unknown sandbox {other:?} (expected \"bwrap\" or \"none\")"
+                ));
+            }
         };
-        ExecPolicy::new(config.run_as.as_deref(), config.allow_root, sandbox, config.limits.clone())
+        ExecPolicy::new(
+            config.run_as.as_deref(),
+            config.allow_root,
+            sandbox,
+            config.limits.clone(),
+        )
     }
 
     /// `Err` (with the text for the build log) when build processes may not run:
     /// the worker is root and neither `run_as` nor `allow_root` is set.
     pub fn check(&self) -> Result<(), &'static str> {
-        if sys::running_as_root() && self.run_as.is_none() && !self.allow_root { Err(ROOT_REFUSAL) } else { Ok(()) }
+        if sys::running_as_root() && self.run_as.is_none() && !self.allow_root {
+            Err(ROOT_REFUSAL)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -144,11 +169,24 @@ pub fn builder_dir(basedir: &Path, workdir: &Path) -> PathBuf {
 /// working directory. `/tmp` is a private tmpfs, mounted before the bind so a
 /// builder directory under `/tmp` stays visible.
 pub fn bwrap_argv(network: bool, dir: &Path, cwd: &Path, argv: &[OsString]) -> Vec<OsString> {
-    let mut v: Vec<OsString> = ["bwrap", "--die-with-parent", "--unshare-all"].map(OsString::from).into();
+    let mut v: Vec<OsString> = ["bwrap", "--die-with-parent", "--unshare-all"]
+        .map(OsString::from)
+        .into();
     if network {
         v.push("--share-net".into());
     }
-    for a in ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--bind"] {
+    for a in [
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+    ] {
         v.push(a.into());
     }
     v.push(dir.into());
@@ -167,10 +205,22 @@ mod tests {
     #[test]
     fn builder_dir_is_the_first_component_under_basedir() {
         let base = Path::new("/srv/worker");
-        assert_eq!(builder_dir(base, Path::new("/srv/worker/b1/build")), PathBuf::from("/srv/worker/b1"));
-        assert_eq!(builder_dir(base, Path::new("/srv/worker/b1")), PathBuf::from("/srv/worker/b1"));
-        assert_eq!(builder_dir(base, Path::new("/elsewhere/x")), PathBuf::from("/elsewhere/x"));
-        assert_eq!(builder_dir(base, Path::new("/srv/worker")), PathBuf::from("/srv/worker"));
+        assert_eq!(
+            builder_dir(base, Path::new("/srv/worker/b1/build")),
+            PathBuf::from("/srv/worker/b1")
+        );
+        assert_eq!(
+            builder_dir(base, Path::new("/srv/worker/b1")),
+            PathBuf::from("/srv/worker/b1")
+        );
+        assert_eq!(
+            builder_dir(base, Path::new("/elsewhere/x")),
+            PathBuf::from("/elsewhere/x")
+        );
+        assert_eq!(
+            builder_dir(base, Path::new("/srv/worker")),
+            PathBuf::from("/srv/worker")
+        );
     }
 
     #[test]
@@ -181,6 +231,10 @@ mod tests {
             s.join(" "),
             "bwrap --die-with-parent --unshare-all --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --bind /b /b --chdir /b/w -- ls"
         );
-        assert!(bwrap_argv(true, Path::new("/b"), Path::new("/b"), &[]).iter().any(|a| a == "--share-net"));
+        assert!(
+            bwrap_argv(true, Path::new("/b"), Path::new("/b"), &[])
+                .iter()
+                .any(|a| a == "--share-net")
+        );
     }
 }

@@ -3,10 +3,10 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +35,11 @@ impl KillSignal {
             return Signal::try_from(n).ok().map(KillSignal);
         }
         let upper = name.to_ascii_uppercase();
-        let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
         Signal::from_str(&full).ok().map(KillSignal)
     }
 
@@ -55,7 +59,9 @@ pub(super) fn lookup_user(name: &str) -> Result<RunAs, String> {
         Ok(uid) => User::from_uid(Uid::from_raw(uid)),
         Err(_) => User::from_name(name),
     };
-    let user = found.map_err(|e| format!("cannot look up user {name:?}: {e}"))?.ok_or_else(|| format!("no such user: {name:?}"))?;
+    let user = found
+        .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
+        .ok_or_else(|| format!("no such user: {name:?}"))?;
     let gid = user.gid.as_raw();
     #[cfg(not(any(target_os = "macos", target_os = "ios")))]
     let groups = {
@@ -68,7 +74,12 @@ pub(super) fn lookup_user(name: &str) -> Result<RunAs, String> {
     };
     #[cfg(any(target_os = "macos", target_os = "ios"))]
     let groups = vec![gid];
-    Ok(RunAs { name: user.name, uid: user.uid.as_raw(), gid, groups })
+    Ok(RunAs {
+        name: user.name,
+        uid: user.uid.as_raw(),
+        gid,
+        groups,
+    })
 }
 
 /// Processes this worker spawned (owned by tokio: never reaped here), processes of
@@ -81,8 +92,13 @@ struct Registry {
     pgids: VecDeque<i32>,
 }
 
-static REGISTRY: LazyLock<Mutex<Registry>> =
-    LazyLock::new(|| Mutex::new(Registry { spawned: HashSet::new(), adopted: HashMap::new(), pgids: VecDeque::new() }));
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
+    Mutex::new(Registry {
+        spawned: HashSet::new(),
+        adopted: HashMap::new(),
+        pgids: VecDeque::new(),
+    })
+});
 static COOKIE_PREFIX: OnceLock<String> = OnceLock::new();
 static COOKIE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -101,7 +117,10 @@ fn registry() -> MutexGuard<'static, Registry> {
 /// Unique to this worker process: pid and start time.
 fn cookie_prefix() -> &'static str {
     COOKIE_PREFIX.get_or_init(|| {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         format!("{:x}{:x}", std::process::id(), nanos)
     })
 }
@@ -154,7 +173,9 @@ impl OutputReader {
             OutputReader::Stderr(r) => r.read(buf).await,
             OutputReader::Pty(fd) => loop {
                 let mut guard = fd.readable().await?;
-                match guard.try_io(|inner| nix::unistd::read(inner.get_ref(), buf).map_err(io::Error::from)) {
+                match guard.try_io(|inner| {
+                    nix::unistd::read(inner.get_ref(), buf).map_err(io::Error::from)
+                }) {
                     Ok(Ok(n)) => return Ok(n),
                     Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
                     Ok(Err(e)) => return Err(e),
@@ -176,7 +197,10 @@ struct ChildLimits {
 
 impl ChildLimits {
     fn any(&self) -> bool {
-        self.memory.is_some() || self.processes.is_some() || self.open_files.is_some() || self.cpu.is_some()
+        self.memory.is_some()
+            || self.processes.is_some()
+            || self.open_files.is_some()
+            || self.cpu.is_some()
     }
 }
 
@@ -189,7 +213,11 @@ fn resolve_program(program: &OsStr, env: &[(OsString, OsString)]) -> Option<Path
     if program.is_empty() || program.as_bytes().contains(&b'/') {
         return None;
     }
-    let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v)?;
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v)?;
     for dir in path.as_bytes().split(|b| *b == b':') {
         if dir.first() != Some(&b'/') {
             return None;
@@ -204,11 +232,15 @@ fn resolve_program(program: &OsStr, env: &[(OsString, OsString)]) -> Option<Path
 
 fn is_executable_file(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::metadata(path) else { return false };
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
         return false;
     }
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: access reads a NUL-terminated path.
     unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
 }
@@ -218,10 +250,17 @@ macro_rules! capped {
     ($resource:expr, $want:expr) => {{
         $want.map(|want: u64| {
             let want = want as libc::rlim_t;
-            let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            let mut cur = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
             // SAFETY: getrlimit writes into a valid rlimit.
             let ok = unsafe { libc::getrlimit($resource, &mut cur) } == 0;
-            if ok && cur.rlim_max != libc::RLIM_INFINITY { want.min(cur.rlim_max) } else { want }
+            if ok && cur.rlim_max != libc::RLIM_INFINITY {
+                want.min(cur.rlim_max)
+            } else {
+                want
+            }
         })
     }};
 }
@@ -238,7 +277,11 @@ struct Ids {
 /// no allocation, no locks.
 fn child_setup(pty: bool, limits: &ChildLimits, ids: Option<&Ids>) -> io::Result<()> {
     fn check(r: libc::c_int) -> io::Result<()> {
-        if r == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        if r == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
     // SAFETY: plain system calls on values prepared before the fork.
     unsafe {
@@ -247,7 +290,10 @@ fn child_setup(pty: bool, limits: &ChildLimits, ids: Option<&Ids>) -> io::Result
             check(libc::setsid() as libc::c_int)?;
             check(libc::ioctl(0, libc::TIOCSCTTY as _, 0))?;
         }
-        let set = |v: libc::rlim_t| libc::rlimit { rlim_cur: v, rlim_max: v };
+        let set = |v: libc::rlim_t| libc::rlimit {
+            rlim_cur: v,
+            rlim_max: v,
+        };
         if let Some(v) = limits.memory {
             check(libc::setrlimit(libc::RLIMIT_AS, &set(v)))?;
         }
@@ -281,7 +327,11 @@ fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
         grantpt(&master)?;
         unlockpt(&master)?;
         let name = ptsname_r(&master)?;
-        let slave = nix::fcntl::open(name.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+        let slave = nix::fcntl::open(
+            name.as_str(),
+            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
         (OwnedFd::from(master), slave)
     };
     #[cfg(not(target_os = "linux"))]
@@ -292,10 +342,19 @@ fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
         }
         (pty.master, pty.slave)
     };
-    let ws = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
     unsafe {
-        libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&slave), libc::TIOCSWINSZ as _, &ws);
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&slave),
+            libc::TIOCSWINSZ as _,
+            &ws,
+        );
     }
     let flags = OFlag::from_bits_truncate(fcntl(&master, FcntlArg::F_GETFL)?);
     fcntl(&master, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
@@ -309,13 +368,27 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
     if spec.argv.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
     }
-    let cookie = format!("{}-{}", cookie_prefix(), COOKIE_COUNTER.fetch_add(1, Ordering::Relaxed));
+    let cookie = format!(
+        "{}-{}",
+        cookie_prefix(),
+        COOKIE_COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
     let argv: Vec<OsString> = match (&policy.sandbox, &spec.sandbox_dir) {
-        (Some(Sandbox::Bwrap { network }), Some(dir)) => bwrap_argv(*network, dir, &spec.cwd, &spec.argv),
+        (Some(Sandbox::Bwrap { network }), Some(dir)) => {
+            bwrap_argv(*network, dir, &spec.cwd, &spec.argv)
+        }
         _ => spec.argv.clone(),
     };
     let euid = nix::unistd::geteuid().as_raw();
-    let ids = policy.run_as.as_ref().filter(|r| r.uid != euid).map(|r| Ids { uid: r.uid, gid: r.gid, groups: r.groups.clone() });
+    let ids = policy
+        .run_as
+        .as_ref()
+        .filter(|r| r.uid != euid)
+        .map(|r| Ids {
+            uid: r.uid,
+            gid: r.gid,
+            groups: r.groups.clone(),
+        });
     let limits = ChildLimits {
         memory: capped!(libc::RLIMIT_AS, policy.limits.memory),
         processes: capped!(libc::RLIMIT_NPROC, policy.limits.processes),
@@ -326,7 +399,11 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
     // posix_spawn (a vfork: no copy of the worker's page tables), which std does
     // only for a program given by path: look it up in the child's PATH here.
     let setup = spec.use_pty || ids.is_some() || limits.any();
-    let resolved = if setup { None } else { resolve_program(&argv[0], &spec.env) };
+    let resolved = if setup {
+        None
+    } else {
+        resolve_program(&argv[0], &spec.env)
+    };
 
     let mut pty_master = None;
     let mut pty_slave = None;
@@ -340,15 +417,26 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
         if program != argv[0].as_os_str() {
             cmd.arg0(&argv[0]);
         }
-        cmd.args(&argv[1..]).current_dir(&spec.cwd).env_clear().kill_on_drop(true);
+        cmd.args(&argv[1..])
+            .current_dir(&spec.cwd)
+            .env_clear()
+            .kill_on_drop(true);
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
         cmd.env(COOKIE_VAR, &cookie);
         if let Some(slave) = &pty_slave {
-            cmd.stdin(Stdio::from(slave.try_clone()?)).stdout(Stdio::from(slave.try_clone()?)).stderr(Stdio::from(slave.try_clone()?));
+            cmd.stdin(Stdio::from(slave.try_clone()?))
+                .stdout(Stdio::from(slave.try_clone()?))
+                .stderr(Stdio::from(slave.try_clone()?));
         } else {
-            cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+            cmd.stdin(if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
             cmd.process_group(0);
         }
         if setup {
@@ -370,7 +458,11 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
         remember_group(&mut reg, pid);
         Ok(child)
     };
-    let mut cmd = command(resolved.as_ref().map_or(argv[0].as_os_str(), |p| p.as_os_str()))?;
+    let mut cmd = command(
+        resolved
+            .as_ref()
+            .map_or(argv[0].as_os_str(), |p| p.as_os_str()),
+    )?;
     let mut child = match start(&mut cmd) {
         // posix_spawn does not run a script without `#!` through /bin/sh as
         // execvp does: let execvp have it.
@@ -387,27 +479,48 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
     drop(pty_slave);
     drop(cmd); // closes our copies of the PTY slave
     let pid = child.id().expect("not yet waited for") as i32;
-    let tree = ProcessTree { pid, cookie, known: HashMap::new(), reaped: false, done: false };
+    let tree = ProcessTree {
+        pid,
+        cookie,
+        known: HashMap::new(),
+        reaped: false,
+        done: false,
+    };
     let (stdout, stderr) = match pty_master {
         Some(master) => {
             // Nobody will type: an end-of-file at the start of the line makes a
             // reader of the terminal see EOF instead of waiting for ever.
             let _ = nix::unistd::write(&master, b"\x04");
             // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same until dropped.
-            let fd = unsafe { AsyncFd::register_with_interest(master, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+            let fd =
+                unsafe { AsyncFd::register_with_interest(master, tokio::io::Interest::READABLE) }
+                    .map_err(|e| e.into_parts().1)?;
             (Some(OutputReader::Pty(fd)), None)
         }
-        None => (child.stdout.take().map(OutputReader::Stdout), child.stderr.take().map(OutputReader::Stderr)),
+        None => (
+            child.stdout.take().map(OutputReader::Stdout),
+            child.stderr.take().map(OutputReader::Stderr),
+        ),
     };
     let stdin = child.stdin.take();
-    Ok(Spawned { child, stdin, stdout, stderr, tree })
+    Ok(Spawned {
+        child,
+        stdin,
+        stdout,
+        stderr,
+        tree,
+    })
 }
 
 /// The members that still need a signal of their own: all of them, unless the
 /// command's process group was signalled, which already reached its members.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn outside_group(group: i32, group_signalled: bool, members: &[(i32, u64, i32)]) -> Vec<i32> {
-    members.iter().filter(|(_, _, pgrp)| !(group_signalled && *pgrp == group)).map(|(pid, _, _)| *pid).collect()
+    members
+        .iter()
+        .filter(|(_, _, pgrp)| !(group_signalled && *pgrp == group))
+        .map(|(pid, _, _)| *pid)
+        .collect()
 }
 
 /// Everything one command started. Dropping it before [`ProcessTree::finish`]
@@ -459,7 +572,12 @@ impl ProcessTree {
         {
             let mut frozen: HashMap<i32, u64> = HashMap::new();
             for _ in 0..50 {
-                let fresh: Vec<(i32, u64)> = linux::members(self.pid, &self.cookie, self.reaped, &mut self.known).into_iter().map(|(p, start, _)| (p, start)).filter(|(p, start)| frozen.insert(*p, *start).is_none()).collect();
+                let fresh: Vec<(i32, u64)> =
+                    linux::members(self.pid, &self.cookie, self.reaped, &mut self.known)
+                        .into_iter()
+                        .map(|(p, start, _)| (p, start))
+                        .filter(|(p, start)| frozen.insert(*p, *start).is_none())
+                        .collect();
                 if fresh.is_empty() {
                     break;
                 }
@@ -536,12 +654,22 @@ mod linux {
         let pgrp = f.next()?.parse().ok()?;
         // Field 22 (starttime); the next field is 6 (session).
         let start = f.nth(16)?.parse().ok()?;
-        Some(Proc { pid, ppid, pgrp, zombie: state == "Z" || state == "X", start })
+        Some(Proc {
+            pid,
+            ppid,
+            pgrp,
+            zombie: state == "Z" || state == "X",
+            start,
+        })
     }
 
     fn all() -> Vec<Proc> {
-        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).filter_map(stat).collect()
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(stat)
+            .collect()
     }
 
     fn environ(pid: i32) -> Option<Vec<u8>> {
@@ -564,7 +692,12 @@ mod linux {
     /// start time), and all their descendants. All are added to `known`, and noted
     /// for reaping should they end up as the worker's zombie children.
     /// The command's live processes as (pid, start time, process group).
-    pub(super) fn members(pid: i32, cookie: &str, reaped: bool, known: &mut HashMap<i32, u64>) -> Vec<(i32, u64, i32)> {
+    pub(super) fn members(
+        pid: i32,
+        cookie: &str,
+        reaped: bool,
+        known: &mut HashMap<i32, u64>,
+    ) -> Vec<(i32, u64, i32)> {
         let me = std::process::id() as i32;
         let procs = all();
         let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
@@ -606,7 +739,11 @@ mod linux {
                 remember_group(&mut reg, p.pgrp);
             }
         }
-        members.iter().filter(|p| !p.zombie).map(|p| (p.pid, p.start, p.pgrp)).collect()
+        members
+            .iter()
+            .filter(|p| !p.zombie)
+            .map(|p| (p.pid, p.start, p.pgrp))
+            .collect()
     }
 
     /// Children of the worker's main thread, where orphans are reparented (the
@@ -614,7 +751,8 @@ mod linux {
     /// when that file cannot be read.
     fn children_of_main_thread() -> Option<Vec<i32>> {
         use std::io::Read;
-        let mut f = std::fs::File::open(format!("/proc/self/task/{}/children", std::process::id())).ok()?;
+        let mut f =
+            std::fs::File::open(format!("/proc/self/task/{}/children", std::process::id())).ok()?;
         // Read by hand: read_to_string would stat the file first, for nothing.
         let mut text = Vec::new();
         let mut chunk = [0u8; 512];
@@ -626,7 +764,11 @@ mod linux {
                 Err(_) => return None,
             }
         }
-        Some(text.split(|b| b.is_ascii_whitespace()).filter_map(|p| std::str::from_utf8(p).ok()?.parse::<i32>().ok()).collect())
+        Some(
+            text.split(|b| b.is_ascii_whitespace())
+                .filter_map(|p| std::str::from_utf8(p).ok()?.parse::<i32>().ok())
+                .collect(),
+        )
     }
 
     /// The worker's children, from `/proc/self/task/*/children` (or a full scan).
@@ -637,13 +779,20 @@ mod linux {
             for t in tasks.flatten() {
                 if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
                     ok = true;
-                    out.extend(s.split_ascii_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+                    out.extend(
+                        s.split_ascii_whitespace()
+                            .filter_map(|p| p.parse::<i32>().ok()),
+                    );
                 }
             }
         }
         if !ok {
             let me = std::process::id() as i32;
-            out = all().into_iter().filter(|p| p.ppid == me).map(|p| p.pid).collect();
+            out = all()
+                .into_iter()
+                .filter(|p| p.ppid == me)
+                .map(|p| p.pid)
+                .collect();
         }
         out
     }
@@ -671,16 +820,21 @@ mod linux {
             }
             let Some(p) = stat(pid) else { continue };
             if p.zombie {
-                if reg.adopted.get(&pid) == Some(&p.start) || (p.pgrp != worker_group && reg.pgids.contains(&p.pgrp)) {
+                if reg.adopted.get(&pid) == Some(&p.start)
+                    || (p.pgrp != worker_group && reg.pgids.contains(&p.pgrp))
+                {
                     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
                     reg.adopted.remove(&pid);
                 }
-            } else if !reg.adopted.contains_key(&pid) && environ(pid).is_some_and(|e| has_cookie(&e, cookie_prefix(), true)) {
+            } else if !reg.adopted.contains_key(&pid)
+                && environ(pid).is_some_and(|e| has_cookie(&e, cookie_prefix(), true))
+            {
                 reg.adopted.insert(pid, p.start);
             }
         }
         // Forget processes that are gone (reaped above, or by their own parent).
-        reg.adopted.retain(|p, start| stat(*p).is_some_and(|s| s.start == *start));
+        reg.adopted
+            .retain(|p, start| stat(*p).is_some_and(|s| s.start == *start));
     }
 
     #[cfg(test)]
@@ -726,24 +880,63 @@ mod tests {
 
     #[test]
     fn programs_resolve_along_the_childs_path_only_when_execvp_would_agree() {
-        let env = |path: &str| vec![(OsString::from("HOME"), OsString::from("/")), (OsString::from("PATH"), OsString::from(path))];
+        let env = |path: &str| {
+            vec![
+                (OsString::from("HOME"), OsString::from("/")),
+                (OsString::from("PATH"), OsString::from(path)),
+            ]
+        };
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
-        assert_eq!(resolve_program("sh".as_ref(), &env(&format!("{d}:/bin:/usr/bin"))), Some(PathBuf::from("/bin/sh")));
-        assert_eq!(resolve_program("sh".as_ref(), &env("rel:/bin")), None, "a relative entry depends on the child's cwd");
-        assert_eq!(resolve_program("sh".as_ref(), &env(":/bin")), None, "an empty entry is the child's cwd");
-        assert_eq!(resolve_program("/bin/sh".as_ref(), &env("/bin")), None, "a path is not searched");
-        assert_eq!(resolve_program("sh".as_ref(), &[]), None, "no PATH: execvp's default");
-        assert_eq!(resolve_program("no-such-program-kiln".as_ref(), &env("/bin:/usr/bin")), None);
+        assert_eq!(
+            resolve_program("sh".as_ref(), &env(&format!("{d}:/bin:/usr/bin"))),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(
+            resolve_program("sh".as_ref(), &env("rel:/bin")),
+            None,
+            "a relative entry depends on the child's cwd"
+        );
+        assert_eq!(
+            resolve_program("sh".as_ref(), &env(":/bin")),
+            None,
+            "an empty entry is the child's cwd"
+        );
+        assert_eq!(
+            resolve_program("/bin/sh".as_ref(), &env("/bin")),
+            None,
+            "a path is not searched"
+        );
+        assert_eq!(
+            resolve_program("sh".as_ref(), &[]),
+            None,
+            "no PATH: execvp's default"
+        );
+        assert_eq!(
+            resolve_program("no-such-program-kiln".as_ref(), &env("/bin:/usr/bin")),
+            None
+        );
         std::fs::create_dir(dir.path().join("sh")).unwrap();
-        assert_eq!(resolve_program("sh".as_ref(), &env(&format!("{d}:/bin"))), Some(PathBuf::from("/bin/sh")), "a directory is passed over");
+        assert_eq!(
+            resolve_program("sh".as_ref(), &env(&format!("{d}:/bin"))),
+            Some(PathBuf::from("/bin/sh")),
+            "a directory is passed over"
+        );
     }
 
     #[test]
     fn a_signalled_group_is_not_signalled_again_member_by_member() {
         // (pid, start, pgrp): 10 leads the group, 11 is in it, 12 escaped with setsid.
         let members = [(10, 1, 10), (11, 2, 10), (12, 3, 12)];
-        assert_eq!(outside_group(10, true, &members), vec![12], "each process gets the signal once");
-        assert_eq!(outside_group(10, false, &members), vec![10, 11, 12], "without the group signal, everyone individually");
+        assert_eq!(
+            outside_group(10, true, &members),
+            vec![12],
+            "each process gets the signal once"
+        );
+        assert_eq!(
+            outside_group(10, false, &members),
+            vec![10, 11, 12],
+            "without the group signal, everyone individually"
+        );
     }
 }

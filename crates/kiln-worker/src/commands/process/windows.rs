@@ -9,8 +9,10 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
 use windows_sys::Win32::System::JobObjects::{
-    AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_ACTIVE_PROCESS, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE, JOB_OBJECT_LIMIT_PROCESS_MEMORY,
-    JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation, SetInformationJobObject, TerminateJobObject,
+    AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_ACTIVE_PROCESS,
+    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE, JOB_OBJECT_LIMIT_PROCESS_MEMORY,
+    JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation,
+    SetInformationJobObject, TerminateJobObject,
 };
 
 use super::{COOKIE_VAR, ExecPolicy, RunAs, SpawnSpec};
@@ -45,7 +47,9 @@ pub(super) fn running_as_root() -> bool {
 }
 
 pub(super) fn lookup_user(name: &str) -> Result<RunAs, String> {
-    Err(format!("running build processes as another user ({name:?}) is not supported on Windows"))
+    Err(format!(
+        "running build processes as another user ({name:?}) is not supported on Windows"
+    ))
 }
 
 pub(super) fn init() {}
@@ -113,12 +117,21 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
     let job = create_job(policy)?;
     let tree_job = JobHandle(job as isize);
     let mut cmd = Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..]).current_dir(&spec.cwd).env_clear().kill_on_drop(true);
+    cmd.args(&spec.argv[1..])
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .kill_on_drop(true);
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
     cmd.env(COOKIE_VAR, format!("{}-{}", std::process::id(), tree_job.0));
-    cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if spec.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     if let Some(h) = child.raw_handle() {
         // SAFETY: both handles are valid for the duration of the call.
@@ -130,7 +143,17 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
     let stdout = child.stdout.take().map(OutputReader::Stdout);
     let stderr = child.stderr.take().map(OutputReader::Stderr);
     let stdin = child.stdin.take();
-    Ok(Spawned { child, stdin, stdout, stderr, tree: ProcessTree { pid, job: tree_job, done: false } })
+    Ok(Spawned {
+        child,
+        stdin,
+        stdout,
+        stderr,
+        tree: ProcessTree {
+            pid,
+            job: tree_job,
+            done: false,
+        },
+    })
 }
 
 /// A job handle kept as an integer so the tree is `Send`.
