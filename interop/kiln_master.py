@@ -30,7 +30,7 @@ def kiln_master_available() -> str | None:
     b = kiln_master_bin()
     if not b.exists():
         return (f"kiln master binary not found at {b} (set KILN_MASTER_BIN or run "
-                f"`cargo build -p kiln-master`)")
+                f"`cargo build -p kiln`)")
     p = run([b, "run", "--help"], timeout=30)
     if p.returncode != 0 or "not built yet" in p.stdout:
         return f"`{b} run --help` failed ({p.returncode}): {p.stdout.strip()[:300]}"

@@ -74,7 +74,7 @@ bash bench/run --scale smoke
 cp /tmp/kiln-bench-report.md bench/REPORT.md
 
 step "the README's first command (kiln quickstart: demo build, then stop)"
-cargo build -p kiln-master -p kiln-worker
+cargo build -p kiln -p kiln-worker
 qs=$(mktemp -d)
 target/debug/kiln quickstart --dir "$qs/kiln-quickstart" --port 18019 --once
 rm -rf "$qs"

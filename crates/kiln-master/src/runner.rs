@@ -17,9 +17,9 @@ use kiln_model::{BuildId, LogId, LogType, Properties, Results, StepId};
 use kiln_store::{LogWriter, NewBuild, Store};
 use tokio::sync::watch;
 
-use crate::master::Inner;
-use crate::remote::{BoxFuture, Remote, join_worker_path};
+use crate::farm::Inner;
 use crate::steps::{LogHandle, StepCtx, StepLogs, Triggerer};
+use kiln_remote::{BoxFuture, join_worker_path};
 
 /// Engine flags of a configured step. Shell-like steps count WARNINGS towards the build,
 /// as Buildbot's `ShellCommand`-derived steps (`warnOnWarnings`) do.
@@ -95,7 +95,7 @@ async fn run_inner(
     let Some(worker_name) = inner.worker_name(a.worker) else {
         return Ok(None);
     };
-    let Some(conn) = inner.endpoint.get(&worker_name) else {
+    let Some(conn) = inner.workers.get(&worker_name) else {
         return Ok(None);
     };
     // Buildbot pings a worker before every build; a worker heard from a moment ago (the
@@ -325,7 +325,7 @@ struct StoreLogs {
     store: Store,
     step: StepId,
     redactor: kiln_config::Redactor,
-    metrics: crate::api::Metrics,
+    metrics: crate::Metrics,
     writers: HashMap<i64, LogSlot>,
     /// The state string in the step row.
     state: String,

@@ -5,10 +5,10 @@ mod steps_support;
 
 use kiln_config::Renderable;
 use kiln_engine::results::StepEnd;
-use kiln_master::remote::CommandEvent;
 use kiln_model::{LogType, Results};
 use kiln_proto::update::{Lines, UpdateItem};
 use kiln_proto::{MapExt, Value, text_of};
+use kiln_remote::CommandEvent;
 use serde_json::json;
 use steps_support::{Harness, ScriptedRemote, step};
 

@@ -10,7 +10,7 @@ use kiln_proto::args::Args;
 use kiln_proto::update::UpdateItem;
 
 use super::{LogHandle, StepCtx, StepLogs};
-use crate::remote::{CommandEvent, CommandSpec, RemoteError, Transfer, join_worker_path};
+use kiln_remote::{CommandEvent, CommandSpec, RemoteError, Transfer, join_worker_path};
 
 /// Why a step ended before it decided a result itself.
 #[derive(Debug, Clone, PartialEq)]

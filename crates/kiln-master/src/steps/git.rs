@@ -13,7 +13,7 @@ use super::StepCtx;
 use super::command::{
     CmdOpts, Done, Halt, LogSet, rel_workdir, render, render_env, run_cmd, shell_args, worker_path,
 };
-use crate::remote::Transfer;
+use kiln_remote::Transfer;
 
 /// `_sourcedirIsUpdatable`'s answer.
 #[derive(Debug, PartialEq)]

@@ -1,5 +1,5 @@
 //! Build steps: turns one configured [`kiln_config::Step`] into remote commands on a worker
-//! ([`crate::remote::Remote`]), streams their output into logs ([`StepLogs`]), and decides the
+//! ([`kiln_remote::Remote`]), streams their output into logs ([`StepLogs`]), and decides the
 //! step's end ([`StepEnd`]). Path joining follows the msgpack master (spec §8.2): every path
 //! sent is absolute, `builder_dir/workdir/...`.
 //!
@@ -32,7 +32,7 @@ use kiln_engine::results::StepEnd;
 use kiln_model::{LogType, Properties, Results};
 use tokio::sync::watch;
 
-use crate::remote::{BoxFuture, Remote};
+use kiln_remote::{BoxFuture, Remote};
 
 pub use transfer::{DirectorySink, FileSink, FileSource, StringSource};
 

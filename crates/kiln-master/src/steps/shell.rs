@@ -10,7 +10,7 @@ use super::command::{
     CmdOpts, Done, Halt, LogSet, Warnings, rel_workdir, render_command, render_env, run_cmd,
     shell_args, worker_path,
 };
-use crate::remote::Transfer;
+use kiln_remote::Transfer;
 
 fn rc_i32(rc: Option<i64>) -> Option<i32> {
     rc.and_then(|r| i32::try_from(r).ok())

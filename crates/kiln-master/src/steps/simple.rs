@@ -10,7 +10,7 @@ use kiln_proto::args::Args;
 
 use super::StepCtx;
 use super::command::{CmdOpts, Done, Halt, LogSet, render, run_cmd, worker_path};
-use crate::remote::Transfer;
+use kiln_remote::Transfer;
 
 async fn fs_command(
     ctx: &mut StepCtx<'_>,

@@ -18,7 +18,7 @@ use kiln_proto::args::Args;
 
 use super::StepCtx;
 use super::command::{CmdOpts, Done, Halt, LogSet, rel_workdir, render, run_cmd, worker_path};
-use crate::remote::{DownloadSource, Transfer, UploadSink, join_worker_path};
+use kiln_remote::{DownloadSource, Transfer, UploadSink, join_worker_path};
 
 /// Buildbot's defaults (spec §8.2).
 const FILE_UPLOAD_BLOCKSIZE: u64 = 256 * 1024;

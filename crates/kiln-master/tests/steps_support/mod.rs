@@ -11,13 +11,13 @@ use std::time::Instant;
 
 use kiln_config::{Renderable, Secrets, SourceAttrs, Step};
 use kiln_engine::results::StepEnd;
-use kiln_master::remote::{
-    BoxFuture, CommandEvent, CommandSpec, Interrupt, Remote, RemoteError, RunningCommand, Transfer,
-};
 use kiln_master::steps::{LogHandle, StepCtx, StepLogs, Triggerer, run_step};
 use kiln_model::{LogType, Properties, Results};
 use kiln_proto::args::WorkerSettings;
 use kiln_proto::{Op, Response, Value};
+use kiln_remote::{
+    BoxFuture, CommandEvent, CommandSpec, Interrupt, Remote, RemoteError, RunningCommand, Transfer,
+};
 use kiln_worker::commands::{self, CommandCtx, ExecPolicy, InterruptHandle, Output};
 use kiln_worker::link::{MasterLink, Outgoing};
 use tokio::sync::{mpsc, watch};

@@ -1,0 +1,122 @@
+//! REST API under `/api/v2` in Buildbot's shape (resource names, field names, `field__op`
+//! filters, `order`, `limit`, `offset`, and the `{"<resource>": [...], "meta": {"total": N}}`
+//! envelope), plus `/metrics` (Prometheus text) and `/health` for operators.
+//!
+//! * [`router`] serves everything below on the master's web port (mount at `/`):
+//!   `GET /api/v2/{builders,builds,steps,logs,workers,changes,buildrequests,buildsets,
+//!   forceschedulers,masters}` and their nested paths (see `rest.rs`), `/logs/{id}/contents`
+//!   and `/raw`; JSON-RPC `POST`s `force`, `stop`, `cancel` (`control.rs`); `POST
+//!   /change_hook/base`; `GET /metrics`; `GET /health`.
+//! * Builds, build requests, changes and steps are filtered, ordered and paged in SQL
+//!   (`kiln_store::api_queries`); a page holds at most `kiln_store::MAX_LIST_LIMIT` rows even
+//!   without `limit`. Other collections are small and filtered in memory.
+//! * Every JSON answer, log text and raw log goes through the config's redactor.
+//! * The master core keeps [`Metrics`] current: `workers_connected(n)`, `builds_running(n)`,
+//!   `requests_pending(n)`, `build_finished(results)`, `log_bytes_received(bytes)`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+
+pub use kiln_master::{ChangeRequest, Control, ControlError, ForceRequest, Metrics};
+
+mod control;
+mod landing;
+mod metrics;
+mod query;
+mod rest;
+
+pub use query::{FType, Filter, Spec};
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: kiln_store::Store,
+    pub control: Arc<dyn Control>,
+    pub metrics: Metrics,
+    /// The last `kiln_log_bytes_stored` read from the store (kept when a read fails).
+    log_bytes_stored: Arc<AtomicI64>,
+}
+
+impl ApiState {
+    pub fn new(store: kiln_store::Store, control: Arc<dyn Control>, metrics: Metrics) -> ApiState {
+        ApiState {
+            store,
+            control,
+            metrics,
+            log_bytes_stored: Arc::default(),
+        }
+    }
+}
+
+/// The REST API, `/change_hook/base`, `/metrics` and `/health`, to mount at `/`.
+pub fn router(state: ApiState) -> axum::Router {
+    rest::routes().merge(control::routes()).with_state(state)
+}
+
+/// Everything the web port serves: the API and a landing page at `/` that links it.
+pub fn app(state: ApiState) -> axum::Router {
+    let landing = landing::page(&state.control.config().master.title);
+    router(state).merge(landing)
+}
+
+/// An error and its sources on one line (`outer: inner: root`), for an answer or a log.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// An error answered as Buildbot does for REST: `{"error": "..."}` with its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad(msg: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: msg.into(),
+        }
+    }
+    pub fn not_found(msg: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: msg.into(),
+        }
+    }
+    pub fn internal(msg: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: msg.to_string(),
+        }
+    }
+}
+
+impl From<kiln_store::StoreError> for ApiError {
+    fn from(e: kiln_store::StoreError) -> ApiError {
+        ApiError::internal(format!("database error: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message }).to_string();
+        let mut r = (self.status, body).into_response();
+        // Buildbot sends REST errors as text/plain holding JSON.
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    }
+}

@@ -1,0 +1,84 @@
+//! `/metrics`: the master's figures as Prometheus text (exposition format 0.0.4).
+
+use std::fmt::Write;
+
+use kiln_master::metrics::MetricsSnapshot;
+use kiln_model::Results;
+
+/// Every result, in the order the counter lines are written.
+const RESULTS: [Results; 7] = [
+    Results::Success,
+    Results::Warnings,
+    Results::Failure,
+    Results::Skipped,
+    Results::Exception,
+    Results::Retry,
+    Results::Cancelled,
+];
+
+fn result_name(r: Results) -> &'static str {
+    match r {
+        Results::Success => "success",
+        Results::Warnings => "warnings",
+        Results::Failure => "failure",
+        Results::Skipped => "skipped",
+        Results::Exception => "exception",
+        Results::Retry => "retry",
+        Results::Cancelled => "cancelled",
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+    );
+}
+
+/// The text of `/metrics`; `log_bytes_stored` is read from the store by the caller.
+pub fn render(m: &MetricsSnapshot, log_bytes_stored: i64) -> String {
+    let mut out = String::new();
+    gauge(
+        &mut out,
+        "kiln_workers_connected",
+        "Workers connected to this master.",
+        m.workers_connected,
+    );
+    gauge(
+        &mut out,
+        "kiln_builds_running",
+        "Builds running on this master.",
+        m.builds_running,
+    );
+    gauge(
+        &mut out,
+        "kiln_buildrequests_pending",
+        "Build requests waiting for a worker.",
+        m.requests_pending,
+    );
+    gauge(
+        &mut out,
+        "kiln_log_bytes_stored",
+        "Bytes of log text stored (before compression).",
+        log_bytes_stored,
+    );
+    let _ = write!(
+        out,
+        "# HELP kiln_log_bytes_received_total Bytes of log text received from workers.\n\
+         # TYPE kiln_log_bytes_received_total counter\nkiln_log_bytes_received_total {}\n",
+        m.log_bytes_received
+    );
+    out.push_str(
+        "# HELP kiln_builds_finished_total Builds finished, by result.\n\
+         # TYPE kiln_builds_finished_total counter\n",
+    );
+    for r in RESULTS {
+        let n = m.builds_finished.get(&r).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "kiln_builds_finished_total{{results=\"{}\"}} {n}",
+            result_name(r)
+        );
+    }
+    out
+}
