@@ -1,9 +1,9 @@
 //! `run`, `start`, `stop`, `restart` and `reconfig`: the master process's life.
 //!
-//! Same shape as `kiln-worker`'s (and reusing its code): `DIR/kiln.pid` is held with an
-//! exclusive `flock` for the master's whole life ([`kiln_worker::pidfile`]), so a pidfile left
+//! Same shape as `kiln-worker`'s (both use kiln-daemon): `DIR/kiln.pid` is held with an
+//! exclusive `flock` for the master's whole life ([`kiln_daemon::pidfile`]), so a pidfile left
 //! by a crash is never mistaken for a live master and its pid is never signalled. `start`
-//! checks the config in the foreground, detaches ([`kiln_worker::daemon`]) and waits for the
+//! checks the config in the foreground, detaches ([`kiln_daemon::daemon`]) and waits for the
 //! daemon to report that [`Master::start`] returned (both ports listening) or failed. The
 //! tokio runtime is built only after detaching.
 //!
@@ -17,8 +17,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use kiln_worker::logging::RotatingLog;
-use kiln_worker::pidfile::{self, LockError, PidLock, Status};
+use kiln_daemon::logging::RotatingLog;
+use kiln_daemon::pidfile::{self, LockError, PidLock, Status};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -117,7 +117,7 @@ fn lock_master(dir: &Path) -> anyhow::Result<Result<PidLock, String>> {
 }
 
 #[cfg(unix)]
-type Reporter = kiln_worker::daemon::Reporter;
+type Reporter = kiln_daemon::daemon::Reporter;
 #[cfg(not(unix))]
 type Reporter = ();
 
@@ -256,7 +256,7 @@ impl Signals {
 /// `kiln start DIR`: detach, then wait until the master listens (exit 0) or fails (exit 1).
 #[cfg(unix)]
 pub fn start(basedir: &Path, wait: Duration) -> anyhow::Result<ExitCode> {
-    use kiln_worker::daemon::{Forked, Report, daemonize};
+    use kiln_daemon::daemon::{Forked, Report, daemonize};
     let dir = master_dir(basedir)?;
     check_config(&dir)?;
     let lock = match lock_master(&dir)? {
