@@ -258,7 +258,7 @@ impl WorkerSettings {
     }
 
     pub(crate) fn write(&self, buf: &mut Vec<u8>) {
-        use crate::codec::{w_f64, w_int, w_map, w_str, w_uint};
+        use crate::write::{w_f64, w_int, w_map, w_str, w_uint};
         // The order Buildbot 4.3's master writes them in.
         w_map(buf, 4);
         w_str(buf, "newline_re");

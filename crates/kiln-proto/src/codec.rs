@@ -9,6 +9,7 @@ use crate::args::{Args, WorkerSettings};
 use crate::message::{Message, Op, Response};
 use crate::update::UpdateItem;
 use crate::value::{MapExt, text_of};
+use crate::write::{w_array, w_f64, w_int, w_map, w_nil, w_str, w_uint, w_value};
 
 /// Caps applied before anything is decoded.
 #[derive(Debug, Clone, Copy)]
@@ -530,32 +531,6 @@ fn scan(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
     Ok(())
 }
 
-// --- low-level writers; writing to a Vec cannot fail ---
-
-pub(crate) fn w_map(buf: &mut Vec<u8>, n: usize) {
-    rmp::encode::write_map_len(buf, n as u32).expect("Vec write");
-}
-pub(crate) fn w_array(buf: &mut Vec<u8>, n: usize) {
-    rmp::encode::write_array_len(buf, n as u32).expect("Vec write");
-}
-pub(crate) fn w_str(buf: &mut Vec<u8>, s: &str) {
-    rmp::encode::write_str(buf, s).expect("Vec write");
-}
-pub(crate) fn w_int(buf: &mut Vec<u8>, n: i64) {
-    rmp::encode::write_sint(buf, n).expect("Vec write");
-}
-pub(crate) fn w_uint(buf: &mut Vec<u8>, n: u64) {
-    rmp::encode::write_uint(buf, n).expect("Vec write");
-}
-pub(crate) fn w_f64(buf: &mut Vec<u8>, f: f64) {
-    rmp::encode::write_f64(buf, f).expect("Vec write");
-}
-pub(crate) fn w_nil(buf: &mut Vec<u8>) {
-    rmp::encode::write_nil(buf).expect("Vec write");
-}
-pub(crate) fn w_value(buf: &mut Vec<u8>, v: &Value) {
-    rmpv::encode::write_value(buf, v).expect("Vec write");
-}
 fn kv_str(buf: &mut Vec<u8>, k: &str, v: &str) {
     w_str(buf, k);
     w_str(buf, v);

@@ -19,6 +19,7 @@ pub mod info;
 mod message;
 pub mod update;
 mod value;
+mod write;
 
 pub use codec::{DecodeError, Limits, MAX_DEPTH, decode, encode, encode_into};
 pub use message::{Message, Op, Response};

@@ -56,7 +56,7 @@ impl Response {
     /// The failure text, if this response is an exception.
     pub fn error_text(&self) -> Option<String> {
         self.is_exception
-            .then(|| crate::text_of(&self.result).unwrap_or_else(|| self.result.to_string()))
+            .then(|| crate::value::text_of(&self.result).unwrap_or_else(|| self.result.to_string()))
     }
 }
 

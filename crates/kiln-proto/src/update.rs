@@ -102,7 +102,7 @@ impl UpdateItem {
     /// Writes `[key, value]` straight into `buf` (the hot path of log streaming:
     /// no intermediate `Value` tree).
     pub(crate) fn write(&self, buf: &mut Vec<u8>) {
-        use crate::codec::{w_array, w_f64, w_int, w_str, w_value};
+        use crate::write::{w_array, w_f64, w_int, w_str, w_value};
         w_array(buf, 2);
         w_str(buf, self.key());
         match self {
@@ -183,7 +183,7 @@ impl UpdateItem {
 }
 
 fn write_lines(buf: &mut Vec<u8>, l: &Lines) {
-    use crate::codec::{w_array, w_f64, w_int, w_str};
+    use crate::write::{w_array, w_f64, w_int, w_str};
     w_array(buf, 3);
     w_str(buf, &l.text);
     w_array(buf, l.newlines.len());

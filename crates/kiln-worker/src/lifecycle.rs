@@ -13,10 +13,21 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use tokio::sync::watch;
 
+use kiln_daemon::logging;
+use kiln_daemon::pidfile::{self, LockError, PidLock, Status};
+use kiln_daemon::signals::{Sig, Signals};
+
 use crate::config::{self, WorkerConfig};
 use crate::connection::{self, StopRequest};
-use crate::logging::{self, LOG_FILE};
-use crate::pidfile::{self, LockError, PidLock, Status};
+
+/// File name of the pidfile inside the base directory.
+pub const PID_FILE: &str = "kiln-worker.pid";
+
+/// File name of the log inside the base directory (rotated at `log_size`, `log_count` kept).
+pub const LOG_FILE: &str = "kiln-worker.log";
+
+/// Environment variable holding the log filter.
+pub const LOG_ENV: &str = "KILN_WORKER_LOG";
 
 /// The log line that tells `start` a master has accepted the worker.
 pub const ATTACHED_MARKER: &str = "message from master: attached";
@@ -109,18 +120,36 @@ fn apply_umask(config: &WorkerConfig, daemon: bool) {
     let _ = (config, daemon);
 }
 
+/// The pidfile path in `basedir`.
+pub fn pid_path(basedir: &Path) -> PathBuf {
+    basedir.join(PID_FILE)
+}
+
 fn lock_or_report(path: &Path) -> anyhow::Result<Result<PidLock, String>> {
     match PidLock::acquire(path) {
         Ok(lock) => Ok(Ok(lock)),
-        Err(e @ LockError::Held { .. }) => Ok(Err(e.to_string())),
+        Err(LockError::Held { path, pid }) => Ok(Err(held_message(&path, pid))),
         Err(e) => Err(e.into()),
+    }
+}
+
+fn held_message(path: &Path, pid: Option<u32>) -> String {
+    let dir = path.parent().unwrap_or(Path::new(".")).display();
+    match pid {
+        Some(pid) => format!(
+            "a kiln-worker is already running in {dir} (pid {pid}, it holds the lock on {PID_FILE}); \
+             stop it first with `kiln-worker stop {dir}`, or use `kiln-worker restart {dir}`"
+        ),
+        None => format!(
+            "a kiln-worker is already running in {dir} (it holds the lock on {PID_FILE}); stop it first"
+        ),
     }
 }
 
 /// `kiln-worker run BASEDIR`: the worker in the foreground.
 pub fn run(basedir: &Path) -> anyhow::Result<ExitCode> {
     let config = prepare(basedir)?;
-    let lock = match lock_or_report(&pidfile::path_in(&config.basedir))? {
+    let lock = match lock_or_report(&pid_path(&config.basedir))? {
         Ok(lock) => lock,
         Err(message) => {
             eprintln!("kiln-worker: {message}");
@@ -130,13 +159,14 @@ pub fn run(basedir: &Path) -> anyhow::Result<ExitCode> {
     std::env::set_current_dir(&config.basedir)
         .with_context(|| format!("cannot chdir to {}", config.basedir.display()))?;
     apply_umask(&config, false);
-    logging::init(&config.basedir, config.log_size, config.log_count, true)
+    let log = config.basedir.join(LOG_FILE);
+    logging::init(&log, config.log_size, config.log_count, LOG_ENV, true)
         .context("cannot open the log")?;
     worker_main(config, lock, None)
 }
 
 #[cfg(unix)]
-type Reporter = crate::daemon::Reporter;
+type Reporter = kiln_daemon::daemon::Reporter;
 #[cfg(not(unix))]
 type Reporter = ();
 
@@ -160,7 +190,9 @@ fn worker_main(
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(StopRequest::Running);
-        let signals = Signals::install().context("cannot install signal handlers")?;
+        let signals = Signals::install()
+            .and_then(Signals::with_usr1)
+            .context("cannot install signal handlers")?;
         lock.write_pid(std::process::id())
             .with_context(|| format!("cannot write {}", lock.path().display()))?;
         tracing::info!(
@@ -175,7 +207,7 @@ fn worker_main(
         if let Some(r) = report.as_mut() {
             r.ready();
         }
-        tokio::spawn(signals.forward(stop_tx));
+        tokio::spawn(forward_signals(signals, stop_tx));
         connection::serve(config, stop_rx).await
     });
     #[cfg(unix)]
@@ -198,54 +230,19 @@ fn worker_main(
     }
 }
 
-/// SIGTERM/SIGINT → [`StopRequest::Now`]; SIGUSR1 → [`StopRequest::Graceful`].
-struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    usr1: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    /// Must be called inside the runtime; signals arriving after this are not lost.
-    fn install() -> std::io::Result<Signals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Signals {
-                term: signal(SignalKind::terminate())?,
-                int: signal(SignalKind::interrupt())?,
-                usr1: signal(SignalKind::user_defined1())?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Signals {})
-    }
-
-    #[cfg(unix)]
-    async fn forward(mut self, stop: watch::Sender<StopRequest>) {
-        loop {
-            let graceful = tokio::select! {
-                _ = self.term.recv() => { tracing::info!("SIGTERM: stopping now"); false }
-                _ = self.int.recv() => { tracing::info!("SIGINT: stopping now"); false }
-                _ = self.usr1.recv() => true,
-            };
-            if !graceful {
+/// SIGTERM/SIGINT (Ctrl-C) → [`StopRequest::Now`]; SIGUSR1 → [`StopRequest::Graceful`].
+async fn forward_signals(mut signals: Signals, stop: watch::Sender<StopRequest>) {
+    loop {
+        match signals.next().await {
+            Sig::Stop(name) => {
+                tracing::info!("{name}: stopping now");
                 stop.send_replace(StopRequest::Now);
-            } else if *stop.borrow() == StopRequest::Running {
+            }
+            Sig::Usr1 if *stop.borrow() == StopRequest::Running => {
                 tracing::info!("SIGUSR1: stopping once the running builds have finished");
                 stop.send_replace(StopRequest::Graceful);
             }
-        }
-    }
-
-    #[cfg(not(unix))]
-    async fn forward(self, stop: watch::Sender<StopRequest>) {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("Ctrl-C: stopping now");
-            stop.send_replace(StopRequest::Now);
+            Sig::Usr1 | Sig::Hup => {}
         }
     }
 }
@@ -253,13 +250,13 @@ impl Signals {
 /// `kiln-worker start BASEDIR`.
 #[cfg(unix)]
 pub fn start(basedir: &Path, opts: &StartOptions) -> anyhow::Result<ExitCode> {
-    use crate::daemon::{Forked, Report, daemonize};
+    use kiln_daemon::daemon::{Forked, Report, daemonize};
     if opts.nodaemon {
         return run(basedir);
     }
     let config = prepare(basedir)?;
     let dir = config.basedir.clone();
-    let lock = match lock_or_report(&pidfile::path_in(&dir))? {
+    let lock = match lock_or_report(&pid_path(&dir))? {
         Ok(lock) => lock,
         Err(message) => {
             eprintln!("kiln-worker: {message}");
@@ -273,7 +270,9 @@ pub fn start(basedir: &Path, opts: &StartOptions) -> anyhow::Result<ExitCode> {
         Forked::Daemon(mut reporter) => {
             // The detached worker. Errors end up in the report (and the log if it is open).
             apply_umask(&config, true);
-            if let Err(e) = logging::init(&dir, config.log_size, config.log_count, false) {
+            if let Err(e) =
+                logging::init(&log_path, config.log_size, config.log_count, LOG_ENV, false)
+            {
                 reporter.failed(&format!("cannot open {}: {e}", log_path.display()));
                 std::process::exit(1);
             }
@@ -314,7 +313,7 @@ pub fn start(basedir: &Path, opts: &StartOptions) -> anyhow::Result<ExitCode> {
                 log_path.display(),
                 opts.wait.as_secs_f64()
             );
-            match follow_log(&log_path, log_offset, &pidfile::path_in(&dir), opts.wait) {
+            match follow_log(&log_path, log_offset, &pid_path(&dir), opts.wait) {
                 Follow::Attached => {
                     println!("kiln-worker appears to have (re)started correctly (pid {pid}).");
                     Ok(ExitCode::SUCCESS)
@@ -421,7 +420,7 @@ pub fn stop(basedir: &Path, graceful: bool, quiet: bool) -> anyhow::Result<ExitC
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let dir = worker_dir(basedir)?;
-    let pid_path = pidfile::path_in(&dir);
+    let pid_path = pid_path(&dir);
     let say = |text: String| {
         if !quiet {
             println!("{text}");
@@ -437,9 +436,8 @@ pub fn stop(basedir: &Path, graceful: bool, quiet: bool) -> anyhow::Result<ExitC
         Status::Stale(pid) => {
             let about = match pid {
                 Some(pid) => format!(
-                    " ({} names pid {pid} but no kiln-worker holds its lock: it was left by a crash or reboot; \
-                     pid {pid} was not signalled)",
-                    pidfile::PID_FILE
+                    " ({PID_FILE} names pid {pid} but no kiln-worker holds its lock: it was left by a crash or reboot; \
+                     pid {pid} was not signalled)"
                 ),
                 None => String::new(),
             };
@@ -465,33 +463,24 @@ pub fn stop(basedir: &Path, graceful: bool, quiet: bool) -> anyhow::Result<ExitC
             "asked kiln-worker (pid {pid}) to stop once its running builds have finished; waiting ..."
         ));
     }
-    let started = Instant::now();
-    let mut next_progress = Duration::from_secs(30);
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        if !matches!(pidfile::probe(&pid_path), Ok(Status::Running(_))) {
-            say(format!("worker process {pid} is dead"));
-            return Ok(ExitCode::SUCCESS);
-        }
-        let waited = started.elapsed();
-        if graceful {
-            if waited >= next_progress {
-                say(format!(
-                    "still waiting for kiln-worker (pid {pid}) to finish its builds ({} s); \
-                     `kiln-worker stop {}` stops it now",
-                    waited.as_secs(),
-                    dir.display()
-                ));
-                next_progress += Duration::from_secs(30);
-            }
-        } else if waited >= STOP_TIMEOUT {
-            eprintln!(
-                "never saw process {pid} go away (waited {} s); it still holds {}",
-                STOP_TIMEOUT.as_secs(),
-                pid_path.display()
-            );
-            return Ok(ExitCode::FAILURE);
-        }
+    let note = |waited: Duration| {
+        say(format!(
+            "still waiting for kiln-worker (pid {pid}) to finish its builds ({} s); \
+             `kiln-worker stop {}` stops it now",
+            waited.as_secs(),
+            dir.display()
+        ))
+    };
+    if pidfile::wait_released(&pid_path, (!graceful).then_some(STOP_TIMEOUT), note) {
+        say(format!("worker process {pid} is dead"));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "never saw process {pid} go away (waited {} s); it still holds {}",
+            STOP_TIMEOUT.as_secs(),
+            pid_path.display()
+        );
+        Ok(ExitCode::FAILURE)
     }
 }
 
@@ -516,7 +505,7 @@ pub fn restart(basedir: &Path, opts: &StartOptions) -> anyhow::Result<ExitCode> 
 /// `kiln-worker status BASEDIR`: exit 0 when running, 3 when not (like LSB init scripts).
 pub fn status(basedir: &Path) -> anyhow::Result<ExitCode> {
     let dir = worker_dir(basedir)?;
-    let pid_path = pidfile::path_in(&dir);
+    let pid_path = pid_path(&dir);
     match pidfile::probe_with_pid(&pid_path, Duration::from_secs(1))? {
         Status::Running(Some(pid)) => {
             println!("kiln-worker is running (pid {pid})");
@@ -536,7 +525,7 @@ pub fn status(basedir: &Path) -> anyhow::Result<ExitCode> {
 /// `basedir` made absolute, refusing a directory that is not a worker's.
 fn worker_dir(basedir: &Path) -> anyhow::Result<PathBuf> {
     let dir = config::absolute(basedir)?;
-    if !WorkerConfig::path_in(&dir).exists() && !pidfile::path_in(&dir).exists() {
+    if !WorkerConfig::path_in(&dir).exists() && !pid_path(&dir).exists() {
         bail!(
             "{} is not a kiln-worker directory (no {})",
             dir.display(),
@@ -554,7 +543,7 @@ mod tests {
     fn follow_sees_the_marker_and_the_exit() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join(LOG_FILE);
-        let pid = pidfile::path_in(dir.path());
+        let pid = pid_path(dir.path());
         std::fs::write(&log, format!("old {ATTACHED_MARKER}\n")).unwrap();
         let offset = std::fs::metadata(&log).unwrap().len();
         let mut lock = PidLock::acquire(&pid).unwrap();

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cli_support::*;
-use kiln_worker::pidfile::Status;
+use kiln_daemon::pidfile::Status;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use kiln_worker::pidfile::{self, Status};
+use kiln_daemon::pidfile::{self, Status};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kiln-worker");
 
@@ -65,7 +65,7 @@ impl Worker {
         }
     }
     pub fn pidfile(&self) -> PathBuf {
-        pidfile::path_in(&self.dir)
+        kiln_worker::lifecycle::pid_path(&self.dir)
     }
     pub fn status(&self) -> Status {
         pidfile::probe(&self.pidfile()).unwrap()

@@ -1,9 +1,9 @@
 //! `run`, `start`, `stop`, `restart` and `reconfig`: the master process's life.
 //!
-//! Same shape as `kiln-worker`'s (and reusing its code): `DIR/kiln.pid` is held with an
-//! exclusive `flock` for the master's whole life ([`kiln_worker::pidfile`]), so a pidfile left
+//! Same shape as `kiln-worker`'s (both use kiln-daemon): `DIR/kiln.pid` is held with an
+//! exclusive `flock` for the master's whole life ([`kiln_daemon::pidfile`]), so a pidfile left
 //! by a crash is never mistaken for a live master and its pid is never signalled. `start`
-//! checks the config in the foreground, detaches ([`kiln_worker::daemon`]) and waits for the
+//! checks the config in the foreground, detaches ([`kiln_daemon::daemon`]) and waits for the
 //! daemon to report that [`Master::start`] returned (both ports listening) or failed. The
 //! tokio runtime is built only after detaching.
 //!
@@ -17,8 +17,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use kiln_worker::logging::RotatingLog;
-use kiln_worker::pidfile::{self, LockError, PidLock, Status};
+use kiln_daemon::logging::RotatingLog;
+use kiln_daemon::pidfile::{self, LockError, PidLock, Status};
+use kiln_daemon::signals::{Sig, Signals};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -117,7 +118,7 @@ fn lock_master(dir: &Path) -> anyhow::Result<Result<PidLock, String>> {
 }
 
 #[cfg(unix)]
-type Reporter = kiln_worker::daemon::Reporter;
+type Reporter = kiln_daemon::daemon::Reporter;
 #[cfg(not(unix))]
 type Reporter = ();
 
@@ -148,7 +149,9 @@ fn master_main(
         .build()
         .context("cannot start the async runtime")?;
     let result: anyhow::Result<()> = runtime.block_on(async {
-        let mut signals = Signals::install().context("cannot install signal handlers")?;
+        let mut signals = Signals::install()
+            .and_then(Signals::with_hup)
+            .context("cannot install signal handlers")?;
         lock.write_pid(std::process::id())
             .with_context(|| format!("cannot write {}", lock.path().display()))?;
         tracing::info!(
@@ -177,6 +180,7 @@ fn master_main(
                     tracing::info!("{name}: shutting down");
                     break;
                 }
+                Sig::Usr1 => {}
             }
         }
         master.shutdown().await;
@@ -208,55 +212,10 @@ fn one_entry(text: &str) -> String {
     text.trim_end().replace('\n', "\n    ")
 }
 
-enum Sig {
-    Hup,
-    Stop(&'static str),
-}
-
-struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    /// Inside the runtime; a signal arriving after this is not lost.
-    fn install() -> std::io::Result<Signals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Signals {
-                term: signal(SignalKind::terminate())?,
-                int: signal(SignalKind::interrupt())?,
-                hup: signal(SignalKind::hangup())?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Signals {})
-    }
-
-    async fn next(&mut self) -> Sig {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.term.recv() => Sig::Stop("SIGTERM"),
-            _ = self.int.recv() => Sig::Stop("SIGINT"),
-            _ = self.hup.recv() => Sig::Hup,
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            Sig::Stop("Ctrl-C")
-        }
-    }
-}
-
 /// `kiln start DIR`: detach, then wait until the master listens (exit 0) or fails (exit 1).
 #[cfg(unix)]
 pub fn start(basedir: &Path, wait: Duration) -> anyhow::Result<ExitCode> {
-    use kiln_worker::daemon::{Forked, Report, daemonize};
+    use kiln_daemon::daemon::{Forked, Report, daemonize};
     let dir = master_dir(basedir)?;
     check_config(&dir)?;
     let lock = match lock_master(&dir)? {
@@ -393,39 +352,32 @@ pub fn stop(basedir: &Path, clean: bool, timeout: Duration) -> anyhow::Result<Ex
     };
     signal(pid, Signal::SIGTERM)?;
     let path = pid_path(&dir);
-    let gone = || !matches!(pidfile::probe(&path), Ok(Status::Running(_)));
-    let started = Instant::now();
-    let mut killed = false;
-    let mut next_note = Duration::from_secs(30);
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        if gone() {
-            break;
-        }
-        let waited = started.elapsed();
-        if clean {
-            if waited >= next_note {
-                println!(
-                    "still waiting for the master (pid {pid}) to shut down ({} s)",
-                    waited.as_secs()
-                );
-                next_note += Duration::from_secs(30);
-            }
-        } else if !killed && waited >= timeout {
-            eprintln!(
-                "the master (pid {pid}) did not stop within {} s; sending SIGKILL",
-                timeout.as_secs()
-            );
-            signal(pid, Signal::SIGKILL)?;
-            killed = true;
-        } else if killed && waited >= timeout + Duration::from_secs(10) {
+    let note = |waited: Duration| {
+        println!(
+            "still waiting for the master (pid {pid}) to shut down ({} s)",
+            waited.as_secs()
+        )
+    };
+    let killed = if clean {
+        pidfile::wait_released(&path, None, note);
+        false
+    } else if pidfile::wait_released(&path, Some(timeout), |_| {}) {
+        false
+    } else {
+        eprintln!(
+            "the master (pid {pid}) did not stop within {} s; sending SIGKILL",
+            timeout.as_secs()
+        );
+        signal(pid, Signal::SIGKILL)?;
+        if !pidfile::wait_released(&path, Some(Duration::from_secs(10)), |_| {}) {
             eprintln!(
                 "never saw process {pid} go away, even after SIGKILL; it still holds {}",
                 path.display()
             );
             return Ok(ExitCode::FAILURE);
         }
-    }
+        true
+    };
     if killed {
         // A killed master cannot remove its pidfile; it is stale now (unlocked), so harmless,
         // but tidy it if it still names that pid.

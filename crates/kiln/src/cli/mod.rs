@@ -2,7 +2,7 @@
 //!
 //! * [`create`]: `create-master`, `checkconfig`;
 //! * [`lifecycle`]: `start`, `stop`, `restart`, `run`, `reconfig` (pidfile and daemon code
-//!   are the worker's: `kiln_worker::pidfile`, `kiln_worker::daemon`);
+//!   are shared with the worker: `kiln_daemon::pidfile`, `kiln_daemon::daemon`);
 //! * [`remote`]: `force`, `sendchange` (HTTP to a running master, see [`http`]);
 //! * [`quickstart`]: a master, a worker and a demo build in one command.
 

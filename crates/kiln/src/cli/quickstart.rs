@@ -90,9 +90,9 @@ pub fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = kiln_config::check(&dir) {
         bail!("{} is broken:\n{e}", config.display());
     }
-    let mut lock = match kiln_worker::pidfile::PidLock::acquire(&lifecycle::pid_path(&dir)) {
+    let mut lock = match kiln_daemon::pidfile::PidLock::acquire(&lifecycle::pid_path(&dir)) {
         Ok(lock) => lock,
-        Err(kiln_worker::pidfile::LockError::Held { .. }) => bail!(
+        Err(kiln_daemon::pidfile::LockError::Held { .. }) => bail!(
             "a kiln master is already running in {d}; stop it with `kiln stop {d}` first",
             d = dir.display()
         ),

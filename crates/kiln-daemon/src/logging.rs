@@ -1,9 +1,9 @@
-//! `BASEDIR/kiln-worker.log`, rotated by size like twistd's log: when a write
-//! would take it past `log_size` bytes it becomes `kiln-worker.log.1` (older
-//! ones shift up to `.N`, N = `log_count`, and the oldest is deleted).
+//! A log file rotated by size like twistd's log: when a write would take `NAME.log`
+//! past `max_bytes` it becomes `NAME.log.1` (older ones shift up to `.N`, N = `keep`,
+//! and the oldest is deleted).
 //!
-//! The filter is `KILN_WORKER_LOG` (tracing-subscriber `EnvFilter` syntax),
-//! default `info`.
+//! [`init`] installs it as the global subscriber's output, filtered by an environment
+//! variable the binary names (tracing-subscriber `EnvFilter` syntax), default `info`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -13,13 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
-
-/// File name of the log inside the base directory.
-pub const LOG_FILE: &str = "kiln-worker.log";
-
-/// Environment variable holding the log filter.
-pub const LOG_ENV: &str = "KILN_WORKER_LOG";
+use tracing_subscriber::util::{SubscriberInitExt as _, TryInitError};
 
 /// A log file rotated at a size; cloneable, usable as a tracing `MakeWriter`.
 #[derive(Clone, Debug)]
@@ -62,7 +56,7 @@ fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// `kiln-worker.log.N`
+/// `NAME.log.N`
 pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{n}"));
@@ -137,15 +131,29 @@ impl<'a> MakeWriter<'a> for RotatingLog {
     }
 }
 
-/// Installs the global subscriber: the rotating log file, plus stderr when `stderr` is set.
+/// Why [`init`] failed. Each says only what its source says (the callers add which log).
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The log file could not be opened.
+    #[error(transparent)]
+    Open(#[from] io::Error),
+    /// A global subscriber was already installed.
+    #[error(transparent)]
+    Install(#[from] TryInitError),
+}
+
+/// Installs the global subscriber: the log at `path` (see [`RotatingLog::open`]), plus
+/// stderr when `stderr` is set (in colour on a terminal), both filtered by the
+/// environment variable `filter_env`.
 pub fn init(
-    basedir: &Path,
-    log_size: u64,
-    log_count: u32,
+    path: &Path,
+    max_bytes: u64,
+    keep: u32,
+    filter_env: &str,
     stderr: bool,
-) -> io::Result<RotatingLog> {
-    let log = RotatingLog::open(basedir.join(LOG_FILE), log_size, log_count)?;
-    let filter = || EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+) -> Result<RotatingLog, InitError> {
+    let log = RotatingLog::open(path, max_bytes, keep)?;
+    let filter = EnvFilter::try_from_env(filter_env).unwrap_or_else(|_| EnvFilter::new("info"));
     let file_layer = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_writer(log.clone());
@@ -156,11 +164,10 @@ pub fn init(
             .with_writer(io::stderr)
     });
     tracing_subscriber::registry()
-        .with(filter())
+        .with(filter)
         .with(file_layer)
         .with(stderr_layer)
-        .try_init()
-        .map_err(io::Error::other)?;
+        .try_init()?;
     Ok(log)
 }
 
@@ -171,7 +178,7 @@ mod tests {
     #[test]
     fn rotates_by_size_and_keeps_count() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(LOG_FILE);
+        let path = dir.path().join("test.log");
         let mut log = RotatingLog::open(&path, 100, 2).unwrap();
         for i in 0..10 {
             writeln!(log, "line {i:02} {}", "x".repeat(40)).unwrap(); // 49 bytes
@@ -204,7 +211,7 @@ mod tests {
     #[test]
     fn an_oversized_line_still_gets_written() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(LOG_FILE);
+        let path = dir.path().join("test.log");
         let mut log = RotatingLog::open(&path, 10, 0).unwrap();
         log.write_all(&[b'a'; 50]).unwrap();
         log.write_all(&[b'b'; 50]).unwrap();

@@ -1,8 +1,7 @@
-//! `BASEDIR/kiln-worker.pid`: the running worker holds an exclusive `flock` on it
-//! for its whole life, and the lock — not the pid number in it — says whether a
-//! worker is alive. A pidfile left by `kill -9` or a reboot is unlocked, so
-//! `start` just takes it over, and `stop` never signals the (possibly reused) pid
-//! written in an unlocked file.
+//! The flock'd pidfile: the running process holds an exclusive `flock` on it for its
+//! whole life, and the lock — not the pid number in it — says whether the process is
+//! alive. A pidfile left by `kill -9` or a reboot is unlocked, so `start` just takes it
+//! over, and `stop` never signals the (possibly reused) pid written in an unlocked file.
 //!
 //! The lock is `std::fs::File::try_lock`, which is `flock(LOCK_EX|LOCK_NB)` on
 //! Unix (and `LockFileEx` on Windows). The file is opened `O_CLOEXEC` (std's
@@ -12,14 +11,6 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// File name of the pidfile inside the base directory.
-pub const PID_FILE: &str = "kiln-worker.pid";
-
-/// The pidfile path in `basedir`.
-pub fn path_in(basedir: &Path) -> PathBuf {
-    basedir.join(PID_FILE)
-}
 
 /// The held lock. Dropping it removes the pidfile if it still names this
 /// process, then releases the lock.
@@ -33,7 +24,8 @@ pub struct PidLock {
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    /// A live worker holds it; `pid` is what it wrote (None if not written yet).
+    /// A live process holds it; `pid` is what it wrote (None if not written yet). The
+    /// binaries say this in their own words (which process, how to stop it).
     #[error("{}", held_message(.path, *.pid))]
     Held { path: PathBuf, pid: Option<u32> },
     #[error("cannot lock {}: {source}", .path.display())]
@@ -44,16 +36,11 @@ pub enum LockError {
 }
 
 fn held_message(path: &Path, pid: Option<u32>) -> String {
-    let dir = path.parent().unwrap_or(Path::new(".")).display();
-    match pid {
-        Some(pid) => format!(
-            "a kiln-worker is already running in {dir} (pid {pid}, it holds the lock on {PID_FILE}); \
-             stop it first with `kiln-worker stop {dir}`, or use `kiln-worker restart {dir}`"
-        ),
-        None => format!(
-            "a kiln-worker is already running in {dir} (it holds the lock on {PID_FILE}); stop it first"
-        ),
-    }
+    let who = pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+    format!(
+        "a running process{who} holds the lock on {}",
+        path.display()
+    )
 }
 
 impl PidLock {
@@ -88,7 +75,7 @@ impl PidLock {
                 }
                 Err(TryLockError::Error(e)) => return Err(io(e)),
             }
-            // A stopping worker unlinks the file before unlocking it: make sure we
+            // A stopping process unlinks the file before unlocking it: make sure we
             // locked the file that is at `path` now, not one just unlinked.
             if same_file(&file, path) {
                 return Ok(PidLock {
@@ -151,19 +138,19 @@ pub fn read_pid(path: &Path) -> Option<u32> {
     text.trim().parse().ok().filter(|p| *p > 0)
 }
 
-/// What the pidfile says about a worker.
+/// What the pidfile says about the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
-    /// No pidfile: no worker has run here since the last clean stop.
+    /// No pidfile: nothing has run here since the last clean stop.
     NoFile,
     /// A pidfile nobody holds: left by a crash, `kill -9` or a reboot. Its pid
     /// (if any) may now belong to an unrelated process: never signal it.
     Stale(Option<u32>),
-    /// A live worker holds the lock; the pid it wrote, once written.
+    /// A live process holds the lock; the pid it wrote, once written.
     Running(Option<u32>),
 }
 
-/// Looks at the pidfile without disturbing a running worker.
+/// Looks at the pidfile without disturbing a running process.
 pub fn probe(path: &Path) -> std::io::Result<Status> {
     let file = match OpenOptions::new().read(true).open(path) {
         Ok(f) => f,
@@ -182,7 +169,7 @@ pub fn probe(path: &Path) -> std::io::Result<Status> {
 }
 
 /// Like [`probe`], but waits up to `patience` for a locked file's pid to be written
-/// (a worker writes it once its signal handlers are in place).
+/// (the binaries write it once their signal handlers are in place).
 pub fn probe_with_pid(path: &Path, patience: Duration) -> std::io::Result<Status> {
     let deadline = Instant::now() + patience;
     loop {
@@ -196,6 +183,34 @@ pub fn probe_with_pid(path: &Path, patience: Duration) -> std::io::Result<Status
     }
 }
 
+/// How often [`wait_released`] says it is still waiting, when it waits for ever.
+pub const NOTE_EVERY: Duration = Duration::from_secs(30);
+
+/// Waits for the process holding the lock on `path` to let go of it (to exit), looking
+/// every 100 ms: `true` once it has. With a `limit`, `false` when that passes first.
+/// Without one it waits for ever, calling `note` with the time waited every
+/// [`NOTE_EVERY`], so a patient `stop` can say what it is waiting for.
+pub fn wait_released(path: &Path, limit: Option<Duration>, mut note: impl FnMut(Duration)) -> bool {
+    let started = Instant::now();
+    let mut next_note = NOTE_EVERY;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if !matches!(probe(path), Ok(Status::Running(_))) {
+            return true;
+        }
+        let waited = started.elapsed();
+        match limit {
+            Some(limit) if waited >= limit => return false,
+            Some(_) => {}
+            None if waited >= next_note => {
+                note(waited);
+                next_note += NOTE_EVERY;
+            }
+            None => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,7 +218,7 @@ mod tests {
     #[test]
     fn lock_probe_release() {
         let dir = tempfile::tempdir().unwrap();
-        let path = path_in(dir.path());
+        let path = dir.path().join("test.pid");
         assert_eq!(probe(&path).unwrap(), Status::NoFile);
         let mut lock = PidLock::acquire(&path).unwrap();
         assert_eq!(probe(&path).unwrap(), Status::Running(None));
@@ -227,5 +242,31 @@ mod tests {
         let mut lock = PidLock::acquire(&path).unwrap();
         lock.write_pid(std::process::id()).unwrap();
         assert_eq!(read_pid(&path), Some(std::process::id()));
+    }
+
+    #[test]
+    fn wait_released_sees_the_lock_go_or_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.pid");
+        assert!(
+            wait_released(&path, Some(Duration::ZERO), |_| {}),
+            "no file"
+        );
+        let lock = PidLock::acquire(&path).unwrap();
+        let started = Instant::now();
+        assert!(!wait_released(
+            &path,
+            Some(Duration::from_millis(300)),
+            |_| {}
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(lock);
+        });
+        let mut notes = 0;
+        assert!(wait_released(&path, None, |_| notes += 1));
+        assert_eq!(notes, 0, "no note before {NOTE_EVERY:?}");
+        holder.join().unwrap();
     }
 }

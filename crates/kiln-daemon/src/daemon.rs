@@ -13,7 +13,6 @@ use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use nix::unistd::{ForkResult, fork, setsid};
 
 /// Which side of [`daemonize`] we are on.
@@ -88,15 +87,25 @@ fn parse_report(text: &[u8]) -> Report {
     }
 }
 
+/// Why [`daemonize`] failed, still in the original process. Failures after the first
+/// fork are the daemon's: they go to its report, never back to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonizeError {
+    #[error("cannot create a pipe")]
+    Pipe(#[source] nix::Error),
+    #[error("cannot fork")]
+    Fork(#[source] nix::Error),
+}
+
 /// Detaches. Returns twice: in the original process ([`Forked::Parent`], after the
 /// intermediate child has been reaped) and in the daemon ([`Forked::Daemon`]).
-pub fn daemonize(basedir: &Path) -> anyhow::Result<Forked> {
-    let (read_end, write_end) = nix::unistd::pipe().context("cannot create a pipe")?;
+pub fn daemonize(basedir: &Path) -> Result<Forked, DaemonizeError> {
+    let (read_end, write_end) = nix::unistd::pipe().map_err(DaemonizeError::Pipe)?;
     set_cloexec(&read_end);
     set_cloexec(&write_end);
     // SAFETY: the process is single-threaded here (no runtime, no helper threads),
     // so the child may run ordinary code.
-    match unsafe { fork() }.context("cannot fork")? {
+    match unsafe { fork() }.map_err(DaemonizeError::Fork)? {
         ForkResult::Parent { child } => {
             drop(write_end);
             let _ = nix::sys::wait::waitpid(child, None);
