@@ -1,6 +1,7 @@
 //! The build-request queue behind the [`Store`] trait (the database implements it in
-//! `kiln-store`; [`MemStore`] is the in-memory one for tests), an event [`Bus`], and the
-//! engine's queue operations on top: submit a buildset, dispatch, finish, cancel.
+//! `kiln-store`; [`MemStore`] is the in-memory one for tests), the [`Bus`] the operations
+//! publish their [`Event`]s on, and the engine's queue operations on top: submit a buildset,
+//! dispatch, finish, cancel.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -41,6 +42,8 @@ pub struct NewRequest {
 /// What the engine needs from the database. Claims are atomic: [`Store::claim`] returns false
 /// when another master claimed the request first (`FOR UPDATE SKIP LOCKED` on PostgreSQL).
 pub trait Store: Send + Sync {
+    /// Stores the buildset and its requests; the request ids come back in the order of
+    /// `requests`.
     fn add_buildset(
         &self,
         bs: &BuildsetRequest,
@@ -73,26 +76,12 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
-/// What changed, for the web layer and reporters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    BuildsetAdded {
-        bsid: BuildsetId,
-        requests: Vec<BuildRequestId>,
-    },
-    RequestClaimed {
-        id: BuildRequestId,
-        worker: kiln_model::WorkerId,
-    },
-    RequestCompleted {
-        id: BuildRequestId,
-        results: Results,
-    },
-    RequestRequeued {
-        id: BuildRequestId,
-    },
-}
+/// What changed, for the web layer and reporters: the model's event type, re-exported here
+/// so a [`Bus`] implementation needs only this module.
+pub use kiln_model::Event;
 
+/// Where the queue operations publish their [`Event`]s. `publish` must not block or fail
+/// the caller: a build never waits for a listener.
 pub trait Bus: Send + Sync {
     fn publish(&self, event: Event);
 }
@@ -100,6 +89,13 @@ pub trait Bus: Send + Sync {
 /// A bus that keeps every event, for tests.
 #[derive(Debug, Default)]
 pub struct RecordingBus(pub Mutex<Vec<Event>>);
+
+impl RecordingBus {
+    /// The events recorded so far, leaving none behind.
+    pub fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.0.lock().expect("bus lock"))
+    }
+}
 
 impl Bus for RecordingBus {
     fn publish(&self, event: Event) {
@@ -147,10 +143,17 @@ pub async fn submit(
         })
         .collect();
     let (bsid, ids) = store.add_buildset(bs, &reqs, now).await?;
-    bus.publish(Event::BuildsetAdded {
-        bsid,
+    bus.publish(Event::BuildsetNew {
+        buildset: bsid,
         requests: ids.clone(),
     });
+    for (request, r) in ids.iter().zip(&reqs) {
+        bus.publish(Event::BuildRequestNew {
+            request: *request,
+            buildset: bsid,
+            builder: r.builder,
+        });
+    }
     Ok((bsid, ids))
 }
 
@@ -180,13 +183,14 @@ pub async fn claim_pending(
     let mut won = Vec::new();
     for a in distribute(&world, now) {
         if store.claim(&a, now).await? {
-            bus.publish(Event::RequestClaimed {
-                id: a.request,
+            bus.publish(Event::BuildRequestClaimed {
+                request: a.request,
+                builder: a.builder,
                 worker: a.worker,
             });
             for c in &a.collapsed {
-                bus.publish(Event::RequestCompleted {
-                    id: *c,
+                bus.publish(Event::BuildRequestCompleted {
+                    request: *c,
                     results: Results::Skipped,
                 });
             }
@@ -206,11 +210,11 @@ pub async fn build_finished(
 ) -> Result<(), StoreError> {
     if outcome.requeue {
         store.unclaim(request).await?;
-        bus.publish(Event::RequestRequeued { id: request });
+        bus.publish(Event::BuildRequestRequeued { request });
     } else {
         store.complete(request, outcome.results, now).await?;
-        bus.publish(Event::RequestCompleted {
-            id: request,
+        bus.publish(Event::BuildRequestCompleted {
+            request,
             results: outcome.results,
         });
     }
@@ -227,10 +231,7 @@ pub async fn cancel_request(
 ) -> Result<bool, StoreError> {
     let done = store.cancel_unclaimed(id, now).await?;
     if done {
-        bus.publish(Event::RequestCompleted {
-            id,
-            results: Results::Cancelled,
-        });
+        bus.publish(Event::BuildRequestCancelled { request: id });
     }
     Ok(done)
 }

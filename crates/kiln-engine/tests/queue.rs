@@ -10,7 +10,8 @@ use kiln_engine::results::{StepEnd, StepFlags};
 use kiln_engine::schedulers::*;
 use kiln_engine::{Clock, FakeClock};
 use kiln_model::{
-    BuildRequestId, BuilderId, Change, ChangeId, Properties, Results, SourceStampId, WorkerId,
+    BuildRequestId, BuilderId, BuildsetId, Change, ChangeId, Properties, Results, SourceStampId,
+    WorkerId,
 };
 
 const T0: i64 = 1_800_000_000;
@@ -92,8 +93,30 @@ fn busy_builder_collapses_ten_requests_into_one_build_at_the_newest_revision() {
     for bs in s.on_change(&change(1), clock.now()) {
         block_on_ready(submit(&store, &bus, &bs, &builders(), clock.now())).unwrap();
     }
+    assert_eq!(
+        bus.take(),
+        vec![
+            Event::BuildsetNew {
+                buildset: BuildsetId(1),
+                requests: vec![BuildRequestId(1)],
+            },
+            Event::BuildRequestNew {
+                request: BuildRequestId(1),
+                buildset: BuildsetId(1),
+                builder: BuilderId(1),
+            },
+        ]
+    );
     let first = block_on_ready(dispatch(&store, &bus, world(vec![]), clock.now())).unwrap();
     assert_eq!(first.len(), 1);
+    assert_eq!(
+        bus.take(),
+        vec![Event::BuildRequestClaimed {
+            request: BuildRequestId(1),
+            builder: BuilderId(1),
+            worker: WorkerId(1),
+        }]
+    );
     // Ten more changes while it runs: the worker is busy, nothing starts.
     for i in 2..=11 {
         clock.advance(60);
@@ -122,6 +145,21 @@ fn busy_builder_collapses_ten_requests_into_one_build_at_the_newest_revision() {
         clock.now(),
     ))
     .unwrap();
+    // Ten buildsets of one request each, nothing claimed while the worker was busy.
+    let events = bus.take();
+    assert_eq!(events.len(), 10 * 2 + 1);
+    assert!(
+        events[..20]
+            .iter()
+            .all(|e| matches!(e, Event::BuildsetNew { .. } | Event::BuildRequestNew { .. }))
+    );
+    assert_eq!(
+        events[20],
+        Event::BuildRequestCompleted {
+            request: first[0].request,
+            results: Results::Success,
+        }
+    );
     // Exactly one follow-up build, the newest request; the other nine are SKIPPED.
     let next = block_on_ready(dispatch(&store, &bus, world(vec![]), clock.now())).unwrap();
     assert_eq!(next.len(), 1);
@@ -134,6 +172,22 @@ fn busy_builder_collapses_ten_requests_into_one_build_at_the_newest_revision() {
         );
     }
     assert!(block_on_ready(store.pending_requests()).unwrap().is_empty());
+    // The claim, then the nine collapsed requests completed SKIPPED.
+    let mut expected = vec![Event::BuildRequestClaimed {
+        request: BuildRequestId(11),
+        builder: BuilderId(1),
+        worker: WorkerId(1),
+    }];
+    expected.extend(
+        next[0]
+            .collapsed
+            .iter()
+            .map(|c| Event::BuildRequestCompleted {
+                request: *c,
+                results: Results::Skipped,
+            }),
+    );
+    assert_eq!(bus.take(), expected);
 }
 
 #[test]
@@ -171,7 +225,7 @@ fn worker_lost_requeues_the_request_and_it_runs_again() {
         bus.0
             .lock()
             .unwrap()
-            .contains(&Event::RequestRequeued { id: a.request })
+            .contains(&Event::BuildRequestRequeued { request: a.request })
     );
 
     // The request is pending again and starts when the worker is back.
@@ -190,7 +244,12 @@ fn cancel_a_queued_request_but_not_a_running_one() {
     block_on_ready(dispatch(&store, &bus, world(vec![]), T0)).unwrap();
     bs.sources[0].branch = Some("3.13".into());
     let (_, queued) = block_on_ready(submit(&store, &bus, &bs, &builders(), T0 + 1)).unwrap();
+    bus.take();
     assert!(block_on_ready(cancel_request(&store, &bus, queued[0], T0 + 2)).unwrap());
+    assert_eq!(
+        bus.take(),
+        vec![Event::BuildRequestCancelled { request: queued[0] }]
+    );
     assert_eq!(
         store.request(queued[0]).unwrap().results,
         Some(Results::Cancelled)
@@ -204,6 +263,10 @@ fn cancel_a_queued_request_but_not_a_running_one() {
         "already cancelled"
     );
     assert!(block_on_ready(cancel_request(&store, &bus, BuildRequestId(99), T0)).is_err());
+    assert!(
+        bus.take().is_empty(),
+        "nothing cancelled, nothing published"
+    );
 }
 
 #[test]

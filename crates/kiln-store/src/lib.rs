@@ -12,6 +12,7 @@
 
 pub mod api_queries;
 mod entities;
+mod events;
 mod logs;
 mod queue;
 
@@ -23,6 +24,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, SqlSafeStr, Transaction};
 
 pub use entities::*;
+pub use events::{CHANNEL as EVENTS_CHANNEL, EventBus, EventBusOptions, RecvError, Subscription};
 pub use logs::{
     AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES, LogWriter,
     MAX_READ_LINES, slugify,
@@ -82,6 +84,8 @@ pub struct Store {
     pub(crate) wpool: AnyPool,
     pub(crate) backend: Backend,
     pub(crate) opts: StoreOptions,
+    /// For connections outside the pools (the event bus's `LISTEN`).
+    pub(crate) url: events::DbUrl,
 }
 
 /// (version, description, SQLite text, PostgreSQL text), in order.
@@ -151,6 +155,7 @@ impl Store {
                 "{url}: in-memory SQLite is not supported through the pool; use a file"
             )));
         }
+        let given = events::DbUrl(url.into());
         // A SQLite file is created when missing unless the URL says otherwise.
         let url: Cow<str> = if backend == Backend::Sqlite && !url.contains("mode=") {
             Cow::Owned(format!(
@@ -201,6 +206,7 @@ impl Store {
             wpool,
             backend,
             opts,
+            url: given,
         })
     }
 
