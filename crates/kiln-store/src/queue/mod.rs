@@ -20,9 +20,13 @@ use kiln_model::{
     BuildRequestId, BuilderId, BuildsetId, Epoch, MasterId, Properties, Results, SourceStamp,
 };
 
-use crate::{
-    Backend, NewBuildset, NewSourceStamp, Store, StoreError, get_i64, get_opt_str, get_str,
-};
+use crate::sourcestamps::insert_ss;
+use crate::{Backend, NewBuildset, NewSourceStamp, Store, StoreError, get_i64, get_opt_str};
+
+mod requests;
+
+pub(crate) use requests::{BR_COLS, row_br};
+pub use requests::{BuildRequestFilter, PendingBuilder};
 
 /// What a build needs of its request: the buildset, its source stamps and properties.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,33 +187,6 @@ fn backend(e: StoreError) -> QueueError {
     QueueError::Backend(e.to_string())
 }
 
-impl Store {
-    /// The scheduler that made a buildset (`""` for buildsets stored without one).
-    pub async fn buildset_scheduler(&self, id: BuildsetId) -> crate::Result<String> {
-        let r = sqlx::query("SELECT scheduler FROM buildsets WHERE id = $1")
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?;
-        match r {
-            Some(r) => get_str(&r, "scheduler"),
-            None => Ok(String::new()),
-        }
-    }
-
-    /// Requests claimed by `master` and not complete (for a clean shutdown's requeue).
-    pub async fn claimed_by(&self, master: MasterId) -> crate::Result<Vec<BuildRequestId>> {
-        let rows = sqlx::query(
-            "SELECT id FROM buildrequests WHERE claimed_by_masterid = $1 AND complete = 0 ORDER BY id",
-        )
-        .bind(master.0)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| get_i64(r, "id").map(BuildRequestId))
-            .collect()
-    }
-}
-
 impl QueueStoreTrait for QueueStore {
     async fn add_buildset(
         &self,
@@ -256,7 +233,7 @@ impl QueueStoreTrait for QueueStore {
             let mut tx = self.store.write_tx().await.map_err(backend)?;
             for ss in &sources {
                 new.sourcestamps
-                    .push(Store::insert_ss(&mut tx, ss, now).await.map_err(backend)?);
+                    .push(insert_ss(&mut tx, ss, now).await.map_err(backend)?);
             }
             let (bsid, brids) = Store::insert_buildset(&mut tx, &new, now, &bs.scheduler, &rows)
                 .await
