@@ -1,12 +1,13 @@
 //! Buildsets (`buildsets`, `buildset_sourcestamps`, `buildset_properties`): what a
 //! scheduler or a force asked for — source stamps, properties, a reason — and, once all its
-//! requests are done, the worst of their results. The insert of one with its requests is
-//! the queue's (`queue/`).
+//! requests are done, the worst of their results. Storing one (with its requests) is the
+//! queue's `submit` (`queue/submit.rs`); this file reads them back.
 
 use kiln_model::{
     BuildId, BuildRequestId, BuilderId, Buildset, BuildsetId, Epoch, Properties, SourceStampId,
 };
 
+use crate::queue::{Submission, submit};
 use crate::{
     Arg, Result, Sql, Store, clamp_limit, get_bool, get_i64, get_opt_i64, get_opt_str, get_results,
     get_str, read_props,
@@ -38,7 +39,8 @@ const BS_COLS: &str =
     "id, external_idstring, reason, submitted_at, complete, complete_at, results, parent_buildid";
 
 impl Store {
-    /// Adds a buildset and one build request per builder, in one transaction.
+    /// Adds a buildset and one build request per builder, all or nothing (the queue's one
+    /// buildset insert: a batch on SQLite, a transaction on PostgreSQL).
     pub async fn add_buildset(
         &self,
         bs: &NewBuildset,
@@ -49,10 +51,14 @@ impl Store {
             .iter()
             .map(|b| (*b, bs.priority, None))
             .collect();
-        let mut tx = self.write_tx().await?;
-        let out = Store::insert_buildset(&mut tx, bs, now, "", &requests).await?;
-        tx.commit().await?;
-        Ok(out)
+        let s = Submission {
+            sources: &[],
+            buildset: bs,
+            scheduler: "",
+            requests: &requests,
+        };
+        let done = submit(self, &s, now).await?;
+        Ok((done.bsid, done.requests))
     }
 
     pub async fn get_buildset(&self, id: BuildsetId) -> Result<Option<Buildset>> {

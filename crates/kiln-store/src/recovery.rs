@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use kiln_model::{Epoch, MasterId, Results};
 
+use crate::queue::release_all;
 use crate::{Result, Store, get_i64};
 
 /// What [`Store::recover_after_crash`] did.
@@ -51,13 +52,8 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let requests = sqlx::query(
-            "UPDATE buildrequests SET claimed_by_masterid = NULL, claimed_at = NULL WHERE claimed_by_masterid = $1 AND complete = 0",
-        )
-        .bind(master.0)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        // The queue's own verb, so the rule for giving back claims is written once.
+        let requests = release_all(&mut tx, master).await?;
         tx.commit().await?;
         Ok(Recovery {
             builds,
