@@ -4,11 +4,19 @@
 //! * All times are epoch seconds passed in by the caller (`now`), so the engine's fake clock
 //!   drives the store too.
 //! * Booleans are integer 0/1 columns; properties are JSON text (`[value, source]`, as Buildbot).
-//! * The build-request queue is the `buildrequests` table: a claim is one conditional `UPDATE`
-//!   (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has a single writer).
+//! * The build-request queue is the `buildrequests` table, and all the SQL on it lives in
+//!   `queue/` as a few named verbs (submit, claim, cancel, unclaim, release, complete): a
+//!   claim is one conditional `UPDATE` (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has a
+//!   single writer). [`QueueStore`] is the queue as one master sees it.
 //! * Logs are stored as zstd chunks with a line index ([`logs`](crate::Store::append_log)).
 //! * Write transactions on SQLite start with `BEGIN IMMEDIATE` so they never fail with
 //!   `SQLITE_BUSY` on the read-to-write upgrade.
+//!
+//! One file per farm noun, each with the `impl Store` block for its tables: `masters`,
+//! `workers`, `builders`, `sourcestamps`, `changes`, `buildsets`, `builds`, `steps`, `logs`;
+//! `queue/` for build requests, `recovery` for crash recovery, `api_queries` for the REST
+//! API's filtered lists, `rows` for what they share (column readers, property JSON,
+//! placeholders). This file connects, migrates and runs SQLite batches.
 
 pub mod api_queries;
 mod builders;
