@@ -9,7 +9,9 @@
 use kiln_model::{Build, BuildRequest, Change, ChangeId, Step};
 use sqlx::any::AnyRow;
 
-use crate::entities::{BR_COLS, BUILD_COLS, STEP_COLS, row_br, row_build, row_step};
+use crate::builds::{BUILD_COLS, row_build};
+use crate::queue::{BR_COLS, row_br};
+use crate::steps::{STEP_COLS, row_step};
 use crate::{Arg, Backend, MAX_LIST_LIMIT, Result, Sql, Store, StoreError, get_i64};
 
 /// A filter value, already parsed with the field's type (booleans are 0/1).

@@ -4,17 +4,34 @@
 //! * All times are epoch seconds passed in by the caller (`now`), so the engine's fake clock
 //!   drives the store too.
 //! * Booleans are integer 0/1 columns; properties are JSON text (`[value, source]`, as Buildbot).
-//! * The build-request queue is the `buildrequests` table: a claim is one conditional `UPDATE`
-//!   (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has a single writer).
+//! * The build-request queue is the `buildrequests` table, and all the SQL on it lives in
+//!   `queue/` as a few named verbs (submit, claim, cancel, unclaim, release, complete): a
+//!   claim is one conditional `UPDATE` (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has a
+//!   single writer). [`QueueStore`] is the queue as one master sees it.
 //! * Logs are stored as zstd chunks with a line index ([`logs`](crate::Store::append_log)).
 //! * Write transactions on SQLite start with `BEGIN IMMEDIATE` so they never fail with
 //!   `SQLITE_BUSY` on the read-to-write upgrade.
+//!
+//! One file per farm noun, each with the `impl Store` block for its tables: `masters`,
+//! `workers`, `builders`, `sourcestamps`, `changes`, `buildsets`, `builds`, `steps`, `logs`;
+//! `queue/` for build requests, `recovery` for crash recovery, `api_queries` for the REST
+//! API's filtered lists, `rows` for what they share (column readers, property JSON,
+//! placeholders). This file connects, migrates and runs SQLite batches.
 
 pub mod api_queries;
-mod entities;
+mod builders;
+mod builds;
+mod buildsets;
+mod changes;
 mod events;
 mod logs;
+mod masters;
 mod queue;
+mod recovery;
+mod rows;
+mod sourcestamps;
+mod steps;
+mod workers;
 
 use std::borrow::Cow;
 use std::sync::Once;
@@ -23,13 +40,25 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, SqlSafeStr, Transaction};
 
-pub use entities::*;
+pub use builders::BuilderRow;
+pub use builds::{BuildFilter, NewBuild};
+pub use buildsets::{BuildsetFilter, NewBuildset};
+pub use changes::{ChangeFilter, NewChange};
 pub use events::{CHANNEL as EVENTS_CHANNEL, EventBus, EventBusOptions, RecvError, Subscription};
 pub use logs::{
     AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES, LogWriter,
     MAX_READ_LINES, slugify,
 };
+pub use masters::MasterRow;
+pub use queue::{BuildRequestFilter, PendingBuilder};
 pub use queue::{QueueStore, RequestContext};
+pub use recovery::Recovery;
+pub use rows::MAX_LIST_LIMIT;
+pub(crate) use rows::{
+    Arg, Params, Sql, clamp_limit, get_bool, get_i64, get_opt_i64, get_opt_str, get_results,
+    get_str, prop_json, read_props,
+};
+pub use sourcestamps::NewSourceStamp;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -266,102 +295,4 @@ impl Store {
             Backend::Postgres => self.wpool.begin().await?,
         })
     }
-}
-
-// ---- small helpers shared by the modules ----
-
-pub(crate) fn get_i64(row: &AnyRow, col: &str) -> Result<i64> {
-    Ok(row.try_get::<i64, _>(col)?)
-}
-
-pub(crate) fn get_opt_i64(row: &AnyRow, col: &str) -> Result<Option<i64>> {
-    Ok(row.try_get::<Option<i64>, _>(col)?)
-}
-
-pub(crate) fn get_bool(row: &AnyRow, col: &str) -> Result<bool> {
-    Ok(get_i64(row, col)? != 0)
-}
-
-pub(crate) fn get_str(row: &AnyRow, col: &str) -> Result<String> {
-    Ok(row.try_get::<String, _>(col)?)
-}
-
-pub(crate) fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>> {
-    Ok(row.try_get::<Option<String>, _>(col)?)
-}
-
-pub(crate) fn get_results(row: &AnyRow, col: &str) -> Result<Option<kiln_model::Results>> {
-    match get_opt_i64(row, col)? {
-        None => Ok(None),
-        Some(v) => kiln_model::Results::try_from(v)
-            .map(Some)
-            .map_err(StoreError::Corrupt),
-    }
-}
-
-/// A query argument for dynamically built SQL.
-pub(crate) enum Arg {
-    I(i64),
-    S(String),
-}
-
-/// Builds `WHERE … ORDER BY … LIMIT` with numbered placeholders.
-pub(crate) struct Sql {
-    pub sql: String,
-    pub args: Vec<Arg>,
-    has_where: bool,
-}
-
-impl Sql {
-    pub fn new(base: &str) -> Sql {
-        Sql {
-            sql: base.to_string(),
-            args: Vec::new(),
-            has_where: false,
-        }
-    }
-
-    /// Adds `cond` where `?` stands for the next placeholder.
-    pub fn and(&mut self, cond: &str, arg: Arg) -> &mut Sql {
-        self.args.push(arg);
-        let n = self.args.len();
-        self.sql
-            .push_str(if self.has_where { " AND " } else { " WHERE " });
-        self.has_where = true;
-        self.sql.push_str(&cond.replace('?', &format!("${n}")));
-        self
-    }
-
-    pub fn and_raw(&mut self, cond: &str) -> &mut Sql {
-        self.sql
-            .push_str(if self.has_where { " AND " } else { " WHERE " });
-        self.has_where = true;
-        self.sql.push_str(cond);
-        self
-    }
-
-    pub fn tail(&mut self, order: &str, limit: i64) -> &mut Sql {
-        self.args.push(Arg::I(limit));
-        let n = self.args.len();
-        self.sql.push_str(&format!(" ORDER BY {order} LIMIT ${n}"));
-        self
-    }
-
-    pub async fn fetch_all(self, pool: &AnyPool) -> Result<Vec<AnyRow>> {
-        let mut q = sqlx::query(AssertSqlSafe(self.sql));
-        for a in self.args {
-            q = match a {
-                Arg::I(v) => q.bind(v),
-                Arg::S(s) => q.bind(s),
-            };
-        }
-        Ok(q.fetch_all(pool).await?)
-    }
-}
-
-/// The most rows a list query returns, whatever the caller asks.
-pub const MAX_LIST_LIMIT: i64 = 10_000;
-
-pub(crate) fn clamp_limit(limit: Option<i64>) -> i64 {
-    limit.unwrap_or(100).clamp(1, MAX_LIST_LIMIT)
 }
