@@ -1,17 +1,20 @@
 //! Kiln's master core: everything the master does except talking on a port.
 //!
-//! * [`farm`]: [`Farm::start`](farm::Farm::start) loads `master.star`, opens the store,
-//!   recovers after a crash and runs the loops (worker arrivals, scheduling and distribution,
-//!   heartbeat, retention); [`Farm::reconfig`](farm::Farm::reconfig) applies a config change;
+//! * [`farm`]: [`Farm::start`] loads `master.star`, opens the store and the event bus,
+//!   recovers after a crash and starts the farm task, which owns the farm's state (builds
+//!   running, schedulers, worker ids) and runs scheduling and distribution;
+//!   [`Farm::reconfig`] applies a config change without stopping a build;
 //! * [`control`]: the [`Control`] seam the web, the CLI and later the reporters call (force,
 //!   stop, cancel, changes), with its request and error types;
-//! * `runner` (one build: plan, then the step loop), [`steps`] (configured steps → remote
-//!   commands, logs and results), `locks` (step locks), [`sched`] (config → engine
-//!   schedulers), [`metrics`] (counters for `/metrics`), [`config_proc`] (evaluating
-//!   `master.star` in a child process).
+//! * `runner`: one build, planned (`plan_build`, pure) and then run step by step;
+//!   [`steps`]: configured steps → remote commands, logs and results; `locks`: step locks;
+//!   [`sched`]: config → engine schedulers; [`metrics`]: counters for `/metrics`;
+//!   [`config_proc`]: evaluating `master.star` in a child process.
 //!
 //! Workers reach the core through `kiln-remote`'s [`Workers`](kiln_remote::Workers)
-//! registry, filled by an endpoint; the `kiln` binary wires the two with the web port.
+//! registry, which an endpoint fills; everything the farm changes is published as a
+//! [`kiln_model::Event`] on its [`EventBus`](kiln_store::EventBus). The `kiln` binary wires
+//! the core to the worker endpoint and the web port.
 
 pub mod config_proc;
 pub mod control;
@@ -23,5 +26,18 @@ pub mod sched;
 pub mod steps;
 
 pub use control::{ChangeRequest, Control, ControlError, ForceRequest};
-pub use farm::{Farm, FarmOptions, ReconfigReport};
+pub use farm::{Farm, FarmOptions, ReconfigReport, StartError};
 pub use metrics::Metrics;
+
+/// An error and its sources on one line (`outer: inner: root`), for a log line, a step's
+/// `err.text` or an answer.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

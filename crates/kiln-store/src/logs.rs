@@ -455,6 +455,11 @@ impl LogWriter {
         self.id
     }
 
+    /// The log's line count after the appends so far.
+    pub fn num_lines(&self) -> i64 {
+        self.state.num_lines
+    }
+
     /// Like [`Store::append_log`].
     pub async fn append(&mut self, text: &str) -> Result<AppendOutcome> {
         if text.is_empty() {

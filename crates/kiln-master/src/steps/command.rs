@@ -64,8 +64,11 @@ impl Done {
     }
 }
 
-fn log_error(e: anyhow::Error) -> Halt {
-    Halt::Exception(format!("writing the step's logs failed: {e:#}"))
+fn log_error(e: super::LogError) -> Halt {
+    Halt::Exception(format!(
+        "writing the step's logs failed: {}",
+        crate::error_chain(&e)
+    ))
 }
 
 /// Text is written to the store in batches of up to this many bytes (fewer, bigger

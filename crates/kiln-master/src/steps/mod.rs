@@ -38,6 +38,31 @@ pub use transfer::{DirectorySink, FileSink, FileSource, StringSource};
 
 use command::{Halt, LogSet};
 
+/// A step's log, status text or URL could not be stored; the step ends EXCEPTION.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("the database failed")]
+    Store(#[from] kiln_store::StoreError),
+    /// The task writing a batch in the background died.
+    #[error("the log writer task ended abnormally")]
+    Writer(#[from] tokio::task::JoinError),
+}
+
+/// Why a `trigger` step could not start or follow its builds.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("no triggerable scheduler named {0:?}")]
+    NoScheduler(String),
+    #[error("the database failed")]
+    Store(#[from] kiln_store::StoreError),
+    #[error("submitting the triggered builds failed")]
+    Submit(#[from] crate::ControlError),
+    #[error("buildset {0} vanished while its builds were awaited")]
+    Vanished(kiln_model::BuildsetId),
+    #[error("the master is shutting down")]
+    ShuttingDown,
+}
+
 /// A log of the running step, as the store numbers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LogHandle(pub i64);
@@ -50,15 +75,15 @@ pub trait StepLogs: Send {
         &mut self,
         name: &str,
         log_type: LogType,
-    ) -> BoxFuture<'_, anyhow::Result<LogHandle>>;
+    ) -> BoxFuture<'_, Result<LogHandle, LogError>>;
     /// Whole lines, each ending in `\n` (already channel-prefixed for stdio logs). Secrets
     /// are redacted by the implementation, not by the caller. The text is handed over: a
     /// big log's batches are not copied again. An implementation may write in the
     /// background; an error then shows on a later call for the same log.
-    fn append(&mut self, log: LogHandle, text: String) -> BoxFuture<'_, anyhow::Result<()>>;
-    fn finish(&mut self, log: LogHandle) -> BoxFuture<'_, anyhow::Result<()>>;
-    fn set_state_string(&mut self, text: &str) -> BoxFuture<'_, anyhow::Result<()>>;
-    fn add_url(&mut self, name: &str, url: &str) -> BoxFuture<'_, anyhow::Result<()>>;
+    fn append(&mut self, log: LogHandle, text: String) -> BoxFuture<'_, Result<(), LogError>>;
+    fn finish(&mut self, log: LogHandle) -> BoxFuture<'_, Result<(), LogError>>;
+    fn set_state_string(&mut self, text: &str) -> BoxFuture<'_, Result<(), LogError>>;
+    fn add_url(&mut self, name: &str, url: &str) -> BoxFuture<'_, Result<(), LogError>>;
 }
 
 /// Starts builds for a `trigger` step through the named triggerable schedulers. Returns the
@@ -70,7 +95,7 @@ pub trait Triggerer: Send + Sync {
         properties: Properties,
         sources: BTreeMap<String, SourceAttrs>,
         wait: bool,
-    ) -> BoxFuture<'_, anyhow::Result<kiln_model::Results>>;
+    ) -> BoxFuture<'_, Result<kiln_model::Results, TriggerError>>;
 }
 
 /// Everything a step runs against.

@@ -132,8 +132,9 @@ pub(crate) async fn run_trigger(
         Ok(r) if a.wait_for_finish => Ok(Done::new(r)),
         Ok(_) => Ok(Done::new(Results::Success)),
         Err(e) => Err(Halt::Exception(format!(
-            "triggering {} failed: {e:#}",
-            a.scheduler_names.join(", ")
+            "triggering {} failed: {}",
+            a.scheduler_names.join(", "),
+            crate::error_chain(&e)
         ))),
     }
 }

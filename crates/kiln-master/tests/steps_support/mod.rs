@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use kiln_config::{Renderable, Secrets, SourceAttrs, Step};
 use kiln_engine::results::StepEnd;
-use kiln_master::steps::{LogHandle, StepCtx, StepLogs, Triggerer, run_step};
+use kiln_master::steps::{
+    LogError, LogHandle, StepCtx, StepLogs, TriggerError, Triggerer, run_step,
+};
 use kiln_model::{LogType, Properties, Results};
 use kiln_proto::args::WorkerSettings;
 use kiln_proto::{Op, Response, Value};
@@ -320,7 +322,7 @@ impl StepLogs for MemLogs {
         &mut self,
         name: &str,
         log_type: LogType,
-    ) -> BoxFuture<'_, anyhow::Result<LogHandle>> {
+    ) -> BoxFuture<'_, Result<LogHandle, LogError>> {
         self.logs.push(MemLog {
             name: name.into(),
             log_type,
@@ -330,22 +332,22 @@ impl StepLogs for MemLogs {
         let id = self.logs.len() as i64 - 1;
         Box::pin(async move { Ok(LogHandle(id)) })
     }
-    fn append(&mut self, log: LogHandle, text: String) -> BoxFuture<'_, anyhow::Result<()>> {
+    fn append(&mut self, log: LogHandle, text: String) -> BoxFuture<'_, Result<(), LogError>> {
         assert!(text.ends_with('\n'), "appends are whole lines: {text:?}");
         let l = &mut self.logs[log.0 as usize];
         assert!(!l.finished, "append to finished log {}", l.name);
         l.text.push_str(&text);
         Box::pin(async { Ok(()) })
     }
-    fn finish(&mut self, log: LogHandle) -> BoxFuture<'_, anyhow::Result<()>> {
+    fn finish(&mut self, log: LogHandle) -> BoxFuture<'_, Result<(), LogError>> {
         self.logs[log.0 as usize].finished = true;
         Box::pin(async { Ok(()) })
     }
-    fn set_state_string(&mut self, text: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+    fn set_state_string(&mut self, text: &str) -> BoxFuture<'_, Result<(), LogError>> {
         self.states.push(text.into());
         Box::pin(async { Ok(()) })
     }
-    fn add_url(&mut self, name: &str, url: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+    fn add_url(&mut self, name: &str, url: &str) -> BoxFuture<'_, Result<(), LogError>> {
         self.urls.push((name.into(), url.into()));
         Box::pin(async { Ok(()) })
     }
@@ -367,7 +369,7 @@ impl Triggerer for RecordingTriggerer {
         properties: Properties,
         sources: BTreeMap<String, SourceAttrs>,
         wait: bool,
-    ) -> BoxFuture<'_, anyhow::Result<Results>> {
+    ) -> BoxFuture<'_, Result<Results, TriggerError>> {
         self.calls
             .lock()
             .unwrap()
