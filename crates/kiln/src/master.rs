@@ -155,6 +155,11 @@ impl Master {
         self.farm.control()
     }
 
+    /// Every change the farm makes, as it happens.
+    pub fn events(&self) -> &kiln_store::EventBus {
+        self.farm.events()
+    }
+
     /// The database this master uses (tests and the quickstart read results from it).
     pub fn store(&self) -> &Store {
         self.farm.store()
