@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use kiln_model::Properties;
+use kiln_model::{Properties, SourceStamp};
 use serde::{Deserialize, Serialize};
 
 use crate::secrets::Secrets;
@@ -292,7 +292,7 @@ impl Interpolation {
                     let v = ctx
                         .sources
                         .get(codebase.as_str())
-                        .and_then(|s| s.get(*attr))
+                        .and_then(|s| source_attr(s, *attr))
                         .map(str::to_string);
                     apply(&mut out, v, fallback);
                 }
@@ -338,25 +338,14 @@ fn apply(out: &mut String, v: Option<String>, fallback: &Fallback) {
     }
 }
 
-/// A source stamp's attributes, as `%(src:codebase:attr)s` sees them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SourceAttrs {
-    pub branch: Option<String>,
-    pub revision: Option<String>,
-    pub repository: Option<String>,
-    pub project: Option<String>,
-    pub codebase: Option<String>,
-}
-
-impl SourceAttrs {
-    fn get(&self, a: SrcAttr) -> Option<&str> {
-        match a {
-            SrcAttr::Branch => self.branch.as_deref(),
-            SrcAttr::Revision => self.revision.as_deref(),
-            SrcAttr::Repository => self.repository.as_deref(),
-            SrcAttr::Project => self.project.as_deref(),
-            SrcAttr::Codebase => self.codebase.as_deref(),
-        }
+/// A source stamp's attribute, as `%(src:codebase:attr)s` sees it.
+fn source_attr(s: &SourceStamp, a: SrcAttr) -> Option<&str> {
+    match a {
+        SrcAttr::Branch => s.branch.as_deref(),
+        SrcAttr::Revision => s.revision.as_deref(),
+        SrcAttr::Repository => Some(&s.repository),
+        SrcAttr::Project => Some(&s.project),
+        SrcAttr::Codebase => Some(&s.codebase),
     }
 }
 
@@ -365,7 +354,7 @@ impl SourceAttrs {
 pub struct RenderContext<'a> {
     pub properties: Option<&'a Properties>,
     /// Source stamps by codebase name (`""` is the default codebase).
-    pub sources: BTreeMap<&'a str, &'a SourceAttrs>,
+    pub sources: BTreeMap<&'a str, &'a SourceStamp>,
     pub secrets: Option<&'a Secrets>,
 }
 

@@ -120,7 +120,7 @@ use starlark::syntax::{AstModule, Dialect};
 
 pub use diff::{ConfigDiff, NamedDiff};
 pub use error::{ConfigError, Diagnostic};
-pub use interp::{Interpolation, RenderContext, SourceAttrs};
+pub use interp::{Interpolation, RenderContext};
 pub use secrets::{Redactor, SecretSource, Secrets};
 pub use types::*;
 

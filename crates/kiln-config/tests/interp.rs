@@ -2,16 +2,16 @@ use std::collections::BTreeMap;
 
 use kiln_config::interp::{Fallback, Part};
 use kiln_config::*;
-use kiln_model::Properties;
+use kiln_model::{Properties, SourceStamp};
 
 fn render(fmt: &str, props: &Properties, kw: &[(&str, &str)]) -> String {
     let i = Interpolation::parse(fmt).unwrap();
-    let main = SourceAttrs {
+    let main = SourceStamp {
         branch: Some("main".into()),
         revision: Some("abc123".into()),
         ..Default::default()
     };
-    let docs = SourceAttrs {
+    let docs = SourceStamp {
         branch: Some("gh-pages".into()),
         ..Default::default()
     };

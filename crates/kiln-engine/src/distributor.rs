@@ -29,20 +29,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Timelike, Weekday};
 use chrono_tz::Tz;
-use kiln_model::{BuildRequestId, BuilderId, Epoch, WorkerId};
+use kiln_model::{BuildRequestId, BuilderId, Epoch, SourceStamp, WorkerId};
 
 /// What makes two requests of one builder mergeable. Build it with [`collapse_key`] (Buildbot's
 /// default rule) or any other rule; requests without a key never collapse.
 pub type CollapseKey = String;
 
-/// One codebase's part of a request's sources, for [`collapse_key`].
+/// One codebase's part of a request's sources, for [`collapse_key`]: the stamp and what
+/// came with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceForCollapse {
-    pub codebase: String,
-    pub repository: String,
-    pub branch: Option<String>,
-    pub project: String,
-    pub revision: Option<String>,
+pub struct SourceForCollapse<'a> {
+    pub stamp: &'a SourceStamp,
     pub has_patch: bool,
     /// Whether the sourcestamp came with changes (then revisions may differ: the newest wins).
     pub has_changes: bool,
@@ -52,7 +49,7 @@ pub struct SourceForCollapse {
 /// repository, branch and project; no patch; if it has changes, any revision, else the same
 /// revision; and the same scheduler-set properties (pass them already filtered, e.g. as JSON).
 pub fn collapse_key(
-    sources: &[SourceForCollapse],
+    sources: &[SourceForCollapse<'_>],
     buildset_properties: &str,
 ) -> Option<CollapseKey> {
     let mut parts: Vec<String> = Vec::new();
@@ -60,14 +57,15 @@ pub fn collapse_key(
         if s.has_patch {
             return None;
         }
+        let ss = s.stamp;
         let rev = if s.has_changes {
             "*changes*".to_string()
         } else {
-            format!("rev={:?}", s.revision)
+            format!("rev={:?}", ss.revision)
         };
         parts.push(format!(
             "{:?}|{:?}|{:?}|{:?}|{}",
-            s.codebase, s.repository, s.branch, s.project, rev
+            ss.codebase, ss.repository, ss.branch, ss.project, rev
         ));
     }
     parts.sort();

@@ -108,12 +108,9 @@ pub fn default_collapse_key(bs: &BuildsetRequest) -> Option<String> {
     let sources: Vec<SourceForCollapse> = bs
         .sources
         .iter()
-        .map(|s| SourceForCollapse {
-            codebase: s.codebase.clone(),
-            repository: s.repository.clone(),
-            branch: s.branch.clone(),
-            project: s.project.clone(),
-            revision: s.revision.clone(),
+        .map(|stamp| SourceForCollapse {
+            stamp,
+            // Kiln takes no patches yet (`try` is to come).
             has_patch: false,
             has_changes: !bs.changes.is_empty(),
         })

@@ -11,26 +11,15 @@ use std::str::FromStr;
 use chrono::DateTime;
 use chrono_tz::Tz;
 use croner::Cron;
-use kiln_model::{BuildId, Change, ChangeId, Epoch, Properties, Results};
+use kiln_model::{BuildId, Change, ChangeId, Epoch, Properties, Results, SourceStamp};
 use serde_json::Value;
-
-/// One codebase's sources for a buildset.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceSpec {
-    pub codebase: String,
-    pub repository: String,
-    pub branch: Option<String>,
-    /// `None` means the branch head when the build starts.
-    pub revision: Option<String>,
-    pub project: String,
-}
 
 /// What a scheduler wants built.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildsetRequest {
     pub scheduler: String,
     pub builders: Vec<String>,
-    pub sources: Vec<SourceSpec>,
+    pub sources: Vec<SourceStamp>,
     /// The changes this buildset builds (the blamelist), oldest first.
     pub changes: Vec<ChangeId>,
     pub properties: Properties,
@@ -45,7 +34,7 @@ pub struct BuildsetRequest {
 pub struct CompletedBuildset {
     pub scheduler: String,
     pub results: Results,
-    pub sources: Vec<SourceSpec>,
+    pub sources: Vec<SourceStamp>,
     pub properties: Properties,
 }
 
@@ -363,7 +352,7 @@ impl ChangeScheduler {
         }
         let sources = by_codebase
             .values()
-            .map(|c| SourceSpec {
+            .map(|c| SourceStamp {
                 codebase: c.codebase.clone(),
                 repository: c.repository.clone(),
                 branch: c.branch.clone(),
@@ -494,7 +483,7 @@ pub enum ScheduleError {
 pub struct Nightly {
     pub name: String,
     pub builders: Vec<String>,
-    pub sources: Vec<SourceSpec>,
+    pub sources: Vec<SourceStamp>,
     pub properties: Properties,
     pub cron: Cron,
     pub tz: Tz,
@@ -510,7 +499,7 @@ impl Nightly {
     pub fn new(
         name: &str,
         builders: Vec<String>,
-        sources: Vec<SourceSpec>,
+        sources: Vec<SourceStamp>,
         pattern: &str,
         tz: Tz,
         now: Epoch,
@@ -596,7 +585,7 @@ impl Scheduler for Nightly {
 pub struct Periodic {
     pub name: String,
     pub builders: Vec<String>,
-    pub sources: Vec<SourceSpec>,
+    pub sources: Vec<SourceStamp>,
     pub properties: Properties,
     pub period: i64,
     /// When it last fired (kept in the store across restarts).
@@ -648,7 +637,7 @@ impl Triggerable {
     pub fn trigger(
         &self,
         parent_build: BuildId,
-        sources: Vec<SourceSpec>,
+        sources: Vec<SourceStamp>,
         properties: &Properties,
         wait_for_finish: bool,
     ) -> BuildsetRequest {
@@ -773,7 +762,7 @@ impl std::error::Error for ForceError {}
 pub struct Force {
     pub name: String,
     pub builders: Vec<String>,
-    pub codebase: SourceSpec,
+    pub codebase: SourceStamp,
     pub params: Vec<ParamDef>,
 }
 

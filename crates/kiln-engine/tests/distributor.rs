@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{NaiveTime, TimeZone, Weekday};
 use kiln_engine::distributor::*;
-use kiln_model::{BuildRequestId, BuilderId, WorkerId};
+use kiln_model::{BuildRequestId, BuilderId, SourceStamp, WorkerId};
 use proptest::prelude::*;
 
 fn req(
@@ -335,12 +335,22 @@ fn unknown_builder_or_worker_is_ignored() {
 
 #[test]
 fn collapse_key_follows_buildbot_rules() {
+    let stamps: Vec<SourceStamp> = ["main", "3.13"]
+        .iter()
+        .flat_map(|branch| ["a", "b"].map(|rev| (branch, rev)))
+        .map(|(branch, rev)| SourceStamp {
+            codebase: "".into(),
+            repository: "https://github.com/python/cpython".into(),
+            branch: Some(branch.to_string()),
+            project: "cpython".into(),
+            revision: Some(rev.into()),
+        })
+        .collect();
     let ss = |branch: &str, rev: &str, changes: bool, patch: bool| SourceForCollapse {
-        codebase: "".into(),
-        repository: "https://github.com/python/cpython".into(),
-        branch: Some(branch.into()),
-        project: "cpython".into(),
-        revision: Some(rev.into()),
+        stamp: stamps
+            .iter()
+            .find(|s| s.branch.as_deref() == Some(branch) && s.revision.as_deref() == Some(rev))
+            .unwrap(),
         has_patch: patch,
         has_changes: changes,
     };

@@ -4,7 +4,7 @@ use chrono::TimeZone;
 use chrono_tz::{America::New_York, Europe::Berlin, Tz};
 use kiln_engine::schedulers::*;
 use kiln_engine::{Clock, FakeClock};
-use kiln_model::{BuildId, Change, ChangeId, Properties, Results, SourceStampId};
+use kiln_model::{BuildId, Change, ChangeId, Properties, Results, SourceStamp, SourceStampId};
 use serde_json::json;
 
 const T0: i64 = 1_800_000_000;
@@ -269,7 +269,7 @@ fn utc(t: i64) -> String {
 }
 
 fn nightly(pattern: &str, tz: Tz, start: i64) -> Nightly {
-    let src = SourceSpec {
+    let src = SourceStamp {
         codebase: String::new(),
         repository: "r".into(),
         branch: Some("main".into()),
@@ -437,7 +437,7 @@ fn triggerable_and_dependent() {
     };
     let mut props = Properties::default();
     props.set("got_revision", "abc", "Build");
-    let src = SourceSpec {
+    let src = SourceStamp {
         codebase: String::new(),
         repository: "r".into(),
         branch: Some("main".into()),
@@ -493,7 +493,7 @@ fn force_with_typed_parameters() {
     let f = Force {
         name: "force".into(),
         builders: vec!["a".into(), "b".into()],
-        codebase: SourceSpec {
+        codebase: SourceStamp {
             codebase: String::new(),
             repository: "https://github.com/python/cpython".into(),
             branch: Some("main".into()),

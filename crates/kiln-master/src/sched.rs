@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use kiln_config::{ForceParamType, MasterConfig, SchedulerKind};
 use kiln_engine::schedulers::{
     BranchMode, ChangeFilter, ChangeScheduler, ChangeSchedulerConfig, Dependent, FileImportance,
-    Force, Glob, Nightly, ParamDef, ParamKind, Periodic, Schedulers, SourceSpec, Triggerable,
+    Force, Glob, Nightly, ParamDef, ParamKind, Periodic, Schedulers, Triggerable,
 };
-use kiln_model::{Epoch, Properties};
+use kiln_model::{Epoch, Properties, SourceStamp};
 
 /// Every scheduler of one config.
 #[derive(Default)]
@@ -28,8 +28,8 @@ fn props(p: &kiln_config::Props) -> Properties {
     out
 }
 
-fn source(branch: Option<String>) -> SourceSpec {
-    SourceSpec {
+fn source(branch: Option<String>) -> SourceStamp {
+    SourceStamp {
         codebase: String::new(),
         repository: String::new(),
         branch,

@@ -116,7 +116,7 @@ async fn source_stamp_revision_and_branch_win() {
 
     h.sources.insert(
         String::new(),
-        kiln_config::SourceAttrs {
+        kiln_model::SourceStamp {
             branch: Some("feature".into()),
             ..Default::default()
         },
@@ -136,7 +136,7 @@ async fn source_stamp_revision_and_branch_win() {
 
     h.sources.insert(
         String::new(),
-        kiln_config::SourceAttrs {
+        kiln_model::SourceStamp {
             branch: Some("main".into()),
             revision: Some(first.clone()),
             ..Default::default()

@@ -405,7 +405,7 @@ async fn trigger_passes_rendered_properties_and_sources() {
     h.properties.set("got_revision", "abc123", "Git");
     h.sources.insert(
         String::new(),
-        kiln_config::SourceAttrs {
+        kiln_model::SourceStamp {
             branch: Some("main".into()),
             ..Default::default()
         },

@@ -26,16 +26,25 @@ pub struct Change {
     pub sourcestampid: SourceStampId,
 }
 
-/// What to build: a branch and revision of one codebase (optionally with a patch).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What to build: a branch and revision of one codebase. Schedulers ask for them, the store
+/// keeps them, steps check them out and render them (`%(src::branch)s`). An empty
+/// repository, project or codebase is unset, as in Buildbot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SourceStamp {
-    pub ssid: SourceStampId,
+    pub codebase: String,
+    pub repository: String,
     pub branch: Option<String>,
     pub revision: Option<String>,
-    pub repository: String,
-    pub codebase: String,
     pub project: String,
+}
+
+/// A source stamp as stored: its id and when it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredSourceStamp {
+    pub ssid: SourceStampId,
     pub created_at: Epoch,
+    #[serde(flatten)]
+    pub stamp: SourceStamp,
 }
 
 /// Build requests made together by one scheduler decision or force.

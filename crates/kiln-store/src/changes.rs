@@ -1,13 +1,13 @@
 //! Changes (`changes`, `change_files`, `change_properties`): a commit or a push the farm
 //! heard of, stored with its files, its properties and a source stamp of its own.
 
-use kiln_model::{Change, ChangeId, Epoch, Properties, SourceStampId};
+use kiln_model::{Change, ChangeId, Epoch, Properties, SourceStamp, SourceStampId};
 use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
 use crate::sourcestamps::insert_ss;
 use crate::{
-    Arg, NewSourceStamp, Result, Sql, Store, clamp_limit, get_i64, get_opt_str, get_str, prop_json,
+    Arg, Result, Sql, Store, clamp_limit, get_i64, get_opt_str, get_str, prop_json,
     read_props,
 };
 
@@ -43,7 +43,7 @@ impl Store {
     /// Adds a change with its files, properties and a new source stamp, in one transaction.
     pub async fn add_change(&self, c: &NewChange, now: Epoch) -> Result<ChangeId> {
         let mut tx = self.write_tx().await?;
-        let ss = NewSourceStamp {
+        let ss = SourceStamp {
             branch: c.branch.clone(),
             revision: c.revision.clone(),
             repository: c.repository.clone(),

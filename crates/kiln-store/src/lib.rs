@@ -58,7 +58,6 @@ pub(crate) use rows::{
     Arg, Params, Sql, clamp_limit, get_bool, get_i64, get_opt_i64, get_opt_str, get_results,
     get_str, prop_json, read_props,
 };
-pub use sourcestamps::NewSourceStamp;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]

@@ -1,33 +1,25 @@
 //! Source stamps (`sourcestamps`): what a build checks out — repository, branch, revision,
 //! codebase, project. Changes make one each; buildsets name one per codebase.
 
-use kiln_model::{Epoch, SourceStamp, SourceStampId};
+use kiln_model::{Epoch, SourceStamp, SourceStampId, StoredSourceStamp};
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Any, AnyConnection};
 
 use crate::{Params, Result, Store, get_i64, get_opt_str, get_str};
 
-/// A source stamp to create (its id and time come from the store).
-#[derive(Debug, Clone, Default)]
-pub struct NewSourceStamp {
-    pub branch: Option<String>,
-    pub revision: Option<String>,
-    pub repository: String,
-    pub codebase: String,
-    pub project: String,
-}
-
 const SS_COLS: &str = "id, branch, revision, repository, codebase, project, created_at";
 
-fn row_ss(r: &AnyRow) -> Result<SourceStamp> {
-    Ok(SourceStamp {
+fn row_ss(r: &AnyRow) -> Result<StoredSourceStamp> {
+    Ok(StoredSourceStamp {
         ssid: SourceStampId(get_i64(r, "id")?),
-        branch: get_opt_str(r, "branch")?,
-        revision: get_opt_str(r, "revision")?,
-        repository: get_str(r, "repository")?,
-        codebase: get_str(r, "codebase")?,
-        project: get_str(r, "project")?,
         created_at: get_i64(r, "created_at")?,
+        stamp: SourceStamp {
+            codebase: get_str(r, "codebase")?,
+            repository: get_str(r, "repository")?,
+            branch: get_opt_str(r, "branch")?,
+            revision: get_opt_str(r, "revision")?,
+            project: get_str(r, "project")?,
+        },
     })
 }
 
@@ -43,7 +35,7 @@ pub(crate) fn insert_ss_sql(p: &mut Params) -> String {
 
 pub(crate) fn bind_ss<'q>(
     q: sqlx::query::Query<'q, Any, AnyArguments>,
-    ss: &'q NewSourceStamp,
+    ss: &'q SourceStamp,
     now: Epoch,
 ) -> sqlx::query::Query<'q, Any, AnyArguments> {
     q.bind(ss.branch.as_deref())
@@ -57,7 +49,7 @@ pub(crate) fn bind_ss<'q>(
 /// Inserts one source stamp on the caller's connection (usually inside its transaction).
 pub(crate) async fn insert_ss(
     conn: &mut AnyConnection,
-    ss: &NewSourceStamp,
+    ss: &SourceStamp,
     now: Epoch,
 ) -> Result<SourceStampId> {
     let sql = insert_ss_sql(&mut Params::default());
@@ -68,14 +60,14 @@ pub(crate) async fn insert_ss(
 }
 
 impl Store {
-    pub async fn add_sourcestamp(&self, ss: &NewSourceStamp, now: Epoch) -> Result<SourceStampId> {
+    pub async fn add_sourcestamp(&self, ss: &SourceStamp, now: Epoch) -> Result<SourceStampId> {
         let mut tx = self.write_tx().await?;
         let id = insert_ss(&mut tx, ss, now).await?;
         tx.commit().await?;
         Ok(id)
     }
 
-    pub async fn get_sourcestamp(&self, id: SourceStampId) -> Result<Option<SourceStamp>> {
+    pub async fn get_sourcestamp(&self, id: SourceStampId) -> Result<Option<StoredSourceStamp>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {SS_COLS} FROM sourcestamps WHERE id = $1"
         )))

@@ -7,7 +7,8 @@ mod common;
 
 use kiln_engine::distributor::Assignment;
 use kiln_engine::queue::{NewRequest, Store as _};
-use kiln_engine::schedulers::{BuildsetRequest, SourceSpec};
+use kiln_engine::schedulers::BuildsetRequest;
+use kiln_model::SourceStamp;
 use kiln_model::{BuilderId, Properties, Results};
 use kiln_store::{QueueStore, Store};
 
@@ -17,7 +18,7 @@ fn request(builders: &[&str]) -> BuildsetRequest {
     BuildsetRequest {
         scheduler: "force".into(),
         builders: builders.iter().map(|s| s.to_string()).collect(),
-        sources: vec![SourceSpec {
+        sources: vec![SourceStamp {
             codebase: String::new(),
             repository: "https://example.org/r.git".into(),
             branch: Some("main".into()),
@@ -155,17 +156,10 @@ async fn cached_queue(store: Store) {
         from_memory.properties.get("scheduler"),
         Some(&serde_json::json!("force"))
     );
-    let strip = |v: &[kiln_model::SourceStamp]| {
+    // The time a stamp was made is the submission's in memory, the row's in the database.
+    let strip = |v: &[kiln_model::StoredSourceStamp]| {
         v.iter()
-            .map(|s| {
-                (
-                    s.ssid,
-                    s.branch.clone(),
-                    s.repository.clone(),
-                    s.codebase.clone(),
-                    s.project.clone(),
-                )
-            })
+            .map(|s| (s.ssid, s.stamp.clone()))
             .collect::<Vec<_>>()
     };
     assert_eq!(
@@ -176,7 +170,7 @@ async fn cached_queue(store: Store) {
     // Several source stamps and builders: ids in order, same as the database says.
     let b2 = store.upsert_builder("b2", None, &[]).await.unwrap();
     let mut multi = request(&["b", "b2"]);
-    multi.sources.push(SourceSpec {
+    multi.sources.push(SourceStamp {
         codebase: "docs".into(),
         repository: "https://example.org/docs.git".into(),
         branch: None,
@@ -510,7 +504,7 @@ async fn submit_all_or_nothing(store: Store) {
     store.register_master("m", 1).await.unwrap();
     let b = store.upsert_builder("b", None, &[]).await.unwrap();
     let ss = store
-        .add_sourcestamp(&kiln_store::NewSourceStamp::default(), 1)
+        .add_sourcestamp(&kiln_model::SourceStamp::default(), 1)
         .await
         .unwrap();
     let before = store.table_counts().await.unwrap();

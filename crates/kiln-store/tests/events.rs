@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kiln_engine::queue::{Bus, MemStore, block_on_ready, submit};
-use kiln_engine::schedulers::{BuildsetRequest, SourceSpec};
+use kiln_engine::schedulers::BuildsetRequest;
+use kiln_model::SourceStamp;
 use kiln_model::{BuildRequestId, BuilderId, ChangeId, Event, Properties, Results, WorkerId};
 use kiln_store::{EventBus, EventBusOptions, RecvError, Store, Subscription};
 
@@ -60,7 +61,7 @@ async fn in_process_subscribers_get_every_event_in_order() {
     let bs = BuildsetRequest {
         scheduler: "force".into(),
         builders: vec!["b".into()],
-        sources: vec![SourceSpec {
+        sources: vec![SourceStamp {
             codebase: String::new(),
             repository: "https://example.org/r.git".into(),
             branch: Some("main".into()),

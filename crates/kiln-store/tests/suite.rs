@@ -6,7 +6,9 @@ mod common;
 use std::collections::HashSet;
 
 use futures_util::TryStreamExt;
-use kiln_model::{BuildRequestId, BuilderId, LogType, MasterId, Properties, Results, WorkerId};
+use kiln_model::{
+    BuildRequestId, BuilderId, LogType, MasterId, Properties, Results, SourceStamp, WorkerId,
+};
 use kiln_store::*;
 
 both!(sqlite_entities, pg_entities, entities);
@@ -185,7 +187,7 @@ async fn entities(store: Store) {
     // source stamps
     let ss = store
         .add_sourcestamp(
-            &NewSourceStamp {
+            &SourceStamp {
                 branch: Some("main".into()),
                 revision: Some("abc".into()),
                 repository: "r".into(),
@@ -198,8 +200,8 @@ async fn entities(store: Store) {
     let got = store.get_sourcestamp(ss).await.unwrap().unwrap();
     assert_eq!(
         (
-            got.branch.as_deref(),
-            got.revision.as_deref(),
+            got.stamp.branch.as_deref(),
+            got.stamp.revision.as_deref(),
             got.created_at
         ),
         (Some("main"), Some("abc"), 5)
@@ -238,7 +240,7 @@ async fn entities(store: Store) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(css.revision, c.revision);
+    assert_eq!(css.stamp.revision, c.revision);
     // newest first, filtered, keyset pages
     let page1 = store
         .list_changes(&ChangeFilter {
@@ -285,7 +287,7 @@ async fn queue(store: Store) {
     let m2 = store.register_master("m2", 10).await.unwrap();
     let ss = store
         .add_sourcestamp(
-            &NewSourceStamp {
+            &SourceStamp {
                 branch: Some("main".into()),
                 ..Default::default()
             },

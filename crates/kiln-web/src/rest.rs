@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use kiln_config::SchedulerKind;
 use kiln_model::{
     Build, BuildId, BuildRequest, BuildRequestId, BuilderId, BuildsetId, Change, ChangeId, Log,
-    LogId, LogType, MasterId, Properties, SourceStamp, Step, StepId, Worker, WorkerId,
+    LogId, LogType, MasterId, Properties, StoredSourceStamp, Step, StepId, Worker, WorkerId,
 };
 use kiln_store::api_queries::{ApiCond, ApiOp, ApiTable, ApiValue};
 use kiln_store::{BuilderRow, BuildsetFilter, MAX_READ_LINES};
@@ -404,10 +404,11 @@ fn log_json(l: &Log) -> Obj {
     }))
 }
 
-fn ss_json(ss: &SourceStamp) -> Value {
+fn ss_json(stored: &StoredSourceStamp) -> Value {
+    let ss = &stored.stamp;
     json!({
-        "ssid": ss.ssid.0, "branch": ss.branch, "revision": ss.revision, "project": ss.project,
-        "repository": ss.repository, "codebase": ss.codebase, "created_at": ss.created_at,
+        "ssid": stored.ssid.0, "branch": ss.branch, "revision": ss.revision, "project": ss.project,
+        "repository": ss.repository, "codebase": ss.codebase, "created_at": stored.created_at,
         "patch": null,
     })
 }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_config::MasterConfig;
-use kiln_engine::schedulers::SourceSpec;
-use kiln_model::{BuildId, BuildRequestId, BuildsetId, ChangeId, Properties, Results, WorkerId};
+use kiln_model::{
+    BuildId, BuildRequestId, BuildsetId, ChangeId, Properties, Results, SourceStamp, WorkerId,
+};
 use kiln_remote::{BoxFuture, Workers};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -52,7 +53,7 @@ pub(crate) enum Message {
     Trigger {
         scheduler: String,
         parent: BuildId,
-        sources: Vec<SourceSpec>,
+        sources: Vec<SourceStamp>,
         properties: Properties,
         wait: bool,
         reply: Reply<Result<BuildsetId, TriggerError>>,
@@ -111,7 +112,7 @@ impl FarmHandle {
         &self,
         scheduler: String,
         parent: BuildId,
-        sources: Vec<SourceSpec>,
+        sources: Vec<SourceStamp>,
         properties: Properties,
         wait: bool,
     ) -> Result<BuildsetId, TriggerError> {

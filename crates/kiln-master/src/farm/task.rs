@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_engine::queue;
-use kiln_engine::schedulers::{BuildsetRequest, CompletedBuildset, SourceSpec};
+use kiln_engine::schedulers::{BuildsetRequest, CompletedBuildset};
 use kiln_model::{
     BuildId, BuildRequestId, BuilderId, BuildsetId, ChangeId, Event, Properties, Results,
+    SourceStamp,
 };
 use kiln_remote::WorkerEvent;
 use tokio::sync::mpsc;
@@ -330,7 +331,7 @@ impl FarmTask {
         &mut self,
         scheduler: &str,
         parent: BuildId,
-        sources: Vec<SourceSpec>,
+        sources: Vec<SourceStamp>,
         properties: &Properties,
         wait: bool,
     ) -> Result<BuildsetId, TriggerError> {
@@ -392,13 +393,7 @@ async fn completed_buildset(
     let mut sources = Vec::new();
     for ss in &bs.sourcestamps {
         if let Ok(Some(s)) = store.get_sourcestamp(*ss).await {
-            sources.push(SourceSpec {
-                codebase: s.codebase,
-                repository: s.repository,
-                branch: s.branch,
-                revision: s.revision,
-                project: s.project,
-            });
+            sources.push(s.stamp);
         }
     }
     let properties = store

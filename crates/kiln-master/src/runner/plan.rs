@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use kiln_config::{Builder, MasterConfig, SourceAttrs};
+use kiln_config::{Builder, MasterConfig};
 use kiln_engine::build::StepDef;
 use kiln_engine::results::StepFlags;
-use kiln_model::Properties;
+use kiln_model::{Properties, SourceStamp};
 use kiln_remote::join_worker_path;
 use kiln_store::RequestContext;
 
@@ -25,7 +25,7 @@ pub(crate) struct BuildPlan {
     /// `B` in spec §8.2: the builder's directory on the worker.
     pub builder_dir: String,
     /// Source stamps by codebase (`""` is the default), for `%(src::branch)s`.
-    pub sources: BTreeMap<String, SourceAttrs>,
+    pub sources: BTreeMap<String, SourceStamp>,
     pub steps: Vec<StepDef>,
 }
 
@@ -38,19 +38,10 @@ pub(crate) fn plan_build(
     worker: WorkerFacts<'_>,
     request: &RequestContext,
 ) -> BuildPlan {
-    let sources: BTreeMap<String, SourceAttrs> = request
+    let sources: BTreeMap<String, SourceStamp> = request
         .sourcestamps
         .iter()
-        .map(|ss| {
-            let attrs = SourceAttrs {
-                branch: ss.branch.clone(),
-                revision: ss.revision.clone(),
-                repository: Some(ss.repository.clone()),
-                project: Some(ss.project.clone()),
-                codebase: Some(ss.codebase.clone()),
-            };
-            (ss.codebase.clone(), attrs)
-        })
+        .map(|ss| (ss.stamp.codebase.clone(), ss.stamp.clone()))
         .collect();
     let mut props = Properties::default();
     for (k, v) in &builder.properties {
@@ -86,21 +77,13 @@ pub(crate) fn plan_build(
 }
 
 /// The default codebase's `branch`, `revision`, `repository`, `project` and `codebase`.
-fn set_source_properties(props: &mut Properties, src: &SourceAttrs) {
+fn set_source_properties(props: &mut Properties, src: &SourceStamp) {
     let or_null = |v: &Option<String>| v.clone().map_or(serde_json::Value::Null, Into::into);
     props.set("branch", or_null(&src.branch), "Build");
     props.set("revision", or_null(&src.revision), "Build");
-    props.set(
-        "repository",
-        src.repository.clone().unwrap_or_default(),
-        "Build",
-    );
-    props.set("project", src.project.clone().unwrap_or_default(), "Build");
-    props.set(
-        "codebase",
-        src.codebase.clone().unwrap_or_default(),
-        "Build",
-    );
+    props.set("repository", src.repository.clone(), "Build");
+    props.set("project", src.project.clone(), "Build");
+    props.set("codebase", src.codebase.clone(), "Build");
 }
 
 /// Engine flags of a configured step. Shell-like steps count WARNINGS towards the build,
@@ -125,7 +108,7 @@ fn engine_flags(step: &kiln_config::Step) -> StepFlags {
 mod tests {
     use super::*;
     use kiln_config::SecretSource;
-    use kiln_model::{BuildsetId, SourceStamp, SourceStampId};
+    use kiln_model::{BuildsetId, SourceStampId, StoredSourceStamp};
 
     const CONFIG: &str = r#"
 WORKERS = [worker("w1", password_hash = "$argon2id$v=19$x", properties = {"cpus": 8, "os": "linux"})]
@@ -148,14 +131,15 @@ BUILDERS = [
         properties.set("suite", "slow", "Force");
         RequestContext {
             buildsetid: BuildsetId(1),
-            sourcestamps: vec![SourceStamp {
+            sourcestamps: vec![StoredSourceStamp {
                 ssid: SourceStampId(1),
-                branch: Some(branch.into()),
-                revision: None,
-                repository: "https://example.invalid/r.git".into(),
-                codebase: String::new(),
-                project: "p".into(),
                 created_at: 0,
+                stamp: SourceStamp {
+                    branch: Some(branch.into()),
+                    repository: "https://example.invalid/r.git".into(),
+                    project: "p".into(),
+                    ..SourceStamp::default()
+                },
             }],
             properties,
         }
@@ -217,8 +201,8 @@ BUILDERS = [
         assert!(!plan.steps[1].flags.halt_on_failure);
         assert_eq!(plan.sources[""].branch.as_deref(), Some("dev"));
         assert_eq!(
-            plan.sources[""].repository.as_deref(),
-            Some("https://example.invalid/r.git")
+            plan.sources[""].repository,
+            "https://example.invalid/r.git"
         );
     }
 }

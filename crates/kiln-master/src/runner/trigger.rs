@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kiln_config::SourceAttrs;
-use kiln_engine::schedulers::SourceSpec;
-use kiln_model::{BuildId, BuildsetId, Event, Properties, Results};
+use kiln_model::{BuildId, BuildsetId, Event, Properties, Results, SourceStamp};
 use kiln_remote::BoxFuture;
 use kiln_store::{EventBus, Store};
 
@@ -25,28 +23,19 @@ impl Triggerer for BuildTriggerer {
         &self,
         scheduler_names: &[String],
         properties: Properties,
-        sources: BTreeMap<String, SourceAttrs>,
+        sources: BTreeMap<String, SourceStamp>,
         wait: bool,
     ) -> BoxFuture<'_, Result<Results, TriggerError>> {
         let names = scheduler_names.to_vec();
         Box::pin(async move {
-            let specs: Vec<SourceSpec> = sources
-                .iter()
-                .map(|(cb, s)| SourceSpec {
-                    codebase: cb.clone(),
-                    repository: s.repository.clone().unwrap_or_default(),
-                    branch: s.branch.clone(),
-                    revision: s.revision.clone(),
-                    project: s.project.clone().unwrap_or_default(),
-                })
-                .collect();
+            let sources: Vec<SourceStamp> = sources.into_values().collect();
             // Listening before submitting: no completion can slip past.
             let mut events = self.bus.subscribe();
             let mut buildsets = Vec::new();
             for name in names {
                 let bs = self
                     .farm
-                    .trigger(name, self.build, specs.clone(), properties.clone(), wait)
+                    .trigger(name, self.build, sources.clone(), properties.clone(), wait)
                     .await?;
                 buildsets.push(bs);
             }

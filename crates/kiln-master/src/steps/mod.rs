@@ -27,9 +27,9 @@ mod transfer;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kiln_config::{Renderable, Secrets, SourceAttrs, Step, StepKind};
+use kiln_config::{Renderable, Secrets, Step, StepKind};
 use kiln_engine::results::StepEnd;
-use kiln_model::{LogType, Properties, Results};
+use kiln_model::{LogType, Properties, Results, SourceStamp};
 use tokio::sync::watch;
 
 use kiln_remote::{BoxFuture, Remote};
@@ -93,7 +93,7 @@ pub trait Triggerer: Send + Sync {
         &self,
         scheduler_names: &[String],
         properties: Properties,
-        sources: BTreeMap<String, SourceAttrs>,
+        sources: BTreeMap<String, SourceStamp>,
         wait: bool,
     ) -> BoxFuture<'_, Result<kiln_model::Results, TriggerError>>;
 }
@@ -107,7 +107,7 @@ pub struct StepCtx<'a> {
     /// The build's properties; `set_property_from_command` writes into them.
     pub properties: &'a mut Properties,
     /// Source stamps by codebase (`""` is the default), for `%(src::branch)s`.
-    pub sources: &'a BTreeMap<String, SourceAttrs>,
+    pub sources: &'a BTreeMap<String, SourceStamp>,
     pub secrets: &'a Secrets,
     /// The builder's `env`, merged under each step's own `env`.
     pub builder_env: &'a BTreeMap<String, Renderable>,

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use kiln_config::{Renderable, Secrets, SourceAttrs, Step};
+use kiln_config::{Renderable, Secrets, Step};
 use kiln_engine::results::StepEnd;
 use kiln_master::steps::{
     LogError, LogHandle, StepCtx, StepLogs, TriggerError, Triggerer, run_step,
 };
-use kiln_model::{LogType, Properties, Results};
+use kiln_model::{LogType, Properties, Results, SourceStamp};
 use kiln_proto::args::WorkerSettings;
 use kiln_proto::{Op, Response, Value};
 use kiln_remote::{
@@ -354,7 +354,7 @@ impl StepLogs for MemLogs {
 }
 
 /// One `trigger` call: scheduler names, properties, sources, wait.
-pub type TriggerCall = (Vec<String>, Properties, BTreeMap<String, SourceAttrs>, bool);
+pub type TriggerCall = (Vec<String>, Properties, BTreeMap<String, SourceStamp>, bool);
 
 /// Records trigger calls and answers with `result`.
 pub struct RecordingTriggerer {
@@ -367,7 +367,7 @@ impl Triggerer for RecordingTriggerer {
         &self,
         names: &[String],
         properties: Properties,
-        sources: BTreeMap<String, SourceAttrs>,
+        sources: BTreeMap<String, SourceStamp>,
         wait: bool,
     ) -> BoxFuture<'_, Result<Results, TriggerError>> {
         self.calls
@@ -382,7 +382,7 @@ impl Triggerer for RecordingTriggerer {
 /// One build's worth of step context.
 pub struct Harness {
     pub properties: Properties,
-    pub sources: BTreeMap<String, SourceAttrs>,
+    pub sources: BTreeMap<String, SourceStamp>,
     pub secrets: Secrets,
     pub builder_env: BTreeMap<String, Renderable>,
     pub logs: MemLogs,

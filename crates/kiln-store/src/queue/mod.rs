@@ -26,10 +26,10 @@ use kiln_engine::queue::{NewRequest, Store as QueueStoreTrait, StoreError as Que
 use kiln_engine::schedulers::BuildsetRequest;
 use kiln_model::{
     BuildRequestId, BuilderId, BuildsetId, Epoch, MasterId, Properties, Results, SourceStamp,
-    SourceStampId,
+    SourceStampId, StoredSourceStamp,
 };
 
-use crate::{NewBuildset, NewSourceStamp, Store, StoreError};
+use crate::{NewBuildset, Store, StoreError};
 
 mod cache;
 mod requests;
@@ -46,7 +46,7 @@ pub(crate) use verbs::release_all;
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestContext {
     pub buildsetid: BuildsetId,
-    pub sourcestamps: Vec<SourceStamp>,
+    pub sourcestamps: Vec<StoredSourceStamp>,
     pub properties: Properties,
 }
 
@@ -173,36 +173,19 @@ fn engine_buildset(bs: &BuildsetRequest, requests: &[NewRequest]) -> NewBuildset
     }
 }
 
-fn engine_sources(bs: &BuildsetRequest) -> Vec<NewSourceStamp> {
-    bs.sources
-        .iter()
-        .map(|s| NewSourceStamp {
-            branch: s.branch.clone(),
-            revision: s.revision.clone(),
-            repository: s.repository.clone(),
-            codebase: s.codebase.clone(),
-            project: s.project.clone(),
-        })
-        .collect()
-}
-
 /// The source stamps as stored, for a request context kept in memory.
 fn stored_stamps(
-    sources: Vec<NewSourceStamp>,
+    sources: &[SourceStamp],
     ids: &[SourceStampId],
     now: Epoch,
-) -> Vec<SourceStamp> {
+) -> Vec<StoredSourceStamp> {
     sources
-        .into_iter()
+        .iter()
         .zip(ids)
-        .map(|(s, ssid)| SourceStamp {
+        .map(|(stamp, ssid)| StoredSourceStamp {
             ssid: *ssid,
-            branch: s.branch,
-            revision: s.revision,
-            repository: s.repository,
-            codebase: s.codebase,
-            project: s.project,
             created_at: now,
+            stamp: stamp.clone(),
         })
         .collect()
 }
@@ -215,14 +198,13 @@ impl QueueStoreTrait for QueueStore {
         requests: &[NewRequest],
         now: Epoch,
     ) -> Result<(BuildsetId, Vec<BuildRequestId>), QueueError> {
-        let sources = engine_sources(bs);
         let buildset = engine_buildset(bs, requests);
         let rows: Vec<(BuilderId, i64, Option<&str>)> = requests
             .iter()
             .map(|r| (r.builder, r.priority, r.collapse_key.as_deref()))
             .collect();
         let s = Submission {
-            sources: &sources,
+            sources: &bs.sources,
             buildset: &buildset,
             scheduler: &bs.scheduler,
             requests: &rows,
@@ -231,7 +213,7 @@ impl QueueStoreTrait for QueueStore {
         if let Some(c) = &self.caches {
             let context = Arc::new(RequestContext {
                 buildsetid: done.bsid,
-                sourcestamps: stored_stamps(sources, &done.ssids, now),
+                sourcestamps: stored_stamps(&bs.sources, &done.ssids, now),
                 properties: buildset.properties,
             });
             c.submitted(&done.requests, requests, context, now);

@@ -3,13 +3,13 @@
 //! `QueueStore::add_buildset` both come here: on SQLite it is one batch, on PostgreSQL one
 //! transaction, and both build their statements from the same pieces below.
 
-use kiln_model::{BuildRequestId, BuilderId, BuildsetId, Epoch, SourceStampId};
+use kiln_model::{BuildRequestId, BuilderId, BuildsetId, Epoch, SourceStamp, SourceStampId};
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Any, AnyConnection};
 
 use crate::sourcestamps::{bind_ss, insert_ss, insert_ss_sql};
 use crate::{
-    Backend, NewBuildset, NewSourceStamp, Params, Result, Store, StoreError, get_i64, get_str,
+    Backend, NewBuildset, Params, Result, Store, StoreError, get_i64, get_str,
     prop_json,
 };
 
@@ -18,7 +18,7 @@ type Query<'q> = sqlx::query::Query<'q, Any, AnyArguments>;
 /// What [`submit`] stores.
 pub(crate) struct Submission<'a> {
     /// Source stamps to create and link to the buildset.
-    pub sources: &'a [NewSourceStamp],
+    pub sources: &'a [SourceStamp],
     /// The buildset row; its `sourcestamps` are existing ones to link as well. Its
     /// `builders` and `priority` are not read: `requests` says which requests to make.
     pub buildset: &'a NewBuildset,
