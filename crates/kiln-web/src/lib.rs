@@ -20,15 +20,14 @@ use std::sync::atomic::AtomicI64;
 pub use kiln_master::{ChangeRequest, Control, ControlError, ForceRequest, Metrics};
 
 mod control;
+mod error;
 mod landing;
 mod metrics;
 mod query;
 mod rest;
 
+pub use error::{ApiError, error_chain};
 pub use query::{FType, Filter, Spec};
-
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 
 /// What the API handlers share.
 #[derive(Clone)]
@@ -60,63 +59,4 @@ pub fn router(state: ApiState) -> axum::Router {
 pub fn app(state: ApiState) -> axum::Router {
     let landing = landing::page(&state.control.config().master.title);
     router(state).merge(landing)
-}
-
-/// An error and its sources on one line (`outer: inner: root`), for an answer or a log.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// An error answered as Buildbot does for REST: `{"error": "..."}` with its status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn bad(msg: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: msg.into(),
-        }
-    }
-    pub fn not_found(msg: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: msg.into(),
-        }
-    }
-    pub fn internal(msg: impl std::fmt::Display) -> ApiError {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: msg.to_string(),
-        }
-    }
-}
-
-impl From<kiln_store::StoreError> for ApiError {
-    fn from(e: kiln_store::StoreError) -> ApiError {
-        ApiError::internal(format!("database error: {e}"))
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message }).to_string();
-        let mut r = (self.status, body).into_response();
-        // Buildbot sends REST errors as text/plain holding JSON.
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        r
-    }
 }

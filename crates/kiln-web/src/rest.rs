@@ -282,7 +282,7 @@ fn many(st: &ApiState, h: &HeaderMap, plural: &str, spec: &Spec, rows: Vec<Obj>)
 }
 
 fn not_found(what: String) -> ApiError {
-    ApiError::not_found(format!("not found while getting from {what}"))
+    ApiError::NotFound(what)
 }
 
 fn obj(v: Value) -> Obj {
@@ -297,7 +297,7 @@ async fn root() -> Response {
 }
 
 async fn invalid_path(Path(rest): Path<String>) -> ApiError {
-    ApiError::not_found(format!("Invalid path: {rest}"))
+    ApiError::InvalidPath(rest)
 }
 
 struct Json404;
@@ -332,7 +332,7 @@ fn num(s: &str) -> Option<i64> {
 }
 
 fn num_or_invalid(s: &str, path: &str) -> Result<i64, ApiError> {
-    num(s).ok_or_else(|| ApiError::not_found(format!("Invalid path: {path}")))
+    num(s).ok_or_else(|| ApiError::InvalidPath(path.to_string()))
 }
 
 // ------------------------------------------------------------------ JSON of each resource
