@@ -22,9 +22,10 @@ pub use kiln_master::{ChangeRequest, Control, ControlError, ForceRequest, Metric
 mod control;
 mod error;
 mod landing;
-mod metrics;
+mod ops;
 mod query;
 mod rest;
+mod routes;
 
 pub use error::{ApiError, error_chain};
 pub use query::{FType, Filter, Spec};
@@ -52,7 +53,7 @@ impl ApiState {
 
 /// The REST API, `/change_hook/base`, `/metrics` and `/health`, to mount at `/`.
 pub fn router(state: ApiState) -> axum::Router {
-    rest::routes().merge(control::routes()).with_state(state)
+    routes::routes().with_state(state)
 }
 
 /// Everything the web port serves: the API and a landing page at `/` that links it.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
@@ -148,8 +148,6 @@ const MASTER_F: &[(&str, FType)] = &[
 
 pub(super) fn routes() -> Router<ApiState> {
     Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
         .route("/api/v2/builders", get(builders))
         .route("/api/v2/builders/{b}", get(builder))
         .route("/api/v2/builders/{b}/builds", get(builder_builds))
@@ -506,37 +504,6 @@ fn worker_json(
         "pause_reason": null, "graceful": w.graceful, "connected_to": connected_to,
         "configured_on": configured_on,
     }))
-}
-
-// ------------------------------------------------------------------ health and metrics
-
-async fn health(State(st): State<ApiState>) -> Response {
-    match st.store.ping().await {
-        Ok(()) => axum::Json(json!({"status": "ok", "db": "ok"})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "error", "db": e.to_string()})),
-        )
-            .into_response(),
-    }
-}
-
-async fn metrics(State(st): State<ApiState>) -> Response {
-    if let Ok(n) = st.store.log_bytes_stored().await {
-        st.log_bytes_stored
-            .store(n, std::sync::atomic::Ordering::Relaxed);
-    }
-    let stored = st
-        .log_bytes_stored
-        .load(std::sync::atomic::Ordering::Relaxed);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        super::metrics::render(&st.metrics.snapshot(), stored),
-    )
-        .into_response()
 }
 
 // ------------------------------------------------------------------ builders

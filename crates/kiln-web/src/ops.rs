@@ -1,9 +1,63 @@
-//! `/metrics`: the master's figures as Prometheus text (exposition format 0.0.4).
+//! For operators, not Buildbot clients: `GET /health` (can the master reach its database?)
+//! for load balancers and service managers, and `GET /metrics`, the master's figures as
+//! Prometheus text (exposition format 0.0.4).
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
 
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use kiln_master::metrics::MetricsSnapshot;
 use kiln_model::Results;
+use serde::Serialize;
+
+use crate::ApiState;
+
+/// The answer of `/health`: `{"status": "ok", "db": "ok"}`, or `"error"` and the database's
+/// complaint with a 503.
+#[derive(Serialize)]
+struct HealthAnswer {
+    db: String,
+    status: &'static str,
+}
+
+/// `GET /health`.
+pub(crate) async fn health(State(st): State<ApiState>) -> Response {
+    match st.store.ping().await {
+        Ok(()) => Json(HealthAnswer {
+            db: "ok".into(),
+            status: "ok",
+        })
+        .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(HealthAnswer {
+                db: e.to_string(),
+                status: "error",
+            }),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /metrics`. `kiln_log_bytes_stored` is read from the store on each scrape; when that
+/// read fails the last figure read is shown.
+pub(crate) async fn metrics(State(st): State<ApiState>) -> Response {
+    if let Ok(n) = st.store.log_bytes_stored().await {
+        st.log_bytes_stored.store(n, Ordering::Relaxed);
+    }
+    let stored = st.log_bytes_stored.load(Ordering::Relaxed);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        prometheus_text(&st.metrics.snapshot(), stored),
+    )
+        .into_response()
+}
 
 /// Every result, in the order the counter lines are written.
 const RESULTS: [Results; 7] = [
@@ -35,8 +89,8 @@ fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
     );
 }
 
-/// The text of `/metrics`; `log_bytes_stored` is read from the store by the caller.
-pub fn render(m: &MetricsSnapshot, log_bytes_stored: i64) -> String {
+/// The text of `/metrics`.
+fn prometheus_text(m: &MetricsSnapshot, log_bytes_stored: i64) -> String {
     let mut out = String::new();
     gauge(
         &mut out,
