@@ -19,13 +19,15 @@ use std::sync::atomic::AtomicI64;
 
 pub use kiln_master::{ChangeRequest, Control, ControlError, ForceRequest, Metrics};
 
-mod control;
+mod api;
+mod change_hook;
 mod error;
 mod landing;
 mod ops;
 mod query;
 mod rest;
 mod routes;
+mod rpc;
 
 pub use error::{ApiError, error_chain};
 pub use query::{FType, Filter, Spec};

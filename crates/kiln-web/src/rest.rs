@@ -165,7 +165,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/api/v2/builds", get(builds))
         .route(
             "/api/v2/builds/{id}",
-            get(build).post(super::control::build_rpc),
+            get(build).post(crate::rpc::stop_build),
         )
         .route("/api/v2/builds/{id}/properties", get(build_properties))
         .route("/api/v2/builds/{id}/steps", get(build_steps))
@@ -202,7 +202,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/api/v2/buildrequests", get(buildrequests))
         .route(
             "/api/v2/buildrequests/{id}",
-            get(buildrequest).post(super::control::buildrequest_rpc),
+            get(buildrequest).post(crate::rpc::cancel_request),
         )
         .route(
             "/api/v2/buildrequests/{id}/builds",
@@ -213,7 +213,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/api/v2/forceschedulers", get(forceschedulers))
         .route(
             "/api/v2/forceschedulers/{name}",
-            get(forcescheduler).post(super::control::force_rpc),
+            get(forcescheduler).post(crate::rpc::force),
         )
         .route("/api/v2/masters", get(masters))
         .route("/api/v2/masters/{id}", get(master))
@@ -322,12 +322,7 @@ impl Json404 {
     }
 }
 
-fn num(s: &str) -> Option<i64> {
-    // Buildbot's `n:` path components: digits only.
-    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| s.parse().ok())
-        .flatten()
-}
+use crate::api::path_number as num;
 
 fn num_or_invalid(s: &str, path: &str) -> Result<i64, ApiError> {
     num(s).ok_or_else(|| ApiError::InvalidPath(path.to_string()))
