@@ -1,12 +1,19 @@
-//! REST API under `/api/v2` in Buildbot's shape (resource names, field names, `field__op`
-//! filters, `order`, `limit`, `offset`, and the `{"<resource>": [...], "meta": {"total": N}}`
-//! envelope), plus `/metrics` (Prometheus text) and `/health` for operators.
+//! Kiln's web port: Buildbot's REST API under `/api/v2` (resource names, field names,
+//! `field__op` filters, `order`, `limit`, `offset`, `field`, `property`, and the
+//! `{"<resource>": [...], "meta": {"total": N}}` envelope), so tools written for Buildbot keep
+//! working; the JSON-RPC control the Buildbot UI sends; the base change hook; and `/metrics`
+//! and `/health` for operators. It reads the store and asks the master's [`Control`] for the
+//! rest; it never talks to a worker.
 //!
-//! * [`router`] serves everything below on the master's web port (mount at `/`):
-//!   `GET /api/v2/{builders,builds,steps,logs,workers,changes,buildrequests,buildsets,
-//!   forceschedulers,masters}` and their nested paths (see `rest.rs`), `/logs/{id}/contents`
-//!   and `/raw`; JSON-RPC `POST`s `force`, `stop`, `cancel` (`control.rs`); `POST
-//!   /change_hook/base`; `GET /metrics`; `GET /health`.
+//! * `routes.rs` — every route, in one list; [`router`] serves them (mount at `/`), [`app`]
+//!   adds the landing page (`landing.rs`).
+//! * `api/` — a module per resource family (builders, builds, steps, logs, workers, changes,
+//!   build requests, buildsets, force schedulers, masters; properties and source stamps as
+//!   they show inside others): its typed answer and its handlers. `api/mod.rs` has what they
+//!   share: the [`Resource`](api::Resource) trait, the request (`ApiRequest`) and the
+//!   envelope. `query.rs` parses and applies Buildbot's query features.
+//! * `rpc.rs` — JSON-RPC `force`, `stop`, `cancel`; `change_hook.rs` — `POST
+//!   /change_hook/base`; `ops.rs` — `/health` and `/metrics`; `error.rs` — [`ApiError`].
 //! * Builds, build requests, changes and steps are filtered, ordered and paged in SQL
 //!   (`kiln_store::api_queries`); a page holds at most `kiln_store::MAX_LIST_LIMIT` rows even
 //!   without `limit`. Other collections are small and filtered in memory.
@@ -25,7 +32,6 @@ mod error;
 mod landing;
 mod ops;
 mod query;
-mod rest;
 mod routes;
 mod rpc;
 

@@ -258,22 +258,36 @@ pub fn select(spec: &Spec, mut obj: Map<String, Value>) -> Map<String, Value> {
 /// Buildbot's `ResultSpec.apply` on a whole collection: filters, total, order, offset/limit,
 /// fields. Returns the page and the total after filtering.
 pub fn apply(spec: &Spec, rows: Vec<Map<String, Value>>) -> (Vec<Map<String, Value>>, usize) {
-    let mut rows: Vec<_> = rows
+    let (page, total) = page_indices(spec, &rows);
+    let mut rows: Vec<Option<Map<String, Value>>> = rows.into_iter().map(Some).collect();
+    let page = page
         .into_iter()
-        .filter(|r| {
+        .filter_map(|i| rows[i].take())
+        .map(|r| select(spec, r))
+        .collect();
+    (page, total)
+}
+
+/// A row's field; null when it has none.
+fn field<'a>(row: &'a Map<String, Value>, name: &str) -> &'a Value {
+    row.get(name).unwrap_or(&Value::Null)
+}
+
+/// [`apply`] without the field selection, as positions: which rows make the page, in order,
+/// and how many matched the filters.
+pub fn page_indices(spec: &Spec, rows: &[Map<String, Value>]) -> (Vec<usize>, usize) {
+    let mut matching: Vec<usize> = (0..rows.len())
+        .filter(|&i| {
             spec.filters
                 .iter()
-                .all(|f| matches(r.get(&f.field).unwrap_or(&Value::Null), f))
+                .all(|f| matches(field(&rows[i], &f.field), f))
         })
         .collect();
-    let total = rows.len();
+    let total = matching.len();
     if !spec.order.is_empty() {
-        rows.sort_by(|a, b| {
+        matching.sort_by(|&a, &b| {
             for (k, desc) in &spec.order {
-                let o = cmp_json(
-                    a.get(k).unwrap_or(&Value::Null),
-                    b.get(k).unwrap_or(&Value::Null),
-                );
+                let o = cmp_json(field(&rows[a], k), field(&rows[b], k));
                 let o = if *desc { o.reverse() } else { o };
                 if o != Ordering::Equal {
                     return o;
@@ -283,13 +297,9 @@ pub fn apply(spec: &Spec, rows: Vec<Map<String, Value>>) -> (Vec<Map<String, Val
         });
     }
     let offset = spec.offset.unwrap_or(0).max(0) as usize;
-    let rows: Vec<_> = rows
-        .into_iter()
-        .skip(offset)
-        .take(spec.limit.map_or(usize::MAX, |l| l.max(0) as usize))
-        .map(|r| select(spec, r))
-        .collect();
-    (rows, total)
+    let limit = spec.limit.map_or(usize::MAX, |l| l.max(0) as usize);
+    let page = matching.into_iter().skip(offset).take(limit).collect();
+    (page, total)
 }
 
 fn to_api_value(v: &Value) -> ApiValue {

@@ -33,12 +33,17 @@ struct RpcError {
 }
 
 impl RpcError {
-    fn bad(code: i64, message: String) -> RpcError {
+    fn new(status: StatusCode, code: i64, message: impl Into<String>) -> RpcError {
+        let message = message.into();
         RpcError {
-            status: StatusCode::BAD_REQUEST,
+            status,
             code,
             message,
         }
+    }
+
+    fn bad(code: i64, message: impl Into<String>) -> RpcError {
+        RpcError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     fn invalid_params(message: String) -> RpcError {
@@ -46,27 +51,21 @@ impl RpcError {
     }
 
     fn invalid_path(path: String) -> RpcError {
-        RpcError {
-            status: StatusCode::NOT_FOUND,
-            code: INVALID_REQUEST,
-            message: format!("Invalid path: {path}"),
-        }
+        let message = format!("Invalid path: {path}");
+        RpcError::new(StatusCode::NOT_FOUND, INVALID_REQUEST, message)
     }
 
     fn internal(e: impl std::fmt::Display) -> RpcError {
-        RpcError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: INTERNAL_ERROR,
-            message: e.to_string(),
-        }
+        RpcError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            INTERNAL_ERROR,
+            e.to_string(),
+        )
     }
 
     fn unknown_method(method: &str) -> RpcError {
-        RpcError {
-            status: StatusCode::NOT_IMPLEMENTED,
-            code: METHOD_NOT_FOUND,
-            message: format!("action: {method} is not supported"),
-        }
+        let message = format!("action: {method} is not supported");
+        RpcError::new(StatusCode::NOT_IMPLEMENTED, METHOD_NOT_FOUND, message)
     }
 }
 
@@ -138,10 +137,8 @@ fn decode(headers: &HeaderMap, body: &[u8]) -> Result<RpcRequest, RpcError> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if ctype.split(';').next().map(str::trim) != Some("application/json") {
-        return Err(RpcError::bad(
-            INVALID_REQUEST,
-            "Invalid content-type (use application/json)".into(),
-        ));
+        let msg = "Invalid content-type (use application/json)";
+        return Err(RpcError::bad(INVALID_REQUEST, msg));
     }
     let data: Value = serde_json::from_slice(body)
         .map_err(|e| RpcError::bad(PARSE_ERROR, format!("JSON parse error: {e}")))?;
@@ -151,7 +148,7 @@ fn decode(headers: &HeaderMap, body: &[u8]) -> Result<RpcRequest, RpcError> {
         } else {
             "JSONRPC root object must be an object"
         };
-        return Err(RpcError::bad(INVALID_REQUEST, msg.into()));
+        return Err(RpcError::bad(INVALID_REQUEST, msg));
     };
     check_keys(&data)?;
     let params = match data.remove("params") {
@@ -181,28 +178,16 @@ fn is_id(v: &Value) -> bool {
 
 /// The four keys of a request, each of its type, and version 2.0.
 fn check_keys(data: &Map<String, Value>) -> Result<(), RpcError> {
+    let invalid = |msg: String| Err(RpcError::bad(INVALID_REQUEST, msg));
     for (key, ok, ty) in KEYS {
         match data.get(key) {
-            None => {
-                return Err(RpcError::bad(
-                    INVALID_REQUEST,
-                    format!("missing key '{key}'"),
-                ));
-            }
-            Some(v) if !ok(v) => {
-                return Err(RpcError::bad(
-                    INVALID_REQUEST,
-                    format!("'{key}' must be {ty}"),
-                ));
-            }
+            None => return invalid(format!("missing key '{key}'")),
+            Some(v) if !ok(v) => return invalid(format!("'{key}' must be {ty}")),
             Some(_) => {}
         }
     }
     if data["jsonrpc"] != "2.0" {
-        return Err(RpcError::bad(
-            INVALID_REQUEST,
-            "only JSONRPC 2.0 is supported".into(),
-        ));
+        return invalid("only JSONRPC 2.0 is supported".into());
     }
     Ok(())
 }

@@ -1,0 +1,123 @@
+//! Build requests (`/buildrequests`, `/buildrequests/{buildrequestid}`,
+//! `/builders/{builder}/buildrequests`): the queue, a request per builder and buildset,
+//! waiting, claimed or complete. Filtered, ordered and paged in SQL; properties (the
+//! buildset's) only on request (`property=`).
+
+use axum::extract::Path;
+use kiln_model::{
+    BuildRequest, BuildRequestId, BuilderId, BuildsetId, Epoch, MasterId, Properties,
+};
+use kiln_store::api_queries::{ApiCond, ApiTable};
+use serde::Serialize;
+
+use super::{ApiRequest, ApiResult, Resource, field_equals, path_id, properties};
+use crate::query::FType::{self, Bool, Int, Other};
+use crate::query::{self, Spec};
+use crate::{ApiError, ApiState};
+
+/// A build request, as Buildbot's `buildrequests` resource.
+#[derive(Serialize)]
+pub(crate) struct BuildRequestAnswer {
+    buildrequestid: BuildRequestId,
+    buildsetid: BuildsetId,
+    builderid: BuilderId,
+    priority: i64,
+    claimed: bool,
+    claimed_at: Option<Epoch>,
+    claimed_by_masterid: Option<MasterId>,
+    complete: bool,
+    /// Buildbot's result number; null until complete.
+    results: Option<i64>,
+    submitted_at: Epoch,
+    complete_at: Option<Epoch>,
+    waited_for: bool,
+    /// Those asked for with `property=`; null otherwise.
+    properties: Option<Properties>,
+}
+
+impl Resource for BuildRequestAnswer {
+    const PLURAL: &'static str = "buildrequests";
+    const FIELDS: &'static [(&'static str, FType)] = &[
+        ("buildrequestid", Int),
+        ("buildsetid", Int),
+        ("builderid", Int),
+        ("priority", Int),
+        ("claimed", Bool),
+        ("claimed_at", Int),
+        ("claimed_by_masterid", Int),
+        ("complete", Bool),
+        ("results", Int),
+        ("submitted_at", Int),
+        ("complete_at", Int),
+        ("waited_for", Bool),
+        ("properties", Other),
+    ];
+}
+
+impl BuildRequestAnswer {
+    /// The answer, with its buildset's properties read when the query names some.
+    async fn load(
+        st: &ApiState,
+        spec: &Spec,
+        r: BuildRequest,
+    ) -> Result<BuildRequestAnswer, ApiError> {
+        let properties = if spec.properties.is_empty() {
+            None
+        } else {
+            let all = st.store.get_buildset_properties(r.buildsetid).await?;
+            properties::selected(all, &spec.properties)
+        };
+        Ok(BuildRequestAnswer {
+            buildrequestid: r.buildrequestid,
+            buildsetid: r.buildsetid,
+            builderid: r.builderid,
+            priority: r.priority,
+            claimed: r.claimed,
+            claimed_at: r.claimed_at,
+            claimed_by_masterid: r.claimed_by_masterid,
+            complete: r.complete,
+            results: r.results.map(i64::from),
+            submitted_at: r.submitted_at,
+            complete_at: r.complete_at,
+            waited_for: r.waited_for,
+            properties,
+        })
+    }
+}
+
+/// The requests that match the query and `parent` (the nested path's condition), a page of
+/// them.
+async fn requests_where(api: &ApiRequest, parent: Vec<ApiCond>) -> ApiResult {
+    let spec = api.collection_query::<BuildRequestAnswer>()?;
+    let sql = query::to_sql(&spec, ApiTable::BuildRequests, parent)?;
+    let page = api.st.store.api_build_requests(&sql).await?;
+    let mut requests = Vec::with_capacity(page.rows.len());
+    for r in page.rows {
+        requests.push(BuildRequestAnswer::load(&api.st, &spec, r).await?);
+    }
+    Ok(api.page(&spec, &requests, page.total as usize))
+}
+
+/// `GET /buildrequests`.
+pub(crate) async fn list_buildrequests(api: ApiRequest) -> ApiResult {
+    requests_where(&api, vec![]).await
+}
+
+/// `GET /builders/{builder}/buildrequests` (the builder by id).
+pub(crate) async fn list_builder_buildrequests(
+    api: ApiRequest,
+    Path(b): Path<String>,
+) -> ApiResult {
+    let id = path_id(&b, || format!("builders/{b}/buildrequests"))?;
+    requests_where(&api, vec![field_equals("builderid", id)]).await
+}
+
+/// `GET /buildrequests/{buildrequestid}`.
+pub(crate) async fn get_buildrequest(api: ApiRequest, Path(id): Path<String>) -> ApiResult {
+    let spec = api.single_query::<BuildRequestAnswer>()?;
+    let n = path_id(&id, || format!("buildrequests/{id}"))?;
+    let request = api.st.store.get_build_request(BuildRequestId(n)).await?;
+    let request = request.ok_or_else(|| ApiError::NotFound(format!("/buildrequests/{id}")))?;
+    let answer = BuildRequestAnswer::load(&api.st, &spec, request).await?;
+    Ok(api.one(&spec, &answer))
+}

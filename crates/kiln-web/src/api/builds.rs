@@ -1,0 +1,161 @@
+//! Builds: `/builds`, `/builds/{buildid}`, and the builds of a builder (by number too), of a
+//! worker and of a build request. Filtered, ordered and paged in SQL (the table is big);
+//! properties only on request (`property=`).
+
+use axum::extract::Path;
+use kiln_model::{
+    Build, BuildId, BuildRequestId, BuilderId, Epoch, MasterId, Properties, WorkerId,
+};
+use kiln_store::api_queries::{ApiCond, ApiTable};
+use serde::Serialize;
+
+use super::builders::find_builder;
+use super::{ApiRequest, ApiResult, Resource, field_equals, path_id, properties};
+use crate::query::FType::{self, Bool, Int, Other, Str};
+use crate::query::{self, Spec};
+use crate::{ApiError, ApiState};
+
+/// A build, as Buildbot's `builds` resource.
+#[derive(Serialize)]
+pub(crate) struct BuildAnswer {
+    buildid: BuildId,
+    /// The builder's sequence number: "build #N".
+    number: i64,
+    builderid: BuilderId,
+    buildrequestid: BuildRequestId,
+    workerid: WorkerId,
+    masterid: MasterId,
+    started_at: Epoch,
+    complete: bool,
+    complete_at: Option<Epoch>,
+    locks_duration_s: i64,
+    state_string: String,
+    /// Buildbot's result number; null while the build runs.
+    results: Option<i64>,
+    /// Those asked for with `property=`; `{}` otherwise.
+    properties: Properties,
+}
+
+impl Resource for BuildAnswer {
+    const PLURAL: &'static str = "builds";
+    const FIELDS: &'static [(&'static str, FType)] = &[
+        ("buildid", Int),
+        ("number", Int),
+        ("builderid", Int),
+        ("buildrequestid", Int),
+        ("workerid", Int),
+        ("masterid", Int),
+        ("started_at", Int),
+        ("complete", Bool),
+        ("complete_at", Int),
+        ("locks_duration_s", Int),
+        ("results", Int),
+        ("state_string", Str),
+        ("properties", Other),
+    ];
+}
+
+impl BuildAnswer {
+    /// The answer, with the build's properties read when the query names some.
+    async fn load(st: &ApiState, spec: &Spec, b: Build) -> Result<BuildAnswer, ApiError> {
+        let mut properties = Properties::default();
+        if !spec.properties.is_empty() {
+            let all = st.store.get_build_properties(b.buildid).await?;
+            if let Some(p) = properties::selected(all, &spec.properties) {
+                properties = p;
+            }
+        }
+        Ok(BuildAnswer {
+            buildid: b.buildid,
+            number: b.number,
+            builderid: b.builderid,
+            buildrequestid: b.buildrequestid,
+            workerid: b.workerid,
+            masterid: b.masterid,
+            started_at: b.started_at,
+            complete: b.complete,
+            complete_at: b.complete_at,
+            locks_duration_s: b.locks_duration_s,
+            state_string: b.state_string,
+            results: b.results.map(i64::from),
+            properties,
+        })
+    }
+}
+
+/// The builds that match the query and `parent` (the nested path's condition), a page of
+/// them.
+async fn builds_where(api: &ApiRequest, parent: Vec<ApiCond>) -> ApiResult {
+    let spec = api.collection_query::<BuildAnswer>()?;
+    let sql = query::to_sql(&spec, ApiTable::Builds, parent)?;
+    let page = api.st.store.api_builds(&sql).await?;
+    let mut builds = Vec::with_capacity(page.rows.len());
+    for b in page.rows {
+        builds.push(BuildAnswer::load(&api.st, &spec, b).await?);
+    }
+    Ok(api.page(&spec, &builds, page.total as usize))
+}
+
+/// `GET /builds`.
+pub(crate) async fn list_builds(api: ApiRequest) -> ApiResult {
+    builds_where(&api, vec![]).await
+}
+
+/// `GET /builders/{builder}/builds`: an unknown builder has no builds (as in Buildbot).
+pub(crate) async fn list_builder_builds(api: ApiRequest, Path(b): Path<String>) -> ApiResult {
+    match find_builder(&api.st, &b).await? {
+        Some(row) => builds_where(&api, vec![field_equals("builderid", row.builderid.0)]).await,
+        None => {
+            let spec = api.collection_query::<BuildAnswer>()?;
+            Ok(api.page::<BuildAnswer>(&spec, &[], 0))
+        }
+    }
+}
+
+/// `GET /workers/{workerid}/builds`.
+pub(crate) async fn list_worker_builds(api: ApiRequest, Path(w): Path<String>) -> ApiResult {
+    let id = path_id(&w, || format!("workers/{w}/builds"))?;
+    builds_where(&api, vec![field_equals("workerid", id)]).await
+}
+
+/// `GET /buildrequests/{buildrequestid}/builds`.
+pub(crate) async fn list_buildrequest_builds(api: ApiRequest, Path(r): Path<String>) -> ApiResult {
+    let id = path_id(&r, || format!("buildrequests/{r}/builds"))?;
+    builds_where(&api, vec![field_equals("buildrequestid", id)]).await
+}
+
+/// One build: `path` names it in a 404.
+async fn one_build(api: &ApiRequest, build: Option<Build>, path: String) -> ApiResult {
+    let spec = api.single_query::<BuildAnswer>()?;
+    let build = build.ok_or(ApiError::NotFound(path))?;
+    Ok(api.one(&spec, &BuildAnswer::load(&api.st, &spec, build).await?))
+}
+
+/// `GET /builds/{buildid}`.
+pub(crate) async fn get_build(api: ApiRequest, Path(id): Path<String>) -> ApiResult {
+    let n = path_id(&id, || format!("builds/{id}"))?;
+    let build = api.st.store.get_build(BuildId(n)).await?;
+    one_build(&api, build, format!("/builds/{id}")).await
+}
+
+/// A build by its builder (id or name) and number (`/builders/{builder}/builds/{number}`).
+pub(crate) async fn build_by_number(
+    st: &ApiState,
+    b: &str,
+    n: &str,
+) -> Result<Option<Build>, ApiError> {
+    let n = path_id(n, || format!("builders/{b}/builds/{n}"))?;
+    Ok(match find_builder(st, b).await? {
+        Some(row) => st.store.get_build_by_number(row.builderid, n).await?,
+        None => None,
+    })
+}
+
+/// `GET /builders/{builder}/builds/{number}`.
+pub(crate) async fn get_builder_build(
+    api: ApiRequest,
+    Path((b, n)): Path<(String, String)>,
+) -> ApiResult {
+    let build = build_by_number(&api.st, &b, &n).await?;
+    one_build(&api, build, format!("/builders/{b}/builds/{n}")).await
+}

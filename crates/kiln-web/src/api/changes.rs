@@ -1,0 +1,100 @@
+//! Changes (`/changes`, `/changes/{changeid}`): the commits the master has heard of, each
+//! with its source stamp. Filtered, ordered and paged in SQL.
+
+use axum::extract::Path;
+use kiln_model::{Change, ChangeId, Epoch, Properties};
+use kiln_store::api_queries::ApiTable;
+use serde::Serialize;
+
+use super::sourcestamps::{self, SourceStampAnswer};
+use super::{ApiRequest, ApiResult, Resource, path_id};
+use crate::query::FType::{self, Int, IntList, Other, Str, StrList};
+use crate::{ApiError, ApiState, query};
+
+/// A change, as Buildbot's `changes` resource.
+#[derive(Serialize)]
+pub(crate) struct ChangeAnswer {
+    changeid: ChangeId,
+    author: String,
+    committer: Option<String>,
+    comments: String,
+    branch: Option<String>,
+    revision: Option<String>,
+    /// Kiln keeps no revision links yet.
+    revlink: Option<String>,
+    when_timestamp: Epoch,
+    category: Option<String>,
+    /// Kiln keeps no parents yet.
+    parent_changeids: Vec<ChangeId>,
+    repository: String,
+    codebase: String,
+    project: String,
+    files: Vec<String>,
+    sourcestamp: Option<SourceStampAnswer>,
+    properties: Properties,
+}
+
+impl Resource for ChangeAnswer {
+    const PLURAL: &'static str = "changes";
+    const FIELDS: &'static [(&'static str, FType)] = &[
+        ("changeid", Int),
+        ("parent_changeids", IntList),
+        ("author", Str),
+        ("committer", Str),
+        ("files", StrList),
+        ("comments", Str),
+        ("revision", Str),
+        ("when_timestamp", Int),
+        ("branch", Str),
+        ("category", Str),
+        ("revlink", Str),
+        ("properties", Other),
+        ("repository", Str),
+        ("project", Str),
+        ("codebase", Str),
+    ];
+}
+
+impl ChangeAnswer {
+    async fn load(st: &ApiState, c: Change) -> Result<ChangeAnswer, ApiError> {
+        Ok(ChangeAnswer {
+            sourcestamp: sourcestamps::load(st, c.sourcestampid).await?,
+            changeid: c.changeid,
+            author: c.author,
+            committer: c.committer,
+            comments: c.comments,
+            branch: c.branch,
+            revision: c.revision,
+            revlink: None,
+            when_timestamp: c.when_timestamp,
+            category: c.category,
+            parent_changeids: vec![],
+            repository: c.repository,
+            codebase: c.codebase,
+            project: c.project,
+            files: c.files,
+            properties: c.properties,
+        })
+    }
+}
+
+/// `GET /changes`.
+pub(crate) async fn list_changes(api: ApiRequest) -> ApiResult {
+    let spec = api.collection_query::<ChangeAnswer>()?;
+    let sql = query::to_sql(&spec, ApiTable::Changes, vec![])?;
+    let page = api.st.store.api_changes(&sql).await?;
+    let mut changes = Vec::with_capacity(page.rows.len());
+    for c in page.rows {
+        changes.push(ChangeAnswer::load(&api.st, c).await?);
+    }
+    Ok(api.page(&spec, &changes, page.total as usize))
+}
+
+/// `GET /changes/{changeid}`.
+pub(crate) async fn get_change(api: ApiRequest, Path(id): Path<String>) -> ApiResult {
+    let spec = api.single_query::<ChangeAnswer>()?;
+    let n = path_id(&id, || format!("changes/{id}"))?;
+    let change = api.st.store.get_change(ChangeId(n)).await?;
+    let change = change.ok_or_else(|| ApiError::NotFound(format!("/changes/{id}")))?;
+    Ok(api.one(&spec, &ChangeAnswer::load(&api.st, change).await?))
+}

@@ -1,0 +1,49 @@
+//! Source stamps as changes and buildsets show them (Kiln serves no `/sourcestamps` of its
+//! own yet): what was built, a branch and revision of one codebase.
+
+use kiln_model::{Epoch, SourceStamp, SourceStampId};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{ApiError, ApiState};
+
+/// A source stamp, as Buildbot's `sourcestamps` resource.
+#[derive(Serialize)]
+pub(crate) struct SourceStampAnswer {
+    ssid: SourceStampId,
+    branch: Option<String>,
+    revision: Option<String>,
+    project: String,
+    repository: String,
+    codebase: String,
+    created_at: Epoch,
+    /// Kiln stores no patches yet.
+    patch: Option<Value>,
+}
+
+impl From<SourceStamp> for SourceStampAnswer {
+    fn from(ss: SourceStamp) -> SourceStampAnswer {
+        SourceStampAnswer {
+            ssid: ss.ssid,
+            branch: ss.branch,
+            revision: ss.revision,
+            project: ss.project,
+            repository: ss.repository,
+            codebase: ss.codebase,
+            created_at: ss.created_at,
+            patch: None,
+        }
+    }
+}
+
+/// The source stamp with this id, if the store has it.
+pub(crate) async fn load(
+    st: &ApiState,
+    id: SourceStampId,
+) -> Result<Option<SourceStampAnswer>, ApiError> {
+    Ok(st
+        .store
+        .get_sourcestamp(id)
+        .await?
+        .map(SourceStampAnswer::from))
+}

@@ -1,0 +1,135 @@
+//! Steps: `/steps/{stepid}`, and the steps of a build by id (`/builds/{buildid}/steps`, one
+//! by number or name) or by builder and number. Filtered, ordered and paged in SQL.
+
+use axum::extract::Path;
+use kiln_model::{BuildId, Epoch, Step, StepId, StepUrl};
+use kiln_store::api_queries::ApiTable;
+use serde::Serialize;
+
+use super::builds::build_by_number;
+use super::{ApiRequest, ApiResult, Resource, field_equals, path_id, path_number};
+use crate::query::FType::{self, Bool, Int, Other, Str};
+use crate::{ApiError, ApiState, query};
+
+/// A step, as Buildbot's `steps` resource.
+#[derive(Serialize)]
+pub(crate) struct StepAnswer {
+    stepid: StepId,
+    /// Its place in the build, from 0.
+    number: i64,
+    name: String,
+    buildid: BuildId,
+    started_at: Option<Epoch>,
+    /// Kiln does not record when a step's locks were acquired.
+    locks_acquired_at: Option<Epoch>,
+    complete: bool,
+    complete_at: Option<Epoch>,
+    /// Buildbot's result number; null while the step runs.
+    results: Option<i64>,
+    state_string: String,
+    /// Links the step added (`{"name": …, "url": …}`).
+    urls: Vec<StepUrl>,
+    hidden: bool,
+}
+
+impl Resource for StepAnswer {
+    const PLURAL: &'static str = "steps";
+    const FIELDS: &'static [(&'static str, FType)] = &[
+        ("stepid", Int),
+        ("number", Int),
+        ("name", Str),
+        ("buildid", Int),
+        ("started_at", Int),
+        ("locks_acquired_at", Int),
+        ("complete", Bool),
+        ("complete_at", Int),
+        ("results", Int),
+        ("state_string", Str),
+        ("urls", Other),
+        ("hidden", Bool),
+    ];
+}
+
+impl From<Step> for StepAnswer {
+    fn from(s: Step) -> StepAnswer {
+        StepAnswer {
+            stepid: s.stepid,
+            number: s.number,
+            name: s.name,
+            buildid: s.buildid,
+            started_at: s.started_at,
+            locks_acquired_at: None,
+            complete: s.complete,
+            complete_at: s.complete_at,
+            results: s.results.map(i64::from),
+            state_string: s.state_string,
+            urls: s.urls,
+            hidden: s.hidden,
+        }
+    }
+}
+
+/// The steps of a build that match the query, a page of them; no build, no steps.
+async fn steps_of(api: &ApiRequest, build: Option<BuildId>) -> ApiResult {
+    let spec = api.collection_query::<StepAnswer>()?;
+    let Some(build) = build else {
+        return Ok(api.page::<StepAnswer>(&spec, &[], 0));
+    };
+    let sql = query::to_sql(
+        &spec,
+        ApiTable::Steps,
+        vec![field_equals("buildid", build.0)],
+    )?;
+    let page = api.st.store.api_steps(&sql).await?;
+    let steps: Vec<StepAnswer> = page.rows.into_iter().map(StepAnswer::from).collect();
+    Ok(api.page(&spec, &steps, page.total as usize))
+}
+
+/// `GET /builds/{buildid}/steps`.
+pub(crate) async fn list_build_steps(api: ApiRequest, Path(id): Path<String>) -> ApiResult {
+    let n = path_id(&id, || format!("builds/{id}/steps"))?;
+    steps_of(&api, Some(BuildId(n))).await
+}
+
+/// `GET /builders/{builder}/builds/{number}/steps`.
+pub(crate) async fn list_builder_build_steps(
+    api: ApiRequest,
+    Path((b, n)): Path<(String, String)>,
+) -> ApiResult {
+    let build = build_by_number(&api.st, &b, &n).await?;
+    steps_of(&api, build.map(|b| b.buildid)).await
+}
+
+/// A step of a build by number or by name (`/builds/{buildid}/steps/{step}`).
+pub(crate) async fn step_of_build(
+    st: &ApiState,
+    id: &str,
+    step: &str,
+) -> Result<Option<Step>, ApiError> {
+    let build = BuildId(path_id(id, || format!("builds/{id}/steps/{step}"))?);
+    let steps = st.store.list_steps(build).await?;
+    Ok(match path_number(step) {
+        Some(n) => steps.into_iter().find(|x| x.number == n),
+        None => steps.into_iter().find(|x| x.name == step),
+    })
+}
+
+/// `GET /steps/{stepid}`.
+pub(crate) async fn get_step(api: ApiRequest, Path(id): Path<String>) -> ApiResult {
+    let spec = api.single_query::<StepAnswer>()?;
+    let n = path_id(&id, || format!("steps/{id}"))?;
+    let step = api.st.store.get_step(StepId(n)).await?;
+    let step = step.ok_or_else(|| ApiError::NotFound(format!("/steps/{id}")))?;
+    Ok(api.one(&spec, &StepAnswer::from(step)))
+}
+
+/// `GET /builds/{buildid}/steps/{step}`.
+pub(crate) async fn get_build_step(
+    api: ApiRequest,
+    Path((id, s)): Path<(String, String)>,
+) -> ApiResult {
+    let spec = api.single_query::<StepAnswer>()?;
+    let step = step_of_build(&api.st, &id, &s).await?;
+    let step = step.ok_or_else(|| ApiError::NotFound(format!("/builds/{id}/steps/{s}")))?;
+    Ok(api.one(&spec, &StepAnswer::from(step)))
+}
