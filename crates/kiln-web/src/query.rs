@@ -81,26 +81,16 @@ pub fn parse(
     fields: &[(&str, FType)],
     collection: bool,
 ) -> Result<Spec, ApiError> {
-    // Group repeated keys, keeping their first order (Twisted's request.args).
-    let mut args: Vec<(String, Vec<String>)> = Vec::new();
-    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        match args.iter_mut().find(|(key, _)| *key == k) {
-            Some((_, vs)) => vs.push(v.into_owned()),
-            None => args.push((k.into_owned(), vec![v.into_owned()])),
-        }
-    }
     let ftype = |name: &str| fields.iter().find(|(f, _)| *f == name).map(|(_, t)| *t);
-    let check = |name: &str| -> Result<(), ApiError> {
-        if ftype(name).is_none() {
-            return Err(ApiError::bad(format!("no such field '{name}'")));
-        }
-        Ok(())
+    let check = |name: &str| match ftype(name) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::bad(format!("no such field '{name}'"))),
     };
     let mut spec = Spec::default();
-    for (arg, vals) in &args {
+    for (arg, vals) in group_args(raw) {
         match arg.as_str() {
             "order" => {
-                for o in vals {
+                for o in &vals {
                     let (name, desc) = match o.strip_prefix('-') {
                         Some(n) => (n, true),
                         None => (o.as_str(), false),
@@ -110,69 +100,74 @@ pub fn parse(
                 }
             }
             "field" => {
-                for f in vals {
-                    check(f)?;
-                }
-                spec.fields = Some(vals.clone());
+                vals.iter().try_for_each(|f| check(f))?;
+                spec.fields = Some(vals);
             }
-            "limit" => {
-                spec.limit = Some(
-                    vals[0]
-                        .trim()
-                        .parse()
-                        .map_err(|_| ApiError::bad("invalid limit"))?,
-                )
-            }
-            "offset" => {
-                spec.offset = Some(
-                    vals[0]
-                        .trim()
-                        .parse()
-                        .map_err(|_| ApiError::bad("invalid offset"))?,
-                )
-            }
-            "property" => spec.properties.extend(vals.iter().cloned()),
-            name if ftype(name).is_some() => {
-                let t = ftype(name).unwrap_or(FType::Other);
-                let values = vals
-                    .iter()
-                    .map(|v| parse_value(t, v))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| ApiError::bad(format!("invalid filter value for {name}")))?;
-                spec.filters.push(Filter {
-                    field: name.to_string(),
-                    op: ApiOp::Eq,
-                    values,
-                });
-            }
-            other => {
-                let parsed = other.rsplit_once("__").and_then(|(f, op)| {
-                    let op = op_of(op)?;
-                    let plural_ok = matches!(
-                        op,
-                        ApiOp::Eq | ApiOp::Ne | ApiOp::Contains | ApiOp::In | ApiOp::NotIn
-                    );
-                    (vals.len() == 1 || plural_ok).then_some(())?;
-                    Some((f, op, ftype(f)?))
-                });
-                let Some((field, op, t)) = parsed else {
-                    return Err(ApiError::bad(format!(
-                        "unrecognized query parameter '{other}'"
-                    )));
-                };
-                let values = vals
-                    .iter()
-                    .map(|v| parse_value(t, v))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| ApiError::bad(format!("invalid filter value for {other}")))?;
-                spec.filters.push(Filter {
-                    field: field.to_string(),
-                    op,
-                    values,
-                });
-            }
+            "limit" => spec.limit = Some(parse_int(&vals[0], "invalid limit")?),
+            "offset" => spec.offset = Some(parse_int(&vals[0], "invalid offset")?),
+            "property" => spec.properties.extend(vals),
+            _ => spec.filters.push(parse_filter(&arg, &vals, ftype)?),
         }
     }
+    check_spec(&spec, collection)?;
+    Ok(spec)
+}
+
+/// The query's arguments, repeated keys grouped, in the order they first appear (Twisted's
+/// `request.args`).
+fn group_args(raw: Option<&str>) -> Vec<(String, Vec<String>)> {
+    let mut args: Vec<(String, Vec<String>)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match args.iter_mut().find(|(key, _)| *key == k) {
+            Some((_, vs)) => vs.push(v.into_owned()),
+            None => args.push((k.into_owned(), vec![v.into_owned()])),
+        }
+    }
+    args
+}
+
+/// `limit` and `offset`: Python's `int()`, which accepts surrounding blanks.
+fn parse_int(v: &str, refusal: &str) -> Result<i64, ApiError> {
+    v.trim().parse().map_err(|_| ApiError::bad(refusal))
+}
+
+/// A filter: `field=value` (equality) or `field__op=value`; several values for `eq`, `ne`,
+/// `contains`, `in` and `notin` only; values parsed by the field's type.
+fn parse_filter(
+    arg: &str,
+    vals: &[String],
+    ftype: impl Fn(&str) -> Option<FType>,
+) -> Result<Filter, ApiError> {
+    let (field, op, t) = match ftype(arg) {
+        Some(t) => (arg, ApiOp::Eq, t),
+        None => {
+            let parsed = arg.rsplit_once("__").and_then(|(f, op)| {
+                let op = op_of(op)?;
+                let plural_ok = matches!(
+                    op,
+                    ApiOp::Eq | ApiOp::Ne | ApiOp::Contains | ApiOp::In | ApiOp::NotIn
+                );
+                (vals.len() == 1 || plural_ok).then_some(())?;
+                Some((f, op, ftype(f)?))
+            });
+            parsed.ok_or_else(|| ApiError::bad(format!("unrecognized query parameter '{arg}'")))?
+        }
+    };
+    let values = vals
+        .iter()
+        .map(|v| parse_value(t, v))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| ApiError::bad(format!("invalid filter value for {arg}")))?;
+    Ok(Filter {
+        field: field.to_string(),
+        op,
+        values,
+    })
+}
+
+/// What Buildbot refuses of a whole spec: ordering or filtering on fields not selected, and
+/// filters on a single resource.
+fn check_spec(spec: &Spec, collection: bool) -> Result<(), ApiError> {
     if let Some(sel) = &spec.fields {
         if spec.order.iter().any(|(o, _)| !sel.contains(o)) {
             return Err(ApiError::bad("cannot order on un-selected fields"));
@@ -184,7 +179,7 @@ pub fn parse(
     if !collection && !spec.filters.is_empty() {
         return Err(ApiError::bad("this is not a collection"));
     }
-    Ok(spec)
+    Ok(())
 }
 
 /// Buildbot's `NoneComparator`: None sorts before everything.
