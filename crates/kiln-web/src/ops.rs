@@ -59,29 +59,6 @@ pub(crate) async fn metrics(State(st): State<ApiState>) -> Response {
         .into_response()
 }
 
-/// Every result, in the order the counter lines are written.
-const RESULTS: [Results; 7] = [
-    Results::Success,
-    Results::Warnings,
-    Results::Failure,
-    Results::Skipped,
-    Results::Exception,
-    Results::Retry,
-    Results::Cancelled,
-];
-
-fn result_name(r: Results) -> &'static str {
-    match r {
-        Results::Success => "success",
-        Results::Warnings => "warnings",
-        Results::Failure => "failure",
-        Results::Skipped => "skipped",
-        Results::Exception => "exception",
-        Results::Retry => "retry",
-        Results::Cancelled => "cancelled",
-    }
-}
-
 fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
     let _ = write!(
         out,
@@ -126,13 +103,10 @@ fn prometheus_text(m: &MetricsSnapshot, log_bytes_stored: i64) -> String {
         "# HELP kiln_builds_finished_total Builds finished, by result.\n\
          # TYPE kiln_builds_finished_total counter\n",
     );
-    for r in RESULTS {
+    for r in Results::ALL {
         let n = m.builds_finished.get(&r).copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "kiln_builds_finished_total{{results=\"{}\"}} {n}",
-            result_name(r)
-        );
+        let name = r.name().to_ascii_lowercase();
+        let _ = writeln!(out, "kiln_builds_finished_total{{results=\"{name}\"}} {n}");
     }
     out
 }

@@ -76,6 +76,25 @@ struct RpcRequest {
     params: Map<String, Value>,
 }
 
+impl RpcRequest {
+    /// Refuses every method but the one the resource has.
+    fn expect(&self, method: &str) -> Result<(), RpcError> {
+        if self.method == method {
+            Ok(())
+        } else {
+            Err(RpcError::unknown_method(&self.method))
+        }
+    }
+}
+
+/// The row a `POST` is on; `path` (`Invalid path: …`) when the store has none.
+fn must_exist<T>(
+    row: kiln_store::Result<Option<T>>,
+    path: impl FnOnce() -> RpcError,
+) -> Result<T, RpcError> {
+    row.map_err(RpcError::internal)?.ok_or_else(path)
+}
+
 /// The reply; `id` is left out when the request could not be decoded far enough to have one,
 /// as Buildbot does.
 #[derive(Serialize)]
@@ -220,9 +239,7 @@ pub(crate) async fn force(
         else {
             return Err(RpcError::invalid_path(format!("forceschedulers/{name}")));
         };
-        if r.method != "force" {
-            return Err(RpcError::unknown_method(&r.method));
-        }
+        r.expect("force")?;
         let req = force_request(&st, &sched.builder_names, r.params).await?;
         let (bsid, brids) = st.control.force(&name, req).await.map_err(|e| {
             if e.is_user_error() {
@@ -312,13 +329,8 @@ pub(crate) async fn stop_build(
     rpc(&headers, &body, |r| async move {
         let path = || RpcError::invalid_path(format!("builds/{id}"));
         let build = BuildId(path_number(&id).ok_or_else(path)?);
-        let found = st.store.get_build(build).await;
-        if found.map_err(RpcError::internal)?.is_none() {
-            return Err(path());
-        }
-        if r.method != "stop" {
-            return Err(RpcError::unknown_method(&r.method));
-        }
+        must_exist(st.store.get_build(build).await, path)?;
+        r.expect("stop")?;
         st.control.stop_build(build, reason(&r)).await;
         Ok(())
     })
@@ -337,13 +349,8 @@ pub(crate) async fn cancel_request(
     rpc(&headers, &body, |r| async move {
         let path = || RpcError::invalid_path(format!("buildrequests/{id}"));
         let request = BuildRequestId(path_number(&id).ok_or_else(path)?);
-        let found = st.store.get_build_request(request).await;
-        if found.map_err(RpcError::internal)?.is_none() {
-            return Err(path());
-        }
-        if r.method != "cancel" {
-            return Err(RpcError::unknown_method(&r.method));
-        }
+        must_exist(st.store.get_build_request(request).await, path)?;
+        r.expect("cancel")?;
         if !st.control.cancel_request(request).await {
             let running = st
                 .store

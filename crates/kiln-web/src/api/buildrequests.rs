@@ -5,14 +5,15 @@
 
 use axum::extract::Path;
 use kiln_model::{
-    BuildRequest, BuildRequestId, BuilderId, BuildsetId, Epoch, MasterId, Properties,
+    BuildRequest, BuildRequestId, BuilderId, BuildsetId, Epoch, MasterId, Properties, Results,
 };
-use kiln_store::api_queries::{ApiCond, ApiTable};
+use kiln_store::StoreError;
+use kiln_store::api_queries::{ApiPage, ApiQuery, ApiTable};
 use serde::Serialize;
 
-use super::{ApiRequest, ApiResult, Resource, field_equals, path_id, properties};
+use super::{ApiRequest, ApiResult, Resource, SqlResource, field_equals, path_id, properties};
 use crate::query::FType::{self, Bool, Int, Other};
-use crate::query::{self, Spec};
+use crate::query::Spec;
 use crate::{ApiError, ApiState};
 
 /// A build request, as Buildbot's `buildrequests` resource.
@@ -26,8 +27,8 @@ pub(crate) struct BuildRequestAnswer {
     claimed_at: Option<Epoch>,
     claimed_by_masterid: Option<MasterId>,
     complete: bool,
-    /// Buildbot's result number; null until complete.
-    results: Option<i64>,
+    /// Null until complete.
+    results: Option<Results>,
     submitted_at: Epoch,
     complete_at: Option<Epoch>,
     waited_for: bool,
@@ -54,7 +55,14 @@ impl Resource for BuildRequestAnswer {
     ];
 }
 
-impl BuildRequestAnswer {
+impl SqlResource for BuildRequestAnswer {
+    type Row = BuildRequest;
+    const TABLE: ApiTable = ApiTable::BuildRequests;
+
+    async fn fetch(st: &ApiState, sql: &ApiQuery) -> Result<ApiPage<BuildRequest>, StoreError> {
+        st.store.api_build_requests(sql).await
+    }
+
     /// The answer, with its buildset's properties read when the query names some.
     async fn load(
         st: &ApiState,
@@ -76,7 +84,7 @@ impl BuildRequestAnswer {
             claimed_at: r.claimed_at,
             claimed_by_masterid: r.claimed_by_masterid,
             complete: r.complete,
-            results: r.results.map(i64::from),
+            results: r.results,
             submitted_at: r.submitted_at,
             complete_at: r.complete_at,
             waited_for: r.waited_for,
@@ -85,22 +93,9 @@ impl BuildRequestAnswer {
     }
 }
 
-/// The requests that match the query and `parent` (the nested path's condition), a page of
-/// them.
-async fn requests_where(api: &ApiRequest, parent: Vec<ApiCond>) -> ApiResult {
-    let spec = api.collection_query::<BuildRequestAnswer>()?;
-    let sql = query::to_sql(&spec, ApiTable::BuildRequests, parent)?;
-    let page = api.st.store.api_build_requests(&sql).await?;
-    let mut requests = Vec::with_capacity(page.rows.len());
-    for r in page.rows {
-        requests.push(BuildRequestAnswer::load(&api.st, &spec, r).await?);
-    }
-    Ok(api.page(&spec, &requests, page.total as usize))
-}
-
 /// `GET /buildrequests`.
 pub(crate) async fn list_buildrequests(api: ApiRequest) -> ApiResult {
-    requests_where(&api, vec![]).await
+    api.sql_page::<BuildRequestAnswer>(vec![]).await
 }
 
 /// `GET /builders/{builder}/buildrequests` (the builder by id).
@@ -109,7 +104,8 @@ pub(crate) async fn list_builder_buildrequests(
     Path(b): Path<String>,
 ) -> ApiResult {
     let id = path_id(&b, || format!("builders/{b}/buildrequests"))?;
-    requests_where(&api, vec![field_equals("builderid", id)]).await
+    let builder = field_equals("builderid", id);
+    api.sql_page::<BuildRequestAnswer>(vec![builder]).await
 }
 
 /// `GET /buildrequests/{buildrequestid}`.

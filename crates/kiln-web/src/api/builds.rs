@@ -4,15 +4,16 @@
 
 use axum::extract::Path;
 use kiln_model::{
-    Build, BuildId, BuildRequestId, BuilderId, Epoch, MasterId, Properties, WorkerId,
+    Build, BuildId, BuildRequestId, BuilderId, Epoch, MasterId, Properties, Results, WorkerId,
 };
-use kiln_store::api_queries::{ApiCond, ApiTable};
+use kiln_store::StoreError;
+use kiln_store::api_queries::{ApiPage, ApiQuery, ApiTable};
 use serde::Serialize;
 
 use super::builders::find_builder;
-use super::{ApiRequest, ApiResult, Resource, field_equals, path_id, properties};
+use super::{ApiRequest, ApiResult, Resource, SqlResource, field_equals, path_id, properties};
 use crate::query::FType::{self, Bool, Int, Other, Str};
-use crate::query::{self, Spec};
+use crate::query::Spec;
 use crate::{ApiError, ApiState};
 
 /// A build, as Buildbot's `builds` resource.
@@ -30,8 +31,8 @@ pub(crate) struct BuildAnswer {
     complete_at: Option<Epoch>,
     locks_duration_s: i64,
     state_string: String,
-    /// Buildbot's result number; null while the build runs.
-    results: Option<i64>,
+    /// Null while the build runs.
+    results: Option<Results>,
     /// Those asked for with `property=`; `{}` otherwise.
     properties: Properties,
 }
@@ -55,7 +56,14 @@ impl Resource for BuildAnswer {
     ];
 }
 
-impl BuildAnswer {
+impl SqlResource for BuildAnswer {
+    type Row = Build;
+    const TABLE: ApiTable = ApiTable::Builds;
+
+    async fn fetch(st: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Build>, StoreError> {
+        st.store.api_builds(sql).await
+    }
+
     /// The answer, with the build's properties read when the query names some.
     async fn load(st: &ApiState, spec: &Spec, b: Build) -> Result<BuildAnswer, ApiError> {
         let mut properties = Properties::default();
@@ -77,51 +85,40 @@ impl BuildAnswer {
             complete_at: b.complete_at,
             locks_duration_s: b.locks_duration_s,
             state_string: b.state_string,
-            results: b.results.map(i64::from),
+            results: b.results,
             properties,
         })
     }
 }
 
-/// The builds that match the query and `parent` (the nested path's condition), a page of
-/// them.
-async fn builds_where(api: &ApiRequest, parent: Vec<ApiCond>) -> ApiResult {
-    let spec = api.collection_query::<BuildAnswer>()?;
-    let sql = query::to_sql(&spec, ApiTable::Builds, parent)?;
-    let page = api.st.store.api_builds(&sql).await?;
-    let mut builds = Vec::with_capacity(page.rows.len());
-    for b in page.rows {
-        builds.push(BuildAnswer::load(&api.st, &spec, b).await?);
-    }
-    Ok(api.page(&spec, &builds, page.total as usize))
-}
-
 /// `GET /builds`.
 pub(crate) async fn list_builds(api: ApiRequest) -> ApiResult {
-    builds_where(&api, vec![]).await
+    api.sql_page::<BuildAnswer>(vec![]).await
 }
 
 /// `GET /builders/{builder}/builds`: an unknown builder has no builds (as in Buildbot).
 pub(crate) async fn list_builder_builds(api: ApiRequest, Path(b): Path<String>) -> ApiResult {
     match find_builder(&api.st, &b).await? {
-        Some(row) => builds_where(&api, vec![field_equals("builderid", row.builderid.0)]).await,
-        None => {
-            let spec = api.collection_query::<BuildAnswer>()?;
-            Ok(api.page::<BuildAnswer>(&spec, &[], 0))
+        Some(row) => {
+            let builder = field_equals("builderid", row.builderid.0);
+            api.sql_page::<BuildAnswer>(vec![builder]).await
         }
+        None => api.empty_collection::<BuildAnswer>(),
     }
 }
 
 /// `GET /workers/{workerid}/builds`.
 pub(crate) async fn list_worker_builds(api: ApiRequest, Path(w): Path<String>) -> ApiResult {
     let id = path_id(&w, || format!("workers/{w}/builds"))?;
-    builds_where(&api, vec![field_equals("workerid", id)]).await
+    let worker = field_equals("workerid", id);
+    api.sql_page::<BuildAnswer>(vec![worker]).await
 }
 
 /// `GET /buildrequests/{buildrequestid}/builds`.
 pub(crate) async fn list_buildrequest_builds(api: ApiRequest, Path(r): Path<String>) -> ApiResult {
     let id = path_id(&r, || format!("buildrequests/{r}/builds"))?;
-    builds_where(&api, vec![field_equals("buildrequestid", id)]).await
+    let request = field_equals("buildrequestid", id);
+    api.sql_page::<BuildAnswer>(vec![request]).await
 }
 
 /// One build: `path` names it in a 404.

@@ -4,7 +4,7 @@
 //! are read for the page only.
 
 use axum::extract::Path;
-use kiln_model::{BuildId, Buildset, BuildsetId, Epoch};
+use kiln_model::{BuildId, Buildset, BuildsetId, Epoch, Results};
 use kiln_store::BuildsetFilter;
 use kiln_store::api_queries::ApiOp;
 use serde::Serialize;
@@ -26,8 +26,8 @@ pub(crate) struct BuildsetAnswer {
     submitted_at: Epoch,
     complete: bool,
     complete_at: Option<Epoch>,
-    /// Buildbot's result number; null until complete.
-    results: Option<i64>,
+    /// Null until complete.
+    results: Option<Results>,
     sourcestamps: Vec<SourceStampAnswer>,
     /// The build that triggered it.
     parent_buildid: Option<BuildId>,
@@ -63,7 +63,7 @@ impl BuildsetAnswer {
             submitted_at: bs.submitted_at,
             complete: bs.complete,
             complete_at: bs.complete_at,
-            results: bs.results.map(i64::from),
+            results: bs.results,
             sourcestamps: vec![],
             parent_buildid: bs.parent_buildid,
             parent_relationship: None,

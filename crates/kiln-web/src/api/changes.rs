@@ -3,13 +3,15 @@
 
 use axum::extract::Path;
 use kiln_model::{Change, ChangeId, Epoch, Properties};
-use kiln_store::api_queries::ApiTable;
+use kiln_store::StoreError;
+use kiln_store::api_queries::{ApiPage, ApiQuery, ApiTable};
 use serde::Serialize;
 
 use super::sourcestamps::{self, SourceStampAnswer};
-use super::{ApiRequest, ApiResult, Resource, path_id};
+use super::{ApiRequest, ApiResult, Resource, SqlResource, path_id};
 use crate::query::FType::{self, Int, IntList, Other, Str, StrList};
-use crate::{ApiError, ApiState, query};
+use crate::query::Spec;
+use crate::{ApiError, ApiState};
 
 /// A change, as Buildbot's `changes` resource.
 #[derive(Serialize)]
@@ -55,8 +57,16 @@ impl Resource for ChangeAnswer {
     ];
 }
 
-impl ChangeAnswer {
-    async fn load(st: &ApiState, c: Change) -> Result<ChangeAnswer, ApiError> {
+impl SqlResource for ChangeAnswer {
+    type Row = Change;
+    const TABLE: ApiTable = ApiTable::Changes;
+
+    async fn fetch(st: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Change>, StoreError> {
+        st.store.api_changes(sql).await
+    }
+
+    /// The answer, with the change's source stamp.
+    async fn load(st: &ApiState, _: &Spec, c: Change) -> Result<ChangeAnswer, ApiError> {
         Ok(ChangeAnswer {
             sourcestamp: sourcestamps::load(st, c.sourcestampid).await?,
             changeid: c.changeid,
@@ -80,14 +90,7 @@ impl ChangeAnswer {
 
 /// `GET /changes`.
 pub(crate) async fn list_changes(api: ApiRequest) -> ApiResult {
-    let spec = api.collection_query::<ChangeAnswer>()?;
-    let sql = query::to_sql(&spec, ApiTable::Changes, vec![])?;
-    let page = api.st.store.api_changes(&sql).await?;
-    let mut changes = Vec::with_capacity(page.rows.len());
-    for c in page.rows {
-        changes.push(ChangeAnswer::load(&api.st, c).await?);
-    }
-    Ok(api.page(&spec, &changes, page.total as usize))
+    api.sql_page::<ChangeAnswer>(vec![]).await
 }
 
 /// `GET /changes/{changeid}`.
@@ -96,5 +99,5 @@ pub(crate) async fn get_change(api: ApiRequest, Path(id): Path<String>) -> ApiRe
     let n = path_id(&id, || format!("changes/{id}"))?;
     let change = api.st.store.get_change(ChangeId(n)).await?;
     let change = change.ok_or_else(|| ApiError::NotFound(format!("/changes/{id}")))?;
-    Ok(api.one(&spec, &ChangeAnswer::load(&api.st, change).await?))
+    Ok(api.one(&spec, &ChangeAnswer::load(&api.st, &spec, change).await?))
 }

@@ -27,7 +27,8 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use kiln_store::api_queries::{ApiCond, ApiOp, ApiValue};
+use kiln_store::StoreError;
+use kiln_store::api_queries::{ApiCond, ApiOp, ApiPage, ApiQuery, ApiTable, ApiValue};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -43,6 +44,25 @@ pub(crate) trait Resource: Serialize {
     const PLURAL: &'static str;
     /// The fields a query may select, filter or order on, with their types.
     const FIELDS: &'static [(&'static str, FType)];
+}
+
+/// A resource whose collections the database filters, orders and pages
+/// (`kiln_store::api_queries`): the big tables.
+pub(crate) trait SqlResource: Resource + Sized {
+    /// The store's record the answer is made of.
+    type Row;
+    const TABLE: ApiTable;
+    /// A page of rows, and how many match in all.
+    fn fetch(
+        st: &ApiState,
+        sql: &ApiQuery,
+    ) -> impl Future<Output = Result<ApiPage<Self::Row>, StoreError>> + Send;
+    /// The answer for a row, with what else it shows read from the store.
+    fn load(
+        st: &ApiState,
+        spec: &Spec,
+        row: Self::Row,
+    ) -> impl Future<Output = Result<Self, ApiError>> + Send;
 }
 
 /// What a `GET` handler needs besides its path: the state, the query string, and whether the
@@ -102,6 +122,26 @@ impl ApiRequest {
             .map(|a| query::select(spec, to_row(a)))
             .collect();
         self.envelope(R::PLURAL, rows, Some(total))
+    }
+
+    /// A page of an [`SqlResource`] collection: the query, and `parent` (a nested path's
+    /// condition, `builderid = …`), applied in SQL.
+    pub(crate) async fn sql_page<R: SqlResource>(&self, parent: Vec<ApiCond>) -> ApiResult {
+        let spec = self.collection_query::<R>()?;
+        let sql = query::to_sql(&spec, R::TABLE, parent)?;
+        let page = R::fetch(&self.st, &sql).await?;
+        let mut answers = Vec::with_capacity(page.rows.len());
+        for row in page.rows {
+            answers.push(R::load(&self.st, &spec, row).await?);
+        }
+        Ok(self.page(&spec, &answers, page.total as usize))
+    }
+
+    /// The empty collection of a parent that is not there (as Buildbot answers); a bad query
+    /// is still refused.
+    pub(crate) fn empty_collection<R: Resource>(&self) -> ApiResult {
+        let spec = self.collection_query::<R>()?;
+        Ok(self.page::<R>(&spec, &[], 0))
     }
 
     /// Buildbot's envelope, redacted; compact JSON when the client accepts

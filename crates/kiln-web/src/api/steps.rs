@@ -2,14 +2,16 @@
 //! by number or name) or by builder and number. Filtered, ordered and paged in SQL.
 
 use axum::extract::Path;
-use kiln_model::{BuildId, Epoch, Step, StepId, StepUrl};
-use kiln_store::api_queries::ApiTable;
+use kiln_model::{BuildId, Epoch, Results, Step, StepId, StepUrl};
+use kiln_store::StoreError;
+use kiln_store::api_queries::{ApiPage, ApiQuery, ApiTable};
 use serde::Serialize;
 
 use super::builds::build_by_number;
-use super::{ApiRequest, ApiResult, Resource, field_equals, path_id, path_number};
+use super::{ApiRequest, ApiResult, Resource, SqlResource, field_equals, path_id, path_number};
 use crate::query::FType::{self, Bool, Int, Other, Str};
-use crate::{ApiError, ApiState, query};
+use crate::query::Spec;
+use crate::{ApiError, ApiState};
 
 /// A step, as Buildbot's `steps` resource.
 #[derive(Serialize)]
@@ -24,8 +26,8 @@ pub(crate) struct StepAnswer {
     locks_acquired_at: Option<Epoch>,
     complete: bool,
     complete_at: Option<Epoch>,
-    /// Buildbot's result number; null while the step runs.
-    results: Option<i64>,
+    /// Null while the step runs.
+    results: Option<Results>,
     state_string: String,
     /// Links the step added (`{"name": …, "url": …}`).
     urls: Vec<StepUrl>,
@@ -50,6 +52,19 @@ impl Resource for StepAnswer {
     ];
 }
 
+impl SqlResource for StepAnswer {
+    type Row = Step;
+    const TABLE: ApiTable = ApiTable::Steps;
+
+    async fn fetch(st: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Step>, StoreError> {
+        st.store.api_steps(sql).await
+    }
+
+    async fn load(_: &ApiState, _: &Spec, s: Step) -> Result<StepAnswer, ApiError> {
+        Ok(StepAnswer::from(s))
+    }
+}
+
 impl From<Step> for StepAnswer {
     fn from(s: Step) -> StepAnswer {
         StepAnswer {
@@ -61,7 +76,7 @@ impl From<Step> for StepAnswer {
             locks_acquired_at: None,
             complete: s.complete,
             complete_at: s.complete_at,
-            results: s.results.map(i64::from),
+            results: s.results,
             state_string: s.state_string,
             urls: s.urls,
             hidden: s.hidden,
@@ -71,18 +86,13 @@ impl From<Step> for StepAnswer {
 
 /// The steps of a build that match the query, a page of them; no build, no steps.
 async fn steps_of(api: &ApiRequest, build: Option<BuildId>) -> ApiResult {
-    let spec = api.collection_query::<StepAnswer>()?;
-    let Some(build) = build else {
-        return Ok(api.page::<StepAnswer>(&spec, &[], 0));
-    };
-    let sql = query::to_sql(
-        &spec,
-        ApiTable::Steps,
-        vec![field_equals("buildid", build.0)],
-    )?;
-    let page = api.st.store.api_steps(&sql).await?;
-    let steps: Vec<StepAnswer> = page.rows.into_iter().map(StepAnswer::from).collect();
-    Ok(api.page(&spec, &steps, page.total as usize))
+    match build {
+        Some(b) => {
+            let build = field_equals("buildid", b.0);
+            api.sql_page::<StepAnswer>(vec![build]).await
+        }
+        None => api.empty_collection::<StepAnswer>(),
+    }
 }
 
 /// `GET /builds/{buildid}/steps`.
