@@ -16,7 +16,7 @@ use crate::{ApiState, ChangeRequest};
 
 /// `POST /change_hook/base` (and `/change_hook`, the base hook in Buildbot too).
 pub(crate) async fn base(
-    State(st): State<ApiState>,
+    State(state): State<ApiState>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Bytes,
@@ -30,7 +30,7 @@ pub(crate) async fn base(
         Ok(c) => c,
         Err(msg) => return (StatusCode::BAD_REQUEST, msg).into_response(),
     };
-    match st.control.add_change(change).await {
+    match state.control.add_change(change).await {
         Ok(_) => (StatusCode::ACCEPTED, "1 change found").into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, crate::error_chain(&e)).into_response(),
     }

@@ -24,8 +24,8 @@ struct HealthAnswer {
 }
 
 /// `GET /health`.
-pub(crate) async fn health(State(st): State<ApiState>) -> Response {
-    match st.store.ping().await {
+pub(crate) async fn health(State(state): State<ApiState>) -> Response {
+    match state.store.ping().await {
         Ok(()) => Json(HealthAnswer {
             db: "ok".into(),
             status: "ok",
@@ -44,17 +44,17 @@ pub(crate) async fn health(State(st): State<ApiState>) -> Response {
 
 /// `GET /metrics`. `kiln_log_bytes_stored` is read from the store on each scrape; when that
 /// read fails the last figure read is shown.
-pub(crate) async fn metrics(State(st): State<ApiState>) -> Response {
-    if let Ok(n) = st.store.log_bytes_stored().await {
-        st.log_bytes_stored.store(n, Ordering::Relaxed);
+pub(crate) async fn metrics(State(state): State<ApiState>) -> Response {
+    if let Ok(n) = state.store.log_bytes_stored().await {
+        state.log_bytes_stored.store(n, Ordering::Relaxed);
     }
-    let stored = st.log_bytes_stored.load(Ordering::Relaxed);
+    let stored = state.log_bytes_stored.load(Ordering::Relaxed);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus_text(&st.metrics.snapshot(), stored),
+        prometheus_text(&state.metrics.snapshot(), stored),
     )
         .into_response()
 }

@@ -226,13 +226,13 @@ struct ForceAnswer(BuildsetId, BTreeMap<String, BuildRequestId>);
 
 /// `POST /api/v2/forceschedulers/{name}`, method `force`.
 pub(crate) async fn force(
-    State(st): State<ApiState>,
+    State(state): State<ApiState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     rpc(&headers, &body, |r| async move {
-        let cfg = st.control.config();
+        let cfg = state.control.config();
         let Some(sched) = cfg
             .scheduler(&name)
             .filter(|s| matches!(s.kind, kiln_config::SchedulerKind::Force(_)))
@@ -240,8 +240,8 @@ pub(crate) async fn force(
             return Err(RpcError::invalid_path(format!("forceschedulers/{name}")));
         };
         r.expect("force")?;
-        let req = force_request(&st, &sched.builder_names, r.params).await?;
-        let (bsid, brids) = st.control.force(&name, req).await.map_err(|e| {
+        let req = force_request(&state, &sched.builder_names, r.params).await?;
+        let (bsid, brids) = state.control.force(&name, req).await.map_err(|e| {
             if e.is_user_error() {
                 RpcError::invalid_params(e.to_string())
             } else {
@@ -250,7 +250,7 @@ pub(crate) async fn force(
         })?;
         let mut by_builder = BTreeMap::new();
         for brid in brids {
-            let request = st.store.get_build_request(brid).await;
+            let request = state.store.get_build_request(brid).await;
             if let Some(br) = request.map_err(RpcError::internal)? {
                 by_builder.insert(br.builderid.0.to_string(), brid);
             }
@@ -264,7 +264,7 @@ pub(crate) async fn force(
 /// `builderNames`, else all of the scheduler's), the owner, the source fields, and every
 /// other field as a property.
 async fn force_request(
-    st: &ApiState,
+    state: &ApiState,
     scheduler_builders: &[String],
     mut p: Map<String, Value>,
 ) -> Result<ForceRequest, RpcError> {
@@ -276,7 +276,7 @@ async fn force_request(
         Some(Value::String(s)) => vec![s],
         _ => vec![],
     };
-    if let Some(name) = builder_by_id(st, p.remove("builderid")).await? {
+    if let Some(name) = builder_by_id(state, p.remove("builderid")).await? {
         builder_names = vec![name];
     }
     if builder_names.is_empty() {
@@ -298,7 +298,7 @@ async fn force_request(
 }
 
 /// The name of the builder a `builderid` param names (a number or a numeric string).
-async fn builder_by_id(st: &ApiState, id: Option<Value>) -> Result<Option<String>, RpcError> {
+async fn builder_by_id(state: &ApiState, id: Option<Value>) -> Result<Option<String>, RpcError> {
     let v = match id {
         None | Some(Value::Null) => return Ok(None),
         Some(v) => v,
@@ -307,7 +307,7 @@ async fn builder_by_id(st: &ApiState, id: Option<Value>) -> Result<Option<String
         .as_i64()
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
         .ok_or_else(|| RpcError::invalid_params(format!("builderid {v} is not a number")))?;
-    let builder = st.store.get_builder(BuilderId(id)).await;
+    let builder = state.store.get_builder(BuilderId(id)).await;
     match builder.map_err(RpcError::internal)? {
         Some(b) => Ok(Some(b.name)),
         None => Err(RpcError::invalid_params(format!("no builder with id {id}"))),
@@ -321,7 +321,7 @@ fn reason(r: &RpcRequest) -> String {
 
 /// `POST /api/v2/builds/{buildid}`, method `stop`: answers `null` as Buildbot does.
 pub(crate) async fn stop_build(
-    State(st): State<ApiState>,
+    State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -329,9 +329,9 @@ pub(crate) async fn stop_build(
     rpc(&headers, &body, |r| async move {
         let path = || RpcError::invalid_path(format!("builds/{id}"));
         let build = BuildId(path_number(&id).ok_or_else(path)?);
-        must_exist(st.store.get_build(build).await, path)?;
+        must_exist(state.store.get_build(build).await, path)?;
         r.expect("stop")?;
-        st.control.stop_build(build, reason(&r)).await;
+        state.control.stop_build(build, reason(&r)).await;
         Ok(())
     })
     .await
@@ -341,7 +341,7 @@ pub(crate) async fn stop_build(
 /// cancelled; a claimed one has its running builds stopped (as Buildbot's `cancel`). Answers
 /// `null`.
 pub(crate) async fn cancel_request(
-    State(st): State<ApiState>,
+    State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -349,10 +349,10 @@ pub(crate) async fn cancel_request(
     rpc(&headers, &body, |r| async move {
         let path = || RpcError::invalid_path(format!("buildrequests/{id}"));
         let request = BuildRequestId(path_number(&id).ok_or_else(path)?);
-        must_exist(st.store.get_build_request(request).await, path)?;
+        must_exist(state.store.get_build_request(request).await, path)?;
         r.expect("cancel")?;
-        if !st.control.cancel_request(request).await {
-            let running = st
+        if !state.control.cancel_request(request).await {
+            let running = state
                 .store
                 .list_builds(&BuildFilter {
                     buildrequestid: Some(request),
@@ -362,7 +362,7 @@ pub(crate) async fn cancel_request(
                 .await
                 .map_err(RpcError::internal)?;
             for b in running {
-                st.control.stop_build(b.buildid, reason(&r)).await;
+                state.control.stop_build(b.buildid, reason(&r)).await;
             }
         }
         Ok(())

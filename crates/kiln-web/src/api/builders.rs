@@ -42,8 +42,8 @@ impl Resource for BuilderAnswer {
 }
 
 impl BuilderAnswer {
-    fn new(st: &ApiState, b: BuilderRow, master: Option<MasterId>) -> BuilderAnswer {
-        let configured = st.control.config().builder(&b.name).is_some();
+    fn new(state: &ApiState, b: BuilderRow, master: Option<MasterId>) -> BuilderAnswer {
+        let configured = state.control.config().builder(&b.name).is_some();
         BuilderAnswer {
             builderid: b.builderid,
             masterids: master.filter(|_| configured).into_iter().collect(),
@@ -58,32 +58,35 @@ impl BuilderAnswer {
 }
 
 /// A builder by id, or by name (Buildbot's `builderid` path component takes either).
-pub(crate) async fn find_builder(st: &ApiState, b: &str) -> Result<Option<BuilderRow>, ApiError> {
-    Ok(match path_number(b) {
-        Some(id) => st.store.get_builder(BuilderId(id)).await?,
-        None => st.store.get_builder_by_name(b).await?,
+pub(crate) async fn find_builder(
+    state: &ApiState,
+    builder: &str,
+) -> Result<Option<BuilderRow>, ApiError> {
+    Ok(match path_number(builder) {
+        Some(id) => state.store.get_builder(BuilderId(id)).await?,
+        None => state.store.get_builder_by_name(builder).await?,
     })
 }
 
 /// `GET /builders`.
 pub(crate) async fn list_builders(api: ApiRequest) -> ApiResult {
     let spec = api.collection_query::<BuilderAnswer>()?;
-    let master = active_master(&api.st).await?;
-    let mut rows = api.st.store.list_builders().await?;
+    let master = active_master(&api.state).await?;
+    let mut rows = api.state.store.list_builders().await?;
     rows.sort_by_key(|b| b.builderid.0);
     let builders: Vec<BuilderAnswer> = rows
         .into_iter()
-        .map(|b| BuilderAnswer::new(&api.st, b, master))
+        .map(|b| BuilderAnswer::new(&api.state, b, master))
         .collect();
     Ok(api.collection(&spec, &builders))
 }
 
 /// `GET /builders/{builder}`.
-pub(crate) async fn get_builder(api: ApiRequest, Path(b): Path<String>) -> ApiResult {
+pub(crate) async fn get_builder(api: ApiRequest, Path(builder): Path<String>) -> ApiResult {
     let spec = api.single_query::<BuilderAnswer>()?;
-    let master = active_master(&api.st).await?;
-    let row = find_builder(&api.st, &b)
+    let master = active_master(&api.state).await?;
+    let row = find_builder(&api.state, &builder)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("/builders/{b}")))?;
-    Ok(api.one(&spec, &BuilderAnswer::new(&api.st, row, master)))
+        .ok_or_else(|| ApiError::NotFound(format!("/builders/{builder}")))?;
+    Ok(api.one(&spec, &BuilderAnswer::new(&api.state, row, master)))
 }

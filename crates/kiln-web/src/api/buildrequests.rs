@@ -59,20 +59,20 @@ impl SqlResource for BuildRequestAnswer {
     type Row = BuildRequest;
     const TABLE: ApiTable = ApiTable::BuildRequests;
 
-    async fn fetch(st: &ApiState, sql: &ApiQuery) -> Result<ApiPage<BuildRequest>, StoreError> {
-        st.store.api_build_requests(sql).await
+    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<ApiPage<BuildRequest>, StoreError> {
+        state.store.api_build_requests(sql).await
     }
 
     /// The answer, with its buildset's properties read when the query names some.
     async fn load(
-        st: &ApiState,
+        state: &ApiState,
         spec: &Spec,
         r: BuildRequest,
     ) -> Result<BuildRequestAnswer, ApiError> {
         let properties = if spec.properties.is_empty() {
             None
         } else {
-            let all = st.store.get_buildset_properties(r.buildsetid).await?;
+            let all = state.store.get_buildset_properties(r.buildsetid).await?;
             properties::selected(all, &spec.properties)
         };
         Ok(BuildRequestAnswer {
@@ -101,19 +101,19 @@ pub(crate) async fn list_buildrequests(api: ApiRequest) -> ApiResult {
 /// `GET /builders/{builder}/buildrequests` (the builder by id).
 pub(crate) async fn list_builder_buildrequests(
     api: ApiRequest,
-    Path(b): Path<String>,
+    Path(builder): Path<String>,
 ) -> ApiResult {
-    let id = path_id(&b, || format!("builders/{b}/buildrequests"))?;
-    let builder = field_equals("builderid", id);
-    api.sql_page::<BuildRequestAnswer>(vec![builder]).await
+    let id = path_id(&builder, || format!("builders/{builder}/buildrequests"))?;
+    let of_builder = field_equals("builderid", id);
+    api.sql_page::<BuildRequestAnswer>(vec![of_builder]).await
 }
 
 /// `GET /buildrequests/{buildrequestid}`.
 pub(crate) async fn get_buildrequest(api: ApiRequest, Path(id): Path<String>) -> ApiResult {
     let spec = api.single_query::<BuildRequestAnswer>()?;
     let n = path_id(&id, || format!("buildrequests/{id}"))?;
-    let request = api.st.store.get_build_request(BuildRequestId(n)).await?;
+    let request = api.state.store.get_build_request(BuildRequestId(n)).await?;
     let request = request.ok_or_else(|| ApiError::NotFound(format!("/buildrequests/{id}")))?;
-    let answer = BuildRequestAnswer::load(&api.st, &spec, request).await?;
+    let answer = BuildRequestAnswer::load(&api.state, &spec, request).await?;
     Ok(api.one(&spec, &answer))
 }

@@ -60,15 +60,15 @@ impl SqlResource for BuildAnswer {
     type Row = Build;
     const TABLE: ApiTable = ApiTable::Builds;
 
-    async fn fetch(st: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Build>, StoreError> {
-        st.store.api_builds(sql).await
+    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Build>, StoreError> {
+        state.store.api_builds(sql).await
     }
 
     /// The answer, with the build's properties read when the query names some.
-    async fn load(st: &ApiState, spec: &Spec, b: Build) -> Result<BuildAnswer, ApiError> {
+    async fn load(state: &ApiState, spec: &Spec, b: Build) -> Result<BuildAnswer, ApiError> {
         let mut properties = Properties::default();
         if !spec.properties.is_empty() {
-            let all = st.store.get_build_properties(b.buildid).await?;
+            let all = state.store.get_build_properties(b.buildid).await?;
             if let Some(p) = properties::selected(all, &spec.properties) {
                 properties = p;
             }
@@ -97,53 +97,61 @@ pub(crate) async fn list_builds(api: ApiRequest) -> ApiResult {
 }
 
 /// `GET /builders/{builder}/builds`: an unknown builder has no builds (as in Buildbot).
-pub(crate) async fn list_builder_builds(api: ApiRequest, Path(b): Path<String>) -> ApiResult {
-    match find_builder(&api.st, &b).await? {
+pub(crate) async fn list_builder_builds(api: ApiRequest, Path(builder): Path<String>) -> ApiResult {
+    match find_builder(&api.state, &builder).await? {
         Some(row) => {
-            let builder = field_equals("builderid", row.builderid.0);
-            api.sql_page::<BuildAnswer>(vec![builder]).await
+            let of_builder = field_equals("builderid", row.builderid.0);
+            api.sql_page::<BuildAnswer>(vec![of_builder]).await
         }
         None => api.empty_collection::<BuildAnswer>(),
     }
 }
 
-/// `GET /workers/{workerid}/builds`.
-pub(crate) async fn list_worker_builds(api: ApiRequest, Path(w): Path<String>) -> ApiResult {
-    let id = path_id(&w, || format!("workers/{w}/builds"))?;
-    let worker = field_equals("workerid", id);
-    api.sql_page::<BuildAnswer>(vec![worker]).await
+/// `GET /workers/{worker}/builds` (the worker by id).
+pub(crate) async fn list_worker_builds(api: ApiRequest, Path(worker): Path<String>) -> ApiResult {
+    let id = path_id(&worker, || format!("workers/{worker}/builds"))?;
+    let of_worker = field_equals("workerid", id);
+    api.sql_page::<BuildAnswer>(vec![of_worker]).await
 }
 
 /// `GET /buildrequests/{buildrequestid}/builds`.
-pub(crate) async fn list_buildrequest_builds(api: ApiRequest, Path(r): Path<String>) -> ApiResult {
-    let id = path_id(&r, || format!("buildrequests/{r}/builds"))?;
-    let request = field_equals("buildrequestid", id);
-    api.sql_page::<BuildAnswer>(vec![request]).await
+pub(crate) async fn list_buildrequest_builds(
+    api: ApiRequest,
+    Path(request): Path<String>,
+) -> ApiResult {
+    let id = path_id(&request, || format!("buildrequests/{request}/builds"))?;
+    let of_request = field_equals("buildrequestid", id);
+    api.sql_page::<BuildAnswer>(vec![of_request]).await
 }
 
 /// One build: `path` names it in a 404.
 async fn one_build(api: &ApiRequest, build: Option<Build>, path: String) -> ApiResult {
     let spec = api.single_query::<BuildAnswer>()?;
     let build = build.ok_or(ApiError::NotFound(path))?;
-    Ok(api.one(&spec, &BuildAnswer::load(&api.st, &spec, build).await?))
+    Ok(api.one(&spec, &BuildAnswer::load(&api.state, &spec, build).await?))
 }
 
 /// `GET /builds/{buildid}`.
 pub(crate) async fn get_build(api: ApiRequest, Path(id): Path<String>) -> ApiResult {
     let n = path_id(&id, || format!("builds/{id}"))?;
-    let build = api.st.store.get_build(BuildId(n)).await?;
+    let build = api.state.store.get_build(BuildId(n)).await?;
     one_build(&api, build, format!("/builds/{id}")).await
 }
 
 /// A build by its builder (id or name) and number (`/builders/{builder}/builds/{number}`).
 pub(crate) async fn build_by_number(
-    st: &ApiState,
-    b: &str,
-    n: &str,
+    state: &ApiState,
+    builder: &str,
+    number: &str,
 ) -> Result<Option<Build>, ApiError> {
-    let n = path_id(n, || format!("builders/{b}/builds/{n}"))?;
-    Ok(match find_builder(st, b).await? {
-        Some(row) => st.store.get_build_by_number(row.builderid, n).await?,
+    let number = path_id(number, || format!("builders/{builder}/builds/{number}"))?;
+    Ok(match find_builder(state, builder).await? {
+        Some(row) => {
+            state
+                .store
+                .get_build_by_number(row.builderid, number)
+                .await?
+        }
         None => None,
     })
 }
@@ -151,8 +159,8 @@ pub(crate) async fn build_by_number(
 /// `GET /builders/{builder}/builds/{number}`.
 pub(crate) async fn get_builder_build(
     api: ApiRequest,
-    Path((b, n)): Path<(String, String)>,
+    Path((builder, number)): Path<(String, String)>,
 ) -> ApiResult {
-    let build = build_by_number(&api.st, &b, &n).await?;
-    one_build(&api, build, format!("/builders/{b}/builds/{n}")).await
+    let build = build_by_number(&api.state, &builder, &number).await?;
+    one_build(&api, build, format!("/builders/{builder}/builds/{number}")).await
 }

@@ -71,12 +71,12 @@ impl BuildsetAnswer {
     }
 
     /// The whole answer: its source stamps read from the store.
-    async fn load(st: &ApiState, bs: &Buildset) -> Result<BuildsetAnswer, ApiError> {
+    async fn load(state: &ApiState, bs: &Buildset) -> Result<BuildsetAnswer, ApiError> {
         let mut answer = BuildsetAnswer::shallow(bs);
         for id in &bs.sourcestamps {
             answer
                 .sourcestamps
-                .extend(sourcestamps::load(st, *id).await?);
+                .extend(sourcestamps::load(state, *id).await?);
         }
         Ok(answer)
     }
@@ -98,7 +98,7 @@ pub(crate) async fn list_buildsets(api: ApiRequest) -> ApiResult {
         before: None,
         limit: Some(kiln_store::MAX_LIST_LIMIT),
     };
-    let mut buildsets = api.st.store.list_buildsets(&filter).await?;
+    let mut buildsets = api.state.store.list_buildsets(&filter).await?;
     buildsets.sort_by_key(|b| b.bsid.0);
     let rows: Vec<_> = buildsets
         .iter()
@@ -107,7 +107,7 @@ pub(crate) async fn list_buildsets(api: ApiRequest) -> ApiResult {
     let (picked, total) = query::page_indices(&spec, &rows);
     let mut page = Vec::with_capacity(picked.len());
     for i in picked {
-        page.push(BuildsetAnswer::load(&api.st, &buildsets[i]).await?);
+        page.push(BuildsetAnswer::load(&api.state, &buildsets[i]).await?);
     }
     Ok(api.page(&spec, &page, total))
 }
@@ -116,7 +116,7 @@ pub(crate) async fn list_buildsets(api: ApiRequest) -> ApiResult {
 pub(crate) async fn get_buildset(api: ApiRequest, Path(id): Path<String>) -> ApiResult {
     let spec = api.single_query::<BuildsetAnswer>()?;
     let n = path_id(&id, || format!("buildsets/{id}"))?;
-    let buildset = api.st.store.get_buildset(BuildsetId(n)).await?;
+    let buildset = api.state.store.get_buildset(BuildsetId(n)).await?;
     let buildset = buildset.ok_or_else(|| ApiError::NotFound(format!("/buildsets/{id}")))?;
-    Ok(api.one(&spec, &BuildsetAnswer::load(&api.st, &buildset).await?))
+    Ok(api.one(&spec, &BuildsetAnswer::load(&api.state, &buildset).await?))
 }

@@ -61,14 +61,14 @@ impl SqlResource for ChangeAnswer {
     type Row = Change;
     const TABLE: ApiTable = ApiTable::Changes;
 
-    async fn fetch(st: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Change>, StoreError> {
-        st.store.api_changes(sql).await
+    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Change>, StoreError> {
+        state.store.api_changes(sql).await
     }
 
     /// The answer, with the change's source stamp.
-    async fn load(st: &ApiState, _: &Spec, c: Change) -> Result<ChangeAnswer, ApiError> {
+    async fn load(state: &ApiState, _: &Spec, c: Change) -> Result<ChangeAnswer, ApiError> {
         Ok(ChangeAnswer {
-            sourcestamp: sourcestamps::load(st, c.sourcestampid).await?,
+            sourcestamp: sourcestamps::load(state, c.sourcestampid).await?,
             changeid: c.changeid,
             author: c.author,
             committer: c.committer,
@@ -97,7 +97,7 @@ pub(crate) async fn list_changes(api: ApiRequest) -> ApiResult {
 pub(crate) async fn get_change(api: ApiRequest, Path(id): Path<String>) -> ApiResult {
     let spec = api.single_query::<ChangeAnswer>()?;
     let n = path_id(&id, || format!("changes/{id}"))?;
-    let change = api.st.store.get_change(ChangeId(n)).await?;
+    let change = api.state.store.get_change(ChangeId(n)).await?;
     let change = change.ok_or_else(|| ApiError::NotFound(format!("/changes/{id}")))?;
-    Ok(api.one(&spec, &ChangeAnswer::load(&api.st, &spec, change).await?))
+    Ok(api.one(&spec, &ChangeAnswer::load(&api.state, &spec, change).await?))
 }

@@ -197,7 +197,7 @@ impl ForceSchedulerAnswer {
 /// `GET /forceschedulers`.
 pub(crate) async fn list_forceschedulers(api: ApiRequest) -> ApiResult {
     let spec = api.collection_query::<ForceSchedulerAnswer>()?;
-    let cfg = api.st.control.config();
+    let cfg = api.state.control.config();
     let all: Vec<_> = cfg
         .schedulers
         .iter()
@@ -209,12 +209,12 @@ pub(crate) async fn list_forceschedulers(api: ApiRequest) -> ApiResult {
 /// `GET /builders/{builder}/forceschedulers`: those that can start the builder (by id).
 pub(crate) async fn list_builder_forceschedulers(
     api: ApiRequest,
-    Path(b): Path<String>,
+    Path(builder): Path<String>,
 ) -> ApiResult {
     let spec = api.collection_query::<ForceSchedulerAnswer>()?;
-    let id = path_id(&b, || format!("builders/{b}/forceschedulers"))?;
-    let cfg = api.st.control.config();
-    let found: Vec<_> = match api.st.store.get_builder(BuilderId(id)).await? {
+    let id = path_id(&builder, || format!("builders/{builder}/forceschedulers"))?;
+    let cfg = api.state.control.config();
+    let found: Vec<_> = match api.state.store.get_builder(BuilderId(id)).await? {
         Some(row) => cfg
             .schedulers
             .iter()
@@ -230,7 +230,7 @@ pub(crate) async fn list_builder_forceschedulers(
 pub(crate) async fn get_forcescheduler(api: ApiRequest, Path(name): Path<String>) -> ApiResult {
     let spec = api.single_query::<ForceSchedulerAnswer>()?;
     let answer = api
-        .st
+        .state
         .control
         .config()
         .scheduler(&name)

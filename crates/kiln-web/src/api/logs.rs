@@ -133,20 +133,20 @@ impl<'a> LogPath<'a> {
     }
 
     /// The log's row if there is one, and the path as a 404 names it.
-    async fn resolve(self, st: &ApiState) -> Result<(Option<Log>, String), ApiError> {
+    async fn resolve(self, state: &ApiState) -> Result<(Option<Log>, String), ApiError> {
         match self {
             LogPath::Id(id) => {
                 let n = path_id(id, || format!("logs/{id}"))?;
-                Ok((st.store.get_log(LogId(n)).await?, format!("/logs/{id}")))
+                Ok((state.store.get_log(LogId(n)).await?, format!("/logs/{id}")))
             }
             LogPath::StepSlug { step, slug } => {
                 let n = path_id(step, || format!("steps/{step}/logs/{slug}"))?;
-                let log = st.store.get_log_by_slug(StepId(n), slug).await?;
+                let log = state.store.get_log_by_slug(StepId(n), slug).await?;
                 Ok((log, format!("/steps/{step}/logs/{slug}")))
             }
             LogPath::BuildStepSlug { build, step, slug } => {
-                let log = match step_of_build(st, build, step).await? {
-                    Some(s) => st.store.get_log_by_slug(s.stepid, slug).await?,
+                let log = match step_of_build(state, build, step).await? {
+                    Some(s) => state.store.get_log_by_slug(s.stepid, slug).await?,
                     None => None,
                 };
                 Ok((log, format!("/builds/{build}/steps/{step}/logs/{slug}")))
@@ -158,8 +158,8 @@ impl<'a> LogPath<'a> {
 impl FromRequestParts<ApiState> for LogRef {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, st: &ApiState) -> Result<LogRef, Response> {
-        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, st)
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<LogRef, Response> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
         let route = parts
@@ -175,7 +175,7 @@ impl FromRequestParts<ApiState> for LogRef {
         let named = LogPath::of(&params)
             .ok_or_else(|| ApiError::InvalidPath(parts.uri.path().to_string()).into_response())?;
         let (log, path) = named
-            .resolve(st)
+            .resolve(state)
             .await
             .map_err(IntoResponse::into_response)?;
         Ok(LogRef {
@@ -190,7 +190,7 @@ async fn logs_of(api: &ApiRequest, step: Option<StepId>) -> ApiResult {
     let spec = api.collection_query::<LogAnswer>()?;
     let logs: Vec<LogAnswer> = match step {
         Some(s) => api
-            .st
+            .state
             .store
             .list_logs(s)
             .await?
@@ -211,10 +211,10 @@ pub(crate) async fn list_step_logs(api: ApiRequest, Path(id): Path<String>) -> A
 /// `GET /builds/{buildid}/steps/{step}/logs`.
 pub(crate) async fn list_build_step_logs(
     api: ApiRequest,
-    Path((id, s)): Path<(String, String)>,
+    Path((id, step)): Path<(String, String)>,
 ) -> ApiResult {
-    let step = step_of_build(&api.st, &id, &s).await?;
-    logs_of(&api, step.map(|s| s.stepid)).await
+    let found = step_of_build(&api.state, &id, &step).await?;
+    logs_of(&api, found.map(|s| s.stepid)).await
 }
 
 /// `GET …/logs/{slug}` or `/logs/{logid}`: the log's row.
@@ -234,7 +234,7 @@ pub(crate) async fn get_log_contents(api: ApiRequest, log: LogRef) -> ApiResult 
     let mut at = first;
     while at <= last.min(found.num_lines - 1) {
         let to = last.min(at + MAX_READ_LINES - 1);
-        let lines = api.st.store.read_log_lines(found.logid, at, to).await?;
+        let lines = api.state.store.read_log_lines(found.logid, at, to).await?;
         if lines.is_empty() {
             break;
         }
@@ -265,18 +265,18 @@ fn line_range(spec: &Spec, num_lines: i64) -> Option<(i64, i64)> {
 /// `GET …/raw`: the log's text streamed a chunk at a time, as Buildbot's
 /// `RawLogChunkEndpoint`: a stdio log gets a `Builder/Build number/Worker name` header and
 /// loses its channel characters. The query string is not read.
-pub(crate) async fn get_log_raw(State(st): State<ApiState>, log: LogRef) -> ApiResult {
+pub(crate) async fn get_log_raw(State(state): State<ApiState>, log: LogRef) -> ApiResult {
     let log = log.found()?;
-    let owners = LogOwners::load(&st, log).await?;
+    let owners = LogOwners::load(&state, log).await?;
     let stdio = log.log_type == LogType::Stdio;
     let header = if stdio {
         owners.header()
     } else {
         String::new()
     };
-    let redactor = st.control.config().redactor();
+    let redactor = state.control.config().redactor();
     let head = (!header.is_empty()).then(|| Ok(redactor.redact(&header).into_bytes()));
-    let body = st.store.log_raw(log.logid).map(move |chunk| {
+    let body = state.store.log_raw(log.logid).map(move |chunk| {
         let chunk = chunk.map_err(std::io::Error::other)?;
         // Stored text is UTF-8 (it was appended as text): check it fast, copy only if not.
         let text = match String::from_utf8(chunk) {
@@ -310,16 +310,16 @@ struct LogOwners {
 }
 
 impl LogOwners {
-    async fn load(st: &ApiState, log: &Log) -> Result<LogOwners, ApiError> {
-        let step = st.store.get_step(log.stepid).await?;
+    async fn load(state: &ApiState, log: &Log) -> Result<LogOwners, ApiError> {
+        let step = state.store.get_step(log.stepid).await?;
         let build = match &step {
-            Some(s) => st.store.get_build(s.buildid).await?,
+            Some(s) => state.store.get_build(s.buildid).await?,
             None => None,
         };
         let (builder, worker) = match &build {
             Some(b) => (
-                st.store.get_builder(b.builderid).await?,
-                st.store.get_worker(b.workerid).await?,
+                state.store.get_builder(b.builderid).await?,
+                state.store.get_worker(b.workerid).await?,
             ),
             None => (None, None),
         };

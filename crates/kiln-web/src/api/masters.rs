@@ -41,23 +41,23 @@ impl From<MasterRow> for MasterAnswer {
 }
 
 /// The masters, lowest id first.
-async fn masters_by_id(st: &ApiState) -> Result<Vec<MasterRow>, ApiError> {
-    let mut masters = st.store.list_masters().await?;
+async fn masters_by_id(state: &ApiState) -> Result<Vec<MasterRow>, ApiError> {
+    let mut masters = state.store.list_masters().await?;
     masters.sort_by_key(|m| m.masterid.0);
     Ok(masters)
 }
 
 /// The first master active now: the one this process's builders and workers are reported on
 /// (a single-master farm has exactly one).
-pub(crate) async fn active_master(st: &ApiState) -> Result<Option<MasterId>, ApiError> {
-    let masters = masters_by_id(st).await?;
+pub(crate) async fn active_master(state: &ApiState) -> Result<Option<MasterId>, ApiError> {
+    let masters = masters_by_id(state).await?;
     Ok(masters.into_iter().find(|m| m.active).map(|m| m.masterid))
 }
 
 /// `GET /masters`.
 pub(crate) async fn list_masters(api: ApiRequest) -> ApiResult {
     let spec = api.collection_query::<MasterAnswer>()?;
-    let masters: Vec<MasterAnswer> = masters_by_id(&api.st)
+    let masters: Vec<MasterAnswer> = masters_by_id(&api.state)
         .await?
         .into_iter()
         .map(MasterAnswer::from)
@@ -70,7 +70,7 @@ pub(crate) async fn get_master(api: ApiRequest, Path(id): Path<String>) -> ApiRe
     let spec = api.single_query::<MasterAnswer>()?;
     let n = path_id(&id, || format!("masters/{id}"))?;
     let master = api
-        .st
+        .state
         .store
         .list_masters()
         .await?

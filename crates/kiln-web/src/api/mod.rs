@@ -54,12 +54,12 @@ pub(crate) trait SqlResource: Resource + Sized {
     const TABLE: ApiTable;
     /// A page of rows, and how many match in all.
     fn fetch(
-        st: &ApiState,
+        state: &ApiState,
         sql: &ApiQuery,
     ) -> impl Future<Output = Result<ApiPage<Self::Row>, StoreError>> + Send;
     /// The answer for a row, with what else it shows read from the store.
     fn load(
-        st: &ApiState,
+        state: &ApiState,
         spec: &Spec,
         row: Self::Row,
     ) -> impl Future<Output = Result<Self, ApiError>> + Send;
@@ -70,7 +70,7 @@ pub(crate) trait SqlResource: Resource + Sized {
 /// checks: mostly the path first, as Buildbot (a bad path is a 404 before a bad query is a
 /// 400, and a bad query a 400 before a missing row is a 404).
 pub(crate) struct ApiRequest {
-    pub(crate) st: ApiState,
+    pub(crate) state: ApiState,
     query: Option<String>,
     compact: bool,
 }
@@ -78,14 +78,14 @@ pub(crate) struct ApiRequest {
 impl FromRequestParts<ApiState> for ApiRequest {
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, st: &ApiState) -> Result<Self, Infallible> {
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Infallible> {
         let compact = parts
             .headers
             .get(header::ACCEPT)
             .and_then(|a| a.to_str().ok())
             .is_some_and(|a| a.contains("application/json"));
         Ok(ApiRequest {
-            st: st.clone(),
+            state: state.clone(),
             query: parts.uri.query().map(String::from),
             compact,
         })
@@ -129,10 +129,10 @@ impl ApiRequest {
     pub(crate) async fn sql_page<R: SqlResource>(&self, parent: Vec<ApiCond>) -> ApiResult {
         let spec = self.collection_query::<R>()?;
         let sql = query::to_sql(&spec, R::TABLE, parent)?;
-        let page = R::fetch(&self.st, &sql).await?;
+        let page = R::fetch(&self.state, &sql).await?;
         let mut answers = Vec::with_capacity(page.rows.len());
         for row in page.rows {
-            answers.push(R::load(&self.st, &spec, row).await?);
+            answers.push(R::load(&self.state, &spec, row).await?);
         }
         Ok(self.page(&spec, &answers, page.total as usize))
     }
@@ -160,7 +160,7 @@ impl ApiRequest {
         body.insert(plural.into(), rows.into_iter().map(Value::Object).collect());
         body.insert("meta".into(), Value::Object(meta));
         let mut body = Value::Object(body);
-        let redactor = self.st.control.config().redactor();
+        let redactor = self.state.control.config().redactor();
         if !redactor.is_empty() {
             redactor.redact_json(&mut body);
         }

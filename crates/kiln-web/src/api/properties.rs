@@ -36,9 +36,9 @@ impl Resource for PropertiesAnswer {
 /// `GET /builds/{buildid}/properties` (the query string is not read).
 pub(crate) async fn list_build_properties(api: ApiRequest, Path(id): Path<String>) -> ApiResult {
     let build = BuildId(path_id(&id, || format!("builds/{id}/properties"))?);
-    if api.st.store.get_build(build).await?.is_none() {
+    if api.state.store.get_build(build).await?.is_none() {
         return Err(ApiError::NotFound(format!("/builds/{id}/properties")));
     }
-    let props = api.st.store.get_build_properties(build).await?;
+    let props = api.state.store.get_build_properties(build).await?;
     Ok(api.page(&Spec::default(), &[PropertiesAnswer(props)], 1))
 }

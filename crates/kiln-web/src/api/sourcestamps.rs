@@ -38,10 +38,10 @@ impl From<SourceStamp> for SourceStampAnswer {
 
 /// The source stamp with this id, if the store has it.
 pub(crate) async fn load(
-    st: &ApiState,
+    state: &ApiState,
     id: SourceStampId,
 ) -> Result<Option<SourceStampAnswer>, ApiError> {
-    Ok(st
+    Ok(state
         .store
         .get_sourcestamp(id)
         .await?

@@ -56,8 +56,8 @@ impl SqlResource for StepAnswer {
     type Row = Step;
     const TABLE: ApiTable = ApiTable::Steps;
 
-    async fn fetch(st: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Step>, StoreError> {
-        st.store.api_steps(sql).await
+    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Step>, StoreError> {
+        state.store.api_steps(sql).await
     }
 
     async fn load(_: &ApiState, _: &Spec, s: Step) -> Result<StepAnswer, ApiError> {
@@ -88,8 +88,8 @@ impl From<Step> for StepAnswer {
 async fn steps_of(api: &ApiRequest, build: Option<BuildId>) -> ApiResult {
     match build {
         Some(b) => {
-            let build = field_equals("buildid", b.0);
-            api.sql_page::<StepAnswer>(vec![build]).await
+            let of_build = field_equals("buildid", b.0);
+            api.sql_page::<StepAnswer>(vec![of_build]).await
         }
         None => api.empty_collection::<StepAnswer>(),
     }
@@ -104,20 +104,20 @@ pub(crate) async fn list_build_steps(api: ApiRequest, Path(id): Path<String>) ->
 /// `GET /builders/{builder}/builds/{number}/steps`.
 pub(crate) async fn list_builder_build_steps(
     api: ApiRequest,
-    Path((b, n)): Path<(String, String)>,
+    Path((builder, number)): Path<(String, String)>,
 ) -> ApiResult {
-    let build = build_by_number(&api.st, &b, &n).await?;
-    steps_of(&api, build.map(|b| b.buildid)).await
+    let build = build_by_number(&api.state, &builder, &number).await?;
+    steps_of(&api, build.map(|builder| builder.buildid)).await
 }
 
 /// A step of a build by number or by name (`/builds/{buildid}/steps/{step}`).
 pub(crate) async fn step_of_build(
-    st: &ApiState,
+    state: &ApiState,
     id: &str,
     step: &str,
 ) -> Result<Option<Step>, ApiError> {
     let build = BuildId(path_id(id, || format!("builds/{id}/steps/{step}"))?);
-    let steps = st.store.list_steps(build).await?;
+    let steps = state.store.list_steps(build).await?;
     Ok(match path_number(step) {
         Some(n) => steps.into_iter().find(|x| x.number == n),
         None => steps.into_iter().find(|x| x.name == step),
@@ -128,7 +128,7 @@ pub(crate) async fn step_of_build(
 pub(crate) async fn get_step(api: ApiRequest, Path(id): Path<String>) -> ApiResult {
     let spec = api.single_query::<StepAnswer>()?;
     let n = path_id(&id, || format!("steps/{id}"))?;
-    let step = api.st.store.get_step(StepId(n)).await?;
+    let step = api.state.store.get_step(StepId(n)).await?;
     let step = step.ok_or_else(|| ApiError::NotFound(format!("/steps/{id}")))?;
     Ok(api.one(&spec, &StepAnswer::from(step)))
 }
@@ -136,10 +136,10 @@ pub(crate) async fn get_step(api: ApiRequest, Path(id): Path<String>) -> ApiResu
 /// `GET /builds/{buildid}/steps/{step}`.
 pub(crate) async fn get_build_step(
     api: ApiRequest,
-    Path((id, s)): Path<(String, String)>,
+    Path((id, step)): Path<(String, String)>,
 ) -> ApiResult {
     let spec = api.single_query::<StepAnswer>()?;
-    let step = step_of_build(&api.st, &id, &s).await?;
-    let step = step.ok_or_else(|| ApiError::NotFound(format!("/builds/{id}/steps/{s}")))?;
-    Ok(api.one(&spec, &StepAnswer::from(step)))
+    let found = step_of_build(&api.state, &id, &step).await?;
+    let found = found.ok_or_else(|| ApiError::NotFound(format!("/builds/{id}/steps/{step}")))?;
+    Ok(api.one(&spec, &StepAnswer::from(found)))
 }

@@ -111,18 +111,18 @@ impl WorkerAnswer {
 }
 
 /// Every worker, lowest id first.
-async fn all_workers(st: &ApiState) -> Result<Vec<WorkerAnswer>, ApiError> {
-    let builders = st.store.list_builders().await?;
+async fn all_workers(state: &ApiState) -> Result<Vec<WorkerAnswer>, ApiError> {
+    let builders = state.store.list_builders().await?;
     let farm = Farm {
-        master: active_master(st).await?,
+        master: active_master(state).await?,
         builder_ids: builders
             .into_iter()
             .map(|b| (b.name, b.builderid))
             .collect(),
-        connected: st.control.connected_workers(),
-        config: st.control.config(),
+        connected: state.control.connected_workers(),
+        config: state.control.config(),
     };
-    let mut workers = st.store.list_workers().await?;
+    let mut workers = state.store.list_workers().await?;
     workers.sort_by_key(|w| w.workerid.0);
     let answers = workers.into_iter().map(|w| WorkerAnswer::new(&farm, w));
     Ok(answers.collect())
@@ -131,30 +131,33 @@ async fn all_workers(st: &ApiState) -> Result<Vec<WorkerAnswer>, ApiError> {
 /// `GET /workers`.
 pub(crate) async fn list_workers(api: ApiRequest) -> ApiResult {
     let spec = api.collection_query::<WorkerAnswer>()?;
-    let workers = all_workers(&api.st).await?;
+    let workers = all_workers(&api.state).await?;
     Ok(api.collection(&spec, &workers))
 }
 
 /// `GET /builders/{builder}/workers`: the workers configured on a builder (by id only).
-pub(crate) async fn list_builder_workers(api: ApiRequest, Path(b): Path<String>) -> ApiResult {
+pub(crate) async fn list_builder_workers(
+    api: ApiRequest,
+    Path(builder): Path<String>,
+) -> ApiResult {
     let spec = api.collection_query::<WorkerAnswer>()?;
-    let id = BuilderId(path_id(&b, || format!("builders/{b}/workers"))?);
-    let mut workers = all_workers(&api.st).await?;
+    let id = BuilderId(path_id(&builder, || format!("builders/{builder}/workers"))?);
+    let mut workers = all_workers(&api.state).await?;
     workers.retain(|w| w.configured_on.iter().any(|c| c.builderid == id));
     Ok(api.collection(&spec, &workers))
 }
 
 /// `GET /workers/{worker}`: by id or by name.
-pub(crate) async fn get_worker(api: ApiRequest, Path(w): Path<String>) -> ApiResult {
+pub(crate) async fn get_worker(api: ApiRequest, Path(worker): Path<String>) -> ApiResult {
     let spec = api.single_query::<WorkerAnswer>()?;
-    let id = path_number(&w).map(WorkerId);
-    let worker = all_workers(&api.st)
+    let id = path_number(&worker).map(WorkerId);
+    let worker = all_workers(&api.state)
         .await?
         .into_iter()
         .find(|x| match id {
             Some(id) => x.workerid == id,
-            None => x.name == w,
+            None => x.name == worker,
         })
-        .ok_or_else(|| ApiError::NotFound(format!("/workers/{w}")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("/workers/{worker}")))?;
     Ok(api.one(&spec, &worker))
 }
