@@ -11,7 +11,8 @@ use axum::extract::{FromRequestParts, MatchedPath, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
+use kiln_config::Redactor;
 use kiln_model::{Build, Log, LogId, LogType, Step, StepId, Worker};
 use kiln_store::{BuilderRow, MAX_READ_LINES};
 use serde::Serialize;
@@ -276,16 +277,7 @@ pub(crate) async fn get_log_raw(State(state): State<ApiState>, log: LogRef) -> A
     };
     let redactor = state.control.config().redactor();
     let head = (!header.is_empty()).then(|| Ok(redactor.redact(&header).into_bytes()));
-    let body = state.store.log_raw(log.logid).map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        // Stored text is UTF-8 (it was appended as text): check it fast, copy only if not.
-        let text = match String::from_utf8(chunk) {
-            Ok(s) => s,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-        };
-        let text = if stdio { strip_channels(&text) } else { text };
-        Ok::<_, std::io::Error>(redactor.redact(&text).into_bytes())
-    });
+    let body = raw_text(&state, log, redactor);
     let mime = match log.log_type {
         LogType::Html => "text/html; charset=utf-8",
         _ => "text/plain; charset=utf-8",
@@ -299,6 +291,26 @@ pub(crate) async fn get_log_raw(State(state): State<ApiState>, log: LogRef) -> A
         r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(r)
+}
+
+/// The log's stored chunks as `/raw` sends them: text (UTF-8), stdio lines without their
+/// channel character, secrets redacted.
+fn raw_text(
+    state: &ApiState,
+    log: &Log,
+    redactor: Redactor,
+) -> impl Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
+    let stdio = log.log_type == LogType::Stdio;
+    state.store.log_raw(log.logid).map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        // Stored text is UTF-8 (it was appended as text): check it fast, copy only if not.
+        let text = match String::from_utf8(chunk) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        let text = if stdio { strip_channels(&text) } else { text };
+        Ok(redactor.redact(&text).into_bytes())
+    })
 }
 
 /// Where a log belongs, for `/raw`'s header and file name (any of them may be gone).
