@@ -1,12 +1,20 @@
-//! REST API under `/api/v2` in Buildbot's shape (resource names, field names, `field__op`
-//! filters, `order`, `limit`, `offset`, and the `{"<resource>": [...], "meta": {"total": N}}`
-//! envelope), plus `/metrics` (Prometheus text) and `/health` for operators.
+//! Kiln's web port: Buildbot's REST API under `/api/v2` (resource names, field names,
+//! `field__op` filters, `order`, `limit`, `offset`, `field`, `property`, and the
+//! `{"<resource>": [...], "meta": {"total": N}}` envelope), so tools written for Buildbot keep
+//! working; the JSON-RPC control the Buildbot UI sends; the base change hook; and `/metrics`
+//! and `/health` for operators. It reads the store and asks the master's [`Control`] for the
+//! rest; it never talks to a worker.
 //!
-//! * [`router`] serves everything below on the master's web port (mount at `/`):
-//!   `GET /api/v2/{builders,builds,steps,logs,workers,changes,buildrequests,buildsets,
-//!   forceschedulers,masters}` and their nested paths (see `rest.rs`), `/logs/{id}/contents`
-//!   and `/raw`; JSON-RPC `POST`s `force`, `stop`, `cancel` (`control.rs`); `POST
-//!   /change_hook/base`; `GET /metrics`; `GET /health`.
+//! * `routes.rs` — every route, in one list; [`router`] serves them (mount at `/`), [`app`]
+//!   adds the landing page (`landing.rs`).
+//! * `api/` — a module per resource family (builders, builds, steps, logs, workers, changes,
+//!   build requests, buildsets, force schedulers, masters; properties and source stamps as
+//!   they show inside others): its typed answer and its handlers. `api/mod.rs` has what they
+//!   share: the `Resource` and `SqlResource` traits, the request (`ApiRequest`) and the
+//!   envelope; `api/logs.rs` the `LogRef` extractor for the three paths that name a log.
+//!   `query.rs` parses and applies Buildbot's query features.
+//! * `rpc.rs` — JSON-RPC `force`, `stop`, `cancel`; `change_hook.rs` — `POST
+//!   /change_hook/base`; `ops.rs` — `/health` and `/metrics`; `error.rs` — [`ApiError`].
 //! * Builds, build requests, changes and steps are filtered, ordered and paged in SQL
 //!   (`kiln_store::api_queries`); a page holds at most `kiln_store::MAX_LIST_LIMIT` rows even
 //!   without `limit`. Other collections are small and filtered in memory.
@@ -19,16 +27,18 @@ use std::sync::atomic::AtomicI64;
 
 pub use kiln_master::{ChangeRequest, Control, ControlError, ForceRequest, Metrics};
 
-mod control;
+mod api;
+mod change_hook;
+mod error;
 mod landing;
-mod metrics;
+mod ops;
 mod query;
-mod rest;
+mod routes;
+mod rpc;
 
+pub use error::ApiError;
+pub use kiln_master::error_chain;
 pub use query::{FType, Filter, Spec};
-
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 
 /// What the API handlers share.
 #[derive(Clone)]
@@ -53,70 +63,11 @@ impl ApiState {
 
 /// The REST API, `/change_hook/base`, `/metrics` and `/health`, to mount at `/`.
 pub fn router(state: ApiState) -> axum::Router {
-    rest::routes().merge(control::routes()).with_state(state)
+    routes::routes().with_state(state)
 }
 
 /// Everything the web port serves: the API and a landing page at `/` that links it.
 pub fn app(state: ApiState) -> axum::Router {
     let landing = landing::page(&state.control.config().master.title);
     router(state).merge(landing)
-}
-
-/// An error and its sources on one line (`outer: inner: root`), for an answer or a log.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// An error answered as Buildbot does for REST: `{"error": "..."}` with its status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn bad(msg: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: msg.into(),
-        }
-    }
-    pub fn not_found(msg: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: msg.into(),
-        }
-    }
-    pub fn internal(msg: impl std::fmt::Display) -> ApiError {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: msg.to_string(),
-        }
-    }
-}
-
-impl From<kiln_store::StoreError> for ApiError {
-    fn from(e: kiln_store::StoreError) -> ApiError {
-        ApiError::internal(format!("database error: {e}"))
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message }).to_string();
-        let mut r = (self.status, body).into_response();
-        // Buildbot sends REST errors as text/plain holding JSON.
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        r
-    }
 }

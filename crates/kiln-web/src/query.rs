@@ -81,26 +81,16 @@ pub fn parse(
     fields: &[(&str, FType)],
     collection: bool,
 ) -> Result<Spec, ApiError> {
-    // Group repeated keys, keeping their first order (Twisted's request.args).
-    let mut args: Vec<(String, Vec<String>)> = Vec::new();
-    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        match args.iter_mut().find(|(key, _)| *key == k) {
-            Some((_, vs)) => vs.push(v.into_owned()),
-            None => args.push((k.into_owned(), vec![v.into_owned()])),
-        }
-    }
     let ftype = |name: &str| fields.iter().find(|(f, _)| *f == name).map(|(_, t)| *t);
-    let check = |name: &str| -> Result<(), ApiError> {
-        if ftype(name).is_none() {
-            return Err(ApiError::bad(format!("no such field '{name}'")));
-        }
-        Ok(())
+    let check = |name: &str| match ftype(name) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::bad(format!("no such field '{name}'"))),
     };
     let mut spec = Spec::default();
-    for (arg, vals) in &args {
+    for (arg, vals) in group_args(raw) {
         match arg.as_str() {
             "order" => {
-                for o in vals {
+                for o in &vals {
                     let (name, desc) = match o.strip_prefix('-') {
                         Some(n) => (n, true),
                         None => (o.as_str(), false),
@@ -110,69 +100,74 @@ pub fn parse(
                 }
             }
             "field" => {
-                for f in vals {
-                    check(f)?;
-                }
-                spec.fields = Some(vals.clone());
+                vals.iter().try_for_each(|f| check(f))?;
+                spec.fields = Some(vals);
             }
-            "limit" => {
-                spec.limit = Some(
-                    vals[0]
-                        .trim()
-                        .parse()
-                        .map_err(|_| ApiError::bad("invalid limit"))?,
-                )
-            }
-            "offset" => {
-                spec.offset = Some(
-                    vals[0]
-                        .trim()
-                        .parse()
-                        .map_err(|_| ApiError::bad("invalid offset"))?,
-                )
-            }
-            "property" => spec.properties.extend(vals.iter().cloned()),
-            name if ftype(name).is_some() => {
-                let t = ftype(name).unwrap_or(FType::Other);
-                let values = vals
-                    .iter()
-                    .map(|v| parse_value(t, v))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| ApiError::bad(format!("invalid filter value for {name}")))?;
-                spec.filters.push(Filter {
-                    field: name.to_string(),
-                    op: ApiOp::Eq,
-                    values,
-                });
-            }
-            other => {
-                let parsed = other.rsplit_once("__").and_then(|(f, op)| {
-                    let op = op_of(op)?;
-                    let plural_ok = matches!(
-                        op,
-                        ApiOp::Eq | ApiOp::Ne | ApiOp::Contains | ApiOp::In | ApiOp::NotIn
-                    );
-                    (vals.len() == 1 || plural_ok).then_some(())?;
-                    Some((f, op, ftype(f)?))
-                });
-                let Some((field, op, t)) = parsed else {
-                    return Err(ApiError::bad(format!(
-                        "unrecognized query parameter '{other}'"
-                    )));
-                };
-                let values = vals
-                    .iter()
-                    .map(|v| parse_value(t, v))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| ApiError::bad(format!("invalid filter value for {other}")))?;
-                spec.filters.push(Filter {
-                    field: field.to_string(),
-                    op,
-                    values,
-                });
-            }
+            "limit" => spec.limit = Some(parse_int(&vals[0], "invalid limit")?),
+            "offset" => spec.offset = Some(parse_int(&vals[0], "invalid offset")?),
+            "property" => spec.properties.extend(vals),
+            _ => spec.filters.push(parse_filter(&arg, &vals, ftype)?),
         }
     }
+    check_spec(&spec, collection)?;
+    Ok(spec)
+}
+
+/// The query's arguments, repeated keys grouped, in the order they first appear (Twisted's
+/// `request.args`).
+fn group_args(raw: Option<&str>) -> Vec<(String, Vec<String>)> {
+    let mut args: Vec<(String, Vec<String>)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match args.iter_mut().find(|(key, _)| *key == k) {
+            Some((_, vs)) => vs.push(v.into_owned()),
+            None => args.push((k.into_owned(), vec![v.into_owned()])),
+        }
+    }
+    args
+}
+
+/// `limit` and `offset`: Python's `int()`, which accepts surrounding blanks.
+fn parse_int(v: &str, refusal: &str) -> Result<i64, ApiError> {
+    v.trim().parse().map_err(|_| ApiError::bad(refusal))
+}
+
+/// A filter: `field=value` (equality) or `field__op=value`; several values for `eq`, `ne`,
+/// `contains`, `in` and `notin` only; values parsed by the field's type.
+fn parse_filter(
+    arg: &str,
+    vals: &[String],
+    ftype: impl Fn(&str) -> Option<FType>,
+) -> Result<Filter, ApiError> {
+    let (field, op, t) = match ftype(arg) {
+        Some(t) => (arg, ApiOp::Eq, t),
+        None => {
+            let parsed = arg.rsplit_once("__").and_then(|(f, op)| {
+                let op = op_of(op)?;
+                let plural_ok = matches!(
+                    op,
+                    ApiOp::Eq | ApiOp::Ne | ApiOp::Contains | ApiOp::In | ApiOp::NotIn
+                );
+                (vals.len() == 1 || plural_ok).then_some(())?;
+                Some((f, op, ftype(f)?))
+            });
+            parsed.ok_or_else(|| ApiError::bad(format!("unrecognized query parameter '{arg}'")))?
+        }
+    };
+    let values = vals
+        .iter()
+        .map(|v| parse_value(t, v))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| ApiError::bad(format!("invalid filter value for {arg}")))?;
+    Ok(Filter {
+        field: field.to_string(),
+        op,
+        values,
+    })
+}
+
+/// What Buildbot refuses of a whole spec: ordering or filtering on fields not selected, and
+/// filters on a single resource.
+fn check_spec(spec: &Spec, collection: bool) -> Result<(), ApiError> {
     if let Some(sel) = &spec.fields {
         if spec.order.iter().any(|(o, _)| !sel.contains(o)) {
             return Err(ApiError::bad("cannot order on un-selected fields"));
@@ -184,7 +179,7 @@ pub fn parse(
     if !collection && !spec.filters.is_empty() {
         return Err(ApiError::bad("this is not a collection"));
     }
-    Ok(spec)
+    Ok(())
 }
 
 /// Buildbot's `NoneComparator`: None sorts before everything.
@@ -258,22 +253,36 @@ pub fn select(spec: &Spec, mut obj: Map<String, Value>) -> Map<String, Value> {
 /// Buildbot's `ResultSpec.apply` on a whole collection: filters, total, order, offset/limit,
 /// fields. Returns the page and the total after filtering.
 pub fn apply(spec: &Spec, rows: Vec<Map<String, Value>>) -> (Vec<Map<String, Value>>, usize) {
-    let mut rows: Vec<_> = rows
+    let (page, total) = page_indices(spec, &rows);
+    let mut rows: Vec<Option<Map<String, Value>>> = rows.into_iter().map(Some).collect();
+    let page = page
         .into_iter()
-        .filter(|r| {
+        .filter_map(|i| rows[i].take())
+        .map(|r| select(spec, r))
+        .collect();
+    (page, total)
+}
+
+/// A row's field; null when it has none.
+fn field<'a>(row: &'a Map<String, Value>, name: &str) -> &'a Value {
+    row.get(name).unwrap_or(&Value::Null)
+}
+
+/// [`apply`] without the field selection, as positions: which rows make the page, in order,
+/// and how many matched the filters.
+pub fn page_indices(spec: &Spec, rows: &[Map<String, Value>]) -> (Vec<usize>, usize) {
+    let mut matching: Vec<usize> = (0..rows.len())
+        .filter(|&i| {
             spec.filters
                 .iter()
-                .all(|f| matches(r.get(&f.field).unwrap_or(&Value::Null), f))
+                .all(|f| matches(field(&rows[i], &f.field), f))
         })
         .collect();
-    let total = rows.len();
+    let total = matching.len();
     if !spec.order.is_empty() {
-        rows.sort_by(|a, b| {
+        matching.sort_by(|&a, &b| {
             for (k, desc) in &spec.order {
-                let o = cmp_json(
-                    a.get(k).unwrap_or(&Value::Null),
-                    b.get(k).unwrap_or(&Value::Null),
-                );
+                let o = cmp_json(field(&rows[a], k), field(&rows[b], k));
                 let o = if *desc { o.reverse() } else { o };
                 if o != Ordering::Equal {
                     return o;
@@ -283,13 +292,9 @@ pub fn apply(spec: &Spec, rows: Vec<Map<String, Value>>) -> (Vec<Map<String, Val
         });
     }
     let offset = spec.offset.unwrap_or(0).max(0) as usize;
-    let rows: Vec<_> = rows
-        .into_iter()
-        .skip(offset)
-        .take(spec.limit.map_or(usize::MAX, |l| l.max(0) as usize))
-        .map(|r| select(spec, r))
-        .collect();
-    (rows, total)
+    let limit = spec.limit.map_or(usize::MAX, |l| l.max(0) as usize);
+    let page = matching.into_iter().skip(offset).take(limit).collect();
+    (page, total)
 }
 
 fn to_api_value(v: &Value) -> ApiValue {
@@ -400,10 +405,10 @@ mod tests {
             ("field=nope", "no such field 'nope'"),
             ("offset=x", "invalid offset"),
         ] {
-            assert_eq!(parse(Some(q), F, true).unwrap_err().message, msg, "{q}");
+            assert_eq!(parse(Some(q), F, true).unwrap_err().to_string(), msg, "{q}");
         }
         assert_eq!(
-            parse(Some("id=1"), F, false).unwrap_err().message,
+            parse(Some("id=1"), F, false).unwrap_err().to_string(),
             "this is not a collection"
         );
         assert!(parse(Some("limit=5&offset=2"), F, false).is_ok());

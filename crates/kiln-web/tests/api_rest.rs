@@ -13,7 +13,8 @@ use kiln_config::{MasterConfig, SecretSource};
 use kiln_engine::schedulers::ForceError;
 use kiln_master::control::BoxFuture;
 use kiln_model::{BuildId, BuildRequestId, BuildsetId, ChangeId, LogType, Properties, Results};
-use kiln_store::{NewBuild, NewBuildset, NewChange, NewSourceStamp, Store};
+use kiln_model::SourceStamp;
+use kiln_store::{NewBuild, NewBuildset, NewChange, Store};
 use kiln_web::{
     self as api, ApiState, ChangeRequest, Control, ControlError, ForceRequest, Metrics,
 };
@@ -132,7 +133,7 @@ async fn populate(store: &Store) -> i64 {
     for i in 0..4 {
         let ss = store
             .add_sourcestamp(
-                &NewSourceStamp {
+                &SourceStamp {
                     branch: Some("main".into()),
                     revision: Some(format!("r{i}")),
                     ..Default::default()
@@ -346,6 +347,7 @@ async fn suite(store: Store) {
     builders(&fx).await;
     builds(&fx).await;
     steps_and_logs(&fx).await;
+    log_paths(&fx).await;
     workers_changes_requests(&fx).await;
     errors(&fx).await;
     control(&fx).await;
@@ -645,6 +647,98 @@ async fn steps_and_logs(fx: &Fx) {
     assert_eq!(
         fx.get("/api/v2/logs/9999/raw").await.status,
         StatusCode::NOT_FOUND
+    );
+}
+
+/// The three paths that name a log (`kiln_web`'s `LogRef`), each bare and with `/contents`
+/// and `/raw`: the same log through each, and each one's 404s — an id that is not a number
+/// (`Invalid path`, naming the path up to the part that is wrong) and a log that is not there
+/// (`not found while getting from`, naming the whole path).
+async fn log_paths(fx: &Fx) {
+    let id = fx.stdio;
+    let by_id = format!("/logs/{id}");
+    let found = [
+        by_id.as_str(),
+        "/steps/2/logs/stdio",
+        "/builds/1/steps/compile/logs/stdio",
+        "/builds/1/steps/1/logs/stdio",
+    ];
+    let bad_id = [
+        ("/logs/x", "logs/x"),
+        ("/steps/x/logs/stdio", "steps/x/logs/stdio"),
+        (
+            "/builds/x/steps/compile/logs/stdio",
+            "builds/x/steps/compile",
+        ),
+    ];
+    let missing = [
+        "/logs/9999",
+        "/steps/2/logs/nosuch",
+        "/steps/99/logs/stdio",
+        "/builds/1/steps/compile/logs/nosuch",
+        "/builds/1/steps/nosuch/logs/stdio",
+        "/builds/99/steps/1/logs/stdio",
+        // A slug that is also a tail is a slug.
+        "/steps/2/logs/raw",
+        "/steps/2/logs/contents",
+    ];
+    let row = fx.ok(&format!("/api/v2{by_id}")).await;
+    let contents = fx
+        .ok(&format!("/api/v2{by_id}/contents?offset=1&limit=2"))
+        .await;
+    let raw = fx.get(&format!("/api/v2{by_id}/raw")).await;
+    assert_eq!(row["logs"][0]["logid"], id);
+    assert_eq!(contents["logchunks"][0]["content"], "oline 0\noline 1\n");
+    assert!(raw.body.starts_with("Builder: linux\n"), "{}", raw.body);
+    for path in found {
+        assert_eq!(fx.ok(&format!("/api/v2{path}")).await, row, "{path}");
+        let c = fx
+            .ok(&format!("/api/v2{path}/contents?offset=1&limit=2"))
+            .await;
+        assert_eq!(c, contents, "{path}/contents");
+        let r = fx.get(&format!("/api/v2{path}/raw")).await;
+        assert_eq!(
+            (r.status, &r.body),
+            (StatusCode::OK, &raw.body),
+            "{path}/raw"
+        );
+        assert_eq!(
+            r.headers[header::CONTENT_DISPOSITION],
+            "attachment; filename=linux_build_1_step_compile_log_stdio"
+        );
+    }
+    for tail in ["", "/contents", "/raw"] {
+        for (path, invalid) in bad_id {
+            let a = fx.get(&format!("/api/v2{path}{tail}")).await;
+            assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}{tail}");
+            assert_eq!(
+                a.json(),
+                json!({"error": format!("Invalid path: {invalid}")}),
+                "{path}{tail}"
+            );
+        }
+        for path in missing {
+            let a = fx.get(&format!("/api/v2{path}{tail}")).await;
+            assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}{tail}");
+            assert_eq!(
+                a.json(),
+                json!({"error": format!("not found while getting from {path}{tail}")}),
+                "{path}{tail}"
+            );
+        }
+    }
+    // The query is checked before the log is looked for, as Buildbot does; `/raw` reads none.
+    for path in ["/steps/2/logs/nosuch", "/steps/2/logs/nosuch/contents"] {
+        let a = fx.get(&format!("/api/v2{path}?bogus=1")).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(
+            a.json(),
+            json!({"error": "unrecognized query parameter 'bogus'"})
+        );
+    }
+    assert_eq!(
+        fx.get("/api/v2/steps/2/logs/stdio/raw?bogus=1").await.body,
+        raw.body
     );
 }
 
