@@ -7,8 +7,7 @@ use sqlx::any::AnyRow;
 
 use crate::sourcestamps::insert_ss;
 use crate::{
-    Arg, Result, Sql, Store, clamp_limit, get_i64, get_opt_str, get_str, prop_json,
-    read_props,
+    Arg, Result, Sql, Store, clamp_limit, get_i64, get_opt_str, get_str, prop_json, read_props,
 };
 
 /// What a new change carries; its source stamp is made with it.

@@ -12,8 +12,8 @@ use http_body_util::BodyExt;
 use kiln_config::{MasterConfig, SecretSource};
 use kiln_engine::schedulers::ForceError;
 use kiln_master::control::BoxFuture;
-use kiln_model::{BuildId, BuildRequestId, BuildsetId, ChangeId, LogType, Properties, Results};
 use kiln_model::SourceStamp;
+use kiln_model::{BuildId, BuildRequestId, BuildsetId, ChangeId, LogType, Properties, Results};
 use kiln_store::{NewBuild, NewBuildset, NewChange, Store};
 use kiln_web::{
     self as api, ApiState, ChangeRequest, Control, ControlError, ForceRequest, Metrics,

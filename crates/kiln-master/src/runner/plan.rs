@@ -200,9 +200,6 @@ BUILDERS = [
         assert!(plan.steps[0].flags.warn_on_warnings);
         assert!(!plan.steps[1].flags.halt_on_failure);
         assert_eq!(plan.sources[""].branch.as_deref(), Some("dev"));
-        assert_eq!(
-            plan.sources[""].repository,
-            "https://example.invalid/r.git"
-        );
+        assert_eq!(plan.sources[""].repository, "https://example.invalid/r.git");
     }
 }

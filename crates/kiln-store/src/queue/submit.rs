@@ -8,10 +8,7 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Any, AnyConnection};
 
 use crate::sourcestamps::{bind_ss, insert_ss, insert_ss_sql};
-use crate::{
-    Backend, NewBuildset, Params, Result, Store, StoreError, get_i64, get_str,
-    prop_json,
-};
+use crate::{Backend, NewBuildset, Params, Result, Store, StoreError, get_i64, get_str, prop_json};
 
 type Query<'q> = sqlx::query::Query<'q, Any, AnyArguments>;
 
