@@ -1,6 +1,6 @@
 //! Master memory per idle worker connection. Not a pass/fail test (figures go to the report
 //! and `bench/`): run with
-//! `cargo test -p kiln-master --test endpoint_memory -- --ignored --nocapture memory_per_idle_worker`
+//! `cargo test -p kiln-endpoint --test endpoint_memory -- --ignored --nocapture memory_per_idle_worker`
 //! (`KILN_MEM_WORKERS` sets the count, default 2000). The endpoint runs in a child process
 //! (this test binary re-run as `memory_server`) so client memory is not counted.
 

@@ -103,7 +103,7 @@ pub fn start_master(dir: &Path, master_star: &str) -> anyhow::Result<MasterProc>
 pub fn start_master_with(bin: &Path, dir: &Path, master_star: &str) -> anyhow::Result<MasterProc> {
     if !bin.is_file() {
         bail!(
-            "no kiln binary at {} (build it with `cargo build -p kiln-master`, or set KILN_BIN)",
+            "no kiln binary at {} (build it with `cargo build -p kiln`, or set KILN_BIN)",
             bin.display()
         );
     }

@@ -102,7 +102,7 @@ fn a_missing_binary_says_how_to_build_it() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("cargo build -p kiln-master") && err.contains("KILN_BIN"),
+        err.contains("cargo build -p kiln") && err.contains("KILN_BIN"),
         "{err}"
     );
 }
