@@ -28,13 +28,18 @@ pub use value::{Map, MapExt, text_of};
 
 /// An error and its sources on one line (`outer: inner: root`). Errors reach a peer and a
 /// log as one line of text (a response's error, a command's `failure`, a log line), so both
-/// sides of the protocol, and the master behind it, render them with this.
+/// sides of the protocol, and the master behind it, render them with this. A source whose
+/// text already ends the line is not repeated: some libraries (tungstenite, for one) put
+/// their source in their own message too.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
         source = s.source();
     }
     text
@@ -76,5 +81,15 @@ mod tests {
             "cannot read the CA file: no such file"
         );
         assert_eq!(super::error_chain(&e.0), "no such file");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("IO error: {0}")]
+    struct SaysItsSource(#[from] std::io::Error);
+
+    #[test]
+    fn error_chain_does_not_repeat_a_source_the_message_holds() {
+        let e = SaysItsSource(std::io::Error::other("refused"));
+        assert_eq!(super::error_chain(&e), "IO error: refused");
     }
 }
