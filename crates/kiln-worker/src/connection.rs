@@ -779,6 +779,7 @@ mod tests {
     }
 
     /// A master that refuses every login with 401.
+    #[allow(clippy::result_large_err)] // tungstenite's handshake callback signature
     async fn refusing_master() -> (tokio::task::JoinHandle<()>, u16) {
         use tungstenite::handshake::server::{ErrorResponse, Request, Response};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
