@@ -469,7 +469,7 @@ async fn run_session(
             r = &mut writer => {
                 break SessionEnd::Lost(match r {
                     Ok(Ok(())) => "writer finished".into(),
-                    Ok(Err(e)) => e,
+                    Ok(Err(e)) => e.to_string(),
                     Err(e) => format!("writer task failed: {e}"),
                 });
             }
@@ -703,7 +703,7 @@ async fn write_loop(
     mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
     pending: Pending,
     keepalive: Duration,
-) -> Result<(), String> {
+) -> Result<(), tungstenite::Error> {
     let mut next_seq: i64 = 0;
     let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
     let mut size_hint = 256;
@@ -711,7 +711,7 @@ async fn write_loop(
         let item = tokio::select! {
             item = rx.recv() => item,
             _ = ping.tick() => {
-                sink.send(WsMessage::Ping(Vec::new().into())).await.map_err(|e| e.to_string())?;
+                sink.send(WsMessage::Ping(Vec::new().into())).await?;
                 continue;
             }
         };
@@ -734,11 +734,9 @@ async fn write_loop(
         kiln_proto::encode_into(&message, &mut buf);
         size_hint = buf.len().clamp(256, 256 * 1024);
         // Batch what is already queued into one flush.
-        sink.feed(WsMessage::Binary(buf.into()))
-            .await
-            .map_err(|e| e.to_string())?;
+        sink.feed(WsMessage::Binary(buf.into())).await?;
         if rx.is_empty() {
-            sink.flush().await.map_err(|e| e.to_string())?;
+            sink.flush().await?;
         }
     }
 }
