@@ -4,9 +4,37 @@ use kiln_proto::args::{Args, WorkerSettings};
 use kiln_proto::update::UpdateItem;
 use kiln_proto::{Op, Value, text_of};
 
-use super::conn::{Link, run_collect};
-use kiln_remote::WorkerEntry;
+use super::conn::Link;
 use kiln_remote::join_worker_path;
+use kiln_remote::{CommandEvent, CommandSpec, RemoteError, Transfer, WorkerEntry};
+
+/// Why the attach sequence failed; the connection is then dropped. `what` names the
+/// request (`get_worker_info`) or the housekeeping command (`listdir`) that failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AttachError {
+    /// The request or command could not be sent or started, or its answer never came.
+    #[error("{what}")]
+    Remote {
+        what: String,
+        #[source]
+        source: RemoteError,
+    },
+    /// The worker answered the request with an exception: its text.
+    #[error("{what} refused: {text}")]
+    Exception { what: String, text: String },
+    /// The command ran but completed with a failure: its text.
+    #[error("{what} failed: {text}")]
+    Failed { what: String, text: String },
+    /// The connection went away while the command ran.
+    #[error("{what}: connection lost")]
+    Lost { what: String },
+    /// The command ended with another rc than 0 (or none).
+    #[error("{what} ended with rc {rc:?}")]
+    Rc { what: String, rc: Option<i64> },
+    /// The worker's answer lacks what the sequence needs; `expected` says what.
+    #[error("{expected}")]
+    Malformed { expected: &'static str },
+}
 
 /// What the attach sequence learnt about the worker.
 pub(crate) struct Attached {
@@ -15,11 +43,14 @@ pub(crate) struct Attached {
     pub windows: bool,
 }
 
-async fn ask(link: &Link, op: Op) -> Result<Value, String> {
-    let name = op.name().to_owned();
-    let resp = link.request(op).await.map_err(|e| format!("{name}: {e}"))?;
+async fn ask(link: &Link, op: Op) -> Result<Value, AttachError> {
+    let what = op.name().to_owned();
+    let resp = match link.request(op).await {
+        Ok(resp) => resp,
+        Err(source) => return Err(AttachError::Remote { what, source }),
+    };
     match resp.error_text() {
-        Some(e) => Err(format!("{name} refused: {e}")),
+        Some(text) => Err(AttachError::Exception { what, text }),
         None => Ok(resp.result),
     }
 }
@@ -31,12 +62,40 @@ fn rc_of(items: &[UpdateItem]) -> Option<i64> {
     })
 }
 
+/// Runs one of the endpoint's own commands and collects its updates.
+async fn run_collect(link: &Link, name: &str, args: Args) -> Result<Vec<UpdateItem>, AttachError> {
+    let what = name.to_owned();
+    let spec = CommandSpec {
+        builder: None,
+        name: name.to_owned(),
+        args,
+    };
+    let mut cmd = match link.start(spec, Transfer::None).await {
+        Ok(cmd) => cmd,
+        Err(source) => return Err(AttachError::Remote { what, source }),
+    };
+    let mut items = Vec::new();
+    loop {
+        match cmd.events.recv().await {
+            Some(CommandEvent::Update(u)) => items.extend(u),
+            Some(CommandEvent::Complete { failure: None }) => return Ok(items),
+            Some(CommandEvent::Complete {
+                failure: Some(text),
+            }) => return Err(AttachError::Failed { what, text }),
+            Some(CommandEvent::Lost) | None => return Err(AttachError::Lost { what }),
+        }
+    }
+}
+
 /// Runs a housekeeping command that must end with rc 0.
-async fn run_ok(link: &Link, name: &str, args: Args) -> Result<Vec<UpdateItem>, String> {
+async fn run_ok(link: &Link, name: &str, args: Args) -> Result<Vec<UpdateItem>, AttachError> {
     let items = run_collect(link, name, args).await?;
     match rc_of(&items) {
         Some(0) => Ok(items),
-        rc => Err(format!("{name} ended with rc {rc:?}")),
+        rc => Err(AttachError::Rc {
+            what: name.to_owned(),
+            rc,
+        }),
     }
 }
 
@@ -83,7 +142,7 @@ fn is_dir_mode(mode: i64) -> bool {
     mode & 0o170000 == 0o040000
 }
 
-pub(crate) async fn attach(link: &Link, entry: &WorkerEntry) -> Result<Attached, String> {
+pub(crate) async fn attach(link: &Link, entry: &WorkerEntry) -> Result<Attached, AttachError> {
     ask(
         link,
         Op::Print {
@@ -93,7 +152,9 @@ pub(crate) async fn attach(link: &Link, entry: &WorkerEntry) -> Result<Attached,
     .await?;
     let info = ask(link, Op::GetWorkerInfo).await?;
     let Value::Map(info) = info else {
-        return Err("get_worker_info did not return a map".into());
+        return Err(AttachError::Malformed {
+            expected: "get_worker_info did not return a map",
+        });
     };
     let get = |k: &str| {
         info.iter()
@@ -102,7 +163,9 @@ pub(crate) async fn attach(link: &Link, entry: &WorkerEntry) -> Result<Attached,
     };
     let basedir = get("basedir")
         .and_then(text_of)
-        .ok_or("the worker's info has no \"basedir\"")?;
+        .ok_or(AttachError::Malformed {
+            expected: "the worker's info has no \"basedir\"",
+        })?;
     let windows = get("system").and_then(text_of).as_deref() == Some("nt");
     let delete_leftovers = truthy(get("delete_leftover_dirs"));
     let json = info
@@ -125,7 +188,9 @@ pub(crate) async fn attach(link: &Link, entry: &WorkerEntry) -> Result<Attached,
             UpdateItem::Files(f) => Some(f),
             _ => None,
         })
-        .ok_or("listdir of the worker's basedir returned no \"files\"")?;
+        .ok_or(AttachError::Malformed {
+            expected: "listdir of the worker's basedir returned no \"files\"",
+        })?;
 
     let wanted: Vec<&str> = entry
         .builder_dirs
@@ -190,6 +255,73 @@ pub(crate) async fn attach(link: &Link, entry: &WorkerEntry) -> Result<Attached,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::Out;
+    use kiln_proto::Response;
+    use kiln_remote::PasswordCheck;
+
+    /// A worker on the other end of `link` that answers each request with `answer`.
+    fn fake_worker(
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Out>,
+        answer: fn(&Op) -> Response,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                if let Out::Request(r) = out {
+                    let (op, reply) = *r;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(answer(&op));
+                    }
+                }
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn attach_errors_tell_a_lost_link_from_an_exception_from_a_bad_answer() {
+        let (link, rx) = Link::new();
+        drop(rx);
+        let e = ask(&link, Op::Keepalive).await.unwrap_err();
+        assert!(
+            matches!(&e, AttachError::Remote { what, source: RemoteError::NotConnected } if what == "keepalive"),
+            "{e:?}"
+        );
+        assert_eq!(
+            kiln_proto::error_chain(&e),
+            "keepalive: the worker is not connected"
+        );
+
+        let (link, rx) = Link::new();
+        let worker = fake_worker(rx, |_| Response::error(0, "no such op"));
+        let e = ask(&link, Op::Keepalive).await.unwrap_err();
+        assert!(
+            matches!(&e, AttachError::Exception { what, text } if what == "keepalive" && text == "no such op"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "keepalive refused: no such op");
+        drop(link);
+        worker.abort();
+
+        let (link, rx) = Link::new();
+        let worker = fake_worker(rx, |op| match op {
+            Op::GetWorkerInfo => Response::with_result(0, Value::from("not a map")),
+            _ => Response::ok(0),
+        });
+        let entry = WorkerEntry {
+            password: PasswordCheck::Plain("p".into()),
+            builder_dirs: vec![],
+        };
+        let e = attach(&link, &entry).await.err().unwrap();
+        assert!(
+            matches!(
+                e,
+                AttachError::Malformed {
+                    expected: "get_worker_info did not return a map"
+                }
+            ),
+            "{e:?}"
+        );
+        worker.abort();
+    }
 
     #[test]
     fn python_truthiness() {

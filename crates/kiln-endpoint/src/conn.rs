@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::SinkExt as _;
-use kiln_proto::args::Args;
 use kiln_proto::{Limits, Message, Op, Response, Value};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
@@ -552,34 +551,6 @@ impl Io {
                 Err(e) => Response::error(seq, e.to_string()),
             },
             _ => Response::error(seq, UNKNOWN_COMMAND),
-        }
-    }
-}
-
-/// Runs one of the endpoint's own commands and collects its updates.
-pub(crate) async fn run_collect(
-    link: &Link,
-    name: &str,
-    args: Args,
-) -> Result<Vec<kiln_proto::update::UpdateItem>, String> {
-    let spec = CommandSpec {
-        builder: None,
-        name: name.to_owned(),
-        args,
-    };
-    let mut cmd = link
-        .start(spec, Transfer::None)
-        .await
-        .map_err(|e| format!("{name}: {e}"))?;
-    let mut items = Vec::new();
-    loop {
-        match cmd.events.recv().await {
-            Some(CommandEvent::Update(u)) => items.extend(u),
-            Some(CommandEvent::Complete { failure: None }) => return Ok(items),
-            Some(CommandEvent::Complete { failure: Some(f) }) => {
-                return Err(format!("{name} failed: {f}"));
-            }
-            Some(CommandEvent::Lost) | None => return Err(format!("{name}: connection lost")),
         }
     }
 }

@@ -244,7 +244,12 @@ async fn connection(ep: Endpoint, mut ws: WebSocket, name: String, peer: SocketA
                 inner.workers.attach(conn);
             }
             Err(e) => {
-                tracing::warn!(worker = %name, %peer, "attach failed, dropping the connection: {e}");
+                tracing::warn!(
+                    worker = %name,
+                    %peer,
+                    "attach failed, dropping the connection: {}",
+                    kiln_proto::error_chain(&e)
+                );
                 link.abort();
             }
         }

@@ -31,13 +31,4 @@ pub use metrics::Metrics;
 
 /// An error and its sources on one line (`outer: inner: root`), for a log line, a step's
 /// `err.text` or an answer.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use kiln_proto::error_chain;

@@ -26,6 +26,25 @@ pub use message::{Message, Op, Response};
 pub use rmpv::Value;
 pub use value::{Map, MapExt, text_of};
 
+/// An error and its sources on one line (`outer: inner: root`). Errors reach a peer and a
+/// log as one line of text (a response's error, a command's `failure`, a log line), so both
+/// sides of the protocol, and the master behind it, render them with this. A source whose
+/// text already ends the line is not repeated: some libraries (tungstenite, for one) put
+/// their source in their own message too.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// The only protocol name Buildbot 4.3 accepts for msgpack workers.
 pub const PROTOCOL_NAME: &str = "msgpack_experimental_v7";
 
@@ -46,4 +65,28 @@ pub mod defaults {
     pub const MAX_LINE_LENGTH: usize = 4096;
     /// The newline regex the 4.3 master sends, as Python source.
     pub const NEWLINE_RE: &str = r"(\r\n|\r(?=.)|\033\[u|\033\[[0-9]+;[0-9]+[Hf]|\033\[2J|\x08+)";
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read the CA file")]
+    struct Outer(#[source] std::io::Error);
+
+    /// Like tungstenite's errors: the message holds the source too.
+    #[derive(Debug, thiserror::Error)]
+    #[error("IO error: {0}")]
+    struct SaysItsSource(#[from] std::io::Error);
+
+    #[test]
+    fn error_chain_joins_the_sources_once() {
+        let e = Outer(std::io::Error::other("no such file"));
+        assert_eq!(
+            super::error_chain(&e),
+            "cannot read the CA file: no such file"
+        );
+        assert_eq!(super::error_chain(&e.0), "no such file");
+        let e = SaysItsSource(std::io::Error::other("refused"));
+        assert_eq!(super::error_chain(&e), "IO error: refused");
+    }
 }

@@ -4,7 +4,6 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 /// File name of the configuration inside the base directory.
@@ -15,6 +14,153 @@ pub const DEFAULT_MASTER_PORT: u16 = 9989;
 
 /// The only sandbox driver there is.
 pub const SANDBOX_BWRAP: &str = "bwrap";
+
+/// Why the configuration file cannot be read, written or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The base directory has no `kiln-worker.toml`.
+    #[error(
+        "{} is not a kiln-worker directory: it has no {file}. \
+         Create one with `kiln-worker create-worker {} MASTER NAME PASSWORD`",
+        basedir.display(),
+        basedir.display(),
+        file = CONFIG_FILE
+    )]
+    NotAWorkerDir { basedir: PathBuf },
+    /// The file is there but cannot be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not TOML, or has a key kiln-worker does not know, or a value of the
+    /// wrong type (the source says which).
+    #[error("{} is not valid", path.display())]
+    Syntax {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// The file parses, but its values are wrong (the source lists them).
+    #[error("{} is not valid", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: ValidationError,
+    },
+    /// [`WorkerConfig::save`] refused a configuration that does not validate.
+    #[error(transparent)]
+    Rejected(#[from] ValidationError),
+    /// [`WorkerConfig::save`] could not write the configuration as TOML.
+    #[error(transparent)]
+    Serialize(#[from] toml::ser::Error),
+    /// Writing the file (or its temporary) failed.
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `password_file` cannot be read.
+    #[error("cannot read the password file {}", path.display())]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `password_file`'s first line is empty.
+    #[error(
+        "the password file {} is empty: its first line must be the password",
+        path.display()
+    )]
+    EmptyPasswordFile { path: PathBuf },
+    /// A path cannot be made absolute (the current directory is gone, say).
+    #[error("cannot make {} absolute", path.display())]
+    Absolute {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What [`WorkerConfig::validate`] found wrong: every problem, one per key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct ValidationError {
+    /// One line per problem, each starting with the key it is about.
+    pub problems: Vec<String>,
+}
+
+/// Why a host name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("the host name is empty")]
+    Empty,
+    #[error("{host:?} is not a host name or address")]
+    Invalid { host: String },
+}
+
+/// Why a worker name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("the worker name is empty")]
+    Empty,
+    /// Buildbot splits on ':' (and HTTP Basic auth cannot carry it in a name).
+    #[error(
+        "the worker name {name:?} contains ':', which is not allowed; use the name the master's admin gave you"
+    )]
+    Colon { name: String },
+    #[error("the worker name {name:?} contains whitespace")]
+    Whitespace { name: String },
+}
+
+/// Why `MASTER` (`HOST`, `HOST:PORT` or `[IPV6]:PORT`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MasterError {
+    /// A URL (`ws://…`, `http:…`) where a host is expected; `hint` is the advice for TLS
+    /// schemes, if any.
+    #[error(
+        "MASTER {master:?} is a URL; give HOST or HOST:PORT instead, e.g. buildbot.example.org:9989{hint}"
+    )]
+    Url { master: String, hint: &'static str },
+    #[error("MASTER {master:?}: missing ']' after the IPv6 address; write [ADDRESS]:PORT")]
+    UnclosedBracket { master: String },
+    #[error("MASTER {master:?}: expected ':PORT' after ']'; write [ADDRESS]:PORT")]
+    NoPortAfterBracket { master: String },
+    #[error("MASTER {master:?}: put an IPv6 address in brackets, e.g. [{master}]:9989")]
+    UnbracketedIpv6 { master: String },
+    #[error("MASTER {master:?}")]
+    Host {
+        master: String,
+        #[source]
+        source: HostError,
+    },
+    #[error("MASTER {master:?}: the port {port:?} is not a number from 1 to 65535")]
+    Port { master: String, port: String },
+}
+
+/// Why a doctor target (`NAME=HOST:PORT`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("target {target:?}: empty name; write NAME=HOST:PORT")]
+    NoName { target: String },
+    #[error("target {target:?}: write NAME=HOST:PORT")]
+    Address {
+        target: String,
+        #[source]
+        source: MasterError,
+    },
+    #[error("target {target:?}: no port; write NAME=HOST:PORT")]
+    NoPort { target: String },
+}
+
+/// A umask that is not octal, or above 0o777.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("umask {text:?} is not an octal umask such as 022")]
+pub struct UmaskError {
+    pub text: String,
+}
 
 /// Everything `create-worker` records about one worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,36 +408,35 @@ impl WorkerConfig {
     }
 
     /// Reads and validates `BASEDIR/kiln-worker.toml`; `basedir` is made absolute.
-    pub fn load(basedir: &Path) -> anyhow::Result<WorkerConfig> {
+    pub fn load(basedir: &Path) -> Result<WorkerConfig, ConfigError> {
         let basedir = absolute(basedir)?;
         let path = Self::path_in(&basedir);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-                "{} is not a kiln-worker directory: it has no {CONFIG_FILE}. \
-                 Create one with `kiln-worker create-worker {} MASTER NAME PASSWORD`",
-                basedir.display(),
-                basedir.display()
-            ),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::NotAWorkerDir { basedir });
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
         };
-        let mut config =
-            Self::from_toml(&text).with_context(|| format!("{} is not valid", path.display()))?;
+        let mut config = match Self::from_toml(&text) {
+            Ok(config) => config,
+            Err(source) => return Err(ConfigError::Syntax { path, source }),
+        };
         config.basedir = basedir;
-        config
-            .validate()
-            .with_context(|| format!("{} is not valid", path.display()))?;
-        Ok(config)
+        match config.validate() {
+            Ok(()) => Ok(config),
+            Err(source) => Err(ConfigError::Invalid { path, source }),
+        }
     }
 
     /// Parses the TOML text of a configuration (no validation, `basedir` left empty).
-    pub fn from_toml(text: &str) -> anyhow::Result<WorkerConfig> {
-        Ok(toml::from_str(text)?)
+    pub fn from_toml(text: &str) -> Result<WorkerConfig, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// The file's text: a header, then every key with its documentation above it;
     /// optional keys that are not set appear commented out, as examples.
-    pub fn to_toml(&self) -> anyhow::Result<String> {
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         let body = toml::to_string(self)?;
         let mut out = String::from(HEADER);
         let mut seen = Vec::new();
@@ -345,19 +490,19 @@ impl WorkerConfig {
     }
 
     /// Validates, then writes `BASEDIR/kiln-worker.toml` (mode 0600) through a temporary file.
-    pub fn save(&self) -> anyhow::Result<()> {
+    pub fn save(&self) -> Result<(), ConfigError> {
         self.validate()?;
         let text = self.to_toml()?;
         let path = Self::path_in(&self.basedir);
         let tmp = self.basedir.join(format!(".{CONFIG_FILE}.tmp"));
-        write_private(&tmp, text.as_bytes())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
+        if let Err(source) = write_private(&tmp, text.as_bytes()) {
+            return Err(ConfigError::Write { path: tmp, source });
+        }
+        std::fs::rename(&tmp, &path).map_err(|source| ConfigError::Write { path, source })
     }
 
     /// Checks everything that can be checked without the network; the error lists every problem.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ValidationError> {
         let mut problems = Vec::new();
         if let Err(e) = check_host(&self.master_host) {
             problems.push(format!("master_host: {e}"));
@@ -416,24 +561,23 @@ impl WorkerConfig {
         if problems.is_empty() {
             Ok(())
         } else {
-            bail!("{}", problems.join("; "))
+            Err(ValidationError { problems })
         }
     }
 
     /// The password: `password`, or the first line of `password_file` (relative to the basedir).
-    pub fn resolved_password(&self) -> anyhow::Result<String> {
+    pub fn resolved_password(&self) -> Result<String, ConfigError> {
         let Some(file) = &self.password_file else {
             return Ok(self.password.clone());
         };
         let path = self.basedir.join(file);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read the password file {}", path.display()))?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(source) => return Err(ConfigError::PasswordFile { path, source }),
+        };
         let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
         if password.is_empty() {
-            bail!(
-                "the password file {} is empty: its first line must be the password",
-                path.display()
-            );
+            return Err(ConfigError::EmptyPasswordFile { path });
         }
         Ok(password.to_owned())
     }
@@ -454,35 +598,36 @@ pub fn format_host_port(host: &str, port: u16) -> String {
 }
 
 /// Parses `MASTER` as `host`, `host:port` or `[ipv6]:port`; the port defaults to 9989.
-pub fn parse_master(master: &str) -> anyhow::Result<(String, u16)> {
+pub fn parse_master(master: &str) -> Result<(String, u16), MasterError> {
     let master = master.trim();
+    let url = |hint| MasterError::Url {
+        master: master.to_owned(),
+        hint,
+    };
     if let Some((scheme, _)) = master.split_once("://").or_else(|| master.split_once(":/")) {
         let hint = match scheme.to_ascii_lowercase().as_str() {
             "wss" | "https" => " (and add --use-tls for TLS)",
             _ => "",
         };
-        bail!(
-            "MASTER {master:?} is a URL; give HOST or HOST:PORT instead, e.g. buildbot.example.org:9989{hint}"
-        );
+        return Err(url(hint));
     }
     if master.to_ascii_lowercase().starts_with("http:")
         || master.to_ascii_lowercase().starts_with("https:")
     {
-        bail!(
-            "MASTER {master:?} is a URL; give HOST or HOST:PORT instead, e.g. buildbot.example.org:9989"
-        );
+        return Err(url(""));
     }
+    let owned = || master.to_owned();
     let (host, port) = if let Some(rest) = master.strip_prefix('[') {
         let Some((host, after)) = rest.split_once(']') else {
-            bail!("MASTER {master:?}: missing ']' after the IPv6 address; write [ADDRESS]:PORT");
+            return Err(MasterError::UnclosedBracket { master: owned() });
         };
         let port = match after {
             "" => None,
-            _ => Some(after.strip_prefix(':').ok_or_else(|| {
-                anyhow::anyhow!(
-                    "MASTER {master:?}: expected ':PORT' after ']'; write [ADDRESS]:PORT"
-                )
-            })?),
+            _ => Some(
+                after
+                    .strip_prefix(':')
+                    .ok_or_else(|| MasterError::NoPortAfterBracket { master: owned() })?,
+            ),
         };
         (host, port)
     } else {
@@ -492,15 +637,21 @@ pub fn parse_master(master: &str) -> anyhow::Result<(String, u16)> {
                 let (host, port) = master.split_once(':').unwrap_or((master, ""));
                 (host, Some(port))
             }
-            _ => bail!("MASTER {master:?}: put an IPv6 address in brackets, e.g. [{master}]:9989"),
+            _ => return Err(MasterError::UnbracketedIpv6 { master: owned() }),
         }
     };
-    check_host(host).map_err(|e| anyhow::anyhow!("MASTER {master:?}: {e}"))?;
+    check_host(host).map_err(|source| MasterError::Host {
+        master: owned(),
+        source,
+    })?;
     let port = match port {
         None => DEFAULT_MASTER_PORT,
         Some(p) => match p.parse::<u16>() {
             Ok(0) | Err(_) => {
-                bail!("MASTER {master:?}: the port {p:?} is not a number from 1 to 65535")
+                return Err(MasterError::Port {
+                    master: owned(),
+                    port: p.to_owned(),
+                });
             }
             Ok(port) => port,
         },
@@ -508,54 +659,61 @@ pub fn parse_master(master: &str) -> anyhow::Result<(String, u16)> {
     Ok((host.to_owned(), port))
 }
 
-fn check_host(host: &str) -> Result<(), String> {
+fn check_host(host: &str) -> Result<(), HostError> {
     if host.is_empty() {
-        return Err("the host name is empty".to_owned());
+        return Err(HostError::Empty);
     }
     if host
         .chars()
         .any(|c| c.is_whitespace() || c == '/' || c == '@')
     {
-        return Err(format!("{host:?} is not a host name or address"));
+        return Err(HostError::Invalid {
+            host: host.to_owned(),
+        });
     }
     Ok(())
 }
 
 /// A worker name must be non-empty, and without ':' (Buildbot splits on it) or whitespace.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err("the worker name is empty".to_owned());
+        return Err(NameError::Empty);
     }
     if name.contains(':') {
-        return Err(format!(
-            "the worker name {name:?} contains ':', which is not allowed; use the name the master's admin gave you"
-        ));
+        return Err(NameError::Colon {
+            name: name.to_owned(),
+        });
     }
     if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("the worker name {name:?} contains whitespace"));
+        return Err(NameError::Whitespace {
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
 
 /// Parses a doctor target `NAME=HOST:PORT` (or `HOST:PORT`, named after itself).
-pub fn parse_target(target: &str) -> anyhow::Result<(String, String, u16)> {
-    let (name, addr) = match target.split_once('=') {
+pub fn parse_target(text: &str) -> Result<(String, String, u16), TargetError> {
+    let target = || text.to_owned();
+    let (name, addr) = match text.split_once('=') {
         Some((name, addr)) => (name.trim().to_owned(), addr.trim()),
-        None => (target.trim().to_owned(), target.trim()),
+        None => (text.trim().to_owned(), text.trim()),
     };
     if name.is_empty() {
-        bail!("target {target:?}: empty name; write NAME=HOST:PORT");
+        return Err(TargetError::NoName { target: target() });
     }
-    let (host, port) = parse_master(addr)
-        .map_err(|_| anyhow::anyhow!("target {target:?}: write NAME=HOST:PORT"))?;
+    let (host, port) = parse_master(addr).map_err(|source| TargetError::Address {
+        target: target(),
+        source,
+    })?;
     if !addr.ends_with(&format!(":{port}")) {
-        bail!("target {target:?}: no port; write NAME=HOST:PORT");
+        return Err(TargetError::NoPort { target: target() });
     }
     Ok((name, host, port))
 }
 
 /// Parses an octal umask such as `022`, `0022` or `0o022`.
-pub fn parse_umask(text: &str) -> anyhow::Result<u32> {
+pub fn parse_umask(text: &str) -> Result<u32, UmaskError> {
     let digits = text.trim();
     let digits = digits
         .strip_prefix("0o")
@@ -563,13 +721,18 @@ pub fn parse_umask(text: &str) -> anyhow::Result<u32> {
         .unwrap_or(digits);
     match u32::from_str_radix(digits, 8) {
         Ok(umask) if umask <= 0o777 => Ok(umask),
-        _ => bail!("umask {text:?} is not an octal umask such as 022"),
+        _ => Err(UmaskError {
+            text: text.to_owned(),
+        }),
     }
 }
 
 /// `path` made absolute against the current directory (without resolving symlinks).
-pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
+pub fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(path).map_err(|source| ConfigError::Absolute {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Writes a file readable by its owner only (0600 on Unix).
@@ -677,6 +840,91 @@ mod tests {
         back.basedir = c.basedir.clone();
         assert_eq!(back, c);
         back.validate().unwrap();
+    }
+
+    #[test]
+    fn load_tells_a_missing_file_from_a_bad_key_from_a_bad_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = WorkerConfig::load(dir.path()).unwrap_err();
+        assert!(matches!(e, ConfigError::NotAWorkerDir { .. }), "{e:?}");
+        assert!(e.to_string().contains("create-worker"), "{e}");
+
+        WorkerConfig::for_tests(dir.path()).save().unwrap();
+        let path = WorkerConfig::path_in(dir.path());
+        let good = std::fs::read_to_string(&path).unwrap();
+
+        std::fs::write(&path, format!("{good}\nno_such_key = 1\n")).unwrap();
+        let e = WorkerConfig::load(dir.path()).unwrap_err();
+        let ConfigError::Syntax { path: p, source } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(p, &path);
+        assert!(source.to_string().contains("no_such_key"), "{source}");
+        let chain = kiln_proto::error_chain(&e);
+        assert!(
+            chain.starts_with(&format!("{} is not valid: ", path.display()))
+                && chain.contains("no_such_key"),
+            "{chain}"
+        );
+
+        std::fs::write(&path, good.replace("keepalive = 30", "keepalive = 0")).unwrap();
+        let e = WorkerConfig::load(dir.path()).unwrap_err();
+        let ConfigError::Invalid { source, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(source.problems, ["keepalive: must be at least 1 second"]);
+        assert_eq!(
+            kiln_proto::error_chain(&e),
+            format!(
+                "{} is not valid: keepalive: must be at least 1 second",
+                path.display()
+            )
+        );
+
+        let mut c = WorkerConfig::for_tests(dir.path());
+        c.password.clear();
+        c.password_file = Some("missing".into());
+        let e = c.resolved_password().unwrap_err();
+        let ConfigError::PasswordFile { source, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn address_errors_keep_what_was_wrong() {
+        let e = parse_master("a b:1").unwrap_err();
+        assert_eq!(
+            e,
+            MasterError::Host {
+                master: "a b:1".into(),
+                source: HostError::Invalid { host: "a b".into() }
+            }
+        );
+        assert_eq!(
+            kiln_proto::error_chain(&e),
+            "MASTER \"a b:1\": \"a b\" is not a host name or address"
+        );
+        let e = parse_target("web=x:0").unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                TargetError::Address {
+                    source: MasterError::Port { .. },
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "target \"web=x:0\": write NAME=HOST:PORT");
+        assert!(matches!(
+            check_name("a b"),
+            Err(NameError::Whitespace { .. })
+        ));
+        assert_eq!(
+            parse_umask("9").unwrap_err(),
+            UmaskError { text: "9".into() }
+        );
     }
 
     #[test]

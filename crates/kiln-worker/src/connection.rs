@@ -54,8 +54,34 @@ const GRACEFUL_QUIET: Duration = Duration::from_secs(5);
 /// Handshake and TLS must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why [`serve`] ended other than by a stop or the master's shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration names a build user or sandbox that cannot be used.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    /// The password file cannot be read.
+    #[error(transparent)]
+    Password(#[from] crate::config::ConfigError),
+    /// HTTP Basic auth cannot carry a name with ':'.
+    #[error(
+        "worker name {name:?} contains ':', which HTTP Basic auth cannot carry; rename the worker"
+    )]
+    NameWithColon { name: String },
+    /// `maxretries` connection attempts in a row failed (each is in the log).
+    #[error("gave up after {failures} failed connection attempts to {url} (maxretries = {max})")]
+    GaveUp {
+        failures: u32,
+        url: String,
+        max: u32,
+    },
+}
+
 /// Runs the worker until stopped, the master shuts it down, or `maxretries` is exhausted.
-pub async fn serve(config: WorkerConfig, stop: watch::Receiver<StopRequest>) -> anyhow::Result<()> {
+pub async fn serve(
+    config: WorkerConfig,
+    stop: watch::Receiver<StopRequest>,
+) -> Result<(), ServeError> {
     let policy = Arc::new(crate::policy::from_config(&config)?);
     commands::process::init_process_control();
     serve_with_policy(config, policy, stop).await
@@ -66,13 +92,10 @@ pub async fn serve_with_policy(
     config: WorkerConfig,
     policy: Arc<ExecPolicy>,
     mut stop: watch::Receiver<StopRequest>,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     let password = config.resolved_password()?;
     if config.name.contains(':') {
-        anyhow::bail!(
-            "worker name {:?} contains ':', which HTTP Basic auth cannot carry; rename the worker",
-            config.name
-        );
+        return Err(ServeError::NameWithColon { name: config.name });
     }
     let state = Arc::new(WorkerState {
         settings: Mutex::new(WorkerSettings::default()),
@@ -124,16 +147,14 @@ pub async fn serve_with_policy(
                         .display()
                 );
             }
-            Err(e) => warn!("cannot connect to {url}: {e}"),
+            Err(e) => warn!("cannot connect to {url}: {}", kiln_proto::error_chain(&e)),
         }
         failures += 1;
         if let Some(max) = state.config.maxretries
             && failures >= max
         {
             state.kill_orphans("worker is exiting").await;
-            anyhow::bail!(
-                "gave up after {failures} failed connection attempts to {url} (maxretries = {max})"
-            );
+            return Err(ServeError::GaveUp { failures, url, max });
         }
         let delay = backoff.next_delay();
         info!("retrying in {:.1} s", delay.as_secs_f64());
@@ -228,26 +249,58 @@ enum SessionEnd {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Why one attempt to connect to the master failed.
 #[derive(Debug, thiserror::Error)]
-enum ConnectError {
+pub enum ConnectError {
+    /// The master refused the worker's name or password.
     #[error("wrong worker name or password (HTTP 401)")]
     Unauthorized,
-    #[error("{0}")]
-    Other(String),
+    /// The master answered the upgrade with another HTTP status.
+    #[error("the master answered HTTP {status}")]
+    Http { status: StatusCode },
+    /// The master's URL cannot be made into a request.
+    #[error("bad master address {url}")]
+    BadAddress {
+        url: String,
+        #[source]
+        source: tungstenite::Error,
+    },
+    /// The credentials cannot go into an HTTP header.
+    #[error("the worker name or password cannot be sent in an HTTP header")]
+    Header(#[source] tungstenite::http::header::InvalidHeaderValue),
+    /// The TCP, TLS and WebSocket handshakes did not finish in time.
+    #[error("no answer within {} s", .after.as_secs())]
+    Timeout { after: Duration },
+    /// The socket failed: the connection was refused, reset, or the host is unreachable.
+    #[error("IO error")]
+    Io(#[source] std::io::Error),
+    /// The TLS client cannot be set up (the CA file, say).
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// `use_tls` in a worker built without TLS.
+    #[cfg(not(feature = "tls"))]
+    #[error("this kiln-worker was built without TLS support; rebuild it with the `tls` feature")]
+    NoTls,
+    /// Anything else the WebSocket client reports (the TLS handshake, the protocol).
+    #[error(transparent)]
+    WebSocket(tungstenite::Error),
 }
 
 async fn connect(config: &WorkerConfig, password: &str) -> Result<Ws, ConnectError> {
     let url = config.master_url();
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| ConnectError::Other(format!("bad master address {url}: {e}")))?;
+    let mut request =
+        url.as_str()
+            .into_client_request()
+            .map_err(|source| ConnectError::BadAddress {
+                url: url.clone(),
+                source,
+            })?;
     let token =
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", config.name));
     request.headers_mut().insert(
         "Authorization",
-        HeaderValue::from_str(&format!("Basic {token}"))
-            .map_err(|e| ConnectError::Other(e.to_string()))?,
+        HeaderValue::from_str(&format!("Basic {token}")).map_err(ConnectError::Header)?,
     );
     let limits = Limits::default();
     let ws_config = WebSocketConfig::default()
@@ -255,22 +308,28 @@ async fn connect(config: &WorkerConfig, password: &str) -> Result<Ws, ConnectErr
         .max_frame_size(Some(limits.max_message))
         .write_buffer_size(128 * 1024);
     match timeout(CONNECT_TIMEOUT, open(config, request, ws_config)).await {
-        Err(_) => Err(ConnectError::Other(format!(
-            "no answer within {} s",
-            CONNECT_TIMEOUT.as_secs()
-        ))),
+        Err(_) => Err(ConnectError::Timeout {
+            after: CONNECT_TIMEOUT,
+        }),
         Ok(Err(e)) => Err(e),
         Ok(Ok(Ok(ws))) => Ok(ws),
-        Ok(Ok(Err(tungstenite::Error::Http(resp))))
-            if resp.status() == StatusCode::UNAUTHORIZED =>
-        {
-            Err(ConnectError::Unauthorized)
+        Ok(Ok(Err(e))) => Err(ConnectError::from_handshake(e)),
+    }
+}
+
+impl ConnectError {
+    /// Sorts what the WebSocket client reports into the cases a worker treats apart.
+    fn from_handshake(e: tungstenite::Error) -> ConnectError {
+        match e {
+            tungstenite::Error::Http(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                ConnectError::Unauthorized
+            }
+            tungstenite::Error::Http(resp) => ConnectError::Http {
+                status: resp.status(),
+            },
+            tungstenite::Error::Io(e) => ConnectError::Io(e),
+            e => ConnectError::WebSocket(e),
         }
-        Ok(Ok(Err(tungstenite::Error::Http(resp)))) => Err(ConnectError::Other(format!(
-            "the master answered HTTP {}",
-            resp.status()
-        ))),
-        Ok(Ok(Err(e))) => Err(ConnectError::Other(e.to_string())),
     }
 }
 
@@ -281,8 +340,7 @@ async fn open(
     ws_config: WebSocketConfig,
 ) -> Result<Result<Ws, tungstenite::Error>, ConnectError> {
     let connector = if config.use_tls {
-        let tls = crate::tls::client_config(config.ca_file.as_deref())
-            .map_err(|e| ConnectError::Other(format!("{e:#}")))?;
+        let tls = crate::tls::client_config(config.ca_file.as_deref())?;
         Some(tokio_tungstenite::Connector::Rustls(tls))
     } else {
         None
@@ -301,10 +359,7 @@ async fn open(
     ws_config: WebSocketConfig,
 ) -> Result<Result<Ws, tungstenite::Error>, ConnectError> {
     if config.use_tls {
-        return Err(ConnectError::Other(
-            "this kiln-worker was built without TLS support; rebuild it with the `tls` feature"
-                .into(),
-        ));
+        return Err(ConnectError::NoTls);
     }
     Ok(
         tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
@@ -414,7 +469,7 @@ async fn run_session(
             r = &mut writer => {
                 break SessionEnd::Lost(match r {
                     Ok(Ok(())) => "writer finished".into(),
-                    Ok(Err(e)) => e,
+                    Ok(Err(e)) => e.to_string(),
                     Err(e) => format!("writer task failed: {e}"),
                 });
             }
@@ -648,7 +703,7 @@ async fn write_loop(
     mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
     pending: Pending,
     keepalive: Duration,
-) -> Result<(), String> {
+) -> Result<(), tungstenite::Error> {
     let mut next_seq: i64 = 0;
     let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
     let mut size_hint = 256;
@@ -656,7 +711,7 @@ async fn write_loop(
         let item = tokio::select! {
             item = rx.recv() => item,
             _ = ping.tick() => {
-                sink.send(WsMessage::Ping(Vec::new().into())).await.map_err(|e| e.to_string())?;
+                sink.send(WsMessage::Ping(Vec::new().into())).await?;
                 continue;
             }
         };
@@ -679,11 +734,9 @@ async fn write_loop(
         kiln_proto::encode_into(&message, &mut buf);
         size_hint = buf.len().clamp(256, 256 * 1024);
         // Batch what is already queued into one flush.
-        sink.feed(WsMessage::Binary(buf.into()))
-            .await
-            .map_err(|e| e.to_string())?;
+        sink.feed(WsMessage::Binary(buf.into())).await?;
         if rx.is_empty() {
-            sink.flush().await.map_err(|e| e.to_string())?;
+            sink.flush().await?;
         }
     }
 }
@@ -721,6 +774,75 @@ mod tests {
         );
         b.reset();
         assert!(b.next_delay() <= Duration::from_secs_f64(1.5));
+    }
+
+    /// A master that refuses every login with 401.
+    #[allow(clippy::result_large_err)] // tungstenite's handshake callback signature
+    async fn refusing_master() -> (tokio::task::JoinHandle<()>, u16) {
+        use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let refuse = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
+                let mut e = ErrorResponse::new(Some("Unauthorized".into()));
+                *e.status_mut() = StatusCode::UNAUTHORIZED;
+                Err(e)
+            };
+            let _ = tokio_tungstenite::accept_hdr_async(tcp, refuse).await;
+        });
+        (task, port)
+    }
+
+    #[tokio::test]
+    async fn connect_tells_a_401_from_a_refused_connection() {
+        let mut config = WorkerConfig::for_tests(std::path::Path::new("/tmp"));
+        let (master, port) = refusing_master().await;
+        config.master_port = port;
+        let e = connect(&config, "pass").await.unwrap_err();
+        assert!(matches!(e, ConnectError::Unauthorized), "{e:?}");
+        master.await.unwrap();
+
+        // A port nobody listens on.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        config.master_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let e = connect(&config, "pass").await.unwrap_err();
+        let ConnectError::Io(io) = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            kiln_proto::error_chain(&e),
+            format!("IO error: {io}"),
+            "the log line reads as it did before the error was typed"
+        );
+    }
+
+    #[test]
+    fn serve_errors_keep_their_sources() {
+        let mut config = WorkerConfig::for_tests(std::path::Path::new("/nonexistent-kiln"));
+        config.password.clear();
+        config.password_file = Some("pw".into());
+        let (_tx, stop) = watch::channel(StopRequest::Running);
+        let policy = Arc::new(crate::policy::from_config(&config).unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = runtime
+            .block_on(serve_with_policy(config, policy, stop))
+            .unwrap_err();
+        let ServeError::Password(crate::config::ConfigError::PasswordFile { source, .. }) = &e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            kiln_proto::error_chain(&e)
+                .starts_with("cannot read the password file /nonexistent-kiln/pw: "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn create_worker(opts: &CreateOptions) -> anyhow::Result<Created> {
             "NAME is missing: kiln-worker create-worker BASEDIR MASTERHOST:PORT NAME PASSWORD"
         ),
     };
-    config::check_name(&name).map_err(|e| anyhow::anyhow!("NAME: {e}"))?;
+    config::check_name(&name).context("NAME")?;
 
     let mut config = WorkerConfig::new(basedir.clone(), host, port, name);
 

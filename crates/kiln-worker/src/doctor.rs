@@ -109,7 +109,7 @@ impl Target {
     }
 
     /// Parses `NAME=HOST:PORT` (or `HOST:PORT`).
-    pub fn parse(text: &str) -> anyhow::Result<Target> {
+    pub fn parse(text: &str) -> Result<Target, config::TargetError> {
         let (name, host, port) = config::parse_target(text)?;
         Ok(Target {
             name,

@@ -208,7 +208,7 @@ fn worker_main(
             r.ready();
         }
         tokio::spawn(forward_signals(signals, stop_tx));
-        connection::serve(config, stop_rx).await
+        Ok(connection::serve(config, stop_rx).await?)
     });
     #[cfg(unix)]
     if let (Some(r), Err(e)) = (report.as_mut(), &result) {
