@@ -5,7 +5,8 @@
 
 Workloads (targets are ratios against Buildbot as measured here, or absolute):
   W1  N builds of `true` (one shell step) on 8 kiln-workers: builds/s end to end, and master
-      CPU time (utime+stime from /proc, master process and its descendants) per build.
+      CPU time (utime+stime from /proc, master process and its descendants) per build; the
+      median of several rounds on the same warm master (full: 3).
   W2  one build whose step prints a small and one a large log (full: 100 MB and 1 GB) through
       kiln-worker: end-to-end MB/s (step start .. build seen complete), master RSS growth
       during the large log, and `GET /api/v2/logs/{id}/raw` download MB/s.
@@ -49,9 +50,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 SCALES = {
-    "smoke": {"w1_builds": 40, "w2_sizes": [2 * MB, 10 * MB], "w3_kiln": 200, "w3_buildbot": 20, "w3_buildbot_swarm": 50,
+    "smoke": {"w1_builds": 40, "w1_rounds": 1, "w2_sizes": [2 * MB, 10 * MB], "w3_kiln": 200, "w3_buildbot": 20, "w3_buildbot_swarm": 50,
               "w5_runs": 3},
-    "full": {"w1_builds": 400, "w2_sizes": [100 * MB, 1000 * MB], "w3_kiln": 10_000, "w3_buildbot": 100,
+    "full": {"w1_builds": 400, "w1_rounds": 3, "w2_sizes": [100 * MB, 1000 * MB], "w3_kiln": 10_000, "w3_buildbot": 100,
              "w3_buildbot_swarm": 1000, "w5_runs": 5},
 }
 SYSTEMS = ("kiln", "buildbot")
@@ -478,25 +479,20 @@ def w1(system, args, scale, kiln_worker):
         for _ in range(warm):
             m.force("noop")
         adaptive_wait(lambda: len(m.builds("noop")) >= warm, 300, "the warm-up builds", time.monotonic())
-        c0, t0 = cpu_s(m.pid), time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(2) as ex:
-            list(ex.map(lambda _: m.force("noop"), range(n)))
-        forced = time.monotonic() - t0
-        timeline = []
-
-        def done():
-            k = len(m.builds("noop")) - warm
-            timeline.append((time.monotonic() - t0, k))
-            return k >= n
-        adaptive_wait(done, max(600, n * 2), f"{n} noop builds", t0)
-        secs = time.monotonic() - t0
-        cpu = cpu_s(m.pid) - c0
+        # Several rounds on the same warm master: one round of a few hundred builds is over in
+        # about a second for Kiln, so a single sample moves with whatever else the machine does.
+        rounds = [w1_round(m, n, warm + i * n) for i in range(scale["w1_rounds"])]
         builds = m.builds("noop")
         bad = [b["buildid"] for b in builds if b.get("results") != 0]
         if bad:
             raise RuntimeError(f"{len(bad)} noop builds did not succeed (e.g. {bad[:5]})")
-        res.update({"builds": n, "elapsed_s": secs, "force_s": forced, "builds_per_s": n / secs,
-                    "master_cpu_s": cpu, "cpu_ms_per_build": cpu * 1000 / n, "timeline": timeline[-400:]})
+        med = lambda k: statistics.median(r[k] for r in rounds)
+        res.update({"builds": n, "rounds": len(rounds), "elapsed_s": med("elapsed_s"), "force_s": med("force_s"),
+                    "builds_per_s": med("builds_per_s"), "master_cpu_s": med("master_cpu_s"),
+                    "cpu_ms_per_build": med("cpu_ms_per_build"),
+                    "builds_per_s_rounds": [r["builds_per_s"] for r in rounds],
+                    "cpu_ms_per_build_rounds": [r["cpu_ms_per_build"] for r in rounds],
+                    "timeline": rounds[len(rounds) // 2]["timeline"][-400:]})
         res["w2"] = w2(m, workers, scale)
     finally:
         if workers:
@@ -504,6 +500,25 @@ def w1(system, args, scale, kiln_worker):
         m.stop()
         m.drop_database()
     return res
+
+
+def w1_round(m, n, before):
+    """Forces `n` noop builds on top of the `before` already done and times them."""
+    c0, t0 = cpu_s(m.pid), time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        list(ex.map(lambda _: m.force("noop"), range(n)))
+    forced = time.monotonic() - t0
+    timeline = []
+
+    def done():
+        k = len(m.builds("noop")) - before
+        timeline.append((time.monotonic() - t0, k))
+        return k >= n
+    adaptive_wait(done, max(600, n * 2), f"{n} noop builds", t0)
+    secs = time.monotonic() - t0
+    cpu = cpu_s(m.pid) - c0
+    return {"elapsed_s": secs, "force_s": forced, "builds_per_s": n / secs, "master_cpu_s": cpu,
+            "cpu_ms_per_build": cpu * 1000 / n, "timeline": timeline}
 
 
 def w2(m, workers, scale):
@@ -663,7 +678,7 @@ def figures(report, scale):
             target, met = f"≤ {thr:g} {unit}", None if kv is None else kv <= thr
         rows.append({"workload": wl, "figure": fig, "kiln": kv, "buildbot": bv, "ratio": ratio, "target": target, "met": met})
 
-    row("W1", f"builds/s ({scale['w1_builds']} × `true`, 8 workers)", get(k, "w1", "builds_per_s"), get(b, "w1", "builds_per_s"), "ratio>=", 100)
+    row("W1", f"builds/s ({scale['w1_builds']} × `true`, 8 workers, median of {scale['w1_rounds']})", get(k, "w1", "builds_per_s"), get(b, "w1", "builds_per_s"), "ratio>=", 100)
     row("W1", "master CPU ms per build", get(k, "w1", "cpu_ms_per_build"), get(b, "w1", "cpu_ms_per_build"), "ratio<=", 1 / 50)
     for key in (small, large):
         row("W2", f"end-to-end MB/s, {sz[key]} log", get(k, "w1", "w2", key, "e2e_mb_s"), get(b, "w1", "w2", key, "e2e_mb_s"), "ratio>=", 40)

@@ -89,7 +89,11 @@ impl FarmTask {
         let farm = self.handle.clone();
         match order {
             Some(order) => drop(tokio::spawn(build_task(s, farm, order))),
-            None => drop(tokio::spawn(requeue(s, farm, a.request, a.worker))),
+            None => {
+                let (request, worker) = (a.request, a.worker);
+                let build = self.state.running[&request].build.clone();
+                drop(tokio::spawn(requeue(s, farm, request, worker, build)));
+            }
         }
     }
 
@@ -140,10 +144,10 @@ async fn build_task(s: Arc<Services>, farm: FarmHandle, order: BuildOrder) {
             );
             outcome
         }
-        Ok(Ok(BuildEnd::NotStarted)) => return requeue(s, farm, request, worker).await,
+        Ok(Ok(BuildEnd::NotStarted)) => return requeue(s, farm, request, worker, build).await,
         Ok(Err(e)) if build.get().is_none() => {
             tracing::error!("build request {}: {}", request.0, crate::error_chain(&e));
-            return requeue(s, farm, request, worker).await;
+            return requeue(s, farm, request, worker, build).await;
         }
         Ok(Err(e)) => {
             tracing::error!("build request {}: {}", request.0, crate::error_chain(&e));
@@ -160,6 +164,7 @@ async fn build_task(s: Arc<Services>, farm: FarmHandle, order: BuildOrder) {
     }
     let ended = BuildEnded {
         request,
+        build,
         worker,
         results: Some(outcome.results),
         requeued: outcome.requeue,
@@ -185,7 +190,15 @@ async fn crashed(s: &Services, build: Option<kiln_model::BuildId>) -> BuildOutco
 }
 
 /// A claimed request whose build never started goes back to the queue.
-async fn requeue(s: Arc<Services>, farm: FarmHandle, request: BuildRequestId, worker: WorkerId) {
+async fn requeue(
+    s: Arc<Services>,
+    farm: FarmHandle,
+    request: BuildRequestId,
+    worker: WorkerId,
+    build: Arc<OnceLock<kiln_model::BuildId>>,
+) {
+    // Not at once: the worker that failed may still look connected for a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     match s.queue.requeue(&[request]).await {
         Ok(_) => s.bus.publish(Event::BuildRequestRequeued { request }),
         Err(e) => tracing::error!(
@@ -194,10 +207,9 @@ async fn requeue(s: Arc<Services>, farm: FarmHandle, request: BuildRequestId, wo
             crate::error_chain(&e)
         ),
     }
-    // Not at once: the worker that failed may still look connected for a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let ended = BuildEnded {
         request,
+        build,
         worker,
         results: None,
         requeued: true,

@@ -2,7 +2,7 @@
 //! that sends them. The web port and the CLI reach it as [`Control`]; build tasks report
 //! their end and ask for triggered builds through it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kiln_config::MasterConfig;
@@ -22,6 +22,9 @@ pub(crate) type Reply<T> = oneshot::Sender<T>;
 #[derive(Debug)]
 pub(crate) struct BuildEnded {
     pub request: BuildRequestId,
+    /// The task's cell for its build id: tells this build from a later one of the same request
+    /// (a RETRY can be claimed again before this report arrives).
+    pub build: Arc<OnceLock<BuildId>>,
     pub worker: WorkerId,
     /// `None`: the build never started and its request is back in the queue.
     pub results: Option<Results>,
@@ -99,13 +102,11 @@ impl FarmHandle {
         answer.await.ok()
     }
 
-    pub async fn apply_config(&self, config: MasterConfig) -> ReconfigReport {
+    /// `None` when the farm task is gone (the master is stopping): nothing was applied.
+    pub async fn apply_config(&self, config: MasterConfig) -> Option<ReconfigReport> {
         let config = Box::new(config);
         self.ask(|reply| Message::ApplyConfig { config, reply })
             .await
-            .unwrap_or_else(|| ReconfigReport {
-                summary: "not applied: the master is shutting down".into(),
-            })
     }
 
     pub async fn trigger(

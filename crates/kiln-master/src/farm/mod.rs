@@ -196,7 +196,9 @@ impl Farm {
     pub async fn reconfig(&self) -> Result<ReconfigReport, ConfigError> {
         let _one_at_a_time = self.reconfig_lock.lock().await;
         let config = load_config(self.config_file.clone()).await?;
-        Ok(self.handle.apply_config(config).await)
+        self.handle.apply_config(config).await.ok_or_else(|| {
+            ConfigError::one(None, "the master is shutting down; nothing was applied")
+        })
     }
 
     /// Disconnects the workers (their builds end RETRY and go back to the queue), waits up to

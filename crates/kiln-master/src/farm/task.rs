@@ -348,8 +348,14 @@ impl FarmTask {
     /// A build task ended: forget its build, note its result, tell `dependent` schedulers.
     async fn build_ended(&mut self, ended: BuildEnded) {
         let s = self.services.clone();
-        self.state.running.remove(&ended.request);
-        s.metrics.builds_running(self.state.running.len() as i64);
+        let running = &mut self.state.running;
+        if running
+            .get(&ended.request)
+            .is_some_and(|r| Arc::ptr_eq(&r.build, &ended.build))
+        {
+            running.remove(&ended.request);
+        }
+        s.metrics.builds_running(running.len() as i64);
         self.state.round_due = true;
         let Some(results) = ended.results else {
             return;
