@@ -63,85 +63,22 @@ pub fn build(config: &MasterConfig, now: Epoch) -> SchedulerSet {
         let builders = s.builder_names.clone();
         match &s.kind {
             SchedulerKind::Force(f) => {
-                let mut params = source_params(f.source);
-                for p in &f.params {
-                    let kind = match p.kind {
-                        ForceParamType::String | ForceParamType::Text => {
-                            ParamKind::String { max_len: 65536 }
-                        }
-                        ForceParamType::Int => ParamKind::Int {
-                            min: i64::MIN,
-                            max: i64::MAX,
-                        },
-                        ForceParamType::Bool => ParamKind::Bool,
-                        ForceParamType::Choice => ParamKind::Choice(p.choices.clone()),
-                    };
-                    params.retain(|d| d.name != p.name);
-                    params.push(ParamDef {
-                        name: p.name.clone(),
-                        kind,
-                        required: p.required,
-                        default: p.default.clone(),
-                    });
-                }
-                set.force.insert(
-                    s.name.clone(),
-                    Force {
-                        name: s.name.clone(),
-                        builders,
-                        codebase: source(None),
-                        params,
-                    },
-                );
-            }
-            SchedulerKind::SingleBranch(b) | SchedulerKind::AnyBranch(b) => {
-                let mode = if matches!(s.kind, SchedulerKind::SingleBranch(_)) {
-                    BranchMode::Single
-                } else {
-                    BranchMode::Any
-                };
-                let mut branches: Vec<Option<String>> =
-                    b.branches.iter().cloned().map(Some).collect();
-                if let Some(br) = &b.branch {
-                    branches.push(Some(br.clone()));
-                }
-                let filter = ChangeFilter {
-                    branches,
-                    repositories: b.repository.iter().cloned().collect(),
-                    codebases: b.codebase.iter().cloned().collect(),
-                    ..ChangeFilter::default()
-                };
-                let importance = FileImportance {
-                    important: b.file_is_important.iter().map(|g| Glob::new(g)).collect(),
-                    unimportant: b.file_not_important.iter().map(|g| Glob::new(g)).collect(),
-                };
-                let config = ChangeSchedulerConfig {
+                let force = Force {
                     name: s.name.clone(),
                     builders,
-                    filter,
-                    importance,
-                    tree_stable_timer: b.tree_stable_timer.map(|t| t as i64),
-                    mode,
-                    properties,
-                    reason: format!(
-                        "The {} scheduler named '{}' triggered this build",
-                        s.kind.name(),
-                        s.name
-                    ),
-                    builder_filter_property: None,
+                    codebase: source(None),
+                    params: force_params(f),
                 };
+                set.force.insert(s.name.clone(), force);
+            }
+            SchedulerKind::SingleBranch(b) | SchedulerKind::AnyBranch(b) => {
+                let config = change_scheduler(s, b, builders, properties);
                 set.events.list.push(Box::new(ChangeScheduler::new(config)));
             }
             SchedulerKind::Nightly(n) => {
                 let tz = n.timezone.parse().unwrap_or(chrono_tz::UTC);
-                match Nightly::new(
-                    &s.name,
-                    builders,
-                    vec![source(n.branch.clone())],
-                    &n.cron,
-                    tz,
-                    now,
-                ) {
+                let sources = vec![source(n.branch.clone())];
+                match Nightly::new(&s.name, builders, sources, &n.cron, tz, now) {
                     Ok(mut sched) => {
                         sched.properties = properties;
                         sched.only_if_changed = n.only_if_changed;
@@ -159,14 +96,12 @@ pub fn build(config: &MasterConfig, now: Epoch) -> SchedulerSet {
                 last_fired: None,
             })),
             SchedulerKind::Triggerable(_) => {
-                set.triggerable.insert(
-                    s.name.clone(),
-                    Triggerable {
-                        name: s.name.clone(),
-                        builders,
-                        properties,
-                    },
-                );
+                let t = Triggerable {
+                    name: s.name.clone(),
+                    builders,
+                    properties,
+                };
+                set.triggerable.insert(s.name.clone(), t);
             }
             SchedulerKind::Dependent(d) => set.events.list.push(Box::new(Dependent {
                 name: s.name.clone(),
@@ -177,6 +112,73 @@ pub fn build(config: &MasterConfig, now: Epoch) -> SchedulerSet {
         }
     }
     set
+}
+
+/// A force form's parameters: the source ones, replaced or joined by the configured ones.
+fn force_params(f: &kiln_config::ForceArgs) -> Vec<ParamDef> {
+    let mut params = source_params(f.source);
+    for p in &f.params {
+        let kind = match p.kind {
+            ForceParamType::String | ForceParamType::Text => ParamKind::String { max_len: 65536 },
+            ForceParamType::Int => ParamKind::Int {
+                min: i64::MIN,
+                max: i64::MAX,
+            },
+            ForceParamType::Bool => ParamKind::Bool,
+            ForceParamType::Choice => ParamKind::Choice(p.choices.clone()),
+        };
+        params.retain(|d| d.name != p.name);
+        params.push(ParamDef {
+            name: p.name.clone(),
+            kind,
+            required: p.required,
+            default: p.default.clone(),
+        });
+    }
+    params
+}
+
+/// A single- or any-branch scheduler: which changes it takes, which files matter, its timer.
+fn change_scheduler(
+    s: &kiln_config::Scheduler,
+    b: &kiln_config::BranchArgs,
+    builders: Vec<String>,
+    properties: Properties,
+) -> ChangeSchedulerConfig {
+    let mode = if matches!(s.kind, SchedulerKind::SingleBranch(_)) {
+        BranchMode::Single
+    } else {
+        BranchMode::Any
+    };
+    let mut branches: Vec<Option<String>> = b.branches.iter().cloned().map(Some).collect();
+    if let Some(br) = &b.branch {
+        branches.push(Some(br.clone()));
+    }
+    let filter = ChangeFilter {
+        branches,
+        repositories: b.repository.iter().cloned().collect(),
+        codebases: b.codebase.iter().cloned().collect(),
+        ..ChangeFilter::default()
+    };
+    let importance = FileImportance {
+        important: b.file_is_important.iter().map(|g| Glob::new(g)).collect(),
+        unimportant: b.file_not_important.iter().map(|g| Glob::new(g)).collect(),
+    };
+    ChangeSchedulerConfig {
+        name: s.name.clone(),
+        builders,
+        filter,
+        importance,
+        tree_stable_timer: b.tree_stable_timer.map(|t| t as i64),
+        mode,
+        properties,
+        reason: format!(
+            "The {} scheduler named '{}' triggered this build",
+            s.kind.name(),
+            s.name
+        ),
+        builder_filter_property: None,
+    }
 }
 
 /// Names of the event-driven schedulers, for logs.
