@@ -126,8 +126,9 @@ impl FarmTask {
     }
 }
 
-/// One build from its order to the farm's bookkeeping. A build that failed (a database
-/// error, a panic) after its row was made ends EXCEPTION; before that, its request goes back.
+/// One build from its order to the farm's bookkeeping. A database error before the build's
+/// row exists sends its request back; after, the build and its request end EXCEPTION, as
+/// they do after a panic (retrying would likely break again).
 async fn build_task(s: Arc<Services>, farm: FarmHandle, order: BuildOrder) {
     let (request, worker) = (order.assignment.request, order.assignment.worker);
     let build = order.build.clone();
