@@ -5,15 +5,12 @@
 
 mod common;
 
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use common::*;
-use futures_util::FutureExt;
 use kiln_master::ForceRequest;
 use kiln_model::{BuildRequestId, Event, Results};
 use kiln_store::{EventBus, Store, Subscription};
-use sqlx::Connection;
 
 fn config(db_url: &str) -> String {
     format!(
@@ -135,24 +132,7 @@ async fn one_builds_events_in_order_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_connection_sees_them_through_notify_on_postgresql() {
-    if std::env::var("KILN_SKIP_PG").as_deref() == Ok("1") {
-        eprintln!("KILN_SKIP_PG=1: skipped");
-        return;
-    }
-    let base = std::env::var("KILN_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("kiln_events_e2e_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is unreachable at {base} ({e}); start it or set KILN_SKIP_PG=1")
-        });
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let url = format!("{base}/{name}");
-    let outcome = AssertUnwindSafe(async {
+    let ran = with_pg_database("kiln_events_e2e", |url| async move {
         // The second connection: another process's view of the same database.
         let other = Store::connect(&url).await.unwrap();
         let bus = EventBus::for_store(&other).await.unwrap();
@@ -165,15 +145,8 @@ async fn another_connection_sees_them_through_notify_on_postgresql() {
         bus.close().await;
         other.close().await;
     })
-    .catch_unwind()
     .await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
+    if ran.is_none() {
+        eprintln!("KILN_SKIP_PG=1: skipped");
     }
 }

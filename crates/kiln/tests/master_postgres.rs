@@ -4,42 +4,17 @@
 
 mod common;
 
-use std::panic::AssertUnwindSafe;
-
 use common::*;
-use futures_util::FutureExt;
 use kiln_master::ForceRequest;
 use kiln_model::Results;
-use sqlx::Connection;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_on_a_master_backed_by_postgresql() {
-    if std::env::var("KILN_SKIP_PG").as_deref() == Ok("1") {
+    if with_pg_database("kiln_master_e2e", build_on)
+        .await
+        .is_none()
+    {
         eprintln!("KILN_SKIP_PG=1: skipped");
-        return;
-    }
-    let base = std::env::var("KILN_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("kiln_master_e2e_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is unreachable at {base} ({e}); start it or set KILN_SKIP_PG=1")
-        });
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let url = format!("{base}/{name}");
-    let outcome = AssertUnwindSafe(build_on(url)).catch_unwind().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
     }
 }
 

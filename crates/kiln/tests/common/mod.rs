@@ -214,3 +214,43 @@ impl WorkerProc {
         WorkerProc { dir, child }
     }
 }
+
+/// Runs `body` with the URL of a fresh PostgreSQL database named `name_<pid>`, dropped
+/// afterwards even if `body` panics. `None` when `KILN_SKIP_PG=1` (the caller prints SKIP);
+/// `KILN_PG_URL` points at another server than 127.0.0.1:5432.
+pub async fn with_pg_database<F, Fut>(name: &str, body: F) -> Option<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures_util::FutureExt as _;
+    use sqlx::Connection as _;
+    if std::env::var("KILN_SKIP_PG").as_deref() == Ok("1") {
+        return None;
+    }
+    let base = std::env::var("KILN_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("{name}_{}", std::process::id());
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is unreachable at {base} ({e}); start it or set KILN_SKIP_PG=1")
+        });
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let outcome = std::panic::AssertUnwindSafe(body(format!("{base}/{name}")))
+        .catch_unwind()
+        .await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+    Some(())
+}
