@@ -1191,34 +1191,10 @@ async fn api_on_sqlite() {
 
 #[tokio::test]
 async fn api_on_postgres() {
-    if std::env::var("KILN_SKIP_PG").as_deref() == Ok("1") {
-        eprintln!("KILN_SKIP_PG=1: PostgreSQL part skipped");
-        return;
-    }
-    use sqlx::Connection;
-    let base = std::env::var("KILN_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
-    let name = format!("kiln_api_test_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is unreachable at {base} ({e}); start it or set KILN_SKIP_PG=1")
-        });
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let store = Store::connect(&format!("{base}/{name}")).await.unwrap();
-    let r = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(suite(store))).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    if let Err(p) = r {
-        std::panic::resume_unwind(p);
-    }
+    kiln_testkit::pg::with_fresh_database("kiln_api_test", |url| async move {
+        suite(Store::connect(&url).await.unwrap()).await;
+    })
+    .await;
 }
 
 /// Over a real socket, `/raw` is sent chunked (streamed from the store, no Content-Length).

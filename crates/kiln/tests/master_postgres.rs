@@ -10,12 +10,7 @@ use kiln_model::Results;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_on_a_master_backed_by_postgresql() {
-    if with_pg_database("kiln_master_e2e", build_on)
-        .await
-        .is_none()
-    {
-        eprintln!("KILN_SKIP_PG=1: skipped");
-    }
+    kiln_testkit::pg::with_fresh_database("kiln_master_e2e", build_on).await;
 }
 
 async fn build_on(url: String) {

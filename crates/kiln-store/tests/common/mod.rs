@@ -4,19 +4,8 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use futures_util::FutureExt;
 use kiln_store::{Store, StoreOptions};
-use sqlx::Connection;
-
-static N: AtomicUsize = AtomicUsize::new(0);
-
-fn pg_base() -> String {
-    std::env::var("KILN_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
-}
 
 pub async fn on_sqlite<F, Fut>(opts: StoreOptions, f: F)
 where
@@ -57,40 +46,7 @@ where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = ()>,
 {
-    if std::env::var("KILN_SKIP_PG").as_deref() == Ok("1") {
-        eprintln!("KILN_SKIP_PG=1: PostgreSQL part skipped");
-        return;
-    }
-    let base = pg_base();
-    let name = format!(
-        "kiln_test_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is unreachable at {base} ({e}); start it \
-             (pg_ctlcluster --skip-systemctl-redirect <version> main start) or set KILN_SKIP_PG=1"
-            )
-        });
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let outcome = AssertUnwindSafe(f(format!("{base}/{name}")))
-        .catch_unwind()
-        .await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
-    }
+    kiln_testkit::pg::with_fresh_database("kiln_test", f).await;
 }
 
 /// Opening an existing database again runs no migration twice and finds the data.
