@@ -114,7 +114,7 @@ mod tests {
 WORKERS = [worker("w1", password_hash = "$argon2id$v=19$x", properties = {"cpus": 8, "os": "linux"})]
 BUILDERS = [
     builder(name = "unit", workers = ["w1"], builddir = "u", properties = {"os": "any", "suite": "fast"},
-            steps = [shell(command = "make"), mkdir(dir = "out", halt_on_failure = False)]),
+            steps = [shell(command = "make"), mkdir(dir = "out", halt_on_failure = True)]),
 ]
 "#;
 
@@ -196,9 +196,16 @@ BUILDERS = [
         );
         let names: Vec<&str> = plan.steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names.len(), 2);
-        // Shell steps count warnings; a mkdir does not unless the engine's default says so.
+        // Shell steps count warnings; a mkdir only as the engine's default says.
         assert!(plan.steps[0].flags.warn_on_warnings);
-        assert!(!plan.steps[1].flags.halt_on_failure);
+        let default = StepFlags::default();
+        assert_eq!(
+            plan.steps[1].flags.warn_on_warnings,
+            default.warn_on_warnings
+        );
+        // The configured flags reach the engine.
+        assert!(plan.steps[1].flags.halt_on_failure);
+        assert_eq!(plan.steps[0].flags.halt_on_failure, default.halt_on_failure);
         assert_eq!(plan.sources[""].branch.as_deref(), Some("dev"));
         assert_eq!(plan.sources[""].repository, "https://example.invalid/r.git");
     }

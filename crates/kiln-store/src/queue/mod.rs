@@ -106,10 +106,9 @@ impl QueueStore {
         n
     }
 
-    /// Requests went back to the queue by other means than [`Self::requeue`] (an unclaim
-    /// through [`Store::unclaim_build_requests`]): the next round re-reads the table. Prefer
-    /// `requeue`, which does both.
-    pub fn requeued(&self) {
+    /// Requests went back to the queue: the next round re-reads the table (their ids are
+    /// older than any the cache would scan for).
+    fn requeued(&self) {
         if let Some(c) = &self.caches {
             c.rescan();
         }
