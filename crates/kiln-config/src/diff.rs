@@ -43,8 +43,8 @@ impl NamedDiff {
 /// that use it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ConfigDiff {
-    /// `master(...)` settings differ (ports, database, TLS: some need a restart).
-    pub master_changed: bool,
+    /// The `master(...)` settings that differ, by name (some apply only at a restart).
+    pub master: Vec<String>,
     pub workers: NamedDiff,
     pub builders: NamedDiff,
     pub schedulers: NamedDiff,
@@ -106,10 +106,20 @@ impl ConfigDiff {
         let master = |c: &MasterConfig| {
             let mut v = serde_json::to_value(&c.master).unwrap_or(Value::Null);
             strip(&mut v);
-            v
+            match v {
+                Value::Object(m) => m.into_iter().collect::<BTreeMap<_, _>>(),
+                _ => BTreeMap::new(),
+            }
         };
+        let (old_m, new_m) = (master(old), master(new));
+        let changed: std::collections::BTreeSet<String> = old_m
+            .keys()
+            .chain(new_m.keys())
+            .filter(|k| old_m.get(*k) != new_m.get(*k))
+            .cloned()
+            .collect();
         ConfigDiff {
-            master_changed: master(old) != master(new),
+            master: changed.into_iter().collect(),
             workers: NamedDiff::between(
                 keyed(old, old.workers.iter().map(|w| (w.name.clone(), w))),
                 keyed(new, new.workers.iter().map(|w| (w.name.clone(), w))),
@@ -131,7 +141,7 @@ impl ConfigDiff {
 
     /// Nothing changed.
     pub fn is_empty(&self) -> bool {
-        !self.master_changed
+        self.master.is_empty()
             && self.workers.is_empty()
             && self.builders.is_empty()
             && self.schedulers.is_empty()

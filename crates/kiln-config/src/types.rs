@@ -98,6 +98,56 @@ fn default_web_port() -> u16 {
 fn yes() -> bool {
     true
 }
+/// 256 MiB: far above a verbose test run, far below what fills a disk.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 256 << 20;
+fn default_log_max_bytes() -> u64 {
+    DEFAULT_LOG_MAX_BYTES
+}
+fn default_log_max_tail_bytes() -> u64 {
+    1 << 20
+}
+fn default_max_connections() -> u32 {
+    8192
+}
+fn default_max_connections_per_address() -> u32 {
+    128
+}
+fn default_header_timeout_secs() -> u32 {
+    10
+}
+fn default_idle_timeout_secs() -> u32 {
+    120
+}
+fn default_failed_logins_per_minute() -> u32 {
+    10
+}
+
+/// `trusted_proxies`: each entry an address ("10.0.0.5", a single host) or a CIDR range.
+mod proxy_nets {
+    use ipnet::IpNet;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(nets.iter().map(|n| n.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| parse(t).map_err(serde::de::Error::custom))
+            .collect()
+    }
+
+    pub fn parse(text: &str) -> Result<IpNet, String> {
+        let t = text.trim();
+        if let Ok(n) = t.parse::<IpNet>() {
+            return Ok(n.trunc());
+        }
+        t.parse::<std::net::IpAddr>().map(IpNet::from).map_err(|_| {
+            format!("trusted_proxies: {text:?} is not an address or a CIDR range (e.g. \"10.0.0.5\" or \"10.0.0.0/24\")")
+        })
+    }
+}
 
 /// `master(...)`: settings of the master itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,9 +183,38 @@ pub struct MasterSettings {
     /// Builds (with their steps and logs) older than this many days are deleted.
     #[serde(default)]
     pub build_horizon_days: Option<u32>,
-    /// Per-log cap in bytes: past it a visible marker line is stored and the rest dropped.
-    #[serde(default)]
-    pub log_max_bytes: Option<u64>,
+    /// Per-log cap in bytes (default 256 MiB; 0 turns the cap off). A log that outgrows it
+    /// keeps its head, a visible marker line, and its last `log_max_tail_bytes` (where test
+    /// summaries are); Buildbot's `logMaxSize`.
+    #[serde(default = "default_log_max_bytes")]
+    pub log_max_bytes: u64,
+    /// How much of a capped log's end is kept (default 1 MiB); Buildbot's `logMaxTailSize`.
+    #[serde(default = "default_log_max_tail_bytes")]
+    pub log_max_tail_bytes: u64,
+    /// Open connections allowed on each port (default 8192). At the cap, the oldest
+    /// connection still sending its request headers is closed to make room.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Open connections allowed from one client address on each port (default 128). Behind a
+    /// trusted proxy the client is the address the proxy reports.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: u32,
+    /// Seconds a client has to send its request headers (and a worker its WebSocket
+    /// handshake) before the connection is closed (default 10).
+    #[serde(default = "default_header_timeout_secs")]
+    pub header_timeout_secs: u32,
+    /// Seconds an idle keep-alive web connection stays open (default 120).
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u32,
+    /// Failed worker logins allowed per client address and worker name per minute
+    /// (default 10); more are answered 429 without a check.
+    #[serde(default = "default_failed_logins_per_minute")]
+    pub failed_logins_per_minute: u32,
+    /// Proxies in front of the master (addresses or CIDR ranges, e.g. HAProxy at
+    /// "10.0.0.5"): the worker port accepts the PROXY protocol (v1 or v2) from them and the
+    /// web port their `X-Forwarded-For`, so limits apply to the real client.
+    #[serde(default, with = "proxy_nets")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     #[serde(rename = "_loc", default)]
     pub loc: Loc,
 }

@@ -78,6 +78,32 @@ pub(crate) fn validate(cfg: &mut MasterConfig) -> Vec<Diagnostic> {
             "master(): give both tls_cert= and tls_key=, or neither".into(),
         );
     }
+    if m.log_max_bytes != 0 && m.log_max_tail_bytes > m.log_max_bytes / 2 {
+        d.err(
+            &m.loc,
+            format!(
+                "master(): log_max_tail_bytes ({}) must be at most half of log_max_bytes ({}), so the log's head is kept too",
+                m.log_max_tail_bytes, m.log_max_bytes
+            ),
+        );
+    }
+    for (what, v) in [
+        ("max_connections", m.max_connections),
+        ("max_connections_per_address", m.max_connections_per_address),
+        ("header_timeout_secs", m.header_timeout_secs),
+        ("idle_timeout_secs", m.idle_timeout_secs),
+        ("failed_logins_per_minute", m.failed_logins_per_minute),
+    ] {
+        if v == 0 {
+            d.err(&m.loc, format!("master(): {what} must be at least 1"));
+        }
+    }
+    if m.header_timeout_secs > 3600 {
+        d.err(
+            &m.loc,
+            "master(): header_timeout_secs is over an hour; a client that slow is an attack".into(),
+        );
+    }
     if m.worker_port == m.web_port && m.worker_port != 0 {
         d.err(
             &m.loc,

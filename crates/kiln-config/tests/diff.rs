@@ -75,7 +75,7 @@ fn diff_names_what_was_added_removed_and_changed() {
             changed: s(&["force"])
         }
     );
-    assert!(!d.master_changed);
+    assert!(d.master.is_empty());
     assert!(!d.is_empty());
 
     // A config against itself (even reloaded from another place) has no difference.
@@ -103,7 +103,11 @@ fn master_settings_change() {
         .load("MASTER = master(web_port = 8080)\nWORKERS = []\nBUILDERS = []\n")
         .unwrap();
     let d = ConfigDiff::between(&old, &new);
-    assert!(d.master_changed);
+    assert_eq!(
+        d.master,
+        ["web_port"],
+        "names exactly the setting that changed"
+    );
     assert_eq!(new.master.web_port, 8080);
     assert_eq!(old.master.db_url, "sqlite:state.sqlite");
 }

@@ -328,3 +328,45 @@ fn availability_windows() {
         );
     }
 }
+
+#[test]
+fn hardening_settings_have_farm_defaults_and_parse() {
+    let d = Dir::new();
+    let c = d.load("WORKERS = []\nBUILDERS = []\n").unwrap();
+    assert_eq!(
+        c.master.log_max_bytes,
+        256 << 20,
+        "logs are capped by default"
+    );
+    assert_eq!(c.master.log_max_tail_bytes, 1 << 20);
+    assert!(c.master.trusted_proxies.is_empty());
+    let c = d
+        .load(
+            "MASTER = master(trusted_proxies = [\"10.0.0.5\", \"10.1.2.3/16\", \"::1\"], log_max_bytes = 0)\nWORKERS = []\nBUILDERS = []\n",
+        )
+        .unwrap();
+    let nets: Vec<String> = c
+        .master
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["10.0.0.5/32", "10.1.0.0/16", "::1/128"]);
+    assert_eq!(c.master.log_max_bytes, 0);
+}
+
+#[test]
+fn hardening_settings_are_checked() {
+    let d = Dir::new();
+    let (_, msg) = d.error(
+        "MASTER = master(trusted_proxies = [\"proxy.example\"])\nWORKERS = []\nBUILDERS = []\n",
+    );
+    assert!(
+        msg.contains("\"proxy.example\" is not an address or a CIDR range"),
+        "{msg}"
+    );
+    let (_, msg) = d.error("MASTER = master(log_max_bytes = 1000, log_max_tail_bytes = 800)\nWORKERS = []\nBUILDERS = []\n");
+    assert!(msg.contains("at most half of log_max_bytes"), "{msg}");
+    let (_, msg) = d.error("MASTER = master(max_connections = 0)\nWORKERS = []\nBUILDERS = []\n");
+    assert!(msg.contains("max_connections must be at least 1"), "{msg}");
+}

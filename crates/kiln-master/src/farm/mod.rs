@@ -233,7 +233,7 @@ async fn open_services(
 ) -> Result<(Services, mpsc::UnboundedReceiver<WorkerEvent>), StartError> {
     let db_url = resolve_db_url(&config.master.db_url, basedir);
     let store_opts = StoreOptions {
-        log_max_bytes: config.master.log_max_bytes,
+        log_max_bytes: (config.master.log_max_bytes > 0).then_some(config.master.log_max_bytes),
         ..StoreOptions::default()
     };
     let store = Store::connect_with(&db_url, store_opts)

@@ -70,7 +70,7 @@ fn describe(diff: &ConfigDiff) -> String {
         return "no changes".into();
     }
     let mut parts = Vec::new();
-    if diff.master_changed {
+    if !diff.master.is_empty() {
         parts.push(
             "master settings changed (ports and database apply at the next restart)".to_string(),
         );
