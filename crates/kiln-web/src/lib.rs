@@ -68,6 +68,7 @@ pub fn router(state: ApiState) -> axum::Router {
 
 /// Everything the web port serves: the API and a landing page at `/` that links it.
 pub fn app(state: ApiState) -> axum::Router {
-    let landing = landing::page(&state.control.config().master.title);
-    router(state).merge(landing)
+    routes::routes()
+        .route("/", axum::routing::get(landing::page))
+        .with_state(state)
 }
