@@ -1,7 +1,10 @@
 //! The worker endpoint: Buildbot's `msgpack_experimental_v7` over WebSocket (spec
 //! `shared/spec/worker-protocol.md`). HTTP Basic auth checked in constant time before the
-//! upgrade, failed logins rate-limited per address, a message size cap, the attach sequence
-//! of spec §4.1, duplicate-name arbitration (§4.3), dead-connection detection, and
+//! upgrade, failed logins rate-limited per address and name in bounded memory (and logged
+//! clipped, a few lines a second), one connection per worker name (the first reserves it
+//! before the upgrade; later ones get 409 with the reason, spec §4.3's check lets a dead
+//! attached one be replaced), a message size cap, the attach sequence of spec §4.1,
+//! dead-connection detection, and
 //! [`WorkerConn`], which implements [`kiln_remote::Connection`] for builds. Attached workers
 //! go into the [`Workers`] registry the core reads; who may log in comes from its [`Roster`].
 //! TLS (`wss://`) comes from [`tls::server_config`].
@@ -37,11 +40,14 @@ pub struct EndpointOptions {
     /// Largest WebSocket message accepted; a bigger one closes that connection only.
     pub max_message_bytes: usize,
     /// Failed logins allowed per remote address and worker name per minute; more get 429
-    /// without a check.
+    /// without a check. (The bookkeeping keeps a hash of the name, never the name, and has a
+    /// fixed bound on entries.)
     pub failed_logins_per_minute: u32,
     /// A WebSocket ping is sent after this long without traffic from the worker …
     pub idle_ping_after: Duration,
-    /// … and the connection is dropped if nothing arrives this long after it.
+    /// … and the connection is dropped if nothing arrives this long after it. Their sum is
+    /// how long a dead connection can hold its worker's name against a new one that the
+    /// duplicate check did not let in (60 s by default).
     pub dead_after: Duration,
     /// How long the old connection has to answer the duplicate-connection `print` (§4.3).
     pub duplicate_check_timeout: Duration,
@@ -52,8 +58,8 @@ impl Default for EndpointOptions {
         EndpointOptions {
             max_message_bytes: 16 * 1024 * 1024,
             failed_logins_per_minute: 10,
-            idle_ping_after: Duration::from_secs(60),
-            dead_after: Duration::from_secs(60),
+            idle_ping_after: Duration::from_secs(30),
+            dead_after: Duration::from_secs(30),
             duplicate_check_timeout: Duration::from_secs(10),
         }
     }

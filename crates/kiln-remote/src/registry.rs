@@ -318,3 +318,140 @@ impl Workers {
         let _ = self.0.events.send(WorkerEvent::Detached { name, conn_id });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BoxFuture, CommandSpec, Remote, RemoteError, RunningCommand, Transfer};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A connection that only remembers whether it was told to disconnect.
+    struct Fake {
+        conn_id: u64,
+        dropped: AtomicBool,
+        info: serde_json::Map<String, serde_json::Value>,
+    }
+
+    impl Remote for Fake {
+        fn worker_name(&self) -> &str {
+            "w1"
+        }
+        fn basedir(&self) -> &str {
+            "/wk"
+        }
+        fn is_windows(&self) -> bool {
+            false
+        }
+        fn has_command(&self, _: &str) -> bool {
+            false
+        }
+        fn ping(&self) -> BoxFuture<'_, Result<(), RemoteError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn start(
+            &self,
+            _: CommandSpec,
+            _: Transfer,
+        ) -> BoxFuture<'_, Result<RunningCommand, RemoteError>> {
+            Box::pin(async { Err(RemoteError::NotConnected) })
+        }
+    }
+
+    impl Connection for Fake {
+        fn conn_id(&self) -> u64 {
+            self.conn_id
+        }
+        fn peer(&self) -> SocketAddr {
+            SocketAddr::from(([10, 0, 0, self.conn_id as u8], 4000))
+        }
+        fn info(&self) -> &serde_json::Map<String, serde_json::Value> {
+            &self.info
+        }
+        fn heard_within(&self, _: std::time::Duration) -> bool {
+            true
+        }
+        fn print(&self, _: &str) -> BoxFuture<'_, Result<(), RemoteError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn disconnect(&self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+        fn closed(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn fake(conn_id: u64) -> Arc<Fake> {
+        Arc::new(Fake {
+            conn_id,
+            dropped: AtomicBool::new(false),
+            info: Default::default(),
+        })
+    }
+
+    fn peer(n: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, n], 4000))
+    }
+
+    fn reserved(c: Claim) -> Reservation {
+        match c {
+            Claim::Reserved(r) => r,
+            Claim::Attaching(h) => panic!("held by attaching {h:?}"),
+            Claim::Attached(_, h) => panic!("held by attached {h:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_reservation_wins_until_it_is_dropped_or_attached() {
+        let (workers, mut events) = Workers::new();
+        let first = reserved(workers.reserve("w1", 1, peer(1)));
+        assert!(
+            matches!(workers.reserve("w1", 2, peer(2)), Claim::Attaching(h) if h.conn_id == 1 && h.peer == peer(1))
+        );
+        assert!(workers.get("w1").is_none(), "attaching is not attached");
+        assert_eq!(workers.count(), 0);
+        drop(first);
+        let second = reserved(workers.reserve("w1", 2, peer(2)));
+        assert!(workers.attach(second, fake(2)));
+        assert!(matches!(events.try_recv(), Ok(WorkerEvent::Attached(c)) if c.conn_id() == 2));
+        assert_eq!(workers.count(), 1);
+        assert!(
+            matches!(workers.reserve("w1", 3, peer(3)), Claim::Attached(c, h) if c.conn_id() == 2 && h.peer == peer(2))
+        );
+    }
+
+    #[test]
+    fn a_dead_attached_connection_is_replaced_only_by_its_id() {
+        let (workers, _events) = Workers::new();
+        assert!(workers.attach(reserved(workers.reserve("w1", 1, peer(1))), fake(1)));
+        assert!(matches!(
+            workers.reserve_replacing("w1", 3, peer(3), 2),
+            Claim::Attached(c, _) if c.conn_id() == 1
+        ));
+        let r = reserved(workers.reserve_replacing("w1", 3, peer(3), 1));
+        assert!(workers.get("w1").is_none());
+        // The replaced connection's late detach leaves the new reservation alone.
+        workers.detach("w1".into(), 1);
+        assert!(matches!(workers.reserve("w1", 4, peer(4)), Claim::Attaching(h) if h.conn_id == 3));
+        assert!(workers.attach(r, fake(3)));
+    }
+
+    #[test]
+    fn disconnect_takes_a_reservation_away() {
+        let (workers, mut events) = Workers::new();
+        let r = reserved(workers.reserve("w1", 1, peer(1)));
+        workers.disconnect("w1");
+        let conn = fake(1);
+        assert!(
+            !workers.attach(r, conn.clone()),
+            "the worker was removed while attaching"
+        );
+        assert!(workers.get("w1").is_none());
+        assert!(events.try_recv().is_err(), "the core hears nothing");
+        // And an attached one is dropped.
+        let conn = fake(2);
+        assert!(workers.attach(reserved(workers.reserve("w1", 2, peer(2))), conn.clone()));
+        workers.disconnect("w1");
+        assert!(conn.dropped.load(Ordering::SeqCst));
+    }
+}
