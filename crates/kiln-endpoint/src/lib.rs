@@ -181,8 +181,8 @@ async fn handshake(State(ep): State<Endpoint>, req: Request) -> Response {
     if let Some(refused) = refuse_if_blocked(inner, key) {
         return refused;
     }
-    // An unknown name (any name longer than every configured one among them) is refused by
-    // the lookup, without an argon2 check.
+    // A name that is not configured (any name longer than every configured one, say) is
+    // refused by the lookup, with no argon2 check.
     let check = inner.roster.get(&name).map(|e| e.password);
     let ok = match check {
         Some(check) => auth::verify(&check, password).await,
@@ -280,7 +280,8 @@ fn refuse_duplicate(name: &str, peer: SocketAddr, held: &Holder) -> Response {
     let ago = held.since.elapsed().unwrap_or_default().as_secs();
     let reason = format!(
         "worker {} is already connected from {} since {since} ({ago} s ago); \
-         this connection from {peer} is refused\n",
+         this connection from {peer} is refused (one connection per worker name: stop the \
+         other one, or give this worker a name of its own)\n",
         Clipped(name),
         held.peer,
     );
@@ -288,9 +289,11 @@ fn refuse_duplicate(name: &str, peer: SocketAddr, held: &Holder) -> Response {
     status(StatusCode::CONFLICT, reason)
 }
 
-/// One upgraded connection, from duplicate arbitration to `Detached`. Runs as one task: the
-/// attach sequence and the socket loop are two futures polled side by side; the attach one
-/// is boxed so its state is freed once the worker is attached (memory per idle worker).
+/// One upgraded connection that holds its worker's name (`reservation`), from the attach
+/// sequence to `Detached`; the name is freed if the attach fails or the connection ends.
+/// Runs as one task: the attach sequence and the socket loop are two futures polled side by
+/// side; the attach one is boxed so its state is freed once the worker is attached (memory
+/// per idle worker).
 async fn connection(
     ep: Endpoint,
     ws: WebSocket,

@@ -448,6 +448,13 @@ async fn real_kiln_worker_refused_as_a_duplicate_logs_the_masters_reason() {
         )),
         "the worker's log gives the master's reason: {failure}"
     );
+    // … and backs off before the next attempt, as for any refusal.
+    let next = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("kiln-worker logged nothing after the refusal")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(next.contains("retrying in"), "{next}");
     assert_eq!(
         srv.endpoint.workers().get("kw").unwrap().peer(),
         holder_addr,

@@ -339,7 +339,7 @@ impl ConnectError {
 }
 
 /// The most of a master's refusal a log line shows.
-const REASON_CHARS: usize = 200;
+const REASON_CHARS: usize = 400;
 
 /// The first non-empty line of a refusal's body, at most [`REASON_CHARS`] characters, with
 /// control characters escaped: the body is the master's (or whatever answers on its port).
