@@ -2,6 +2,7 @@
 //! the upgrade, and a per-address limit on failed logins.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher as _, RandomState};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -66,35 +67,107 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Failed logins per (remote address, worker name) over a fixed one-minute window. Keyed by
 /// name too, so one misconfigured worker behind a shared address (a NAT, a host with several
 /// workers) does not lock the others out, while guesses at any one worker stay limited.
-#[derive(Default)]
+///
+/// Its size does not depend on what clients send: the name is kept only as 8 bytes of a hash
+/// keyed per process (a client cannot aim collisions at a worker it does not know the key
+/// of), and the table holds at most [`MAX_FAILURE_ENTRIES`] entries — expired ones go first,
+/// then the oldest.
 pub struct FailedLogins {
-    by_addr: Mutex<HashMap<(IpAddr, String), (Instant, u32)>>,
+    table: Mutex<HashMap<LoginKey, Failures>>,
+    hasher: RandomState,
 }
+
+/// At most this many (address, name) pairs are remembered: about 1 MiB.
+pub const MAX_FAILURE_ENTRIES: usize = 16 * 1024;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
+/// Who failed: the client's address and a keyed hash of the name it tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LoginKey {
+    addr: IpAddr,
+    name: u64,
+}
+
+/// The failures of one key in its window.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    since: Instant,
+    count: u32,
+}
+
+impl Failures {
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) >= WINDOW
+    }
+}
+
+impl Default for FailedLogins {
+    fn default() -> Self {
+        FailedLogins {
+            table: Mutex::new(HashMap::new()),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
 impl FailedLogins {
-    /// Whether `addr` already used up its failures for the current window.
-    pub fn blocked(&self, addr: IpAddr, name: &str, limit: u32) -> bool {
-        let map = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&(addr, name.to_string()))
-            .is_some_and(|(start, n)| start.elapsed() < WINDOW && *n >= limit)
+    /// The key of a login attempt by `name` from `addr` (the name is hashed once, here).
+    pub fn key(&self, addr: IpAddr, name: &str) -> LoginKey {
+        LoginKey {
+            addr,
+            name: self.hasher.hash_one(name),
+        }
     }
 
-    pub fn record(&self, addr: IpAddr, name: &str) {
-        let mut map = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
-        // Bound the map: a scan of many addresses must not grow it for ever.
-        if map.len() >= 4096 {
-            map.retain(|_, (start, _)| start.elapsed() < WINDOW);
-        }
-        let slot = map
-            .entry((addr, name.to_string()))
-            .or_insert((Instant::now(), 0));
-        if slot.0.elapsed() >= WINDOW {
-            *slot = (Instant::now(), 0);
-        }
-        slot.1 = slot.1.saturating_add(1);
+    /// Whether `key` already used up its failures for the current window.
+    pub fn blocked(&self, key: LoginKey, limit: u32, now: Instant) -> bool {
+        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        table
+            .get(&key)
+            .is_some_and(|f| !f.expired(now) && f.count >= limit)
     }
+
+    /// Counts one failure of `key`.
+    pub fn record(&self, key: LoginKey, now: Instant) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if !table.contains_key(&key) {
+            make_room(&mut table, now);
+        }
+        let f = table.entry(key).or_insert(Failures {
+            since: now,
+            count: 0,
+        });
+        if f.expired(now) {
+            *f = Failures {
+                since: now,
+                count: 0,
+            };
+        }
+        f.count = f.count.saturating_add(1);
+    }
+
+    /// How many keys are remembered.
+    pub fn entries(&self) -> usize {
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Frees at least one slot of a full table: expired entries first; if the table is still
+/// full of live ones (a flood of names or addresses), the oldest sixteenth in one pass, so
+/// the inserts that follow do not scan the table again each.
+fn make_room(table: &mut HashMap<LoginKey, Failures>, now: Instant) {
+    if table.len() < MAX_FAILURE_ENTRIES {
+        return;
+    }
+    table.retain(|_, f| !f.expired(now));
+    if table.len() < MAX_FAILURE_ENTRIES {
+        return;
+    }
+    let mut starts: Vec<Instant> = table.values().map(|f| f.since).collect();
+    let nth = starts.len() / 16;
+    let (_, &mut cut, _) = starts.select_nth_unstable(nth);
+    table.retain(|_, f| f.since > cut);
 }
 
 #[cfg(test)]
@@ -146,18 +219,79 @@ mod tests {
     }
 
     #[test]
-    fn blocks_after_the_limit() {
+    fn blocks_after_the_limit_until_the_window_ends() {
         let f = FailedLogins::default();
+        let now = Instant::now();
         let a: IpAddr = "127.0.0.9".parse().unwrap();
-        assert!(!f.blocked(a, "w1", 2));
-        f.record(a, "w1");
-        assert!(!f.blocked(a, "w1", 2));
-        f.record(a, "w1");
-        assert!(f.blocked(a, "w1", 2));
+        let w1 = f.key(a, "w1");
+        assert!(!f.blocked(w1, 2, now));
+        f.record(w1, now);
+        assert!(!f.blocked(w1, 2, now));
+        f.record(w1, now);
+        assert!(f.blocked(w1, 2, now));
         assert!(
-            !f.blocked(a, "w2", 2),
+            !f.blocked(f.key(a, "w2"), 2, now),
             "another worker at the same address is not locked out"
         );
-        assert!(!f.blocked("127.0.0.8".parse().unwrap(), "w1", 2));
+        assert!(!f.blocked(f.key("127.0.0.8".parse().unwrap(), "w1"), 2, now));
+        assert!(
+            !f.blocked(w1, 2, now + WINDOW),
+            "a minute later the address may try again"
+        );
+        f.record(w1, now + WINDOW);
+        assert!(
+            !f.blocked(w1, 2, now + WINDOW),
+            "a new window counts from zero"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_long_names_keeps_the_table_bounded_and_the_names_out() {
+        // Names are never stored: an entry is an address, a u64 and a window.
+        assert!(std::mem::size_of::<(LoginKey, Failures)>() <= 64);
+        let f = FailedLogins::default();
+        let start = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let victim = f.key("10.9.9.9".parse().unwrap(), "w1");
+        for _ in 0..3 {
+            f.record(victim, start);
+        }
+        let long = "x".repeat(10 * 1024);
+        for i in 0..MAX_FAILURE_ENTRIES + 3000 {
+            let name = format!("{long}{i}");
+            let now = start + Duration::from_millis(1 + i as u64);
+            f.record(f.key(a, &name), now);
+            assert!(
+                f.entries() <= MAX_FAILURE_ENTRIES,
+                "{} entries",
+                f.entries()
+            );
+        }
+        let late = start + Duration::from_millis(1 + (MAX_FAILURE_ENTRIES + 3000) as u64);
+        assert!(
+            !f.blocked(victim, 3, late),
+            "the oldest entry gave way to the flood"
+        );
+        // The newest failures are still counted.
+        let newest = f.key(a, &format!("{long}{}", MAX_FAILURE_ENTRIES + 2999));
+        assert!(f.blocked(newest, 1, late));
+    }
+
+    #[test]
+    fn expired_entries_go_before_live_ones() {
+        let f = FailedLogins::default();
+        let start = Instant::now();
+        let keep = f.key("10.0.0.2".parse().unwrap(), "w1");
+        for i in 0..MAX_FAILURE_ENTRIES - 1 {
+            f.record(f.key("10.0.0.1".parse().unwrap(), &i.to_string()), start);
+        }
+        let later = start + WINDOW / 2;
+        f.record(keep, later);
+        assert_eq!(f.entries(), MAX_FAILURE_ENTRIES);
+        // The table is full; the first-window entries expire before `keep` does.
+        let now = start + WINDOW;
+        f.record(f.key("10.0.0.3".parse().unwrap(), "new"), now);
+        assert_eq!(f.entries(), 2, "only the live entries remain");
+        assert!(f.blocked(keep, 1, now));
     }
 }

@@ -396,6 +396,73 @@ async fn real_kiln_worker() {
     finish(child).await;
 }
 
+/// A second `kiln-worker` under an attached worker's name is refused, and its own log says
+/// why: the master's 409 and the connection that holds the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_kiln_worker_refused_as_a_duplicate_logs_the_masters_reason() {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut srv = Server::start(&[("kw", "kpass", &["b1"])], quick_opts()).await;
+    let holder = connect_raw(srv.port, "/", Some(basic("kw", "kpass")))
+        .await
+        .unwrap();
+    let holder_addr = local_addr(&holder);
+    let _holder = FakeWorker::spawn(holder, Script::new("/wk"));
+    srv.attached().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let basedir = dir.path().join("worker");
+    let bin = kiln_worker_bin();
+    let master = format!("127.0.0.1:{}", srv.port);
+    sync_run(
+        std::process::Command::new(&bin)
+            .arg("create-worker")
+            .arg("--allow-root")
+            .arg(&basedir)
+            .args([&master, "kw", "kpass"]),
+    );
+    let mut child = Command::new(&bin)
+        .arg("run")
+        .arg(&basedir)
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // The first line about the failed attempt, whatever it says.
+    let failure = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push(line.clone());
+            if line.contains("cannot connect") || line.contains("lost the connection") {
+                return line;
+            }
+        }
+        panic!("kiln-worker exited without a connection failure: {seen:#?}");
+    })
+    .await
+    .expect("kiln-worker logged no connection failure within 60 s");
+    assert!(
+        failure.contains(&format!(
+            "the master answered HTTP 409 Conflict: worker \"kw\" is already connected from {holder_addr} since "
+        )),
+        "the worker's log gives the master's reason: {failure}"
+    );
+    // … and backs off before the next attempt, as for any refusal.
+    let next = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("kiln-worker logged nothing after the refusal")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(next.contains("retrying in"), "{next}");
+    assert_eq!(
+        srv.endpoint.workers().get("kw").unwrap().peer(),
+        holder_addr,
+        "the first connection keeps the name"
+    );
+    finish(child).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_buildbot_worker() {
     let venv = PathBuf::from(

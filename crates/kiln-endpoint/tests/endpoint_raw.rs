@@ -358,10 +358,11 @@ async fn duplicate_login_refused_while_the_old_one_answers_then_replaces_it() {
     let old_conn = srv.attached().await;
     while old.seen.try_recv().is_ok() {}
 
-    let mut dup = login(srv.port, "w1", "pw", Script::new("/wk")).await;
-    assert!(
-        matches!(dup.wait_closed().await, Some(Ws::Close(_))),
-        "the new connection gets a Close frame"
+    let dup = connect_raw(srv.port, "/", Some(basic("w1", "pw"))).await;
+    assert_eq!(
+        http_status(dup),
+        409,
+        "the new connection is refused before the upgrade"
     );
     assert_eq!(
         op_of(&old.next_seen().await),

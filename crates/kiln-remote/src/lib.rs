@@ -24,7 +24,9 @@ use kiln_proto::args::Args;
 use kiln_proto::update::UpdateItem;
 use tokio::sync::mpsc;
 
-pub use registry::{PasswordCheck, Roster, WorkerEntry, WorkerEvent, Workers};
+pub use registry::{
+    Claim, Holder, PasswordCheck, Reservation, Roster, WorkerEntry, WorkerEvent, Workers,
+};
 
 /// One remote command as the msgpack master sends it (`start_command`): the wire name
 /// (`shell`, `upload_file`, `download_file`, `mkdir`, `rmdir`, `rmfile`, `stat`, `listdir`,

@@ -255,9 +255,13 @@ pub enum ConnectError {
     /// The master refused the worker's name or password.
     #[error("wrong worker name or password (HTTP 401)")]
     Unauthorized,
-    /// The master answered the upgrade with another HTTP status.
-    #[error("the master answered HTTP {status}")]
-    Http { status: StatusCode },
+    /// The master answered the upgrade with another HTTP status; `reason` is the first line
+    /// of its body, clipped (a Kiln master says why, e.g. who already holds the name on 409).
+    #[error("the master answered HTTP {status}{}", .reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Http {
+        status: StatusCode,
+        reason: Option<String>,
+    },
     /// The master's URL cannot be made into a request.
     #[error("bad master address {url}")]
     BadAddress {
@@ -326,11 +330,34 @@ impl ConnectError {
             }
             tungstenite::Error::Http(resp) => ConnectError::Http {
                 status: resp.status(),
+                reason: resp.body().as_deref().and_then(first_line),
             },
             tungstenite::Error::Io(e) => ConnectError::Io(e),
             e => ConnectError::WebSocket(e),
         }
     }
+}
+
+/// The most of a master's refusal a log line shows.
+const REASON_CHARS: usize = 400;
+
+/// The first non-empty line of a refusal's body, at most [`REASON_CHARS`] characters, with
+/// control characters escaped: the body is the master's (or whatever answers on its port).
+fn first_line(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let mut out = String::new();
+    for c in line.chars().take(REASON_CHARS) {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    if line.chars().nth(REASON_CHARS).is_some() {
+        out.push('…');
+    }
+    Some(out)
 }
 
 #[cfg(feature = "tls")]
@@ -777,16 +804,24 @@ mod tests {
     }
 
     /// A master that refuses every login with 401.
-    #[allow(clippy::result_large_err)] // tungstenite's handshake callback signature
     async fn refusing_master() -> (tokio::task::JoinHandle<()>, u16) {
+        refusing_master_with(StatusCode::UNAUTHORIZED, "Unauthorized").await
+    }
+
+    /// A master that refuses one login with `status` and `body`.
+    #[allow(clippy::result_large_err)] // tungstenite's handshake callback signature
+    async fn refusing_master_with(
+        status: StatusCode,
+        body: &'static str,
+    ) -> (tokio::task::JoinHandle<()>, u16) {
         use tungstenite::handshake::server::{ErrorResponse, Request, Response};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let refuse = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
-                let mut e = ErrorResponse::new(Some("Unauthorized".into()));
-                *e.status_mut() = StatusCode::UNAUTHORIZED;
+                let mut e = ErrorResponse::new(Some(body.into()));
+                *e.status_mut() = status;
                 Err(e)
             };
             let _ = tokio_tungstenite::accept_hdr_async(tcp, refuse).await;
@@ -817,6 +852,35 @@ mod tests {
             format!("IO error: {io}"),
             "the log line reads as it did before the error was typed"
         );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_carries_the_first_line_of_the_masters_reason() {
+        let mut config = WorkerConfig::for_tests(std::path::Path::new("/tmp"));
+        let (master, port) = refusing_master_with(
+            StatusCode::CONFLICT,
+            "worker \"w1\" is already connected from 10.0.0.1:4000\nsecond line",
+        )
+        .await;
+        config.master_port = port;
+        let e = connect(&config, "pass").await.unwrap_err();
+        master.await.unwrap();
+        assert_eq!(
+            kiln_proto::error_chain(&e),
+            "the master answered HTTP 409 Conflict: worker \"w1\" is already connected from 10.0.0.1:4000"
+        );
+    }
+
+    #[test]
+    fn a_refusals_reason_is_one_bounded_line() {
+        assert_eq!(
+            first_line(b"\n  why \x1b[31m\r\nmore"),
+            Some("why \\u{1b}[31m".into())
+        );
+        assert_eq!(first_line(b" \n"), None);
+        let long = "x".repeat(100_000);
+        let shown = first_line(long.as_bytes()).unwrap();
+        assert_eq!(shown, format!("{}…", "x".repeat(REASON_CHARS)));
     }
 
     #[test]

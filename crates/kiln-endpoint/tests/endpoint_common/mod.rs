@@ -137,6 +137,26 @@ pub fn http_status(r: Result<Client, tungstenite::Error>) -> u16 {
     }
 }
 
+/// The HTTP status and body of a refused handshake.
+pub fn refusal(r: Result<Client, tungstenite::Error>) -> (u16, String) {
+    match r {
+        Err(tungstenite::Error::Http(resp)) => (
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Err(e) => panic!("expected an HTTP error, got {e}"),
+        Ok(_) => (101, String::new()),
+    }
+}
+
+/// The client's own address: the peer the endpoint sees.
+pub fn local_addr(ws: &Client) -> std::net::SocketAddr {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap(),
+        _ => panic!("a plain connection was expected"),
+    }
+}
+
 pub fn encode(m: &Message) -> Ws {
     Ws::Binary(kiln_proto::encode(m).into())
 }
