@@ -20,6 +20,8 @@ use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 use super::{COOKIE_VAR, ExecPolicy, RunAs, Sandbox, SpawnSpec, bwrap_argv};
 
+pub(super) mod leftovers;
+
 /// A signal used to stop a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KillSignal(Signal);
@@ -479,6 +481,7 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
     drop(pty_slave);
     drop(cmd); // closes our copies of the PTY slave
     let pid = child.id().expect("not yet waited for") as i32;
+    leftovers::note_group(pid, leader_start(pid));
     let tree = ProcessTree {
         pid,
         cookie,
@@ -510,6 +513,17 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
         stderr,
         tree,
     })
+}
+
+/// The start time of a command's group leader for the run record (0: unknown).
+fn leader_start(pid: i32) -> u64 {
+    #[cfg(target_os = "linux")]
+    return linux::stat(pid).map_or(0, |p| p.start);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        0
+    }
 }
 
 /// The members that still need a signal of their own: all of them, unless the
@@ -626,7 +640,7 @@ impl Drop for ProcessTree {
 }
 
 #[cfg(target_os = "linux")]
-mod linux {
+pub(super) mod linux {
     use std::collections::{HashMap, HashSet};
 
     use nix::sys::wait::{WaitPidFlag, waitpid};
@@ -663,7 +677,7 @@ mod linux {
         })
     }
 
-    fn all() -> Vec<Proc> {
+    pub(super) fn all() -> Vec<Proc> {
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
@@ -672,13 +686,13 @@ mod linux {
             .collect()
     }
 
-    fn environ(pid: i32) -> Option<Vec<u8>> {
+    pub(super) fn environ(pid: i32) -> Option<Vec<u8>> {
         std::fs::read(format!("/proc/{pid}/environ")).ok()
     }
 
     /// Whether `env` (NUL-separated) holds the entry `KILN_COMMAND_COOKIE=<value>`;
     /// with `prefix`, any value starting with it.
-    fn has_cookie(env: &[u8], value: &str, prefix: bool) -> bool {
+    pub(super) fn has_cookie(env: &[u8], value: &str, prefix: bool) -> bool {
         let needle = format!("{COOKIE_VAR}={value}");
         memchr::memmem::find_iter(env, needle.as_bytes()).any(|at| {
             let starts_entry = at == 0 || env[at - 1] == 0;
