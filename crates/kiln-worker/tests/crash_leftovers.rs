@@ -39,20 +39,24 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A worker directory whose master is the test's listener.
-async fn worker_for_test_master(tmp: &tempfile::TempDir) -> (Worker, TcpListener) {
+/// A worker directory whose master is the test's listener; builds run as root
+/// (tests run as root or as their own user), or as `run_as`.
+async fn worker_for_test_master(
+    tmp: &tempfile::TempDir,
+    run_as: Option<&str>,
+) -> (Worker, TcpListener) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let master = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
     let dir = tmp.path().join("worker");
     let d = dir.to_str().unwrap();
-    ok(run(&[
-        "create-worker",
-        "--allow-root",
-        d,
-        &master,
-        "testworker",
-        "pw",
-    ]));
+    let user = match run_as {
+        Some(user) => vec!["--run-as", user],
+        None => vec!["--allow-root"],
+    };
+    let mut args = vec!["create-worker"];
+    args.extend(user);
+    args.extend([d, master.as_str(), "testworker", "pw"]);
+    ok(run(&args));
     (Worker::new(&dir), listener)
 }
 
@@ -112,6 +116,42 @@ async fn wait_for_processes(marker: &str, n: usize) -> Vec<i32> {
     }
 }
 
+/// Waits until the worker's run record lists a process group (the worker notes a
+/// command's group just after starting it); returns the record.
+async fn wait_for_recorded_group(w: &Worker) -> String {
+    let path = w.dir.join(RUN_RECORD_FILE);
+    let deadline = Instant::now() + T;
+    loop {
+        let record = std::fs::read_to_string(&path).unwrap_or_default();
+        if record.contains("\ngroup ") {
+            return record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a running worker records its commands' groups in {}: {record:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads the worker's messages until the command completes.
+async fn wait_for_complete(ws: &mut MasterSide) {
+    loop {
+        let frame = timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+        let WsMessage::Binary(b) = frame else {
+            continue;
+        };
+        if let Message::Request {
+            op: Op::Complete { .. },
+            ..
+        } = kiln_proto::decode(&b, &Limits::default()).unwrap()
+        {
+            return;
+        }
+    }
+}
+
 /// The build: the shell (its command line holds the marker), a `setsid` daemon, a
 /// plain background child and a child that cleared its environment (so it keeps no
 /// cookie, only the process group).
@@ -129,6 +169,7 @@ async fn crash_mid_build(w: &Worker, listener: &TcpListener, m: &str) -> Vec<i32
     let mut ws = accept(listener).await;
     start_shell(&mut ws, w, &crashing_build(m)).await;
     let build = wait_for_processes(m, 4).await;
+    wait_for_recorded_group(w).await;
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     assert!(w.wait_gone(T), "the killed worker lets go of its lock");
     drop(ws);
@@ -144,7 +185,7 @@ async fn crash_mid_build(w: &Worker, listener: &TcpListener, m: &str) -> Vec<i32
 #[tokio::test]
 async fn a_start_after_kill_9_kills_what_the_killed_build_left_before_connecting() {
     let tmp = tempfile::tempdir().unwrap();
-    let (w, listener) = worker_for_test_master(&tmp).await;
+    let (w, listener) = worker_for_test_master(&tmp, None).await;
     let m = marker(1);
     let _cleanup = KillOnDrop(m.clone());
     let build = crash_mid_build(&w, &listener, &m).await;
@@ -185,7 +226,7 @@ async fn a_start_after_kill_9_kills_what_the_killed_build_left_before_connecting
 #[tokio::test]
 async fn a_record_from_another_boot_kills_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (w, listener) = worker_for_test_master(&tmp).await;
+    let (w, listener) = worker_for_test_master(&tmp, None).await;
     let m = marker(2);
     let _cleanup = KillOnDrop(m.clone());
     let mut build = crash_mid_build(&w, &listener, &m).await;
@@ -218,7 +259,7 @@ async fn a_record_from_another_boot_kills_nothing() {
 #[tokio::test]
 async fn a_clean_stop_leaves_no_record_and_nothing_to_kill() {
     let tmp = tempfile::tempdir().unwrap();
-    let (w, listener) = worker_for_test_master(&tmp).await;
+    let (w, listener) = worker_for_test_master(&tmp, None).await;
     let m = marker(3);
     let _cleanup = KillOnDrop(m.clone());
     start(&w);
@@ -230,10 +271,10 @@ async fn a_clean_stop_leaves_no_record_and_nothing_to_kill() {
         &format!("(setsid sleep {m} </dev/null >/dev/null 2>&1 &); echo done"),
     )
     .await;
-    wait_for_processes(&m, 1).await;
+    wait_for_complete(&mut ws).await;
+    assert_eq!(processes_with(&m).len(), 1, "the daemon outlives its build");
+    wait_for_recorded_group(&w).await;
     let path = w.dir.join(RUN_RECORD_FILE);
-    let record = std::fs::read_to_string(&path).expect("a running worker keeps a record");
-    assert!(record.contains("\ngroup "), "the command's group: {record}");
 
     ok(run(&["stop", w.dir.to_str().unwrap()]));
     assert!(!path.exists(), "a clean stop removes the record");
@@ -248,5 +289,37 @@ async fn a_clean_stop_leaves_no_record_and_nothing_to_kill() {
     start(&w);
     let _ws = accept(&listener).await;
     assert!(!w.log().contains("did not exit cleanly"), "{}", w.log());
+    ok(run(&["stop", w.dir.to_str().unwrap()]));
+}
+
+/// Builds run as another user (the worker is root) are killed with the same privilege.
+#[tokio::test]
+async fn run_as_builds_are_killed_after_kill_9_too() {
+    if !is_root() {
+        eprintln!("skipped: run_as needs the worker to run as root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (w, listener) = worker_for_test_master(&tmp, Some("nobody")).await;
+    let m = marker(4);
+    let _cleanup = KillOnDrop(m.clone());
+    let build = crash_mid_build(&w, &listener, &m).await;
+    for pid in &build {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(
+            uid.split_whitespace().nth(1) == Some("65534"),
+            "pid {pid} runs as nobody: {uid}"
+        );
+    }
+
+    start(&w);
+    let _ws = accept(&listener).await;
+    assert_eq!(
+        processes_with(&m),
+        Vec::<i32>::new(),
+        "nothing of the killed build survives the restart\n{}",
+        w.log()
+    );
     ok(run(&["stop", w.dir.to_str().unwrap()]));
 }

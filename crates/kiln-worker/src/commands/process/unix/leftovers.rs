@@ -141,6 +141,7 @@ impl Record {
     }
 
     /// The value every cookie of the run starts with.
+    #[cfg(target_os = "linux")]
     fn cookie_start(&self) -> String {
         format!("{}-", self.cookie_prefix)
     }
@@ -256,9 +257,13 @@ fn sweep_groups(record: &Record, whose: &str) {
         signal_group(*g, Signal::SIGTERM);
     }
     wait_for(TERM_GRACE, || !groups.iter().any(|g| group_exists(*g)));
-    for g in groups.iter().filter(|g| group_exists(**g)) {
+    groups.retain(|g| group_exists(*g));
+    for g in &groups {
         tracing::warn!("process group {g} did not stop on SIGTERM: sending SIGKILL");
         let _ = killpg(Pid::from_raw(*g), Signal::SIGKILL);
+    }
+    if !wait_for(KILL_WAIT, || !groups.iter().any(|g| group_exists(*g))) {
+        tracing::warn!("process groups left by {whose} survived SIGKILL: {groups:?}");
     }
 }
 
