@@ -181,17 +181,6 @@ fn worker_main(
         config.basedir.join(HOSTNAME_FILE),
         format!("{}\n", crate::machine::hostname()),
     );
-    // Before anything runs and before the first connection: what a crashed run left
-    // must not run next to the builds the master retries, in the same directories.
-    process::kill_leftovers_of_previous_run(&config.basedir);
-    if let Err(e) = process::start_run_record(&config.basedir) {
-        tracing::warn!(
-            "cannot write {} in {}: {e}; should this worker crash, its builds' processes may be \
-             left running (check the directory's owner and free space)",
-            process::RUN_RECORD_FILE,
-            config.basedir.display()
-        );
-    }
     // One thread for the connection, its writer and every command: they hand each
     // other a message per step, and a hop between threads costs a context switch
     // each (blocking work goes to the blocking pool, whose threads are named too).
@@ -215,6 +204,18 @@ fn worker_main(
             "kiln-worker {} starting",
             env!("CARGO_PKG_VERSION")
         );
+        // Before anything runs and before the first connection: what a crashed run
+        // left must not run next to the builds the master retries, in the same
+        // directories. (It blocks: nothing else runs on this runtime yet.)
+        process::kill_leftovers_of_previous_run(&config.basedir);
+        if let Err(e) = process::start_run_record(&config.basedir) {
+            tracing::warn!(
+                "cannot write {} in {}: {e}; should this worker crash, its builds' processes may be \
+                 left running (check the directory's owner and free space)",
+                process::RUN_RECORD_FILE,
+                config.basedir.display()
+            );
+        }
         #[cfg(unix)]
         if let Some(r) = report.as_mut() {
             r.ready();

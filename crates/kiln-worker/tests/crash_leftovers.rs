@@ -323,3 +323,26 @@ async fn run_as_builds_are_killed_after_kill_9_too() {
     );
     ok(run(&["stop", w.dir.to_str().unwrap()]));
 }
+
+/// A damaged record is reported and ignored: the worker still starts and connects,
+/// and writes a record of its own.
+#[tokio::test]
+async fn a_damaged_record_is_reported_and_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (w, listener) = worker_for_test_master(&tmp, None).await;
+    let path = w.dir.join(RUN_RECORD_FILE);
+    std::fs::write(&path, "\u{0}\u{1}garbage\nmore\n").unwrap();
+    start(&w);
+    let _ws = accept(&listener).await;
+    assert!(
+        w.log().contains("is not a readable run record"),
+        "{}",
+        w.log()
+    );
+    let record = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        record.starts_with("kiln-worker run record"),
+        "replaced by this run's: {record:?}"
+    );
+    ok(run(&["stop", w.dir.to_str().unwrap()]));
+}
