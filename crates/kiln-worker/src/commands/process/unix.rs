@@ -1,7 +1,7 @@
 //! Unix process control: process groups, pseudo-terminals, the build user, rlimits;
 //! on Linux also the cookie scan of `/proc`, the subreaper and reaping of adopted orphans.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -84,33 +84,23 @@ pub(super) fn lookup_user(name: &str) -> Result<RunAs, String> {
     })
 }
 
-/// Processes this worker spawned (owned by tokio: never reaped here), processes of
-/// build commands to reap once they are our zombie children (pid → start time, so a
-/// reused pid is never mistaken for one), and the process groups of recent commands.
+/// Processes this worker spawned (owned by tokio: never reaped here), and processes
+/// of build commands to reap once they are our zombie children (pid → start time, so
+/// a reused pid is never mistaken for one).
 struct Registry {
     spawned: HashSet<i32>,
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     adopted: HashMap<i32, u64>,
-    pgids: VecDeque<i32>,
 }
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
     Mutex::new(Registry {
         spawned: HashSet::new(),
         adopted: HashMap::new(),
-        pgids: VecDeque::new(),
     })
 });
 static COOKIE_PREFIX: OnceLock<String> = OnceLock::new();
 static COOKIE_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Notes a process group used by build processes (the last 4096 are kept).
-fn remember_group(reg: &mut Registry, pgid: i32) {
-    reg.pgids.push_back(pgid);
-    if reg.pgids.len() > 4096 {
-        reg.pgids.pop_front();
-    }
-}
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
@@ -457,7 +447,6 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
         let child = cmd.spawn()?;
         let pid = child.id().expect("a child that was just spawned has a pid") as i32;
         reg.spawned.insert(pid);
-        remember_group(&mut reg, pid);
         Ok(child)
     };
     let mut cmd = command(
@@ -646,7 +635,7 @@ pub(super) mod linux {
     use nix::sys::wait::{WaitPidFlag, waitpid};
     use nix::unistd::Pid;
 
-    use super::{COOKIE_VAR, cookie_prefix, registry, remember_group};
+    use super::{COOKIE_VAR, cookie_prefix, registry};
 
     pub(super) struct Proc {
         pub pid: i32,
@@ -740,17 +729,11 @@ pub(super) mod linux {
             }
         }
         let members: Vec<&Proc> = procs.iter().filter(|p| found.contains(&p.pid)).collect();
-        let worker_group = nix::unistd::getpgrp().as_raw();
         let mut reg = registry();
         for p in &members {
             known.insert(p.pid, p.start);
             if !reg.spawned.contains(&p.pid) {
                 reg.adopted.insert(p.pid, p.start);
-            }
-            // A group of the build's: a zombie child in it (e.g. the leader of a
-            // setsid'd group that exited before we looked) is ours to reap.
-            if p.pgrp != worker_group && !reg.pgids.contains(&p.pgrp) {
-                remember_group(&mut reg, p.pgrp);
             }
         }
         members
@@ -812,9 +795,15 @@ pub(super) mod linux {
     }
 
     /// Reaps orphans of build commands that were reparented to the worker (it is a
-    /// subreaper). Only pids known to be such orphans are waited for — seen alive
-    /// with one of our cookies, or in the process group of one of our commands —
-    /// never tokio's children and never with `waitpid(-1)`.
+    /// subreaper). Only pids known to be such orphans are waited for, never tokio's
+    /// children and never with `waitpid(-1)`: a process seen alive with one of our
+    /// cookies, or a zombie child outside the worker's own process group. Every
+    /// child the worker makes itself is either [`spawn`]'s (registered, left to
+    /// tokio) or a plain `Command` (doctor's compiler, `sysctl`), which stays in the
+    /// worker's group; so a zombie child in another group that `spawn` did not make
+    /// can only be a build's orphan. That rule needs no earlier sighting: an orphan
+    /// adopted after the last scan (or while its environment was unreadable, in the
+    /// middle of an `exec`) and dead before the next would otherwise stay a zombie.
     pub(super) fn reap_adopted() {
         reap(children_of_self());
     }
@@ -834,9 +823,7 @@ pub(super) mod linux {
             }
             let Some(p) = stat(pid) else { continue };
             if p.zombie {
-                if reg.adopted.get(&pid) == Some(&p.start)
-                    || (p.pgrp != worker_group && reg.pgids.contains(&p.pgrp))
-                {
+                if reg.adopted.get(&pid) == Some(&p.start) || p.pgrp != worker_group {
                     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
                     reg.adopted.remove(&pid);
                 }
