@@ -267,9 +267,12 @@ fn sweep_groups(record: &Record, whose: &str) {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+/// Whether a process group has members (one we may not signal still counts).
 fn group_exists(pgid: i32) -> bool {
-    killpg(Pid::from_raw(pgid), None).is_ok()
+    !matches!(
+        killpg(Pid::from_raw(pgid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 /// TERM (then CONT, so a stopped process gets it) to a whole group.
@@ -553,9 +556,7 @@ pub(super) fn note_group(pgid: i32, leader_start: u64) {
 /// Rewrites the record with only the groups that still have members, so a worker
 /// that runs for months keeps a small record.
 fn compact(open: &mut Open) {
-    open.record
-        .groups
-        .retain(|g| killpg(Pid::from_raw(g.pgid), None).is_ok());
+    open.record.groups.retain(|g| group_exists(g.pgid));
     open.compact_at = (open.record.groups.len() * 2).max(COMPACT_AT);
     let reopened = write_atomically(&open.path, &open.record.to_text())
         .and_then(|()| OpenOptions::new().append(true).open(&open.path));
@@ -636,6 +637,52 @@ mod tests {
         assert!(Record::parse(&bad_group).unwrap_err().contains("line 5"));
         let unknown = format!("{MAGIC}\nboot unknown\ncookie c\nworker 1\n");
         assert_eq!(Record::parse(&unknown).unwrap().boot, None);
+    }
+
+    #[test]
+    fn compaction_keeps_the_live_groups_and_appending_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RUN_RECORD_FILE);
+        let live = nix::unistd::getpgrp().as_raw();
+        // Far above any pid_max: no such group.
+        let dead = 1_999_999_999;
+        let mut record = record();
+        record.groups = vec![
+            Group {
+                pgid: dead,
+                leader_start: 1,
+            },
+            Group {
+                pgid: live,
+                leader_start: 2,
+            },
+        ];
+        write_atomically(&path, &record.to_text()).unwrap();
+        let mut open = Open {
+            file: OpenOptions::new().append(true).open(&path).unwrap(),
+            path: path.clone(),
+            record,
+            compact_at: 2,
+        };
+        compact(&mut open);
+        let kept = Record::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            kept.groups.iter().map(|g| g.pgid).collect::<Vec<_>>(),
+            vec![live]
+        );
+        assert_eq!(open.compact_at, COMPACT_AT);
+        open.file
+            .write_all(
+                Group {
+                    pgid: 77,
+                    leader_start: 3,
+                }
+                .line()
+                .as_bytes(),
+            )
+            .unwrap();
+        let grown = Record::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(grown.groups.len(), 2, "appends go to the rewritten file");
     }
 
     #[cfg(target_os = "linux")]
