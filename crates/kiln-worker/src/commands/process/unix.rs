@@ -615,6 +615,9 @@ impl ProcessTree {
     /// that come back to the worker will be reaped).
     pub fn finish(&mut self) {
         self.done = true;
+        if self.reaped {
+            leftovers::forget_group_if_empty(self.pid);
+        }
         #[cfg(target_os = "linux")]
         linux::reap_orphans();
     }

@@ -6,7 +6,8 @@
 //! run writes [`RUN_RECORD_FILE`](super::super::RUN_RECORD_FILE) in its base
 //! directory: the boot id, the cookie prefix of its commands (`KILN_COMMAND_COOKIE`
 //! is `<prefix>-<n>`) and, as commands start, their process groups with the start
-//! time of each group's leader. The next run reads it before it connects and kills:
+//! time of each group's leader (and, as commands finish with nothing left in their
+//! group, that the group ended). The next run reads it before it connects and kills:
 //!
 //! * Linux: every process carrying the previous run's cookie; every process in one
 //!   of its recorded groups once the group is proven to be still ours (its leader
@@ -127,6 +128,12 @@ impl Record {
                         pgid,
                         leader_start: start.parse().map_err(|_| bad())?,
                     });
+                }
+                // The group emptied when its command finished: its id is free for
+                // anyone's use from then on.
+                "ended" => {
+                    let pgid: i32 = value.parse().map_err(|_| bad())?;
+                    groups.retain(|g| g.pgid != pgid);
                 }
                 _ => return Err(bad()),
             }
@@ -553,6 +560,19 @@ pub(super) fn note_group(pgid: i32, leader_start: u64) {
     }
 }
 
+/// Notes that a finished command's group is empty, so a later group that reuses
+/// its id is never taken for it. (A group with leftovers stays: its id cannot be
+/// reused while it has members; compaction drops it once it is empty.)
+pub(super) fn forget_group_if_empty(pgid: i32) {
+    let mut guard = this_run();
+    let Some(open) = guard.as_mut() else { return };
+    if group_exists(pgid) {
+        return;
+    }
+    open.record.groups.retain(|g| g.pgid != pgid);
+    let _ = open.file.write_all(format!("ended {pgid}\n").as_bytes());
+}
+
 /// Rewrites the record with only the groups that still have members, so a worker
 /// that runs for months keeps a small record.
 fn compact(open: &mut Open) {
@@ -624,7 +644,13 @@ mod tests {
         let r = record();
         assert_eq!(Record::parse(&r.to_text()), Ok(r.clone()));
         let torn = format!("{}group 30", r.to_text());
-        assert_eq!(Record::parse(&torn), Ok(r));
+        assert_eq!(Record::parse(&torn), Ok(r.clone()));
+        let ended = format!("{}ended 100\n", r.to_text());
+        assert_eq!(
+            Record::parse(&ended).unwrap().groups,
+            vec![r.groups[1]],
+            "an emptied group is no longer the run's"
+        );
     }
 
     #[test]
