@@ -17,6 +17,7 @@ use kiln_daemon::logging;
 use kiln_daemon::pidfile::{self, LockError, PidLock, Status};
 use kiln_daemon::signals::{Sig, Signals};
 
+use crate::commands::process;
 use crate::config::{self, WorkerConfig};
 use crate::connection::{self, StopRequest};
 
@@ -203,6 +204,18 @@ fn worker_main(
             "kiln-worker {} starting",
             env!("CARGO_PKG_VERSION")
         );
+        // Before anything runs and before the first connection: what a crashed run
+        // left must not run next to the builds the master retries, in the same
+        // directories. (It blocks: nothing else runs on this runtime yet.)
+        process::kill_leftovers_of_previous_run(&config.basedir);
+        if let Err(e) = process::start_run_record(&config.basedir) {
+            tracing::warn!(
+                "cannot write {} in {}: {e}; should this worker crash, its builds' processes may be \
+                 left running (check the directory's owner and free space)",
+                process::RUN_RECORD_FILE,
+                config.basedir.display()
+            );
+        }
         #[cfg(unix)]
         if let Some(r) = report.as_mut() {
             r.ready();
@@ -217,6 +230,9 @@ fn worker_main(
     #[cfg(not(unix))]
     let _ = &mut report;
     runtime.shutdown_timeout(Duration::from_secs(5));
+    // The runtime's tasks are gone, and with them the running commands (killed on
+    // drop): what is left is background processes of finished builds.
+    process::end_run_record();
     drop(lock);
     match result {
         Ok(()) => {

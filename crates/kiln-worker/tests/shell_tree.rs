@@ -191,3 +191,19 @@ async fn a_detached_daemon_outlives_a_normal_exit_and_is_reaped_when_it_dies() {
     .unwrap();
     all_gone(&seen).await;
 }
+
+#[tokio::test]
+async fn an_orphan_never_seen_with_a_cookie_is_reaped_when_it_dies() {
+    // A detached process that cleared its environment is adopted by the worker (a
+    // subreaper) but never recognised by its cookie; it dies on its own a second
+    // later, and must not stay a zombie of the worker.
+    let dir = tempfile::tempdir().unwrap();
+    let short = format!("1.{}", &marker(20)[5..]);
+    let args = sh(
+        dir.path(),
+        &format!("(setsid env -i sleep {short} </dev/null >/dev/null 2>&1 &); echo done"),
+    );
+    let (c, seen) = run_watching(Run::new(dir.path()), args, &short, 1).await;
+    assert_eq!(c.rc(), Some(0));
+    all_gone(&seen).await;
+}

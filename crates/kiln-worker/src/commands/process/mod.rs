@@ -18,6 +18,11 @@
 //!     sandbox (a PID namespace dying with it) closes that gap.
 //!   - other Unixes: the process group.
 //!   - Windows: a job object (`KILL_ON_JOB_CLOSE`).
+//! * The run record ([`RUN_RECORD_FILE`]): a worker killed mid-build (crash,
+//!   `kill -9`) cannot kill its build's processes, so each run records what it
+//!   starts and the next run kills what is left before it connects
+//!   ([`kill_leftovers_of_previous_run`], [`start_run_record`], [`end_run_record`];
+//!   Unix, see `unix/leftovers.rs`). On Windows the jobs die with the worker.
 
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
@@ -41,6 +46,46 @@ restart it with --run-as USER (e.g. a dedicated 'buildbot' user) or --allow-root
 
 /// The environment variable that marks every process of one command.
 pub const COOKIE_VAR: &str = "KILN_COMMAND_COOKIE";
+
+/// The file in the base directory where a running worker records what it starts
+/// (boot id, cookie prefix, process groups); removed at a clean exit, so one found
+/// at start means the previous run crashed or was killed.
+pub const RUN_RECORD_FILE: &str = "kiln-worker.processes";
+
+/// At start, before anything runs and before the first connection: reads the
+/// previous run's record in `basedir` and kills (TERM, then KILL) the build
+/// processes that run left, logging each (pid, command line, how it was
+/// recognised). A missing record is a clean previous exit; an unreadable one is
+/// logged and ignored. Never fails.
+pub fn kill_leftovers_of_previous_run(basedir: &Path) {
+    #[cfg(unix)]
+    sys::leftovers::kill_previous_run(basedir);
+    // Windows: every command runs in a job object created with
+    // KILL_ON_JOB_CLOSE; the handles close when the worker dies, however it dies,
+    // and the jobs' processes die with them. Nothing is left to find.
+    #[cfg(windows)]
+    let _ = basedir;
+}
+
+/// Starts this run's record in `basedir` (after [`kill_leftovers_of_previous_run`]):
+/// from now on every command's process group is noted in it.
+pub fn start_run_record(basedir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    return sys::leftovers::start_record(basedir);
+    #[cfg(windows)]
+    {
+        let _ = basedir;
+        Ok(())
+    }
+}
+
+/// The clean end of the run: kills what this run's commands left running (e.g. a
+/// daemon a finished build detached) and removes the record, so the next start
+/// finds nothing to do.
+pub fn end_run_record() {
+    #[cfg(unix)]
+    sys::leftovers::end_record();
+}
 
 /// How build processes are started on this worker (from the command line / config).
 /// `Default` is: the worker's own user, no sandbox, no limits, root refused.

@@ -1,7 +1,7 @@
 //! Unix process control: process groups, pseudo-terminals, the build user, rlimits;
 //! on Linux also the cookie scan of `/proc`, the subreaper and reaping of adopted orphans.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -19,6 +19,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 use super::{COOKIE_VAR, ExecPolicy, RunAs, Sandbox, SpawnSpec, bwrap_argv};
+
+pub(super) mod leftovers;
 
 /// A signal used to stop a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,33 +84,23 @@ pub(super) fn lookup_user(name: &str) -> Result<RunAs, String> {
     })
 }
 
-/// Processes this worker spawned (owned by tokio: never reaped here), processes of
-/// build commands to reap once they are our zombie children (pid → start time, so a
-/// reused pid is never mistaken for one), and the process groups of recent commands.
+/// Processes this worker spawned (owned by tokio: never reaped here), and processes
+/// of build commands to reap once they are our zombie children (pid → start time, so
+/// a reused pid is never mistaken for one).
 struct Registry {
     spawned: HashSet<i32>,
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     adopted: HashMap<i32, u64>,
-    pgids: VecDeque<i32>,
 }
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
     Mutex::new(Registry {
         spawned: HashSet::new(),
         adopted: HashMap::new(),
-        pgids: VecDeque::new(),
     })
 });
 static COOKIE_PREFIX: OnceLock<String> = OnceLock::new();
 static COOKIE_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Notes a process group used by build processes (the last 4096 are kept).
-fn remember_group(reg: &mut Registry, pgid: i32) {
-    reg.pgids.push_back(pgid);
-    if reg.pgids.len() > 4096 {
-        reg.pgids.pop_front();
-    }
-}
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
@@ -455,7 +447,6 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
         let child = cmd.spawn()?;
         let pid = child.id().expect("a child that was just spawned has a pid") as i32;
         reg.spawned.insert(pid);
-        remember_group(&mut reg, pid);
         Ok(child)
     };
     let mut cmd = command(
@@ -479,6 +470,7 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
     drop(pty_slave);
     drop(cmd); // closes our copies of the PTY slave
     let pid = child.id().expect("not yet waited for") as i32;
+    leftovers::note_group(pid, leader_start(pid));
     let tree = ProcessTree {
         pid,
         cookie,
@@ -510,6 +502,17 @@ pub fn spawn(policy: &ExecPolicy, spec: &SpawnSpec) -> io::Result<Spawned> {
         stderr,
         tree,
     })
+}
+
+/// The start time of a command's group leader for the run record (0: unknown).
+fn leader_start(pid: i32) -> u64 {
+    #[cfg(target_os = "linux")]
+    return linux::stat(pid).map_or(0, |p| p.start);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        0
+    }
 }
 
 /// The members that still need a signal of their own: all of them, unless the
@@ -612,6 +615,9 @@ impl ProcessTree {
     /// that come back to the worker will be reaped).
     pub fn finish(&mut self) {
         self.done = true;
+        if self.reaped {
+            leftovers::forget_group_if_empty(self.pid);
+        }
         #[cfg(target_os = "linux")]
         linux::reap_orphans();
     }
@@ -626,13 +632,13 @@ impl Drop for ProcessTree {
 }
 
 #[cfg(target_os = "linux")]
-mod linux {
+pub(super) mod linux {
     use std::collections::{HashMap, HashSet};
 
     use nix::sys::wait::{WaitPidFlag, waitpid};
     use nix::unistd::Pid;
 
-    use super::{COOKIE_VAR, cookie_prefix, registry, remember_group};
+    use super::{COOKIE_VAR, cookie_prefix, registry};
 
     pub(super) struct Proc {
         pub pid: i32,
@@ -663,7 +669,7 @@ mod linux {
         })
     }
 
-    fn all() -> Vec<Proc> {
+    pub(super) fn all() -> Vec<Proc> {
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
@@ -672,13 +678,13 @@ mod linux {
             .collect()
     }
 
-    fn environ(pid: i32) -> Option<Vec<u8>> {
+    pub(super) fn environ(pid: i32) -> Option<Vec<u8>> {
         std::fs::read(format!("/proc/{pid}/environ")).ok()
     }
 
     /// Whether `env` (NUL-separated) holds the entry `KILN_COMMAND_COOKIE=<value>`;
     /// with `prefix`, any value starting with it.
-    fn has_cookie(env: &[u8], value: &str, prefix: bool) -> bool {
+    pub(super) fn has_cookie(env: &[u8], value: &str, prefix: bool) -> bool {
         let needle = format!("{COOKIE_VAR}={value}");
         memchr::memmem::find_iter(env, needle.as_bytes()).any(|at| {
             let starts_entry = at == 0 || env[at - 1] == 0;
@@ -726,17 +732,11 @@ mod linux {
             }
         }
         let members: Vec<&Proc> = procs.iter().filter(|p| found.contains(&p.pid)).collect();
-        let worker_group = nix::unistd::getpgrp().as_raw();
         let mut reg = registry();
         for p in &members {
             known.insert(p.pid, p.start);
             if !reg.spawned.contains(&p.pid) {
                 reg.adopted.insert(p.pid, p.start);
-            }
-            // A group of the build's: a zombie child in it (e.g. the leader of a
-            // setsid'd group that exited before we looked) is ours to reap.
-            if p.pgrp != worker_group && !reg.pgids.contains(&p.pgrp) {
-                remember_group(&mut reg, p.pgrp);
             }
         }
         members
@@ -798,9 +798,15 @@ mod linux {
     }
 
     /// Reaps orphans of build commands that were reparented to the worker (it is a
-    /// subreaper). Only pids known to be such orphans are waited for — seen alive
-    /// with one of our cookies, or in the process group of one of our commands —
-    /// never tokio's children and never with `waitpid(-1)`.
+    /// subreaper). Only pids known to be such orphans are waited for, never tokio's
+    /// children and never with `waitpid(-1)`: a process seen alive with one of our
+    /// cookies, or a zombie child outside the worker's own process group. Every
+    /// child the worker makes itself is either [`spawn`]'s (registered, left to
+    /// tokio) or a plain `Command` (doctor's compiler, `sysctl`), which stays in the
+    /// worker's group; so a zombie child in another group that `spawn` did not make
+    /// can only be a build's orphan. That rule needs no earlier sighting: an orphan
+    /// adopted after the last scan (or while its environment was unreadable, in the
+    /// middle of an `exec`) and dead before the next would otherwise stay a zombie.
     pub(super) fn reap_adopted() {
         reap(children_of_self());
     }
@@ -820,9 +826,7 @@ mod linux {
             }
             let Some(p) = stat(pid) else { continue };
             if p.zombie {
-                if reg.adopted.get(&pid) == Some(&p.start)
-                    || (p.pgrp != worker_group && reg.pgids.contains(&p.pgrp))
-                {
+                if reg.adopted.get(&pid) == Some(&p.start) || p.pgrp != worker_group {
                     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
                     reg.adopted.remove(&pid);
                 }

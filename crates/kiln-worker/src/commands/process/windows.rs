@@ -1,6 +1,11 @@
 //! Windows process control: every command runs in its own job object
 //! (`KILL_ON_JOB_CLOSE`); killing terminates the job, i.e. the whole tree
 //! (the child is assigned right after it starts, as Buildbot does).
+//!
+//! A worker that crashes or is killed needs no run record here: the system closes
+//! a dead process's handles, the last handle of each job goes with them, and
+//! `KILL_ON_JOB_CLOSE` then kills every process in the job. Nothing of its builds
+//! is left for the next start to find.
 
 use std::io;
 use std::process::Stdio;
