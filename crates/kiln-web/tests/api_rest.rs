@@ -945,7 +945,10 @@ async fn errors(fx: &Fx) {
             "/api/v2/builds?number__gt=x",
             "invalid filter value for number__gt",
         ),
-        ("/api/v2/builds?limit=x", "invalid limit"),
+        (
+            "/api/v2/builds?limit=x",
+            "invalid limit 'x': not a whole number; limit takes 0 to 100000",
+        ),
         (
             "/api/v2/builds?number__contains=1",
             "'number__contains' needs a text field",
@@ -1242,4 +1245,54 @@ async fn api_raw_is_streamed_over_http() {
     );
     assert!(body.ends_with("line 2499\ntoken=<secret:token>\n"));
     server.abort();
+}
+
+async fn sqlite_fixture() -> (tempfile::TempDir, Fx) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite:{}", dir.path().join("kiln.db").display()))
+        .await
+        .unwrap();
+    let fx = fixture(store).await;
+    (dir, fx)
+}
+
+/// `limit` and `offset` out of range are refused on every endpoint, with what they take.
+#[tokio::test]
+async fn api_refuses_limit_and_offset_out_of_range() {
+    let (_dir, fx) = sqlite_fixture().await;
+    let limits = [
+        (
+            "limit=-1",
+            "invalid limit -1: negative; limit takes 0 to 100000",
+        ),
+        (
+            "offset=-5",
+            "invalid offset -5: negative; offset takes 0 to 9007199254740991",
+        ),
+        (
+            "limit=abc",
+            "invalid limit 'abc': not a whole number; limit takes 0 to 100000",
+        ),
+        (
+            "limit=100001",
+            "invalid limit 100001: more than 100000; leave limit out to get the whole collection or log, streamed",
+        ),
+    ];
+    for path in [
+        "/api/v2/builds",
+        "/api/v2/builders",
+        "/api/v2/builders/1",
+        "/api/v2/workers",
+        "/api/v2/buildsets",
+        "/api/v2/changes",
+        "/api/v2/logs/1/contents",
+        "/api/v2/steps/2/logs",
+    ] {
+        for (q, msg) in limits {
+            let uri = format!("{path}?{q}");
+            let a = fx.get(&uri).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}: {}", a.body);
+            assert_eq!(a.json(), json!({"error": msg}), "{uri}");
+        }
+    }
 }
