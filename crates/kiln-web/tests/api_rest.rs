@@ -1296,3 +1296,37 @@ async fn api_refuses_limit_and_offset_out_of_range() {
         }
     }
 }
+
+/// A worker's environment (`environ` in its info) is not shown to anonymous readers, wherever
+/// worker info shows; the rest of its info is.
+#[tokio::test]
+async fn api_hides_worker_environment_from_anonymous_readers() {
+    let (_dir, fx) = sqlite_fixture().await;
+    let mut info = serde_json::Map::new();
+    info.insert("admin".into(), json!("Alice"));
+    info.insert(
+        "environ".into(),
+        json!({"PATH": "/usr/bin", "GH_AUTH": "volunteer-own-tok-777"}),
+    );
+    fx.store.upsert_worker("w1", &info).await.unwrap();
+    for uri in [
+        "/api/v2/workers",
+        "/api/v2/workers/w1",
+        "/api/v2/workers/1",
+        "/api/v2/builders/1/workers",
+    ] {
+        let a = fx.get(uri).await;
+        assert_eq!(a.status, StatusCode::OK, "{uri}: {}", a.body);
+        assert!(
+            !a.body.contains("volunteer-own-tok-777"),
+            "{uri}: {}",
+            a.body
+        );
+        assert!(!a.body.contains("/usr/bin"), "{uri}: {}", a.body);
+        assert_eq!(
+            a.json()["workers"][0]["workerinfo"],
+            json!({"admin": "Alice"}),
+            "{uri}"
+        );
+    }
+}

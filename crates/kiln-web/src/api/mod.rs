@@ -65,6 +65,14 @@ pub(crate) trait SqlResource: Resource + Sized {
     ) -> impl Future<Output = Result<Self, ApiError>> + Send;
 }
 
+/// Who is asking. Kiln has no logins yet, so every reader is anonymous; what a reader may see
+/// is decided from this (worker info: `workers::shown_info`), so the change that adds logins
+/// adds its variants here and opens those places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reader {
+    Anonymous,
+}
+
 /// What a `GET` handler needs besides its path: the state, the query string, and whether the
 /// client takes compact JSON. Handlers parse the query themselves, so each keeps its order of
 /// checks: mostly the path first, as Buildbot (a bad path is a 404 before a bad query is a
@@ -93,6 +101,11 @@ impl FromRequestParts<ApiState> for ApiRequest {
 }
 
 impl ApiRequest {
+    /// Who is asking: always anonymous until the web port has logins.
+    pub(crate) fn reader(&self) -> Reader {
+        Reader::Anonymous
+    }
+
     /// The query of a collection: filters, `order`, `limit`/`offset`, `field`, `property`.
     pub(crate) fn collection_query<R: Resource>(&self) -> Result<Spec, ApiError> {
         query::parse(self.query.as_deref(), R::FIELDS, true)
