@@ -1330,3 +1330,61 @@ async fn api_hides_worker_environment_from_anonymous_readers() {
         );
     }
 }
+
+/// A collection longer than the store's page (`kiln_store::MAX_LIST_LIMIT`) is answered whole
+/// without `limit`, as Buildbot does: streamed, in the very bytes the in-memory answer has.
+#[tokio::test]
+async fn api_answers_big_collections_whole() {
+    use sqlx::Connection;
+    const MORE: i64 = 12_000;
+    let (dir, fx) = sqlite_fixture().await;
+    let mut c = sqlx::SqliteConnection::connect(&format!(
+        "sqlite:{}",
+        dir.path().join("kiln.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {MORE}) \
+         INSERT INTO builds (number, builderid, buildrequestid, workerid, masterid, started_at, complete, state_string, locks_duration_s) \
+         SELECT 1000 + x, 1, 1, 1, 1, 5000 + x, 0, 'building', 0 FROM c"
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let all = MORE + 3;
+
+    let (ids, total) = fx.ids("/api/v2/builds", "builds", "buildid").await;
+    assert_eq!(total, all);
+    assert_eq!(ids, (1..=all).collect::<Vec<_>>());
+    let (ids, total) = fx
+        .ids("/api/v2/builders/1/builds?offset=5", "builds", "buildid")
+        .await;
+    assert_eq!((ids.len() as i64, total), (all - 5, all));
+    assert_eq!(ids[0], 6);
+    let (ids, _) = fx
+        .ids(
+            "/api/v2/builds?order=-number&complete=false&offset=1&limit=11000",
+            "builds",
+            "buildid",
+        )
+        .await;
+    assert_eq!(ids.len(), 11_000);
+    assert_eq!(ids[0], all - 1);
+
+    // Compact and indented, byte for byte what serde_json writes for the whole answer.
+    let compact = fx.get("/api/v2/builds?field=buildid&field=number").await;
+    let v = compact.json();
+    assert_eq!(v["builds"].as_array().unwrap().len() as i64, all);
+    assert_eq!(compact.body, v.to_string());
+    let pretty = fx
+        .send(Request::get("/api/v2/builds").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(
+        pretty.headers[header::CONTENT_TYPE],
+        "text/plain; charset=utf-8"
+    );
+    let v: Value = serde_json::from_str(&pretty.body).unwrap();
+    assert_eq!(pretty.body, serde_json::to_string_pretty(&v).unwrap());
+    assert_eq!(v["builds"][all as usize - 1]["number"], 1000 + MORE);
+}

@@ -7,7 +7,7 @@ use kiln_model::{
     Build, BuildId, BuildRequestId, BuilderId, Epoch, MasterId, Properties, Results, WorkerId,
 };
 use kiln_store::StoreError;
-use kiln_store::api_queries::{ApiPage, ApiQuery, ApiTable};
+use kiln_store::api_queries::{ApiQuery, ApiTable};
 use serde::Serialize;
 
 use super::builders::find_builder;
@@ -60,7 +60,7 @@ impl SqlResource for BuildAnswer {
     type Row = Build;
     const TABLE: ApiTable = ApiTable::Builds;
 
-    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Build>, StoreError> {
+    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<Vec<Build>, StoreError> {
         state.store.api_builds(sql).await
     }
 

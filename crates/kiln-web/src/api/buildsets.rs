@@ -1,7 +1,7 @@
 //! Buildsets (`/buildsets`, `/buildsets/{bsid}`): the requests a scheduler or a force made
-//! together, with the source stamps they build. The newest [`kiln_store::MAX_LIST_LIMIT`] are
-//! read (narrowed by `complete=` in SQL), then filtered, ordered and paged here; source stamps
-//! are read for the page only.
+//! together, with the source stamps they build. Every buildset is read (narrowed by
+//! `complete=` in SQL, a store page at a time), then filtered, ordered and paged here; source
+//! stamps are read for the page only.
 
 use axum::extract::Path;
 use kiln_model::{BuildId, Buildset, BuildsetId, Epoch, Results};
@@ -90,15 +90,32 @@ fn complete_filter(spec: &Spec) -> Option<bool> {
         .and_then(|f| f.values[0].as_bool())
 }
 
+/// Every buildset (`complete` as asked), read a store page at a time: the store's list stops
+/// at `kiln_store::MAX_LIST_LIMIT`, Buildbot's answer does not.
+async fn all_buildsets(
+    state: &ApiState,
+    complete: Option<bool>,
+) -> Result<Vec<Buildset>, ApiError> {
+    let mut all: Vec<Buildset> = Vec::new();
+    loop {
+        let filter = BuildsetFilter {
+            complete,
+            before: all.last().map(|b| b.bsid),
+            limit: Some(kiln_store::MAX_LIST_LIMIT),
+        };
+        let page = state.store.list_buildsets(&filter).await?;
+        let full = page.len() as i64 == kiln_store::MAX_LIST_LIMIT;
+        all.extend(page);
+        if !full {
+            return Ok(all);
+        }
+    }
+}
+
 /// `GET /buildsets`.
 pub(crate) async fn list_buildsets(api: ApiRequest) -> ApiResult {
     let spec = api.collection_query::<BuildsetAnswer>()?;
-    let filter = BuildsetFilter {
-        complete: complete_filter(&spec),
-        before: None,
-        limit: Some(kiln_store::MAX_LIST_LIMIT),
-    };
-    let mut buildsets = api.state.store.list_buildsets(&filter).await?;
+    let mut buildsets = all_buildsets(&api.state, complete_filter(&spec)).await?;
     buildsets.sort_by_key(|b| b.bsid.0);
     let rows: Vec<_> = buildsets
         .iter()

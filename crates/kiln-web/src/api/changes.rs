@@ -4,7 +4,7 @@
 use axum::extract::Path;
 use kiln_model::{Change, ChangeId, Epoch, Properties};
 use kiln_store::StoreError;
-use kiln_store::api_queries::{ApiPage, ApiQuery, ApiTable};
+use kiln_store::api_queries::{ApiQuery, ApiTable};
 use serde::Serialize;
 
 use super::sourcestamps::{self, SourceStampAnswer};
@@ -61,7 +61,7 @@ impl SqlResource for ChangeAnswer {
     type Row = Change;
     const TABLE: ApiTable = ApiTable::Changes;
 
-    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Change>, StoreError> {
+    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<Vec<Change>, StoreError> {
         state.store.api_changes(sql).await
     }
 

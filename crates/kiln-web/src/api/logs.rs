@@ -1,5 +1,6 @@
 //! Logs: the logs of a step, and one log's row, its lines (`/contents`, Buildbot's
-//! `logchunks`) and its download (`/raw`, streamed from the store a chunk at a time). A log is
+//! `logchunks`) and its download (`/raw`); both are streamed from the store a chunk at a
+//! time, so a reader of a big log costs the master a chunk's memory, not the log's. A log is
 //! named by any of three paths — `/logs/{logid}`, `/steps/{stepid}/logs/{slug}` and
 //! `/builds/{buildid}/steps/{step}/logs/{slug}` — which [`LogRef`] resolves, so each handler
 //! is written once.
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
 use kiln_config::Redactor;
 use kiln_model::{Build, Log, LogId, LogType, Step, StepId, Worker};
-use kiln_store::{BuilderRow, MAX_READ_LINES};
+use kiln_store::BuilderRow;
 use serde::Serialize;
 
 use super::steps::step_of_build;
@@ -226,31 +227,21 @@ pub(crate) async fn get_log(api: ApiRequest, log: LogRef) -> ApiResult {
 }
 
 /// `GET …/contents`: lines `offset .. offset+limit-1` (the whole log without them), as
-/// Buildbot's `LogChunkEndpoint`; a range outside the log is a 404.
+/// Buildbot's `LogChunkEndpoint`; a range outside the log is a 404. The text is streamed a
+/// stored chunk at a time into the JSON envelope (`limit` is at most `query::MAX_LIMIT`; a
+/// whole log has no bound but its own).
 pub(crate) async fn get_log_contents(api: ApiRequest, log: LogRef) -> ApiResult {
     let spec = api.single_query::<LogChunkAnswer>()?;
     let found = log.found()?;
     let (first, last) = line_range(&spec, found.num_lines).ok_or_else(|| log.not_found())?;
-    let mut content = String::new();
-    let mut at = first;
-    while at <= last.min(found.num_lines - 1) {
-        let to = last.min(at + MAX_READ_LINES - 1);
-        let lines = api.state.store.read_log_lines(found.logid, at, to).await?;
-        if lines.is_empty() {
-            break;
-        }
-        for line in &lines {
-            content.push_str(line);
-            content.push('\n');
-        }
-        at += lines.len() as i64;
-    }
     let answer = LogChunkAnswer {
         logid: found.logid,
         firstline: first,
-        content,
+        content: String::new(),
     };
-    Ok(api.one(&spec, &answer))
+    let last = last.min(found.num_lines - 1);
+    let text = api.state.store.log_lines_stream(found.logid, first, last);
+    Ok(api.one_streamed(&spec, &answer, "content", text))
 }
 
 /// The first and last line `offset` and `limit` ask for; none for an empty or negative range.

@@ -4,7 +4,7 @@
 use axum::extract::Path;
 use kiln_model::{BuildId, Epoch, Results, Step, StepId, StepUrl};
 use kiln_store::StoreError;
-use kiln_store::api_queries::{ApiPage, ApiQuery, ApiTable};
+use kiln_store::api_queries::{ApiQuery, ApiTable};
 use serde::Serialize;
 
 use super::builds::build_by_number;
@@ -56,7 +56,7 @@ impl SqlResource for StepAnswer {
     type Row = Step;
     const TABLE: ApiTable = ApiTable::Steps;
 
-    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Step>, StoreError> {
+    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<Vec<Step>, StoreError> {
         state.store.api_steps(sql).await
     }
 
