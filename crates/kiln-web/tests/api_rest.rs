@@ -650,8 +650,8 @@ async fn steps_and_logs(fx: &Fx) {
     );
 }
 
-/// The three paths that name a log (`kiln_web`'s `LogRef`), each bare and with `/contents`
-/// and `/raw`: the same log through each, and each one's 404s — an id that is not a number
+/// The three paths that name a log (`kiln_web`'s `LogRef`), each bare and with `/contents`,
+/// `/raw` and `/raw_inline`: the same log through each, and each one's 404s — an id that is not a number
 /// (`Invalid path`, naming the path up to the part that is wrong) and a log that is not there
 /// (`not found while getting from`, naming the whole path).
 async fn log_paths(fx: &Fx) {
@@ -680,6 +680,7 @@ async fn log_paths(fx: &Fx) {
         "/builds/99/steps/1/logs/stdio",
         // A slug that is also a tail is a slug.
         "/steps/2/logs/raw",
+        "/steps/2/logs/raw_inline",
         "/steps/2/logs/contents",
     ];
     let row = fx.ok(&format!("/api/v2{by_id}")).await;
@@ -706,8 +707,17 @@ async fn log_paths(fx: &Fx) {
             r.headers[header::CONTENT_DISPOSITION],
             "attachment; filename=linux_build_1_step_compile_log_stdio"
         );
+        // `/raw_inline`: the same text, to show rather than save.
+        let r = fx.get(&format!("/api/v2{path}/raw_inline")).await;
+        assert_eq!(
+            (r.status, &r.body),
+            (StatusCode::OK, &raw.body),
+            "{path}/raw_inline"
+        );
+        assert_eq!(r.headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert!(r.headers.get(header::CONTENT_DISPOSITION).is_none());
     }
-    for tail in ["", "/contents", "/raw"] {
+    for tail in ["", "/contents", "/raw", "/raw_inline"] {
         for (path, invalid) in bad_id {
             let a = fx.get(&format!("/api/v2{path}{tail}")).await;
             assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}{tail}");
@@ -1387,4 +1397,35 @@ async fn api_answers_big_collections_whole() {
     let v: Value = serde_json::from_str(&pretty.body).unwrap();
     assert_eq!(pretty.body, serde_json::to_string_pretty(&v).unwrap());
     assert_eq!(v["builds"][all as usize - 1]["number"], 1000 + MORE);
+}
+
+/// A log's `contents`, streamed, are the bytes the whole answer serialized at once has:
+/// compact and indented, with fields selected, redacted.
+#[tokio::test]
+async fn api_streamed_contents_are_the_whole_answer_bytes() {
+    let (_dir, fx) = sqlite_fixture().await;
+    let uri = format!("/api/v2/logs/{}/contents", fx.stdio);
+    let compact = fx.get(&uri).await;
+    let v = compact.json();
+    assert_eq!(compact.body, v.to_string());
+    let content = v["logchunks"][0]["content"].as_str().unwrap();
+    assert!(content.ends_with("oline 2499\netoken=<secret:token>\n"));
+    assert!(!compact.body.contains(SECRET));
+    let pretty = fx
+        .send(Request::get(&uri).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(
+        pretty.headers[header::CONTENT_TYPE],
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(pretty.body, serde_json::to_string_pretty(&v).unwrap());
+    assert_eq!(
+        fx.ok(&format!("{uri}?field=firstline&offset=3")).await,
+        json!({"logchunks": [{"firstline": 3}], "meta": {}})
+    );
+    assert_eq!(
+        fx.ok(&format!("{uri}?field=content&offset=2500&limit=5"))
+            .await,
+        json!({"logchunks": [{"content": "oline 2499\netoken=<secret:token>\n"}], "meta": {}})
+    );
 }
