@@ -1381,6 +1381,24 @@ async fn api_answers_big_collections_whole() {
         .await;
     assert_eq!(ids.len(), 11_000);
     assert_eq!(ids[0], all - 1);
+    // Ordered by the key, the pages after the first start after the last key sent.
+    let (ids, total) = fx
+        .ids(
+            "/api/v2/builds?order=-buildid&offset=2",
+            "builds",
+            "buildid",
+        )
+        .await;
+    assert_eq!(total, all);
+    assert_eq!(ids, (1..=all - 2).rev().collect::<Vec<_>>());
+    let (ids, _) = fx
+        .ids(
+            "/api/v2/builds?buildid__gt=10&limit=2500",
+            "builds",
+            "buildid",
+        )
+        .await;
+    assert_eq!(ids, (11..2511).collect::<Vec<_>>());
 
     // Compact and indented, byte for byte what serde_json writes for the whole answer.
     let compact = fx.get("/api/v2/builds?field=buildid&field=number").await;

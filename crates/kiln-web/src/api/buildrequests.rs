@@ -58,6 +58,11 @@ impl Resource for BuildRequestAnswer {
 impl SqlResource for BuildRequestAnswer {
     type Row = BuildRequest;
     const TABLE: ApiTable = ApiTable::BuildRequests;
+    const KEY: &'static str = "buildrequestid";
+
+    fn key(row: &BuildRequest) -> i64 {
+        row.buildrequestid.0
+    }
 
     async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<Vec<BuildRequest>, StoreError> {
         state.store.api_build_requests(sql).await

@@ -59,6 +59,11 @@ impl Resource for BuildAnswer {
 impl SqlResource for BuildAnswer {
     type Row = Build;
     const TABLE: ApiTable = ApiTable::Builds;
+    const KEY: &'static str = "buildid";
+
+    fn key(row: &Build) -> i64 {
+        row.buildid.0
+    }
 
     async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<Vec<Build>, StoreError> {
         state.store.api_builds(sql).await

@@ -60,6 +60,11 @@ impl Resource for ChangeAnswer {
 impl SqlResource for ChangeAnswer {
     type Row = Change;
     const TABLE: ApiTable = ApiTable::Changes;
+    const KEY: &'static str = "changeid";
+
+    fn key(row: &Change) -> i64 {
+        row.changeid.0
+    }
 
     async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<Vec<Change>, StoreError> {
         state.store.api_changes(sql).await

@@ -65,6 +65,11 @@ pub(crate) trait SqlResource: Resource + Sized + Send + 'static {
     /// The store's record the answer is made of.
     type Row: Send;
     const TABLE: ApiTable;
+    /// The field of the table's primary key (`buildid`): a streamed collection ordered by it
+    /// pages on it (`buildid > last`) rather than with `OFFSET`, which rescans what was sent.
+    const KEY: &'static str;
+    /// A row's primary key.
+    fn key(row: &Self::Row) -> i64;
     /// A page of rows (the store's `api_*`, at most `kiln_store::MAX_LIST_LIMIT`).
     fn fetch(
         state: &ApiState,
@@ -354,11 +359,52 @@ impl RowFormat {
     }
 }
 
-/// Where a streamed collection is: the query of the next page and how many rows are left.
+/// Where a streamed collection is: the query of the next page, how many rows are left, and,
+/// when the order is the primary key's, the last key sent (the next page starts after it).
 struct PageCursor {
     sql: ApiQuery,
     left: i64,
     first: bool,
+    /// The collection's own conditions, to which the keyset condition is added.
+    conds: Vec<ApiCond>,
+    /// `Some(descending)` when the rows are ordered by the primary key alone.
+    keyset: Option<bool>,
+}
+
+impl PageCursor {
+    fn new<R: SqlResource>(sql: ApiQuery) -> PageCursor {
+        let keyset = match sql.order.as_slice() {
+            [] => Some(false),
+            [(field, desc)] if field == R::KEY => Some(*desc),
+            _ => None,
+        };
+        PageCursor {
+            left: sql.limit.unwrap_or(0),
+            conds: sql.conds.clone(),
+            sql,
+            first: true,
+            keyset,
+        }
+    }
+
+    /// Moves past a page of `n` rows whose last key is `last`.
+    fn advance<R: SqlResource>(&mut self, n: i64, last: i64) {
+        self.left -= n;
+        match self.keyset {
+            Some(desc) => {
+                let op = if desc { ApiOp::Lt } else { ApiOp::Gt };
+                let mut conds = self.conds.clone();
+                conds.push(ApiCond {
+                    field: R::KEY.into(),
+                    op,
+                    values: vec![ApiValue::Int(last)],
+                });
+                self.sql.conds = conds;
+                self.sql.offset = None;
+            }
+            None => self.sql.offset = Some(self.sql.offset.unwrap_or(0) + n),
+        }
+    }
 }
 
 /// The rows `sql` picks (`sql.limit` of them), as the text between the envelope's brackets,
@@ -369,12 +415,7 @@ fn collection_pages<R: SqlResource>(
     sql: ApiQuery,
     format: RowFormat,
 ) -> impl Stream<Item = Result<String, std::io::Error>> + Send + 'static {
-    let cursor = PageCursor {
-        left: sql.limit.unwrap_or(0),
-        sql,
-        first: true,
-    };
-    futures_util::stream::try_unfold(cursor, move |mut at| {
+    futures_util::stream::try_unfold(PageCursor::new::<R>(sql), move |mut at| {
         let (state, spec) = (state.clone(), spec.clone());
         let format = format.clone();
         async move {
@@ -383,10 +424,10 @@ fn collection_pages<R: SqlResource>(
             }
             at.sql.limit = Some(at.left.min(PAGE_ROWS));
             let rows = R::fetch(&state, &at.sql).await.map_err(stream_failed)?;
-            if rows.is_empty() {
+            let Some(last) = rows.last().map(R::key) else {
                 // Rows deleted since they were counted: the answer ends here.
                 return Ok(None);
-            }
+            };
             let n = rows.len() as i64;
             let mut text = String::new();
             for row in rows {
@@ -394,8 +435,7 @@ fn collection_pages<R: SqlResource>(
                 format.write(&mut text, query::select(&spec, to_row(&answer)), at.first);
                 at.first = false;
             }
-            at.sql.offset = Some(at.sql.offset.unwrap_or(0) + n);
-            at.left -= n;
+            at.advance::<R>(n, last);
             Ok(Some((text, at)))
         }
     })

@@ -55,6 +55,11 @@ impl Resource for StepAnswer {
 impl SqlResource for StepAnswer {
     type Row = Step;
     const TABLE: ApiTable = ApiTable::Steps;
+    const KEY: &'static str = "stepid";
+
+    fn key(row: &Step) -> i64 {
+        row.stepid.0
+    }
 
     async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<Vec<Step>, StoreError> {
         state.store.api_steps(sql).await
