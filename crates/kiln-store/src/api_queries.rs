@@ -1,13 +1,13 @@
 //! Queries for the REST API: Buildbot's `field__op` filters, `order`, `limit` and `offset`
-//! pushed into SQL for the big tables (builds, build requests, changes, steps), and the total
-//! count Buildbot puts in `meta.total` (a query of its own, so a caller that pages through a
-//! whole collection counts once).
+//! pushed into SQL for the big tables (builds, build requests, buildsets, changes, steps), and
+//! the total count Buildbot puts in `meta.total` (a query of its own, so a caller that pages
+//! through a whole collection counts once).
 //!
 //! Only whitelisted fields reach SQL (see [`ApiTable::sql_fields`]); the API layer refuses the
 //! others before calling. NULL sorts first ascending and last descending on both backends, as
 //! Buildbot's in-memory `NoneComparator` does; ties are broken by the primary key.
 
-use kiln_model::{Build, BuildRequest, Change, ChangeId, Step};
+use kiln_model::{Build, BuildRequest, Buildset, BuildsetId, Change, ChangeId, Step};
 use sqlx::any::AnyRow;
 
 use crate::builds::{BUILD_COLS, row_build};
@@ -57,6 +57,7 @@ pub struct ApiQuery {
 pub enum ApiTable {
     Builds,
     BuildRequests,
+    Buildsets,
     Changes,
     Steps,
 }
@@ -74,6 +75,8 @@ const NULLABLE: &[&str] = &[
     "revision",
     "branch",
     "category",
+    "external_idstring",
+    "parent_buildid",
 ];
 
 impl ApiTable {
@@ -81,6 +84,7 @@ impl ApiTable {
         match self {
             ApiTable::Builds => "builds",
             ApiTable::BuildRequests => "buildrequests",
+            ApiTable::Buildsets => "buildsets",
             ApiTable::Changes => "changes",
             ApiTable::Steps => "steps",
         }
@@ -123,6 +127,16 @@ impl ApiTable {
                 ("submitted_at", "submitted_at"),
                 ("complete_at", "complete_at"),
                 ("waited_for", "waited_for"),
+            ],
+            ApiTable::Buildsets => &[
+                ("bsid", "id"),
+                ("external_idstring", "external_idstring"),
+                ("reason", "reason"),
+                ("submitted_at", "submitted_at"),
+                ("complete", "complete"),
+                ("complete_at", "complete_at"),
+                ("results", "results"),
+                ("parent_buildid", "parent_buildid"),
             ],
             ApiTable::Changes => &[
                 ("changeid", "changeid"),
@@ -333,6 +347,20 @@ impl Store {
     pub async fn api_steps(&self, query: &ApiQuery) -> Result<Vec<Step>> {
         let rows = self.api_rows(ApiTable::Steps, query, STEP_COLS).await?;
         rows.iter().map(row_step).collect()
+    }
+
+    /// A page of the buildsets matching a REST query (at most [`MAX_LIST_LIMIT`]), with their
+    /// source stamps' ids (one extra read per buildset of the page).
+    pub async fn api_buildsets(&self, query: &ApiQuery) -> Result<Vec<Buildset>> {
+        let rows = self.api_rows(ApiTable::Buildsets, query, "id").await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            // A buildset deleted between the two reads is simply left out.
+            if let Some(bs) = self.get_buildset(BuildsetId(get_i64(r, "id")?)).await? {
+                out.push(bs);
+            }
+        }
+        Ok(out)
     }
 
     /// A page of the changes matching a REST query (at most [`MAX_LIST_LIMIT`]), with their

@@ -1415,6 +1415,27 @@ async fn api_answers_big_collections_whole() {
     let v: Value = serde_json::from_str(&pretty.body).unwrap();
     assert_eq!(pretty.body, serde_json::to_string_pretty(&v).unwrap());
     assert_eq!(v["builds"][all as usize - 1]["number"], 1000 + MORE);
+
+    // Buildsets too (the fixture made 4).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {MORE}) \
+         INSERT INTO buildsets (reason, submitted_at, complete) SELECT 'bulk', 9000 + x, 1 FROM c"
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let (ids, total) = fx.ids("/api/v2/buildsets", "buildsets", "bsid").await;
+    assert_eq!(total, MORE + 4);
+    assert_eq!(ids, (1..=MORE + 4).collect::<Vec<_>>());
+    let (ids, total) = fx
+        .ids(
+            "/api/v2/buildsets?complete=true&order=-submitted_at",
+            "buildsets",
+            "bsid",
+        )
+        .await;
+    assert_eq!((ids.len() as i64, total), (MORE + 2, MORE + 2));
+    assert_eq!(ids[0], MORE + 4);
 }
 
 /// A log's `contents`, streamed, are the bytes the whole answer serialized at once has:
