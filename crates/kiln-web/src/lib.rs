@@ -15,7 +15,7 @@
 //!   `query.rs` parses and applies Buildbot's query features.
 //! * `rpc.rs` — JSON-RPC `force`, `stop`, `cancel`; `change_hook.rs` — `POST
 //!   /change_hook/base`; `ops.rs` — `/health` and `/metrics`; `error.rs` — [`ApiError`].
-//! * Builds, build requests, changes and steps are filtered, ordered and paged in SQL
+//! * Builds, build requests, buildsets, changes and steps are filtered, ordered and paged in SQL
 //!   (`kiln_store::api_queries`); without `limit` a collection is answered whole, as Buildbot
 //!   does, streamed a page of SQL rows at a time when it is long. Other collections are small
 //!   and filtered in memory. A log's `contents` and `raw` are streamed a stored chunk at a
