@@ -323,9 +323,10 @@ fn json_string_body(text: &str) -> String {
 
 /// A store error in the middle of a streamed answer: logged here, and the answer is cut
 /// short (its status is already sent).
-fn stream_failed(e: impl std::fmt::Display) -> std::io::Error {
-    tracing::error!(error = %e, "a streamed REST answer failed midway; it is cut short");
-    std::io::Error::other(e.to_string())
+fn stream_failed(e: impl std::error::Error + 'static) -> std::io::Error {
+    let chain = kiln_master::error_chain(&e);
+    tracing::error!(error = %chain, "a streamed REST answer failed midway; it is cut short");
+    std::io::Error::other(chain)
 }
 
 /// How the rows of a streamed collection are written.
