@@ -1,12 +1,13 @@
 //! Queries for the REST API: Buildbot's `field__op` filters, `order`, `limit` and `offset`
-//! pushed into SQL for the big tables (builds, build requests, changes, steps), with the total
-//! count Buildbot puts in `meta.total`.
+//! pushed into SQL for the big tables (builds, build requests, buildsets, changes, steps), and
+//! the total count Buildbot puts in `meta.total` (a query of its own, so a caller that pages
+//! through a whole collection counts once).
 //!
 //! Only whitelisted fields reach SQL (see [`ApiTable::sql_fields`]); the API layer refuses the
 //! others before calling. NULL sorts first ascending and last descending on both backends, as
 //! Buildbot's in-memory `NoneComparator` does; ties are broken by the primary key.
 
-use kiln_model::{Build, BuildRequest, Change, ChangeId, Step};
+use kiln_model::{Build, BuildRequest, Buildset, BuildsetId, Change, ChangeId, Step};
 use sqlx::any::AnyRow;
 
 use crate::builds::{BUILD_COLS, row_build};
@@ -52,17 +53,11 @@ pub struct ApiQuery {
     pub offset: Option<i64>,
 }
 
-/// One page of rows and how many rows matched the conditions in all.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiPage<T> {
-    pub rows: Vec<T>,
-    pub total: i64,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiTable {
     Builds,
     BuildRequests,
+    Buildsets,
     Changes,
     Steps,
 }
@@ -80,6 +75,8 @@ const NULLABLE: &[&str] = &[
     "revision",
     "branch",
     "category",
+    "external_idstring",
+    "parent_buildid",
 ];
 
 impl ApiTable {
@@ -87,6 +84,7 @@ impl ApiTable {
         match self {
             ApiTable::Builds => "builds",
             ApiTable::BuildRequests => "buildrequests",
+            ApiTable::Buildsets => "buildsets",
             ApiTable::Changes => "changes",
             ApiTable::Steps => "steps",
         }
@@ -129,6 +127,16 @@ impl ApiTable {
                 ("submitted_at", "submitted_at"),
                 ("complete_at", "complete_at"),
                 ("waited_for", "waited_for"),
+            ],
+            ApiTable::Buildsets => &[
+                ("bsid", "id"),
+                ("external_idstring", "external_idstring"),
+                ("reason", "reason"),
+                ("submitted_at", "submitted_at"),
+                ("complete", "complete"),
+                ("complete_at", "complete_at"),
+                ("results", "results"),
+                ("parent_buildid", "parent_buildid"),
             ],
             ApiTable::Changes => &[
                 ("changeid", "changeid"),
@@ -267,18 +275,18 @@ impl Store {
         get_i64(&r, "n")
     }
 
-    /// Runs `query` on `table`: the matching primary keys of the page, and the total.
-    async fn api_ids(
-        &self,
-        table: ApiTable,
-        query: &ApiQuery,
-        cols: &str,
-    ) -> Result<(Vec<AnyRow>, i64)> {
-        let t = table.table();
-        let mut count = Sql::new(&format!("SELECT COUNT(*) AS n FROM {t}"));
+    /// How many rows of `table` match `query`'s conditions (its order, limit and offset
+    /// aside): Buildbot's `meta.total`.
+    pub async fn api_total(&self, table: ApiTable, query: &ApiQuery) -> Result<i64> {
+        let mut count = Sql::new(&format!("SELECT COUNT(*) AS n FROM {}", table.table()));
         conditions(&mut count, table, self.backend, query)?;
-        let total = get_i64(&count.fetch_all(&self.pool).await?[0], "n")?;
+        get_i64(&count.fetch_all(&self.pool).await?[0], "n")
+    }
 
+    /// Runs `query` on `table`: the columns `cols` of the page's rows, at most
+    /// [`MAX_LIST_LIMIT`] of them (a caller that wants more pages with `offset`).
+    async fn api_rows(&self, table: ApiTable, query: &ApiQuery, cols: &str) -> Result<Vec<AnyRow>> {
+        let t = table.table();
         let mut q = Sql::new(&format!("SELECT {cols} FROM {t}"));
         conditions(&mut q, table, self.backend, query)?;
         let mut order = Vec::new();
@@ -318,39 +326,47 @@ impl Store {
             order.join(", "),
             n - 1
         ));
-        Ok((q.fetch_all(&self.pool).await?, total))
+        q.fetch_all(&self.pool).await
     }
 
-    /// Builds matching a REST query (at most [`MAX_LIST_LIMIT`] per page).
-    pub async fn api_builds(&self, query: &ApiQuery) -> Result<ApiPage<Build>> {
-        let (rows, total) = self.api_ids(ApiTable::Builds, query, BUILD_COLS).await?;
-        Ok(ApiPage {
-            rows: rows.iter().map(row_build).collect::<Result<_>>()?,
-            total,
-        })
+    /// A page of the builds matching a REST query (at most [`MAX_LIST_LIMIT`]).
+    pub async fn api_builds(&self, query: &ApiQuery) -> Result<Vec<Build>> {
+        let rows = self.api_rows(ApiTable::Builds, query, BUILD_COLS).await?;
+        rows.iter().map(row_build).collect()
     }
 
-    pub async fn api_build_requests(&self, query: &ApiQuery) -> Result<ApiPage<BuildRequest>> {
-        let (rows, total) = self
-            .api_ids(ApiTable::BuildRequests, query, BR_COLS)
+    /// A page of the build requests matching a REST query (at most [`MAX_LIST_LIMIT`]).
+    pub async fn api_build_requests(&self, query: &ApiQuery) -> Result<Vec<BuildRequest>> {
+        let rows = self
+            .api_rows(ApiTable::BuildRequests, query, BR_COLS)
             .await?;
-        Ok(ApiPage {
-            rows: rows.iter().map(row_br).collect::<Result<_>>()?,
-            total,
-        })
+        rows.iter().map(row_br).collect()
     }
 
-    pub async fn api_steps(&self, query: &ApiQuery) -> Result<ApiPage<Step>> {
-        let (rows, total) = self.api_ids(ApiTable::Steps, query, STEP_COLS).await?;
-        Ok(ApiPage {
-            rows: rows.iter().map(row_step).collect::<Result<_>>()?,
-            total,
-        })
+    /// A page of the steps matching a REST query (at most [`MAX_LIST_LIMIT`]).
+    pub async fn api_steps(&self, query: &ApiQuery) -> Result<Vec<Step>> {
+        let rows = self.api_rows(ApiTable::Steps, query, STEP_COLS).await?;
+        rows.iter().map(row_step).collect()
     }
 
-    /// Changes with their files and properties (one extra read per change of the page).
-    pub async fn api_changes(&self, query: &ApiQuery) -> Result<ApiPage<Change>> {
-        let (rows, total) = self.api_ids(ApiTable::Changes, query, "changeid").await?;
+    /// A page of the buildsets matching a REST query (at most [`MAX_LIST_LIMIT`]), with their
+    /// source stamps' ids (one extra read per buildset of the page).
+    pub async fn api_buildsets(&self, query: &ApiQuery) -> Result<Vec<Buildset>> {
+        let rows = self.api_rows(ApiTable::Buildsets, query, "id").await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            // A buildset deleted between the two reads is simply left out.
+            if let Some(bs) = self.get_buildset(BuildsetId(get_i64(r, "id")?)).await? {
+                out.push(bs);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A page of the changes matching a REST query (at most [`MAX_LIST_LIMIT`]), with their
+    /// files and properties (one extra read per change of the page).
+    pub async fn api_changes(&self, query: &ApiQuery) -> Result<Vec<Change>> {
+        let rows = self.api_rows(ApiTable::Changes, query, "changeid").await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let id = ChangeId(get_i64(r, "changeid")?);
@@ -359,6 +375,6 @@ impl Store {
                 out.push(c);
             }
         }
-        Ok(ApiPage { rows: out, total })
+        Ok(out)
     }
 }

@@ -24,6 +24,7 @@ mod builds;
 mod buildsets;
 mod changes;
 mod events;
+mod log_reads;
 mod logs;
 mod masters;
 mod queue;

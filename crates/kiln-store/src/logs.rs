@@ -121,7 +121,7 @@ fn compress(raw: &[u8], level: i32) -> (Vec<u8>, i64) {
     }
 }
 
-fn decompress(r: &AnyRow) -> Result<Vec<u8>> {
+pub(crate) fn decompress(r: &AnyRow) -> Result<Vec<u8>> {
     let content: Vec<u8> = sqlx::Row::try_get(r, "content")?;
     let method = get_i64(r, "compressed")?;
     let raw_len = get_i64(r, "raw_len")?;

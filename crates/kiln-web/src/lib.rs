@@ -15,9 +15,12 @@
 //!   `query.rs` parses and applies Buildbot's query features.
 //! * `rpc.rs` — JSON-RPC `force`, `stop`, `cancel`; `change_hook.rs` — `POST
 //!   /change_hook/base`; `ops.rs` — `/health` and `/metrics`; `error.rs` — [`ApiError`].
-//! * Builds, build requests, changes and steps are filtered, ordered and paged in SQL
-//!   (`kiln_store::api_queries`); a page holds at most `kiln_store::MAX_LIST_LIMIT` rows even
-//!   without `limit`. Other collections are small and filtered in memory.
+//! * Builds, build requests, buildsets, changes and steps are filtered, ordered and paged in SQL
+//!   (`kiln_store::api_queries`); without `limit` a collection is answered whole, as Buildbot
+//!   does, streamed a page of SQL rows at a time when it is long. Other collections are small
+//!   and filtered in memory. A log's `contents` and `raw` are streamed a stored chunk at a
+//!   time. `limit` and `offset` out of range (negative, not a number, `limit` above
+//!   100,000) are a 400 that says what they take.
 //! * Every JSON answer, log text and raw log goes through the config's redactor.
 //! * The master core keeps [`Metrics`] current: `workers_connected(n)`, `builds_running(n)`,
 //!   `requests_pending(n)`, `build_finished(results)`, `log_bytes_received(bytes)`.

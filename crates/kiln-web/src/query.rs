@@ -103,8 +103,8 @@ pub fn parse(
                 vals.iter().try_for_each(|f| check(f))?;
                 spec.fields = Some(vals);
             }
-            "limit" => spec.limit = Some(parse_int(&vals[0], "invalid limit")?),
-            "offset" => spec.offset = Some(parse_int(&vals[0], "invalid offset")?),
+            "limit" => spec.limit = Some(parse_bound("limit", &vals[0], MAX_LIMIT)?),
+            "offset" => spec.offset = Some(parse_bound("offset", &vals[0], MAX_OFFSET)?),
             "property" => spec.properties.extend(vals),
             _ => spec.filters.push(parse_filter(&arg, &vals, ftype)?),
         }
@@ -126,9 +126,39 @@ fn group_args(raw: Option<&str>) -> Vec<(String, Vec<String>)> {
     args
 }
 
-/// `limit` and `offset`: Python's `int()`, which accepts surrounding blanks.
-fn parse_int(v: &str, refusal: &str) -> Result<i64, ApiError> {
-    v.trim().parse().map_err(|_| ApiError::bad(refusal))
+/// The most rows of a collection, or lines of a log's `contents`, one `limit` may ask for: a
+/// page is built in memory. Without `limit` a collection or a log is answered whole, streamed.
+pub const MAX_LIMIT: i64 = 100_000;
+
+/// The largest `offset`: the largest integer JSON clients read exactly (2^53 - 1), and far
+/// from overflowing `offset + limit`.
+pub const MAX_OFFSET: i64 = (1 << 53) - 1;
+
+/// `limit` or `offset` (`name`): Python's `int()`, which accepts surrounding blanks, from 0 to
+/// `max`. Buildbot takes a negative or huge value and answers nonsense; Kiln refuses it and
+/// says what it takes.
+fn parse_bound(name: &str, v: &str, max: i64) -> Result<i64, ApiError> {
+    let n: i64 = v.trim().parse().map_err(|_| {
+        ApiError::bad(format!(
+            "invalid {name} '{v}': not a whole number; {name} takes 0 to {max}"
+        ))
+    })?;
+    if n < 0 {
+        return Err(ApiError::bad(format!(
+            "invalid {name} {n}: negative; {name} takes 0 to {max}"
+        )));
+    }
+    if n > max {
+        let hint = if name == "limit" {
+            "; leave limit out to get the whole collection or log, streamed"
+        } else {
+            ""
+        };
+        return Err(ApiError::bad(format!(
+            "invalid {name} {n}: more than {max}{hint}"
+        )));
+    }
+    Ok(n)
 }
 
 /// A filter: `field=value` (equality) or `field__op=value`; several values for `eq`, `ne`,
@@ -403,7 +433,30 @@ mod tests {
             ("nope=1", "unrecognized query parameter 'nope'"),
             ("id__gt=1&id__gt=2", "unrecognized query parameter 'id__gt'"),
             ("field=nope", "no such field 'nope'"),
-            ("offset=x", "invalid offset"),
+            (
+                "offset=x",
+                "invalid offset 'x': not a whole number; offset takes 0 to 9007199254740991",
+            ),
+            (
+                "limit=-1",
+                "invalid limit -1: negative; limit takes 0 to 100000",
+            ),
+            (
+                "offset=-5",
+                "invalid offset -5: negative; offset takes 0 to 9007199254740991",
+            ),
+            (
+                "limit=abc",
+                "invalid limit 'abc': not a whole number; limit takes 0 to 100000",
+            ),
+            (
+                "limit=100001",
+                "invalid limit 100001: more than 100000; leave limit out to get the whole collection or log, streamed",
+            ),
+            (
+                "offset=9007199254740992",
+                "invalid offset 9007199254740992: more than 9007199254740991",
+            ),
         ] {
             assert_eq!(parse(Some(q), F, true).unwrap_err().to_string(), msg, "{q}");
         }
@@ -412,5 +465,6 @@ mod tests {
             "this is not a collection"
         );
         assert!(parse(Some("limit=5&offset=2"), F, false).is_ok());
+        assert!(parse(Some("limit=%20100000&offset=0"), F, true).is_ok());
     }
 }

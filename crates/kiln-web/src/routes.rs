@@ -69,7 +69,8 @@ pub(crate) fn routes() -> Router<ApiState> {
             "/api/v2/builders/{builder}/builds/{number}/steps",
             get(steps::list_builder_build_steps),
         )
-        // logs: each log path with its `/contents` and `/raw` (see `logs::LogRef`)
+        // logs: each log path with its `/contents`, `/raw` and `/raw_inline` (see
+        // `logs::LogRef`)
         .route("/api/v2/steps/{stepid}/logs", get(logs::list_step_logs))
         .route(
             "/api/v2/builds/{buildid}/steps/{step}/logs",
@@ -78,6 +79,10 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/api/v2/logs/{logid}", get(logs::get_log))
         .route("/api/v2/logs/{logid}/contents", get(logs::get_log_contents))
         .route("/api/v2/logs/{logid}/raw", get(logs::get_log_raw))
+        .route(
+            "/api/v2/logs/{logid}/raw_inline",
+            get(logs::get_log_raw_inline),
+        )
         .route("/api/v2/steps/{stepid}/logs/{slug}", get(logs::get_log))
         .route(
             "/api/v2/steps/{stepid}/logs/{slug}/contents",
@@ -86,6 +91,10 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route(
             "/api/v2/steps/{stepid}/logs/{slug}/raw",
             get(logs::get_log_raw),
+        )
+        .route(
+            "/api/v2/steps/{stepid}/logs/{slug}/raw_inline",
+            get(logs::get_log_raw_inline),
         )
         .route(
             "/api/v2/builds/{buildid}/steps/{step}/logs/{slug}",
@@ -98,6 +107,10 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route(
             "/api/v2/builds/{buildid}/steps/{step}/logs/{slug}/raw",
             get(logs::get_log_raw),
+        )
+        .route(
+            "/api/v2/builds/{buildid}/steps/{step}/logs/{slug}/raw_inline",
+            get(logs::get_log_raw_inline),
         )
         // workers
         .route("/api/v2/workers", get(workers::list_workers))

@@ -650,8 +650,8 @@ async fn steps_and_logs(fx: &Fx) {
     );
 }
 
-/// The three paths that name a log (`kiln_web`'s `LogRef`), each bare and with `/contents`
-/// and `/raw`: the same log through each, and each one's 404s — an id that is not a number
+/// The three paths that name a log (`kiln_web`'s `LogRef`), each bare and with `/contents`,
+/// `/raw` and `/raw_inline`: the same log through each, and each one's 404s — an id that is not a number
 /// (`Invalid path`, naming the path up to the part that is wrong) and a log that is not there
 /// (`not found while getting from`, naming the whole path).
 async fn log_paths(fx: &Fx) {
@@ -680,6 +680,7 @@ async fn log_paths(fx: &Fx) {
         "/builds/99/steps/1/logs/stdio",
         // A slug that is also a tail is a slug.
         "/steps/2/logs/raw",
+        "/steps/2/logs/raw_inline",
         "/steps/2/logs/contents",
     ];
     let row = fx.ok(&format!("/api/v2{by_id}")).await;
@@ -706,8 +707,17 @@ async fn log_paths(fx: &Fx) {
             r.headers[header::CONTENT_DISPOSITION],
             "attachment; filename=linux_build_1_step_compile_log_stdio"
         );
+        // `/raw_inline`: the same text, to show rather than save.
+        let r = fx.get(&format!("/api/v2{path}/raw_inline")).await;
+        assert_eq!(
+            (r.status, &r.body),
+            (StatusCode::OK, &raw.body),
+            "{path}/raw_inline"
+        );
+        assert_eq!(r.headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert!(r.headers.get(header::CONTENT_DISPOSITION).is_none());
     }
-    for tail in ["", "/contents", "/raw"] {
+    for tail in ["", "/contents", "/raw", "/raw_inline"] {
         for (path, invalid) in bad_id {
             let a = fx.get(&format!("/api/v2{path}{tail}")).await;
             assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}{tail}");
@@ -945,7 +955,10 @@ async fn errors(fx: &Fx) {
             "/api/v2/builds?number__gt=x",
             "invalid filter value for number__gt",
         ),
-        ("/api/v2/builds?limit=x", "invalid limit"),
+        (
+            "/api/v2/builds?limit=x",
+            "invalid limit 'x': not a whole number; limit takes 0 to 100000",
+        ),
         (
             "/api/v2/builds?number__contains=1",
             "'number__contains' needs a text field",
@@ -1242,4 +1255,216 @@ async fn api_raw_is_streamed_over_http() {
     );
     assert!(body.ends_with("line 2499\ntoken=<secret:token>\n"));
     server.abort();
+}
+
+async fn sqlite_fixture() -> (tempfile::TempDir, Fx) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite:{}", dir.path().join("kiln.db").display()))
+        .await
+        .unwrap();
+    let fx = fixture(store).await;
+    (dir, fx)
+}
+
+/// `limit` and `offset` out of range are refused on every endpoint, with what they take.
+#[tokio::test]
+async fn api_refuses_limit_and_offset_out_of_range() {
+    let (_dir, fx) = sqlite_fixture().await;
+    let limits = [
+        (
+            "limit=-1",
+            "invalid limit -1: negative; limit takes 0 to 100000",
+        ),
+        (
+            "offset=-5",
+            "invalid offset -5: negative; offset takes 0 to 9007199254740991",
+        ),
+        (
+            "limit=abc",
+            "invalid limit 'abc': not a whole number; limit takes 0 to 100000",
+        ),
+        (
+            "limit=100001",
+            "invalid limit 100001: more than 100000; leave limit out to get the whole collection or log, streamed",
+        ),
+    ];
+    for path in [
+        "/api/v2/builds",
+        "/api/v2/builders",
+        "/api/v2/builders/1",
+        "/api/v2/workers",
+        "/api/v2/buildsets",
+        "/api/v2/changes",
+        "/api/v2/logs/1/contents",
+        "/api/v2/steps/2/logs",
+    ] {
+        for (q, msg) in limits {
+            let uri = format!("{path}?{q}");
+            let a = fx.get(&uri).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}: {}", a.body);
+            assert_eq!(a.json(), json!({"error": msg}), "{uri}");
+        }
+    }
+}
+
+/// A worker's environment (`environ` in its info) is not shown to anonymous readers, wherever
+/// worker info shows; the rest of its info is.
+#[tokio::test]
+async fn api_hides_worker_environment_from_anonymous_readers() {
+    let (_dir, fx) = sqlite_fixture().await;
+    let mut info = serde_json::Map::new();
+    info.insert("admin".into(), json!("Alice"));
+    info.insert(
+        "environ".into(),
+        json!({"PATH": "/usr/bin", "GH_AUTH": "volunteer-own-tok-777"}),
+    );
+    fx.store.upsert_worker("w1", &info).await.unwrap();
+    for uri in [
+        "/api/v2/workers",
+        "/api/v2/workers/w1",
+        "/api/v2/workers/1",
+        "/api/v2/builders/1/workers",
+    ] {
+        let a = fx.get(uri).await;
+        assert_eq!(a.status, StatusCode::OK, "{uri}: {}", a.body);
+        assert!(
+            !a.body.contains("volunteer-own-tok-777"),
+            "{uri}: {}",
+            a.body
+        );
+        assert!(!a.body.contains("/usr/bin"), "{uri}: {}", a.body);
+        assert_eq!(
+            a.json()["workers"][0]["workerinfo"],
+            json!({"admin": "Alice"}),
+            "{uri}"
+        );
+    }
+}
+
+/// A collection longer than the store's page (`kiln_store::MAX_LIST_LIMIT`) is answered whole
+/// without `limit`, as Buildbot does: streamed, in the very bytes the in-memory answer has.
+#[tokio::test]
+async fn api_answers_big_collections_whole() {
+    use sqlx::Connection;
+    const MORE: i64 = 12_000;
+    let (dir, fx) = sqlite_fixture().await;
+    let mut c = sqlx::SqliteConnection::connect(&format!(
+        "sqlite:{}",
+        dir.path().join("kiln.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {MORE}) \
+         INSERT INTO builds (number, builderid, buildrequestid, workerid, masterid, started_at, complete, state_string, locks_duration_s) \
+         SELECT 1000 + x, 1, 1, 1, 1, 5000 + x, 0, 'building', 0 FROM c"
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let all = MORE + 3;
+
+    let (ids, total) = fx.ids("/api/v2/builds", "builds", "buildid").await;
+    assert_eq!(total, all);
+    assert_eq!(ids, (1..=all).collect::<Vec<_>>());
+    let (ids, total) = fx
+        .ids("/api/v2/builders/1/builds?offset=5", "builds", "buildid")
+        .await;
+    assert_eq!((ids.len() as i64, total), (all - 5, all));
+    assert_eq!(ids[0], 6);
+    let (ids, _) = fx
+        .ids(
+            "/api/v2/builds?order=-number&complete=false&offset=1&limit=11000",
+            "builds",
+            "buildid",
+        )
+        .await;
+    assert_eq!(ids.len(), 11_000);
+    assert_eq!(ids[0], all - 1);
+    // Ordered by the key, the pages after the first start after the last key sent.
+    let (ids, total) = fx
+        .ids(
+            "/api/v2/builds?order=-buildid&offset=2",
+            "builds",
+            "buildid",
+        )
+        .await;
+    assert_eq!(total, all);
+    assert_eq!(ids, (1..=all - 2).rev().collect::<Vec<_>>());
+    let (ids, _) = fx
+        .ids(
+            "/api/v2/builds?buildid__gt=10&limit=2500",
+            "builds",
+            "buildid",
+        )
+        .await;
+    assert_eq!(ids, (11..2511).collect::<Vec<_>>());
+
+    // Compact and indented, byte for byte what serde_json writes for the whole answer.
+    let compact = fx.get("/api/v2/builds?field=buildid&field=number").await;
+    let v = compact.json();
+    assert_eq!(v["builds"].as_array().unwrap().len() as i64, all);
+    assert_eq!(compact.body, v.to_string());
+    let pretty = fx
+        .send(Request::get("/api/v2/builds").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(
+        pretty.headers[header::CONTENT_TYPE],
+        "text/plain; charset=utf-8"
+    );
+    let v: Value = serde_json::from_str(&pretty.body).unwrap();
+    assert_eq!(pretty.body, serde_json::to_string_pretty(&v).unwrap());
+    assert_eq!(v["builds"][all as usize - 1]["number"], 1000 + MORE);
+
+    // Buildsets too (the fixture made 4).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {MORE}) \
+         INSERT INTO buildsets (reason, submitted_at, complete) SELECT 'bulk', 9000 + x, 1 FROM c"
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let (ids, total) = fx.ids("/api/v2/buildsets", "buildsets", "bsid").await;
+    assert_eq!(total, MORE + 4);
+    assert_eq!(ids, (1..=MORE + 4).collect::<Vec<_>>());
+    let (ids, total) = fx
+        .ids(
+            "/api/v2/buildsets?complete=true&order=-submitted_at",
+            "buildsets",
+            "bsid",
+        )
+        .await;
+    assert_eq!((ids.len() as i64, total), (MORE + 2, MORE + 2));
+    assert_eq!(ids[0], MORE + 4);
+}
+
+/// A log's `contents`, streamed, are the bytes the whole answer serialized at once has:
+/// compact and indented, with fields selected, redacted.
+#[tokio::test]
+async fn api_streamed_contents_are_the_whole_answer_bytes() {
+    let (_dir, fx) = sqlite_fixture().await;
+    let uri = format!("/api/v2/logs/{}/contents", fx.stdio);
+    let compact = fx.get(&uri).await;
+    let v = compact.json();
+    assert_eq!(compact.body, v.to_string());
+    let content = v["logchunks"][0]["content"].as_str().unwrap();
+    assert!(content.ends_with("oline 2499\netoken=<secret:token>\n"));
+    assert!(!compact.body.contains(SECRET));
+    let pretty = fx
+        .send(Request::get(&uri).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(
+        pretty.headers[header::CONTENT_TYPE],
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(pretty.body, serde_json::to_string_pretty(&v).unwrap());
+    assert_eq!(
+        fx.ok(&format!("{uri}?field=firstline&offset=3")).await,
+        json!({"logchunks": [{"firstline": 3}], "meta": {}})
+    );
+    assert_eq!(
+        fx.ok(&format!("{uri}?field=content&offset=2500&limit=5"))
+            .await,
+        json!({"logchunks": [{"content": "oline 2499\netoken=<secret:token>\n"}], "meta": {}})
+    );
 }

@@ -8,7 +8,7 @@ use kiln_model::{
     BuildRequest, BuildRequestId, BuilderId, BuildsetId, Epoch, MasterId, Properties, Results,
 };
 use kiln_store::StoreError;
-use kiln_store::api_queries::{ApiPage, ApiQuery, ApiTable};
+use kiln_store::api_queries::{ApiQuery, ApiTable};
 use serde::Serialize;
 
 use super::{ApiRequest, ApiResult, Resource, SqlResource, field_equals, path_id, properties};
@@ -58,8 +58,13 @@ impl Resource for BuildRequestAnswer {
 impl SqlResource for BuildRequestAnswer {
     type Row = BuildRequest;
     const TABLE: ApiTable = ApiTable::BuildRequests;
+    const KEY: &'static str = "buildrequestid";
 
-    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<ApiPage<BuildRequest>, StoreError> {
+    fn key(row: &BuildRequest) -> i64 {
+        row.buildrequestid.0
+    }
+
+    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<Vec<BuildRequest>, StoreError> {
         state.store.api_build_requests(sql).await
     }
 

@@ -7,7 +7,7 @@ use kiln_model::{
     Build, BuildId, BuildRequestId, BuilderId, Epoch, MasterId, Properties, Results, WorkerId,
 };
 use kiln_store::StoreError;
-use kiln_store::api_queries::{ApiPage, ApiQuery, ApiTable};
+use kiln_store::api_queries::{ApiQuery, ApiTable};
 use serde::Serialize;
 
 use super::builders::find_builder;
@@ -59,8 +59,13 @@ impl Resource for BuildAnswer {
 impl SqlResource for BuildAnswer {
     type Row = Build;
     const TABLE: ApiTable = ApiTable::Builds;
+    const KEY: &'static str = "buildid";
 
-    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Build>, StoreError> {
+    fn key(row: &Build) -> i64 {
+        row.buildid.0
+    }
+
+    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<Vec<Build>, StoreError> {
         state.store.api_builds(sql).await
     }
 

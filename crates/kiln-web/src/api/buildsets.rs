@@ -1,18 +1,19 @@
 //! Buildsets (`/buildsets`, `/buildsets/{bsid}`): the requests a scheduler or a force made
-//! together, with the source stamps they build. The newest [`kiln_store::MAX_LIST_LIMIT`] are
-//! read (narrowed by `complete=` in SQL), then filtered, ordered and paged here; source stamps
-//! are read for the page only.
+//! together, with the source stamps they build. Filtered, ordered and paged in SQL (a buildset
+//! is made per build request batch, so the table grows with the farm's history); the fields
+//! Kiln always leaves null (`rebuilt_buildid`, `parent_relationship`) cannot be filtered or
+//! ordered on.
 
 use axum::extract::Path;
 use kiln_model::{BuildId, Buildset, BuildsetId, Epoch, Results};
-use kiln_store::BuildsetFilter;
-use kiln_store::api_queries::ApiOp;
+use kiln_store::StoreError;
+use kiln_store::api_queries::{ApiQuery, ApiTable};
 use serde::Serialize;
 
 use super::sourcestamps::{self, SourceStampAnswer};
-use super::{ApiRequest, ApiResult, Resource, path_id, to_row};
+use super::{ApiRequest, ApiResult, Resource, SqlResource, path_id};
 use crate::query::FType::{self, Bool, Int, Other, Str};
-use crate::query::{self, Spec};
+use crate::query::Spec;
 use crate::{ApiError, ApiState};
 
 /// A buildset, as Buildbot's `buildsets` resource.
@@ -82,34 +83,27 @@ impl BuildsetAnswer {
     }
 }
 
-/// `complete=true|false` from the query, the one filter SQL applies here.
-fn complete_filter(spec: &Spec) -> Option<bool> {
-    spec.filters
-        .iter()
-        .find(|f| f.field == "complete" && f.op == ApiOp::Eq && f.values.len() == 1)
-        .and_then(|f| f.values[0].as_bool())
+impl SqlResource for BuildsetAnswer {
+    type Row = Buildset;
+    const TABLE: ApiTable = ApiTable::Buildsets;
+    const KEY: &'static str = "bsid";
+
+    fn key(row: &Buildset) -> i64 {
+        row.bsid.0
+    }
+
+    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<Vec<Buildset>, StoreError> {
+        state.store.api_buildsets(sql).await
+    }
+
+    async fn load(state: &ApiState, _: &Spec, bs: Buildset) -> Result<BuildsetAnswer, ApiError> {
+        BuildsetAnswer::load(state, &bs).await
+    }
 }
 
 /// `GET /buildsets`.
 pub(crate) async fn list_buildsets(api: ApiRequest) -> ApiResult {
-    let spec = api.collection_query::<BuildsetAnswer>()?;
-    let filter = BuildsetFilter {
-        complete: complete_filter(&spec),
-        before: None,
-        limit: Some(kiln_store::MAX_LIST_LIMIT),
-    };
-    let mut buildsets = api.state.store.list_buildsets(&filter).await?;
-    buildsets.sort_by_key(|b| b.bsid.0);
-    let rows: Vec<_> = buildsets
-        .iter()
-        .map(|bs| to_row(&BuildsetAnswer::shallow(bs)))
-        .collect();
-    let (picked, total) = query::page_indices(&spec, &rows);
-    let mut page = Vec::with_capacity(picked.len());
-    for i in picked {
-        page.push(BuildsetAnswer::load(&api.state, &buildsets[i]).await?);
-    }
-    Ok(api.page(&spec, &page, total))
+    api.sql_page::<BuildsetAnswer>(vec![]).await
 }
 
 /// `GET /buildsets/{bsid}`.

@@ -4,7 +4,7 @@
 use axum::extract::Path;
 use kiln_model::{Change, ChangeId, Epoch, Properties};
 use kiln_store::StoreError;
-use kiln_store::api_queries::{ApiPage, ApiQuery, ApiTable};
+use kiln_store::api_queries::{ApiQuery, ApiTable};
 use serde::Serialize;
 
 use super::sourcestamps::{self, SourceStampAnswer};
@@ -60,8 +60,13 @@ impl Resource for ChangeAnswer {
 impl SqlResource for ChangeAnswer {
     type Row = Change;
     const TABLE: ApiTable = ApiTable::Changes;
+    const KEY: &'static str = "changeid";
 
-    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Change>, StoreError> {
+    fn key(row: &Change) -> i64 {
+        row.changeid.0
+    }
+
+    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<Vec<Change>, StoreError> {
         state.store.api_changes(sql).await
     }
 

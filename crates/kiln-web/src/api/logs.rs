@@ -1,5 +1,6 @@
 //! Logs: the logs of a step, and one log's row, its lines (`/contents`, Buildbot's
-//! `logchunks`) and its download (`/raw`, streamed from the store a chunk at a time). A log is
+//! `logchunks`) and its text (`/raw` to save, `/raw_inline` to show); all are streamed from the store a chunk at a
+//! time, so a reader of a big log costs the master a chunk's memory, not the log's. A log is
 //! named by any of three paths — `/logs/{logid}`, `/steps/{stepid}/logs/{slug}` and
 //! `/builds/{buildid}/steps/{step}/logs/{slug}` — which [`LogRef`] resolves, so each handler
 //! is written once.
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
 use kiln_config::Redactor;
 use kiln_model::{Build, Log, LogId, LogType, Step, StepId, Worker};
-use kiln_store::{BuilderRow, MAX_READ_LINES};
+use kiln_store::BuilderRow;
 use serde::Serialize;
 
 use super::steps::step_of_build;
@@ -80,8 +81,8 @@ impl Resource for LogChunkAnswer {
         &[("logid", Int), ("firstline", Int), ("content", Str)];
 }
 
-/// A log named by the request's path, whichever of the three it is, with `/contents` or
-/// `/raw` after it or not. Extracting it checks the path (`Invalid path: …` for an id that is
+/// A log named by the request's path, whichever of the three it is, with `/contents`, `/raw`
+/// or `/raw_inline` after it or not. Extracting it checks the path (`Invalid path: …` for an id that is
 /// not a number) and reads the log's row; a row that is missing is reported by
 /// [`LogRef::found`], so a handler can refuse a bad query first, as Buildbot does.
 pub(crate) struct LogRef {
@@ -170,6 +171,7 @@ impl FromRequestParts<ApiState> for LogRef {
         let tail = match route {
             Some(r) if r.ends_with("/contents") => "/contents",
             Some(r) if r.ends_with("/raw") => "/raw",
+            Some(r) if r.ends_with("/raw_inline") => "/raw_inline",
             _ => "",
         };
         // Only the log routes take a LogRef, and each names its log one of the three ways.
@@ -226,31 +228,21 @@ pub(crate) async fn get_log(api: ApiRequest, log: LogRef) -> ApiResult {
 }
 
 /// `GET …/contents`: lines `offset .. offset+limit-1` (the whole log without them), as
-/// Buildbot's `LogChunkEndpoint`; a range outside the log is a 404.
+/// Buildbot's `LogChunkEndpoint`; a range outside the log is a 404. The text is streamed a
+/// stored chunk at a time into the JSON envelope (`limit` is at most `query::MAX_LIMIT`; a
+/// whole log has no bound but its own).
 pub(crate) async fn get_log_contents(api: ApiRequest, log: LogRef) -> ApiResult {
     let spec = api.single_query::<LogChunkAnswer>()?;
     let found = log.found()?;
     let (first, last) = line_range(&spec, found.num_lines).ok_or_else(|| log.not_found())?;
-    let mut content = String::new();
-    let mut at = first;
-    while at <= last.min(found.num_lines - 1) {
-        let to = last.min(at + MAX_READ_LINES - 1);
-        let lines = api.state.store.read_log_lines(found.logid, at, to).await?;
-        if lines.is_empty() {
-            break;
-        }
-        for line in &lines {
-            content.push_str(line);
-            content.push('\n');
-        }
-        at += lines.len() as i64;
-    }
     let answer = LogChunkAnswer {
         logid: found.logid,
         firstline: first,
-        content,
+        content: String::new(),
     };
-    Ok(api.one(&spec, &answer))
+    let last = last.min(found.num_lines - 1);
+    let text = api.state.store.log_lines_stream(found.logid, first, last);
+    Ok(api.one_streamed(&spec, &answer, "content", text))
 }
 
 /// The first and last line `offset` and `limit` ask for; none for an empty or negative range.
@@ -265,10 +257,29 @@ fn line_range(spec: &Spec, num_lines: i64) -> Option<(i64, i64)> {
 
 /// `GET …/raw`: the log's text streamed a chunk at a time, as Buildbot's
 /// `RawLogChunkEndpoint`: a stdio log gets a `Builder/Build number/Worker name` header and
-/// loses its channel characters. The query string is not read.
+/// loses its channel characters; the answer is a download (`Content-Disposition:
+/// attachment`). The query string is not read.
 pub(crate) async fn get_log_raw(State(state): State<ApiState>, log: LogRef) -> ApiResult {
+    raw_answer(&state, &log, Disposition::Attachment).await
+}
+
+/// `GET …/raw_inline`: the same text as `/raw`, for the browser to show rather than save
+/// (Buildbot's `RawInlineLogChunkEndpoint`: no `Content-Disposition`).
+pub(crate) async fn get_log_raw_inline(State(state): State<ApiState>, log: LogRef) -> ApiResult {
+    raw_answer(&state, &log, Disposition::Inline).await
+}
+
+/// Whether a raw log is sent as a file to save or as a page to show.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    Attachment,
+    Inline,
+}
+
+/// A raw log's answer: its text streamed a stored chunk at a time, after the stdio header.
+async fn raw_answer(state: &ApiState, log: &LogRef, disposition: Disposition) -> ApiResult {
     let log = log.found()?;
-    let owners = LogOwners::load(&state, log).await?;
+    let owners = LogOwners::load(state, log).await?;
     let stdio = log.log_type == LogType::Stdio;
     let header = if stdio {
         owners.header()
@@ -277,7 +288,7 @@ pub(crate) async fn get_log_raw(State(state): State<ApiState>, log: LogRef) -> A
     };
     let redactor = state.control.config().redactor();
     let head = (!header.is_empty()).then(|| Ok(redactor.redact(&header).into_bytes()));
-    let body = raw_text(&state, log, redactor);
+    let body = raw_text(state, log, redactor);
     let mime = match log.log_type {
         LogType::Html => "text/html; charset=utf-8",
         _ => "text/plain; charset=utf-8",
@@ -286,9 +297,11 @@ pub(crate) async fn get_log_raw(State(state): State<ApiState>, log: LogRef) -> A
     let mut r = Response::new(Body::from_stream(stream));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
-    let disposition = format!("attachment; filename={}", owners.file_name(&log.slug));
-    if let Ok(v) = HeaderValue::from_str(&disposition) {
-        r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    if disposition == Disposition::Attachment {
+        let value = format!("attachment; filename={}", owners.file_name(&log.slug));
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        }
     }
     Ok(r)
 }

@@ -4,7 +4,7 @@
 use axum::extract::Path;
 use kiln_model::{BuildId, Epoch, Results, Step, StepId, StepUrl};
 use kiln_store::StoreError;
-use kiln_store::api_queries::{ApiPage, ApiQuery, ApiTable};
+use kiln_store::api_queries::{ApiQuery, ApiTable};
 use serde::Serialize;
 
 use super::builds::build_by_number;
@@ -55,8 +55,13 @@ impl Resource for StepAnswer {
 impl SqlResource for StepAnswer {
     type Row = Step;
     const TABLE: ApiTable = ApiTable::Steps;
+    const KEY: &'static str = "stepid";
 
-    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<ApiPage<Step>, StoreError> {
+    fn key(row: &Step) -> i64 {
+        row.stepid.0
+    }
+
+    async fn fetch(state: &ApiState, sql: &ApiQuery) -> Result<Vec<Step>, StoreError> {
         state.store.api_steps(sql).await
     }
 

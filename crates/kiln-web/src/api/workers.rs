@@ -1,6 +1,6 @@
 //! Workers (`/workers`, `/workers/{worker}`, `/builders/{builder}/workers`): every worker the
-//! store knows, whether it is connected, and the builders the config gives it. The info a
-//! worker reports is shown without the keys that may hold credentials.
+//! store knows, whether it is connected, and the builders the config gives it. What of the
+//! info a worker reports each reader sees is decided in one place, [`shown_info`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,9 +12,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::masters::active_master;
-use super::{ApiRequest, ApiResult, Resource, path_id, path_number};
+use super::{ApiRequest, ApiResult, Reader, Resource, path_id, path_number};
+use crate::ApiError;
 use crate::query::FType::{self, Bool, Int, Other, Str};
-use crate::{ApiError, ApiState};
 
 /// A worker, as Buildbot's `workers` resource.
 #[derive(Serialize)]
@@ -25,7 +25,7 @@ pub(crate) struct WorkerAnswer {
     connected_to: Vec<ConnectedTo>,
     /// The builders the config runs on it.
     configured_on: Vec<ConfiguredOn>,
-    /// What the worker reported, without keys that look secret.
+    /// What the worker reported, as [`shown_info`] lets the reader see it.
     workerinfo: Map<String, Value>,
     paused: bool,
     /// Kiln keeps no pause reason yet.
@@ -58,12 +58,27 @@ impl Resource for WorkerAnswer {
     ];
 }
 
-/// Keys of worker info that may hold credentials are never shown.
+/// Keys of worker info that may hold credentials are never shown, to anyone.
 fn is_secret_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
     ["passw", "secret", "token", "credential", "private"]
         .iter()
         .any(|s| k.contains(s))
+}
+
+/// The worker info `reader` may see: never the keys that look secret, and not the worker's
+/// environment (`environ`, Buildbot's copy of the worker process's variables) for an anonymous
+/// reader — on a volunteer's machine it may hold the volunteer's own tokens. Every answer that
+/// shows worker info goes through here; the change that brings logins opens `environ` to
+/// admins here.
+pub(crate) fn shown_info(reader: Reader, mut info: Map<String, Value>) -> Map<String, Value> {
+    info.retain(|k, _| !is_secret_key(k));
+    match reader {
+        Reader::Anonymous => {
+            info.remove("environ");
+        }
+    }
+    info
 }
 
 /// What every worker's answer needs to know of the farm.
@@ -72,11 +87,11 @@ struct Farm {
     builder_ids: HashMap<String, BuilderId>,
     connected: Vec<String>,
     config: Arc<MasterConfig>,
+    reader: Reader,
 }
 
 impl WorkerAnswer {
-    fn new(farm: &Farm, mut w: Worker) -> WorkerAnswer {
-        w.workerinfo.retain(|k, _| !is_secret_key(k));
+    fn new(farm: &Farm, w: Worker) -> WorkerAnswer {
         let configured_on = match farm.master {
             Some(masterid) => farm
                 .config
@@ -102,7 +117,7 @@ impl WorkerAnswer {
             name: w.name,
             connected_to,
             configured_on,
-            workerinfo: w.workerinfo,
+            workerinfo: shown_info(farm.reader, w.workerinfo),
             paused: w.paused,
             pause_reason: None,
             graceful: w.graceful,
@@ -110,8 +125,9 @@ impl WorkerAnswer {
     }
 }
 
-/// Every worker, lowest id first.
-async fn all_workers(state: &ApiState) -> Result<Vec<WorkerAnswer>, ApiError> {
+/// Every worker, lowest id first, as `api`'s reader may see it.
+async fn all_workers(api: &ApiRequest) -> Result<Vec<WorkerAnswer>, ApiError> {
+    let state = &api.state;
     let builders = state.store.list_builders().await?;
     let farm = Farm {
         master: active_master(state).await?,
@@ -121,6 +137,7 @@ async fn all_workers(state: &ApiState) -> Result<Vec<WorkerAnswer>, ApiError> {
             .collect(),
         connected: state.control.connected_workers(),
         config: state.control.config(),
+        reader: api.reader(),
     };
     let mut workers = state.store.list_workers().await?;
     workers.sort_by_key(|w| w.workerid.0);
@@ -131,7 +148,7 @@ async fn all_workers(state: &ApiState) -> Result<Vec<WorkerAnswer>, ApiError> {
 /// `GET /workers`.
 pub(crate) async fn list_workers(api: ApiRequest) -> ApiResult {
     let spec = api.collection_query::<WorkerAnswer>()?;
-    let workers = all_workers(&api.state).await?;
+    let workers = all_workers(&api).await?;
     Ok(api.collection(&spec, &workers))
 }
 
@@ -142,7 +159,7 @@ pub(crate) async fn list_builder_workers(
 ) -> ApiResult {
     let spec = api.collection_query::<WorkerAnswer>()?;
     let id = BuilderId(path_id(&builder, || format!("builders/{builder}/workers"))?);
-    let mut workers = all_workers(&api.state).await?;
+    let mut workers = all_workers(&api).await?;
     workers.retain(|w| w.configured_on.iter().any(|c| c.builderid == id));
     Ok(api.collection(&spec, &workers))
 }
@@ -151,7 +168,7 @@ pub(crate) async fn list_builder_workers(
 pub(crate) async fn get_worker(api: ApiRequest, Path(worker): Path<String>) -> ApiResult {
     let spec = api.single_query::<WorkerAnswer>()?;
     let id = path_number(&worker).map(WorkerId);
-    let worker = all_workers(&api.state)
+    let worker = all_workers(&api)
         .await?
         .into_iter()
         .find(|x| match id {
