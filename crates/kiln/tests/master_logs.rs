@@ -1,0 +1,203 @@
+//! A Kiln master, real workers and the real store: a secret that a worker's line wrap, a read
+//! chunk or a pause cut in two is stored in no log and shown in no API answer, and a capped
+//! log keeps its head, a marker and its tail, with a cap that a reconfig changes for the next
+//! logs.
+
+mod common;
+
+use common::*;
+use kiln_master::ForceRequest;
+use kiln_model::Build;
+use kiln_store::Store;
+
+const TOKEN: &str = "Zq7Kx9Wm2Pv4Ty8R";
+
+/// Steps that print the secret where a worker cuts it: at ~4,090 of a 5,000-character line
+/// (Kiln's and Buildbot's workers wrap at 4,096), across the 16th wrap of a 64 KiB line (a
+/// read chunk's end), and in two writes with a pause between them.
+const LEAK_CONFIG: &str = r#"
+WORKERS = [worker("w1", password = secret("worker"))]
+ENV = {"TOK": interpolate("%(secret:tok)s")}
+PAD = "pad() { head -c $1 /dev/zero | tr '\\0' $2; }; "
+BUILDERS = [
+    builder(name = "leak", workers = ["w1"], steps = [
+        shell(name = "long", env = ENV, command = ["sh", "-c", PAD + "printf '%s%s%s\\n' $(pad 4090 a) $TOK $(pad 894 b)"]),
+        shell(name = "chunk", env = ENV, command = ["sh", "-c", PAD + "printf '%s%s%s\\n' $(pad 65528 c) $TOK $(pad 10 d)"]),
+        shell(name = "pause", env = ENV, command = ["sh", "-c", PAD + "printf '%s%s' $(pad 100 e) ${TOK%????????}; sleep 2; printf '%s%s\\n' ${TOK#????????} $(pad 100 f)"]),
+    ]),
+]
+SCHEDULERS = [force("force", builder_names = ["leak"])]
+"#;
+
+fn force(builder: &str) -> ForceRequest {
+    ForceRequest {
+        builder_names: vec![builder.into()],
+        ..Default::default()
+    }
+}
+
+/// A log's lines joined without their channel characters: what a reader sees once the
+/// line wraps are undone. A secret cut in two by a wrap shows here whole.
+fn unwrapped(text: &str) -> String {
+    text.lines().map(|l| l.get(1..).unwrap_or("")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_cut_by_kiln_worker_is_never_stored() {
+    secret_cut_by(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_cut_by_the_stock_buildbot_worker_is_never_stored() {
+    let Some(bin) = stock_worker_bin() else {
+        println!("SKIP: no buildbot-worker (set KILN_INTEROP_VENV to the Buildbot venv)");
+        return;
+    };
+    secret_cut_by(Some(bin)).await;
+}
+
+async fn secret_cut_by(stock: Option<std::path::PathBuf>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = master_dir(tmp.path(), LEAK_CONFIG);
+    std::fs::write(dir.join("secrets/tok"), TOKEN).unwrap();
+    let master = start_master(&dir).await;
+    let _w = match &stock {
+        None => WorkerProc::start(tmp.path(), "w1", master.worker_addr()),
+        Some(bin) => WorkerProc::start_stock(bin, tmp.path(), "w1", master.worker_addr()),
+    };
+    master
+        .control()
+        .force("force", force("leak"))
+        .await
+        .unwrap();
+    let store = master.store().clone();
+    let b = wait_builds(&store, "leak", 90, "the build", |b| finished_with(b, 1)).await;
+    let b = &b[0];
+    let web = format!("http://{}", master.web_addr());
+    let (a, bb, c, d, e, f) = (
+        "a".repeat(4090),
+        "b".repeat(894),
+        "c".repeat(65528),
+        "d".repeat(10),
+        "e".repeat(100),
+        "f".repeat(100),
+    );
+    for (step, around) in [
+        ("long", (a.as_str(), bb.as_str())),
+        ("chunk", (c.as_str(), d.as_str())),
+        ("pause", (e.as_str(), f.as_str())),
+    ] {
+        let text = log_text(&store, b, step, "stdio").await;
+        let flat = unwrapped(&text);
+        assert!(!text.contains(TOKEN), "{step}: stored whole");
+        assert!(
+            !flat.contains(TOKEN),
+            "{step}: stored in pieces across lines"
+        );
+        // The output around it is all there: only the secret was replaced.
+        let want = format!("{}<secret:tok>{}", around.0, around.1);
+        assert!(
+            flat.contains(&want),
+            "{step}: {}",
+            &flat[..flat.len().min(300)]
+        );
+        let api = api_contents(&store, &web, b, step).await;
+        assert!(!api.contains(TOKEN), "{step}: the API shows it whole");
+        assert!(
+            !unwrapped(&api).contains(TOKEN),
+            "{step}: the API shows it in pieces"
+        );
+        assert!(unwrapped(&api).contains(&want), "{step}: the API answer");
+    }
+    master.shutdown().await;
+}
+
+/// The text of `GET /api/v2/logs/{id}/contents` for a step's stdio log.
+async fn api_contents(store: &Store, web: &str, b: &Build, step: &str) -> String {
+    let steps = store.list_steps(b.buildid).await.unwrap();
+    let s = steps.iter().find(|s| s.name == step).unwrap();
+    let logs = store.list_logs(s.stepid).await.unwrap();
+    let l = logs.iter().find(|l| l.name == "stdio").unwrap();
+    let base = kiln::cli::http::BaseUrl::parse(web).unwrap();
+    let path = format!("/api/v2/logs/{}/contents", l.logid.0);
+    let v = kiln::cli::http::get_json(&base, &path).await.unwrap();
+    let chunks = v["logchunks"].as_array().expect("logchunks");
+    chunks
+        .iter()
+        .map(|c| c["content"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn cap_config(log_max: u64) -> String {
+    format!(
+        r#"
+MASTER = master(log_max_bytes = {log_max}, log_max_tail_bytes = 2000)
+WORKERS = [worker("w1", password = secret("worker"))]
+BUILDERS = [
+    builder(name = "big", workers = ["w1"], steps = [
+        shell(name = "count", command = ["sh", "-c", "seq 1 20000; exit 3"]),
+    ]),
+]
+SCHEDULERS = [force("force", builder_names = ["big"])]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_log_keeps_head_and_tail_and_a_reconfig_changes_the_next_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = master_dir(tmp.path(), &cap_config(20_000));
+    let master = start_master(&dir).await;
+    let _w = WorkerProc::start(tmp.path(), "w1", master.worker_addr());
+    let store = master.store().clone();
+    let web = format!("http://{}", master.web_addr());
+    master.control().force("force", force("big")).await.unwrap();
+    let b = wait_builds(&store, "big", 90, "the build", |b| finished_with(b, 1)).await;
+
+    let text = log_text(&store, &b[0], "count", "stdio").await;
+    let lines: Vec<&str> = text.lines().collect();
+    // The head: the header, then the count from 1.
+    let first = lines.iter().position(|l| *l == "o1").expect("the head");
+    assert_eq!(lines[first + 1], "o2");
+    // The marker says what was left out, then the tail, ending with the count's end and the
+    // exit status.
+    let m = lines
+        .iter()
+        .position(|l| l.starts_with("[kiln: log truncated at 20000 bytes;"))
+        .unwrap_or_else(|| panic!("no marker: {}", &text[text.len() - 3000..]));
+    assert!(lines[m].contains("left out here, the last"), "{}", lines[m]);
+    assert!(
+        lines[m - 1].starts_with('o'),
+        "whole lines before the marker"
+    );
+    let tail = &lines[m + 1..];
+    assert!(tail.contains(&"o20000"), "the tail: {tail:?}");
+    assert!(
+        tail[tail.len().saturating_sub(3)..].contains(&"hprogram finished with exit code 3"),
+        "the exit status is at the end: {tail:?}"
+    );
+    let tail_bytes: usize = tail.iter().map(|l| l.len() + 1).sum();
+    assert!(tail_bytes <= 2000 && tail_bytes > 1500, "{tail_bytes}");
+    assert!(text.len() <= 20_000 + 200, "{}", text.len());
+    // The API shows the same.
+    let api = api_contents(&store, &web, &b[0], "count").await;
+    assert_eq!(api, text);
+
+    // A reconfig lifts the cap: the next build's log is whole.
+    std::fs::write(dir.join("master.star"), cap_config(0)).unwrap();
+    master.reconfig().await.expect("reconfig");
+    master.control().force("force", force("big")).await.unwrap();
+    let b = wait_builds(&store, "big", 90, "the second build", |b| {
+        finished_with(b, 2)
+    })
+    .await;
+    let text = log_text(&store, &b[1], "count", "stdio").await;
+    assert!(
+        !text.contains("[kiln: log truncated"),
+        "no cap after the reconfig"
+    );
+    let count: Vec<&str> = text.lines().filter(|l| l.starts_with('o')).collect();
+    assert_eq!(count.len(), 20_000);
+    assert_eq!(count[19_999], "o20000");
+    master.shutdown().await;
+}
