@@ -12,21 +12,29 @@ use kiln_store::Store;
 
 const TOKEN: &str = "Zq7Kx9Wm2Pv4Ty8R";
 
-/// Steps that print the secret where a worker cuts it: at ~4,090 of a 5,000-character line
-/// (Kiln's and Buildbot's workers wrap at 4,096), across the 16th wrap of a 64 KiB line (a
-/// read chunk's end), and in two writes with a pause between them.
+/// Steps that print the secret where a worker cuts it (both workers wrap a long line into
+/// pieces of 4,095 characters). `leak`, for both workers: at 4,090 of a 5,000-character line
+/// written in two parts (`long`), and the same with the pause inside the secret, so its first
+/// part reaches the master in an update of its own (`pause`). `leak_kiln`, for `kiln-worker`:
+/// the 5,000-character line in one write, and the secret across the 16th wrap of a long line,
+/// at the end of the worker's first 64 KiB read and update (`chunk`). The stock
+/// buildbot-worker 4.3 mangles those two itself: its `LineBoundaryFinder` drops a character
+/// at a wrap when the line's end came in the same read, and loses text after a second wrap.
 const LEAK_CONFIG: &str = r#"
 WORKERS = [worker("w1", password = secret("worker"))]
 ENV = {"TOK": interpolate("%(secret:tok)s")}
 PAD = "pad() { head -c $1 /dev/zero | tr '\\0' $2; }; "
 BUILDERS = [
     builder(name = "leak", workers = ["w1"], steps = [
+        shell(name = "long", env = ENV, command = ["sh", "-c", PAD + "printf '%s%s' $(pad 4090 a) $TOK; sleep 1; printf '%s\\n' $(pad 894 b)"]),
+        shell(name = "pause", env = ENV, command = ["sh", "-c", PAD + "printf '%s%s' $(pad 4090 e) ${TOK%????????}; sleep 2; printf '%s%s\\n' ${TOK#????????} $(pad 894 f)"]),
+    ]),
+    builder(name = "leak_kiln", workers = ["w1"], steps = [
         shell(name = "long", env = ENV, command = ["sh", "-c", PAD + "printf '%s%s%s\\n' $(pad 4090 a) $TOK $(pad 894 b)"]),
-        shell(name = "chunk", env = ENV, command = ["sh", "-c", PAD + "printf '%s%s%s\\n' $(pad 65528 c) $TOK $(pad 10 d)"]),
-        shell(name = "pause", env = ENV, command = ["sh", "-c", PAD + "printf '%s%s' $(pad 100 e) ${TOK%????????}; sleep 2; printf '%s%s\\n' ${TOK#????????} $(pad 100 f)"]),
+        shell(name = "chunk", env = ENV, command = ["sh", "-c", PAD + "printf '%s%s%s\\n' $(pad 65512 c) $TOK $(pad 10 d)"]),
     ]),
 ]
-SCHEDULERS = [force("force", builder_names = ["leak"])]
+SCHEDULERS = [force("force", builder_names = ["leak", "leak_kiln"])]
 "#;
 
 fn force(builder: &str) -> ForceRequest {
@@ -65,49 +73,52 @@ async fn secret_cut_by(stock: Option<std::path::PathBuf>) {
         None => WorkerProc::start(tmp.path(), "w1", master.worker_addr()),
         Some(bin) => WorkerProc::start_stock(bin, tmp.path(), "w1", master.worker_addr()),
     };
-    master
-        .control()
-        .force("force", force("leak"))
-        .await
-        .unwrap();
+    let mut builders = vec!["leak"];
+    if stock.is_none() {
+        builders.push("leak_kiln");
+    }
     let store = master.store().clone();
-    let b = wait_builds(&store, "leak", 90, "the build", |b| finished_with(b, 1)).await;
-    let b = &b[0];
     let web = format!("http://{}", master.web_addr());
     let (a, bb, c, d, e, f) = (
         "a".repeat(4090),
         "b".repeat(894),
-        "c".repeat(65528),
+        "c".repeat(65512),
         "d".repeat(10),
-        "e".repeat(100),
-        "f".repeat(100),
+        "e".repeat(4090),
+        "f".repeat(894),
     );
-    for (step, around) in [
-        ("long", (a.as_str(), bb.as_str())),
-        ("chunk", (c.as_str(), d.as_str())),
-        ("pause", (e.as_str(), f.as_str())),
-    ] {
-        let text = log_text(&store, b, step, "stdio").await;
-        let flat = unwrapped(&text);
-        assert!(!text.contains(TOKEN), "{step}: stored whole");
-        assert!(
-            !flat.contains(TOKEN),
-            "{step}: stored in pieces across lines"
-        );
-        // The output around it is all there: only the secret was replaced.
-        let want = format!("{}<secret:tok>{}", around.0, around.1);
-        assert!(
-            flat.contains(&want),
-            "{step}: {}",
-            &flat[..flat.len().min(300)]
-        );
-        let api = api_contents(&store, &web, b, step).await;
-        assert!(!api.contains(TOKEN), "{step}: the API shows it whole");
-        assert!(
-            !unwrapped(&api).contains(TOKEN),
-            "{step}: the API shows it in pieces"
-        );
-        assert!(unwrapped(&api).contains(&want), "{step}: the API answer");
+    for builder in builders {
+        master
+            .control()
+            .force("force", force(builder))
+            .await
+            .unwrap();
+        let b = wait_builds(&store, builder, 90, "the build", |b| finished_with(b, 1)).await;
+        let b = &b[0];
+        let steps = match builder {
+            "leak" => vec![("long", (&a, &bb)), ("pause", (&e, &f))],
+            _ => vec![("long", (&a, &bb)), ("chunk", (&c, &d))],
+        };
+        for (step, around) in steps {
+            let step_text = log_text(&store, b, step, "stdio").await;
+            let flat = unwrapped(&step_text);
+            let at = format!("{builder}/{step}");
+            assert!(!step_text.contains(TOKEN), "{at}: stored whole");
+            assert!(!flat.contains(TOKEN), "{at}: stored in pieces across lines");
+            // The output around it is all there: only the secret was replaced.
+            let want = format!("{}<secret:tok>{}", around.0, around.1);
+            let near = flat.find("aaaaaZ").unwrap_or(0);
+            assert!(
+                flat.contains(&want),
+                "{at}: {}",
+                &flat[near..(near + 300).min(flat.len())]
+            );
+            let api = api_contents(&store, &web, b, step).await;
+            assert!(!api.contains(TOKEN), "{at}: the API shows it whole");
+            let api = unwrapped(&api);
+            assert!(!api.contains(TOKEN), "{at}: the API shows it in pieces");
+            assert!(api.contains(&want), "{at}: the API answer");
+        }
     }
     master.shutdown().await;
 }
