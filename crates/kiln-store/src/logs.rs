@@ -599,8 +599,9 @@ pub struct LogWriter {
     state: LogState,
     /// The cap the log was opened with.
     cap: Option<LogCap>,
-    /// The log's end past its head, written by [`LogWriter::finish`].
-    tail: TailRing,
+    /// The log's end past its head, written by [`LogWriter::finish`] (boxed: a writer is
+    /// moved around while idle).
+    tail: Box<TailRing>,
     /// (first line, raw bytes) of the newest chunk.
     last_chunk: Option<(i64, i64)>,
     /// Some two neighbouring chunks fit the chunk limits together.
@@ -776,7 +777,7 @@ impl Store {
             id,
             state: LogState::default(),
             cap,
-            tail: TailRing::new(cap.map_or(0, |c| c.tail_bytes)),
+            tail: Box::new(TailRing::new(cap.map_or(0, |c| c.tail_bytes))),
             last_chunk: None,
             mergeable: false,
         })
