@@ -1089,3 +1089,62 @@ impl Store {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(t: &mut TailRing) -> String {
+        String::from_utf8(t.text().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_whole_lines_within_its_capacity() {
+        let mut t = TailRing::new(10);
+        t.push(b"one\ntwo\n");
+        t.push(b"three\nfour");
+        // "four" gets its `\n`; "one", "two" and "three" no longer fit.
+        assert_eq!(held(&mut t), "four\n");
+        t.push(b"ab\n");
+        assert_eq!(held(&mut t), "four\nab\n");
+        assert_eq!((t.left_out_lines, t.left_out_bytes), (3, 14));
+        assert!(t.bytes() <= 10);
+        // A line longer than the whole tail leaves everything before it out, and itself.
+        t.push(b"0123456789abc\n");
+        assert_eq!((t.lines(), t.bytes()), (0, 0));
+        assert_eq!((t.left_out_lines, t.left_out_bytes), (6, 36));
+    }
+
+    #[test]
+    fn the_tail_is_planned_after_the_marker_which_says_what_was_left_out() {
+        let cap = LogCap {
+            max_bytes: 20,
+            tail_bytes: 8,
+        };
+        let mut tail = TailRing::new(cap.tail_bytes);
+        // 12 bytes of head fit; the rest goes to the tail, which leaves some out.
+        let text = b"aaa\nbbb\nccc\nddd\neee\nfff\n";
+        let plan = plan_append(LogState::default(), text, Some(cap), &mut tail);
+        assert_eq!(
+            plan.outcome.lines_stored, 4,
+            "three head lines and the marker"
+        );
+        assert_eq!(plan.after.stored, 12);
+        assert!(plan.after.truncated);
+        assert_eq!(held(&mut tail), "eee\nfff\n");
+        assert_eq!(
+            marker(cap, plan.after, &tail, true),
+            "[kiln: log truncated at 20 bytes; 4 bytes (1 lines) left out here, the last 8 bytes follow]\n"
+        );
+        let done = plan_tail(plan.after, Some(cap), &mut tail).expect("a tail");
+        assert_eq!(done.after.num_lines, 6);
+        assert_eq!(done.after.stored, 20);
+        let marker = done.marker_refresh.expect("the marker's final text");
+        assert_eq!(marker.first, 3);
+        assert_eq!((done.chunks[0].first, done.chunks[0].last), (4, 5));
+        // Nothing past the head: no tail to write.
+        let mut tail = TailRing::new(cap.tail_bytes);
+        let plan = plan_append(LogState::default(), b"aaa\n", Some(cap), &mut tail);
+        assert!(plan_tail(plan.after, Some(cap), &mut tail).is_none());
+    }
+}
