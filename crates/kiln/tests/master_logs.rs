@@ -212,3 +212,90 @@ async fn a_capped_log_keeps_head_and_tail_and_a_reconfig_changes_the_next_cap() 
     assert_eq!(count[19_999], "o20000");
     master.shutdown().await;
 }
+
+const HANG_CONFIG: &str = r#"
+MASTER = master(log_max_bytes = 20000, log_max_tail_bytes = 2000)
+WORKERS = [worker("w1", password = secret("worker"), max_builds = 1)]
+BUILDERS = [
+    builder(name = "hang", workers = ["w1"], collapse_requests = False, steps = [
+        shell(name = "count", command = ["sh", "-c", "seq 1 20000; sleep 600"]),
+    ]),
+]
+SCHEDULERS = [force("force", builder_names = ["hang"])]
+"#;
+
+/// Waits until the running build's `count` log has received all of `seq 1 20000`.
+async fn wait_for_the_count(store: &Store, builder: &str, n: usize) -> Build {
+    // `o` + the number + `\n` for each line.
+    let want: u64 = (1..=20000u64).map(|i| i.to_string().len() as u64 + 2).sum();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let builds = builds_of(store, builder).await;
+        if let Some(b) = builds.get(n) {
+            for s in store.list_steps(b.buildid).await.unwrap() {
+                for l in store.list_logs(s.stepid).await.unwrap() {
+                    if store.log_sizes(l.logid).await.unwrap().0 >= want {
+                        return b.clone();
+                    }
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the count never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The log of a step that did not finish on its own: its tail is there all the same.
+async fn assert_tail_kept(store: &Store, b: &Build) {
+    let text = log_text(store, b, "count", "stdio").await;
+    let lines: Vec<&str> = text.lines().collect();
+    let m = lines
+        .iter()
+        .position(|l| l.starts_with("[kiln: log truncated at 20000 bytes;"))
+        .expect("the marker");
+    assert!(lines[m].contains("left out here, the last"), "{}", lines[m]);
+    assert!(
+        lines[m + 1..].contains(&"o20000"),
+        "the tail: {:?}",
+        &lines[m..]
+    );
+    let steps = store.list_steps(b.buildid).await.unwrap();
+    let logs = store.list_logs(steps[0].stepid).await.unwrap();
+    assert!(logs.iter().all(|l| l.complete), "{logs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_log_keeps_its_tail_when_the_build_is_stopped_or_the_worker_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = master_dir(tmp.path(), HANG_CONFIG);
+    let master = start_master(&dir).await;
+    let mut w = WorkerProc::start(tmp.path(), "w1", master.worker_addr());
+    let store = master.store().clone();
+    let control = master.control();
+
+    // Stopped: the command is interrupted.
+    control.force("force", force("hang")).await.unwrap();
+    let b = wait_for_the_count(&store, "hang", 0).await;
+    assert!(control.stop_build(b.buildid, "enough".into()).await);
+    let b = wait_builds(&store, "hang", 60, "the stop", |b| finished_with(b, 1)).await;
+    assert_tail_kept(&store, &b[0]).await;
+
+    // Lost: the worker dies mid-step.
+    control.force("force", force("hang")).await.unwrap();
+    let b = wait_for_the_count(&store, "hang", 1).await;
+    w.kill9();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let steps = store.list_steps(b.buildid).await.unwrap();
+        if steps.first().is_some_and(|s| s.complete) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the step never ended");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_tail_kept(&store, &b).await;
+    master.shutdown().await;
+}
