@@ -23,7 +23,8 @@ pub enum LineBreaks {
 #[derive(Debug, PartialEq, Eq)]
 enum Match {
     No,
-    /// The whole secret, ending at this byte offset; the line breaks inside it.
+    /// The whole secret, ending at this byte offset; the line breaks inside it (a wrap's, and
+    /// the secret's own line ends).
     Full(usize, Vec<std::ops::Range<usize>>),
     /// The text ends while it still matches: the secret may go on in the next batch.
     Partial,
@@ -64,6 +65,19 @@ fn match_at(text: &[u8], at: usize, secret: &str, breaks: LineBreaks) -> Match {
         };
         if b == s[j] {
             (j, k, just_broke) = (j + 1, k + 1, false);
+            if b == b'\n' {
+                // A secret of several lines (a key file): its line ends are kept, and in a
+                // stdio log its next line starts with its channel.
+                let line_end = k - 1;
+                if breaks == LineBreaks::Stdio && j < s.len() {
+                    match text.get(k) {
+                        None => return Match::Partial,
+                        Some(b'o' | b'e' | b'h') => k += 1,
+                        Some(_) => return Match::No,
+                    }
+                }
+                inside.push(line_end..k);
+            }
             continue;
         }
         if j == 0 || just_broke || !secret.is_char_boundary(j) {
@@ -265,6 +279,16 @@ mod tests {
             stream(LineBreaks::Stdio, &["os3cr3t\nValue42\n"]),
             "o<secret:short>3t\nValue42\n"
         );
+    }
+
+    #[test]
+    fn a_secret_of_several_lines_is_redacted_in_a_stdio_log() {
+        let r = Redactor::new([("key", "-----BEGIN-----\nAbCd\n-----END-----")]);
+        let mut s = LogRedactor::new(r, LineBreaks::Stdio);
+        let out = s.push("o-----BEGIN-----\noAb\n".into())
+            + &s.push("oCd\no-----END-----\n".into())
+            + &s.finish();
+        assert_eq!(out, "o<secret:key>\no\no\no\n");
     }
 
     #[test]
