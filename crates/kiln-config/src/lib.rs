@@ -108,6 +108,7 @@ pub mod diff;
 pub mod error;
 mod eval;
 pub mod interp;
+pub mod log_redact;
 pub mod secrets;
 pub mod types;
 mod validate;
@@ -121,6 +122,7 @@ use starlark::syntax::{AstModule, Dialect};
 pub use diff::{ConfigDiff, NamedDiff};
 pub use error::{ConfigError, Diagnostic};
 pub use interp::{Interpolation, RenderContext};
+pub use log_redact::{LineBreaks, LogRedactor};
 pub use secrets::{Redactor, SecretSource, Secrets};
 pub use types::*;
 

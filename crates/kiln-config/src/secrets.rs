@@ -151,4 +151,9 @@ impl Redactor {
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
     }
+
+    /// (value, replacement), longest value first.
+    pub(crate) fn pairs(&self) -> &[(String, String)] {
+        &self.pairs
+    }
 }

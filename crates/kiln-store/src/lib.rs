@@ -47,8 +47,8 @@ pub use buildsets::{BuildsetFilter, NewBuildset};
 pub use changes::{ChangeFilter, NewChange};
 pub use events::{CHANNEL as EVENTS_CHANNEL, EventBus, EventBusOptions, RecvError, Subscription};
 pub use logs::{
-    AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES, LogWriter,
-    MAX_READ_LINES, slugify,
+    AppendOutcome, ChunkInfo, JanitorReport, LOG_CHUNK_MAX_BYTES, LOG_CHUNK_MAX_LINES, LogCap,
+    LogWriter, MAX_READ_LINES, TailRing, slugify,
 };
 pub use masters::MasterRow;
 pub use queue::{BuildRequestFilter, PendingBuilder};
@@ -89,7 +89,9 @@ pub enum Backend {
 pub struct StoreOptions {
     /// Pool size.
     pub max_connections: u32,
-    /// Per-log cap on stored bytes; past it a marker line is stored and the rest is dropped.
+    /// Per-log cap on stored bytes for appends through [`Store::append_log`]; past it a marker
+    /// line is stored and the rest is dropped. A [`LogWriter`] has its own cap, given when the
+    /// log is opened ([`Store::add_log_writer`]).
     pub log_max_bytes: Option<u64>,
 }
 

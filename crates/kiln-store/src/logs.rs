@@ -7,6 +7,9 @@
 //! * Lines are numbered from 0; a chunk holds `first_line..=last_line` and never more than
 //!   [`LOG_CHUNK_MAX_LINES`] lines, which lets a range read use a tight index range.
 //! * Each chunk stores its raw length, which bounds decompression.
+//! * A capped log ([`LogCap`]) keeps its head up to the cap less the tail, then a marker line,
+//!   then its last lines: those are held in a bounded [`TailRing`] by the log's writer and
+//!   written when the log is finished, however the step ended.
 
 use futures_util::Stream;
 use kiln_model::{Epoch, Log, LogId, LogType, StepId};
@@ -156,8 +159,126 @@ pub(crate) fn decompress(r: &AnyRow) -> Result<Vec<u8>> {
     }
 }
 
-fn marker(cap: u64, dropped: u64) -> String {
-    format!("[kiln: log truncated at {cap} bytes; {dropped} bytes dropped]\n")
+/// A log's size cap, fixed when the log is opened (so a reconfig applies to the next logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogCap {
+    /// The most bytes stored (head, tail and nothing else but the marker line).
+    pub max_bytes: u64,
+    /// How much of the log's end is kept (whole lines); 0 keeps the head only.
+    pub tail_bytes: u64,
+}
+
+impl LogCap {
+    /// Head only: what the store's own cap ([`crate::StoreOptions::log_max_bytes`]) does.
+    pub fn head_only(max_bytes: u64) -> LogCap {
+        LogCap {
+            max_bytes,
+            tail_bytes: 0,
+        }
+    }
+
+    /// Bytes of head kept before the rest goes to the tail.
+    fn head_bytes(self) -> u64 {
+        self.max_bytes - self.tail_bytes.min(self.max_bytes)
+    }
+}
+
+/// The marker line between a capped log's head and its tail. It says what was left out, so
+/// a reader never mistakes a capped log for a whole one.
+fn marker(cap: LogCap, after: LogState, tail: &TailRing, finished: bool) -> String {
+    let max = cap.max_bytes;
+    // Counted from the log's totals, so a last line stored with an added `\n` does not
+    // count that byte.
+    let out = after.total - (after.stored + tail.bytes()).min(after.total);
+    if cap.tail_bytes == 0 {
+        format!("[kiln: log truncated at {max} bytes; {out} bytes dropped]\n")
+    } else if finished {
+        let lines = tail.left_out_lines;
+        let kept = tail.bytes();
+        format!(
+            "[kiln: log truncated at {max} bytes; {out} bytes ({lines} lines) left out here, the last {kept} bytes follow]\n"
+        )
+    } else {
+        let keep = cap.tail_bytes;
+        format!(
+            "[kiln: log truncated at {max} bytes; {out} bytes left out so far, the last {keep} bytes follow when the log ends]\n"
+        )
+    }
+}
+
+/// The end of a capped log, past its head: the longest run of last whole lines that fits in
+/// `capacity` bytes, and counts of what fell out of it. Memory stays within the capacity (plus
+/// one line-length entry per line held).
+#[derive(Debug, Clone, Default)]
+pub struct TailRing {
+    capacity: usize,
+    bytes: std::collections::VecDeque<u8>,
+    line_lens: std::collections::VecDeque<usize>,
+    /// Bytes and lines that went past the head and are not held (left out of the log).
+    pub left_out_bytes: u64,
+    pub left_out_lines: u64,
+}
+
+impl TailRing {
+    pub fn new(capacity: u64) -> TailRing {
+        TailRing {
+            capacity: usize::try_from(capacity).unwrap_or(usize::MAX),
+            ..TailRing::default()
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Lines held.
+    pub fn lines(&self) -> usize {
+        self.line_lens.len()
+    }
+
+    /// Adds whole lines (a last line without `\n` gets one, as the store does) and drops
+    /// the oldest lines that no longer fit.
+    pub fn push(&mut self, text: &[u8]) {
+        let mut rest = text;
+        while !rest.is_empty() {
+            let end = memchr_nl(rest).map_or(rest.len(), |p| p + 1);
+            let (line, after) = rest.split_at(end);
+            let len = line.len() + usize::from(!line.ends_with(b"\n"));
+            if len > self.capacity {
+                // Longer than the whole tail: it and everything before it is left out.
+                self.evict(self.line_lens.len());
+                self.left_out_bytes += len as u64;
+                self.left_out_lines += 1;
+            } else {
+                while self.bytes.len() + len > self.capacity {
+                    self.evict(1);
+                }
+                self.bytes.extend(line);
+                if len > line.len() {
+                    self.bytes.push_back(b'\n');
+                }
+                self.line_lens.push_back(len);
+            }
+            rest = after;
+        }
+    }
+
+    fn evict(&mut self, lines: usize) {
+        for _ in 0..lines {
+            let Some(len) = self.line_lens.pop_front() else {
+                return;
+            };
+            self.bytes.drain(..len);
+            self.left_out_bytes += len as u64;
+            self.left_out_lines += 1;
+        }
+    }
+
+    /// The lines held, as one slice.
+    fn text(&mut self) -> &[u8] {
+        self.bytes.make_contiguous()
+    }
 }
 
 async fn insert_chunk(
@@ -181,13 +302,17 @@ async fn insert_chunk(
     Ok(())
 }
 
-/// A log's running totals: its row's counters.
+/// A log's running totals: its row's counters, and whether its head is full.
 #[derive(Debug, Clone, Copy, Default)]
 struct LogState {
     num_lines: i64,
     total: u64,
     stored: u64,
+    /// The marker line is stored (the last line, until the tail is written).
     truncated: bool,
+    /// The head reached its cap: what comes now goes to the tail. Only a log's writer knows
+    /// it before the marker is stored; for others it is `truncated`.
+    head_full: bool,
 }
 
 /// One chunk ready to store: lines `first..=last`, compressed.
@@ -212,50 +337,20 @@ impl PlannedChunk {
     }
 }
 
-/// What one append writes: new chunks, or (once capped) a refreshed marker chunk.
+/// What one append writes: a refreshed marker chunk, new chunks, and the counters.
 struct AppendPlan {
-    chunks: Vec<PlannedChunk>,
     marker_refresh: Option<PlannedChunk>,
+    chunks: Vec<PlannedChunk>,
     after: LogState,
     outcome: AppendOutcome,
 }
 
-/// Splits, caps and compresses an append; touches no database, so a log's only writer can
-/// do it before taking the write lock.
-fn plan_append(state: LogState, bytes: &[u8], cap: Option<u64>) -> AppendPlan {
-    let mut after = state;
-    after.total += bytes.len() as u64;
-    if state.truncated {
-        // Already capped: count, and refresh the marker (the last, one-line chunk).
-        let cap = cap.unwrap_or(state.stored);
-        let m = marker(cap, after.total - state.stored);
-        let line = state.num_lines - 1;
-        return AppendPlan {
-            chunks: Vec::new(),
-            marker_refresh: Some(PlannedChunk::new(line, line, m.as_bytes(), 3)),
-            after,
-            outcome: AppendOutcome {
-                lines_stored: 0,
-                bytes_dropped: bytes.len() as u64,
-                num_lines: state.num_lines,
-            },
-        };
-    }
-    let (keep, cut) = match cap {
-        Some(cap) if state.stored + bytes.len() as u64 > cap => {
-            let room = (cap - state.stored.min(cap)) as usize;
-            // The longest prefix of whole lines that fits.
-            let keep = bytes[..room.min(bytes.len())]
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |p| p + 1);
-            (keep, true)
-        }
-        _ => (bytes.len(), false),
-    };
-    let mut chunks = Vec::new();
-    let mut num_lines = state.num_lines;
-    let mut rest = &bytes[..keep];
+/// Splits text into chunks numbered from `first_line` (at most [`LOG_CHUNK_MAX_LINES`] lines
+/// and [`LOG_CHUNK_MAX_BYTES`] bytes each, a longer line alone); a last line without `\n`
+/// gets one. Returns the chunks and the line count.
+fn plan_chunks(first_line: i64, text: &[u8], out: &mut Vec<PlannedChunk>) -> i64 {
+    let mut num_lines = first_line;
+    let mut rest = text;
     while !rest.is_empty() {
         // Take up to MAX_LINES lines and MAX_BYTES bytes (at least one line).
         let mut end = 0;
@@ -270,27 +365,67 @@ fn plan_append(state: LogState, bytes: &[u8], cap: Option<u64>) -> AppendPlan {
         }
         let last = num_lines + lines as i64 - 1;
         if rest[end - 1] == b'\n' {
-            chunks.push(PlannedChunk::new(num_lines, last, &rest[..end], 3));
+            out.push(PlannedChunk::new(num_lines, last, &rest[..end], 3));
         } else {
             let mut owned = rest[..end].to_vec();
             owned.push(b'\n');
-            chunks.push(PlannedChunk::new(num_lines, last, &owned, 3));
+            out.push(PlannedChunk::new(num_lines, last, &owned, 3));
         }
         num_lines += lines as i64;
         rest = &rest[end..];
     }
+    num_lines - first_line
+}
+
+/// Splits, caps and compresses an append; touches no database, so a log's only writer can
+/// do it before taking the write lock. Past the head (`cap` less its tail), text goes to
+/// `tail` (the writer's ring; an empty ring of capacity 0 for a log without one); once the
+/// ring leaves something out, the marker line is stored after the head and kept current.
+fn plan_append(
+    state: LogState,
+    bytes: &[u8],
+    cap: Option<LogCap>,
+    tail: &mut TailRing,
+) -> AppendPlan {
+    let mut after = state;
+    after.total += bytes.len() as u64;
+    let keep = match cap {
+        _ if state.head_full => 0,
+        Some(cap) if state.stored + bytes.len() as u64 > cap.head_bytes() => {
+            let room = (cap.head_bytes() - state.stored.min(cap.head_bytes())) as usize;
+            after.head_full = true;
+            // The longest prefix of whole lines that fits.
+            bytes[..room.min(bytes.len())]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1)
+        }
+        _ => bytes.len(),
+    };
+    let mut chunks = Vec::new();
+    let mut num_lines = state.num_lines + plan_chunks(state.num_lines, &bytes[..keep], &mut chunks);
     after.stored += keep as u64;
-    if cut {
-        let cap = cap.expect("cut implies a cap");
-        let m = marker(cap, after.total - after.stored);
-        chunks.push(PlannedChunk::new(num_lines, num_lines, m.as_bytes(), 3));
-        num_lines += 1;
-        after.truncated = true;
+    let mut marker_refresh = None;
+    if after.head_full {
+        let left_out = tail.left_out_bytes;
+        tail.push(&bytes[keep..]);
+        // `head_full` implies a cap (the state of a log read back says `truncated`).
+        let cap = cap.unwrap_or(LogCap::head_only(state.stored));
+        if tail.left_out_bytes > 0 && !state.truncated {
+            let m = marker(cap, after, tail, false);
+            chunks.push(PlannedChunk::new(num_lines, num_lines, m.as_bytes(), 3));
+            num_lines += 1;
+            after.truncated = true;
+        } else if state.truncated && tail.left_out_bytes != left_out {
+            let m = marker(cap, after, tail, false);
+            let line = state.num_lines - 1;
+            marker_refresh = Some(PlannedChunk::new(line, line, m.as_bytes(), 3));
+        }
     }
     after.num_lines = num_lines;
     AppendPlan {
+        marker_refresh,
         chunks,
-        marker_refresh: None,
         after,
         outcome: AppendOutcome {
             lines_stored: num_lines - state.num_lines,
@@ -300,10 +435,38 @@ fn plan_append(state: LogState, bytes: &[u8], cap: Option<u64>) -> AppendPlan {
     }
 }
 
+/// What finishing a capped log writes: the marker's final text (what was left out, now
+/// known) and the tail's lines after it. Nothing when the log never outgrew its head.
+fn plan_tail(state: LogState, cap: Option<LogCap>, tail: &mut TailRing) -> Option<AppendPlan> {
+    let cap = cap?;
+    if tail.lines() == 0 {
+        return None;
+    }
+    let mut after = state;
+    let marker_refresh = state.truncated.then(|| {
+        let line = state.num_lines - 1;
+        PlannedChunk::new(line, line, marker(cap, state, tail, true).as_bytes(), 3)
+    });
+    let text = tail.text();
+    let mut chunks = Vec::new();
+    after.num_lines += plan_chunks(state.num_lines, text, &mut chunks);
+    after.stored += text.len() as u64;
+    Some(AppendPlan {
+        marker_refresh,
+        chunks,
+        after,
+        outcome: AppendOutcome {
+            lines_stored: after.num_lines - state.num_lines,
+            bytes_dropped: 0,
+            num_lines: after.num_lines,
+        },
+    })
+}
+
 /// Chunks per INSERT statement (6 parameters each).
 const CHUNKS_PER_INSERT: usize = 64;
 
-/// SQLite: the whole append (chunks and counters) as one batch, one trip to the writer.
+/// SQLite: the whole append (marker, chunks and counters) as one batch, one trip to the writer.
 async fn write_plan_sqlite(store: &Store, id: LogId, plan: &AppendPlan) -> Result<()> {
     let mut sql = String::from("BEGIN IMMEDIATE; ");
     let mut n = 0;
@@ -320,27 +483,25 @@ async fn write_plan_sqlite(store: &Store, id: LogId, plan: &AppendPlan) -> Resul
             p(),
             p()
         );
-        sql += &format!("UPDATE logs SET total_bytes = {} WHERE id = {}; ", p(), p());
-    } else {
-        for batch in plan.chunks.chunks(CHUNKS_PER_INSERT) {
-            let values: Vec<String> = batch
-                .iter()
-                .map(|_| format!("({}, {}, {}, {}, {}, {})", p(), p(), p(), p(), p(), p()))
-                .collect();
-            sql += &format!(
-                "INSERT INTO logchunks (logid, first_line, last_line, content, compressed, raw_len) VALUES {}; ",
-                values.join(", ")
-            );
-        }
+    }
+    for batch in plan.chunks.chunks(CHUNKS_PER_INSERT) {
+        let values: Vec<String> = batch
+            .iter()
+            .map(|_| format!("({}, {}, {}, {}, {}, {})", p(), p(), p(), p(), p(), p()))
+            .collect();
         sql += &format!(
-            "UPDATE logs SET num_lines = {}, total_bytes = {}, stored_bytes = {}, truncated = {} WHERE id = {}; ",
-            p(),
-            p(),
-            p(),
-            p(),
-            p()
+            "INSERT INTO logchunks (logid, first_line, last_line, content, compressed, raw_len) VALUES {}; ",
+            values.join(", ")
         );
     }
+    sql += &format!(
+        "UPDATE logs SET num_lines = {}, total_bytes = {}, stored_bytes = {}, truncated = {} WHERE id = {}; ",
+        p(),
+        p(),
+        p(),
+        p(),
+        p()
+    );
     sql += "COMMIT";
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     if let Some(m) = &plan.marker_refresh {
@@ -350,24 +511,22 @@ async fn write_plan_sqlite(store: &Store, id: LogId, plan: &AppendPlan) -> Resul
             .bind(m.raw_len)
             .bind(id.0)
             .bind(m.first);
-        q = q.bind(plan.after.total as i64).bind(id.0);
-    } else {
-        for c in &plan.chunks {
-            q = q
-                .bind(id.0)
-                .bind(c.first)
-                .bind(c.last)
-                .bind(c.content.as_slice())
-                .bind(c.method)
-                .bind(c.raw_len);
-        }
-        q = q
-            .bind(plan.after.num_lines)
-            .bind(plan.after.total as i64)
-            .bind(plan.after.stored as i64)
-            .bind(plan.after.truncated as i64)
-            .bind(id.0);
     }
+    for c in &plan.chunks {
+        q = q
+            .bind(id.0)
+            .bind(c.first)
+            .bind(c.last)
+            .bind(c.content.as_slice())
+            .bind(c.method)
+            .bind(c.raw_len);
+    }
+    q = q
+        .bind(plan.after.num_lines)
+        .bind(plan.after.total as i64)
+        .bind(plan.after.stored as i64)
+        .bind(plan.after.truncated as i64)
+        .bind(id.0);
     store.sqlite_batch(q).await?;
     Ok(())
 }
@@ -386,12 +545,6 @@ async fn write_plan(
             .bind(m.first)
             .execute(&mut **tx)
             .await?;
-        sqlx::query("UPDATE logs SET total_bytes = $1 WHERE id = $2")
-            .bind(plan.after.total as i64)
-            .bind(id.0)
-            .execute(&mut **tx)
-            .await?;
-        return Ok(());
     }
     for batch in plan.chunks.chunks(CHUNKS_PER_INSERT) {
         let values: Vec<String> = (0..batch.len())
@@ -444,6 +597,11 @@ pub struct LogWriter {
     store: Store,
     id: LogId,
     state: LogState,
+    /// The cap the log was opened with.
+    cap: Option<LogCap>,
+    /// The log's end past its head, written by [`LogWriter::finish`] (boxed: a writer is
+    /// moved around while idle).
+    tail: Box<TailRing>,
     /// (first line, raw bytes) of the newest chunk.
     last_chunk: Option<(i64, i64)>,
     /// Some two neighbouring chunks fit the chunk limits together.
@@ -468,12 +626,17 @@ impl LogWriter {
                 ..Default::default()
             });
         }
-        let plan = plan_append(self.state, text.as_bytes(), self.store.opts.log_max_bytes);
+        let plan = plan_append(self.state, text.as_bytes(), self.cap, &mut self.tail);
+        self.write(&plan).await?;
+        Ok(plan.outcome)
+    }
+
+    async fn write(&mut self, plan: &AppendPlan) -> Result<()> {
         if self.store.backend == Backend::Sqlite {
-            write_plan_sqlite(&self.store, self.id, &plan).await?;
+            write_plan_sqlite(&self.store, self.id, plan).await?;
         } else {
             let mut tx = self.store.write_tx().await?;
-            write_plan(&mut tx, self.id, &plan).await?;
+            write_plan(&mut tx, self.id, plan).await?;
             tx.commit().await?;
         }
         for c in &plan.chunks {
@@ -486,12 +649,16 @@ impl LogWriter {
             self.last_chunk = Some((c.first, c.raw_len));
         }
         self.state = plan.after;
-        Ok(plan.outcome)
+        Ok(())
     }
 
-    /// Marks the log complete, merging small chunks (as [`Store::finish_log`]) only when
-    /// there are any to merge.
-    pub async fn finish(self) -> Result<()> {
+    /// Writes a capped log's tail (after the marker, which now says what was left out), then
+    /// marks the log complete, merging small chunks (as [`Store::finish_log`]) only when
+    /// there are any to merge. Call it however the step ended, or the tail is lost.
+    pub async fn finish(mut self) -> Result<()> {
+        if let Some(plan) = plan_tail(self.state, self.cap, &mut self.tail) {
+            self.write(&plan).await?;
+        }
         self.store.finish_log(self.id, self.mergeable).await
     }
 }
@@ -585,25 +752,32 @@ impl Store {
             total: get_i64(&r, "total_bytes")? as u64,
             stored: get_i64(&r, "stored_bytes")? as u64,
             truncated: get_bool(&r, "truncated")?,
+            head_full: get_bool(&r, "truncated")?,
         };
-        let plan = plan_append(state, text.as_bytes(), self.opts.log_max_bytes);
+        // No writer keeps a tail between calls: the store's cap keeps the head only.
+        let cap = self.opts.log_max_bytes.map(LogCap::head_only);
+        let plan = plan_append(state, text.as_bytes(), cap, &mut TailRing::new(0));
         write_plan(&mut tx, id, &plan).await?;
         tx.commit().await?;
         Ok(plan.outcome)
     }
 
-    /// Adds an empty log to a step and returns its writer (see [`LogWriter`]).
+    /// Adds an empty log to a step and returns its writer (see [`LogWriter`]), capped at
+    /// `cap` (`None`: never), which keeps a tail in memory up to `cap.tail_bytes`.
     pub async fn add_log_writer(
         &self,
         step: StepId,
         name: &str,
         log_type: LogType,
+        cap: Option<LogCap>,
     ) -> Result<LogWriter> {
         let id = self.add_log(step, name, log_type).await?;
         Ok(LogWriter {
             store: self.clone(),
             id,
             state: LogState::default(),
+            cap,
+            tail: Box::new(TailRing::new(cap.map_or(0, |c| c.tail_bytes))),
             last_chunk: None,
             mergeable: false,
         })
@@ -913,5 +1087,64 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(t: &mut TailRing) -> String {
+        String::from_utf8(t.text().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_whole_lines_within_its_capacity() {
+        let mut t = TailRing::new(10);
+        t.push(b"one\ntwo\n");
+        t.push(b"three\nfour");
+        // "four" gets its `\n`; "one", "two" and "three" no longer fit.
+        assert_eq!(held(&mut t), "four\n");
+        t.push(b"ab\n");
+        assert_eq!(held(&mut t), "four\nab\n");
+        assert_eq!((t.left_out_lines, t.left_out_bytes), (3, 14));
+        assert!(t.bytes() <= 10);
+        // A line longer than the whole tail leaves everything before it out, and itself.
+        t.push(b"0123456789abc\n");
+        assert_eq!((t.lines(), t.bytes()), (0, 0));
+        assert_eq!((t.left_out_lines, t.left_out_bytes), (6, 36));
+    }
+
+    #[test]
+    fn the_tail_is_planned_after_the_marker_which_says_what_was_left_out() {
+        let cap = LogCap {
+            max_bytes: 20,
+            tail_bytes: 8,
+        };
+        let mut tail = TailRing::new(cap.tail_bytes);
+        // 12 bytes of head fit; the rest goes to the tail, which leaves some out.
+        let text = b"aaa\nbbb\nccc\nddd\neee\nfff\n";
+        let plan = plan_append(LogState::default(), text, Some(cap), &mut tail);
+        assert_eq!(
+            plan.outcome.lines_stored, 4,
+            "three head lines and the marker"
+        );
+        assert_eq!(plan.after.stored, 12);
+        assert!(plan.after.truncated);
+        assert_eq!(held(&mut tail), "eee\nfff\n");
+        assert_eq!(
+            marker(cap, plan.after, &tail, true),
+            "[kiln: log truncated at 20 bytes; 4 bytes (1 lines) left out here, the last 8 bytes follow]\n"
+        );
+        let done = plan_tail(plan.after, Some(cap), &mut tail).expect("a tail");
+        assert_eq!(done.after.num_lines, 6);
+        assert_eq!(done.after.stored, 20);
+        let marker = done.marker_refresh.expect("the marker's final text");
+        assert_eq!(marker.first, 3);
+        assert_eq!((done.chunks[0].first, done.chunks[0].last), (4, 5));
+        // Nothing past the head: no tail to write.
+        let mut tail = TailRing::new(cap.tail_bytes);
+        let plan = plan_append(LogState::default(), b"aaa\n", Some(cap), &mut tail);
+        assert!(plan_tail(plan.after, Some(cap), &mut tail).is_none());
     }
 }

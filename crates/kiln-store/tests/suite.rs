@@ -30,6 +30,11 @@ both!(
         ..Default::default()
     }
 );
+both!(
+    sqlite_log_head_and_tail,
+    pg_log_head_and_tail,
+    log_head_and_tail
+);
 both!(sqlite_retention, pg_retention, retention);
 both!(sqlite_runner_paths, pg_runner_paths, runner_paths);
 both!(
@@ -1428,7 +1433,12 @@ async fn log_writer(store: Store) {
         .collect();
     let plain = store.add_log(step, "plain", LogType::Stdio).await.unwrap();
     let mut writer = store
-        .add_log_writer(step, "writer", LogType::Stdio)
+        .add_log_writer(
+            step,
+            "writer",
+            LogType::Stdio,
+            Some(LogCap::head_only(5000)),
+        )
         .await
         .unwrap();
     for a in &appends {
@@ -1470,7 +1480,7 @@ async fn log_writer(store: Store) {
 
     // One big append: nothing to merge, and the writer skips the merge pass.
     let mut big = store
-        .add_log_writer(step, "big", LogType::Stdio)
+        .add_log_writer(step, "big", LogType::Stdio, None)
         .await
         .unwrap();
     let text: String = (0..2000).map(|i| format!("{i:04}\n")).collect();
@@ -1481,4 +1491,113 @@ async fn log_writer(store: Store) {
         store.read_log_lines(id, 0, 5).await.unwrap(),
         ["0000", "0001", "0002", "0003", "0004", "0005"]
     );
+}
+
+/// A capped log keeps its head, a marker saying what was left out, and its last whole lines
+/// (with the exit status); a log within its cap is stored whole, with no marker.
+async fn log_head_and_tail(store: Store) {
+    let (m, w, b1, _) = setup(&store).await;
+    let br = buildset(&store, &[b1], 0, 1).await[0];
+    let (build, _) = store
+        .add_build(
+            &NewBuild {
+                builderid: b1,
+                buildrequestid: br,
+                workerid: w,
+                masterid: m,
+                state_string: String::new(),
+            },
+            1,
+        )
+        .await
+        .unwrap();
+    let (step, _, _) = store.add_step(build, "test").await.unwrap();
+    let cap = LogCap {
+        max_bytes: 1000,
+        tail_bytes: 300,
+    };
+    let mut big = store
+        .add_log_writer(step, "stdio", LogType::Stdio, Some(cap))
+        .await
+        .unwrap();
+    // 400 lines of 10 bytes, in appends of 7 lines, then the exit status (35 bytes).
+    let lines: Vec<String> = (0..400).map(|i| format!("oline {i:03}\n")).collect();
+    for batch in lines.chunks(7) {
+        big.append(&batch.concat()).await.unwrap();
+    }
+    big.append("hprogram finished with exit code 3\n")
+        .await
+        .unwrap();
+    let id = big.id();
+    // Live, the head and the marker are there; the tail is held until the log ends.
+    let live = store.read_log_lines(id, 0, 10_000).await.unwrap();
+    assert_eq!(live.len(), 71, "{live:?}");
+    assert!(
+        live[70].starts_with("[kiln: log truncated at 1000 bytes;"),
+        "{}",
+        live[70]
+    );
+    big.finish().await.unwrap();
+
+    let all = store.read_log_lines(id, 0, 10_000).await.unwrap();
+    // The head: 700 bytes of whole lines.
+    let head: Vec<String> = (0..70).map(|i| format!("oline {i:03}")).collect();
+    assert_eq!(all[..70], head[..]);
+    // The tail: the last whole lines within 300 bytes, the exit status last.
+    let mut tail: Vec<String> = (374..400).map(|i| format!("oline {i:03}")).collect();
+    tail.push("hprogram finished with exit code 3".into());
+    assert_eq!(all[71..], tail[..], "{all:?}");
+    // Between them, what was left out.
+    assert_eq!(
+        all[70],
+        "[kiln: log truncated at 1000 bytes; 3040 bytes (304 lines) left out here, the last 295 bytes follow]"
+    );
+    assert_eq!(store.log_sizes(id).await.unwrap(), (4035, 995, true));
+    let log = store.get_log(id).await.unwrap().unwrap();
+    assert!(log.complete);
+    assert_eq!(log.num_lines, 98);
+    let raw: Vec<Vec<u8>> = store.log_raw(id).try_collect().await.unwrap();
+    assert!(
+        raw.concat()
+            .ends_with(b"\nhprogram finished with exit code 3\n")
+    );
+
+    // Within the cap but past the head: nothing is left out, so no marker.
+    let mut small = store
+        .add_log_writer(step, "small", LogType::Stdio, Some(cap))
+        .await
+        .unwrap();
+    let text = lines[..90].concat();
+    small.append(&text).await.unwrap();
+    let id = small.id();
+    small.finish().await.unwrap();
+    assert_eq!(
+        store
+            .read_log_lines(id, 0, 10_000)
+            .await
+            .unwrap()
+            .join("\n")
+            + "\n",
+        text
+    );
+    assert_eq!(store.log_sizes(id).await.unwrap(), (900, 900, false));
+
+    // A line longer than the whole tail leaves it out with everything before it.
+    let mut long = store
+        .add_log_writer(step, "long", LogType::Stdio, Some(cap))
+        .await
+        .unwrap();
+    long.append(&lines[..80].concat()).await.unwrap();
+    long.append(&format!("o{}\n", "x".repeat(400)))
+        .await
+        .unwrap();
+    long.append("hprogram finished with exit code 0\n")
+        .await
+        .unwrap();
+    let id = long.id();
+    long.finish().await.unwrap();
+    let all = store.read_log_lines(id, 0, 10_000).await.unwrap();
+    assert_eq!(all.len(), 72, "{all:?}");
+    assert!(all[70].contains("(11 lines) left out here"), "{}", all[70]);
+    assert_eq!(all[71], "hprogram finished with exit code 0");
 }

@@ -232,6 +232,8 @@ async fn open_services(
     config: &MasterConfig,
 ) -> Result<(Services, mpsc::UnboundedReceiver<WorkerEvent>), StartError> {
     let db_url = resolve_db_url(&config.master.db_url, basedir);
+    // A step's logs take their cap from the build's config when they are opened (see
+    // `runner::log_cap`); this one, fixed at start, only caps appends made without a writer.
     let store_opts = StoreOptions {
         log_max_bytes: (config.master.log_max_bytes > 0).then_some(config.master.log_max_bytes),
         ..StoreOptions::default()

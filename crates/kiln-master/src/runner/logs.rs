@@ -1,12 +1,14 @@
-//! A running step's logs in the store, with secrets redacted on the way in, and
-//! `LogAppended` events at most a few times a second per log.
+//! A running step's logs in the store, with secrets redacted on the way in (even one a line
+//! wrap or a batch cut in two: see [`kiln_config::LogRedactor`]), capped as the build's config
+//! says when each log is opened, and `LogAppended` events at most a few times a second per log.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use kiln_config::{LineBreaks, LogRedactor};
 use kiln_model::{Event, LogId, LogType, StepId};
 use kiln_remote::BoxFuture;
-use kiln_store::{EventBus, LogWriter, Store};
+use kiln_store::{EventBus, LogCap, LogWriter, Store};
 
 use crate::steps::{LogError, LogHandle, StepLogs};
 
@@ -48,8 +50,12 @@ pub(super) struct StoreLogs {
     bus: EventBus,
     step: StepId,
     redactor: kiln_config::Redactor,
+    /// The cap of the logs this step opens (from the build's config; `None`: none).
+    cap: Option<LogCap>,
     metrics: crate::Metrics,
     writers: HashMap<i64, LogSlot>,
+    /// Each open log's redaction, with the lines it keeps back.
+    redacting: HashMap<i64, LogRedactor>,
     /// When each log's last `LogAppended` went out.
     announced: HashMap<i64, Instant>,
     /// The state string in the step row.
@@ -63,6 +69,7 @@ impl StoreLogs {
         bus: EventBus,
         step: StepId,
         redactor: kiln_config::Redactor,
+        cap: Option<LogCap>,
         metrics: crate::Metrics,
         state: String,
     ) -> StoreLogs {
@@ -71,8 +78,10 @@ impl StoreLogs {
             bus,
             step,
             redactor,
+            cap,
             metrics,
             writers: HashMap::new(),
+            redacting: HashMap::new(),
             announced: HashMap::new(),
             state,
             deferred_state: None,
@@ -111,6 +120,22 @@ impl StoreLogs {
         });
     }
 
+    /// Stores redacted text: through the log's writer, or for a log this step did not open
+    /// (none today), through the store.
+    async fn store_text(&mut self, log: LogHandle, text: String) -> Result<(), LogError> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        match self.writers.remove(&log.0) {
+            Some(slot) => self.append_to(log.0, slot, text).await,
+            None => {
+                let out = self.store.append_log(LogId(log.0), &text).await?;
+                self.announce(log.0, out.num_lines, false);
+                Ok(())
+            }
+        }
+    }
+
     async fn append_to(&mut self, log: i64, slot: LogSlot, text: String) -> Result<(), LogError> {
         let mut w = slot.settle().await?;
         let lines_before = w.num_lines();
@@ -147,36 +172,41 @@ impl StepLogs for StoreLogs {
             self.write_deferred_state().await?;
             let w = self
                 .store
-                .add_log_writer(self.step, &name, log_type)
+                .add_log_writer(self.step, &name, log_type, self.cap)
                 .await?;
             let id = w.id();
             self.writers.insert(id.0, LogSlot::Idle(w));
+            let breaks = match log_type {
+                LogType::Stdio => LineBreaks::Stdio,
+                _ => LineBreaks::Plain,
+            };
+            let redactor = LogRedactor::new(self.redactor.clone(), breaks);
+            self.redacting.insert(id.0, redactor);
             Ok(LogHandle(id.0))
         })
     }
 
     fn append(&mut self, log: LogHandle, text: String) -> BoxFuture<'_, Result<(), LogError>> {
         self.metrics.log_bytes_received(text.len() as u64);
-        let text = if self.redactor.is_empty() {
-            text
-        } else {
-            self.redactor.redact(&text)
+        let text = match self.redacting.get_mut(&log.0) {
+            Some(r) => r.push(text),
+            None => self.redactor.redact(&text),
         };
         Box::pin(async move {
             self.write_deferred_state().await?;
-            match self.writers.remove(&log.0) {
-                Some(slot) => self.append_to(log.0, slot, text).await,
-                None => {
-                    let out = self.store.append_log(LogId(log.0), &text).await?;
-                    self.announce(log.0, out.num_lines, false);
-                    Ok(())
-                }
-            }
+            self.store_text(log, text).await
         })
     }
 
     fn finish(&mut self, log: LogHandle) -> BoxFuture<'_, Result<(), LogError>> {
         Box::pin(async move {
+            // The lines the redaction kept back go in before the log's tail and its end.
+            if let Some(mut r) = self.redacting.remove(&log.0) {
+                let held = r.finish();
+                if !held.is_empty() {
+                    self.store_text(log, held).await?;
+                }
+            }
             match self.writers.remove(&log.0) {
                 Some(slot) => {
                     let w = slot.settle().await?;

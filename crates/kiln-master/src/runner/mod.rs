@@ -100,6 +100,16 @@ pub(crate) async fn run(
     })
 }
 
+/// The cap of a log opened under `master` (its `log_max_bytes`, 0 for none, keeping
+/// `log_max_tail_bytes` of its end). A build's logs take it from the config the build started
+/// on, so a reconfig of the cap applies to the logs of the builds that start after it.
+fn log_cap(master: &kiln_config::MasterSettings) -> Option<kiln_store::LogCap> {
+    (master.log_max_bytes > 0).then(|| kiln_store::LogCap {
+        max_bytes: master.log_max_bytes,
+        tail_bytes: master.log_max_tail_bytes.min(master.log_max_bytes / 2),
+    })
+}
+
 /// A started build: its row exists; its steps run one at a time.
 struct BuildRun<'a> {
     s: &'a Services,
@@ -225,6 +235,7 @@ impl<'a> BuildRun<'a> {
             s.bus.clone(),
             step_id,
             self.redactor.clone(),
+            log_cap(&self.order.config.master),
             s.metrics.clone(),
             first_state,
         );
