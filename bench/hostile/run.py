@@ -188,7 +188,17 @@ def probe_log(system, args, scale, kiln_worker):
         if workers:
             workers.stop()
         m.stop()
-        m.drop_database()
+        drop_work(m)
+
+
+def drop_work(m):
+    """The master's database, and any log file over 50 MB (Kiln writes ~400 KB of log per
+    failed login today: 1.2 GB for the full probe), unless --keep-work."""
+    m.drop_database()
+    if not mb.KEEP_WORK:
+        for f in m.dir.rglob("*"):
+            if f.is_file() and f.stat().st_size > 50 * MB:
+                f.unlink(missing_ok=True)
 
 
 def alive(m):
@@ -306,7 +316,7 @@ def probe_logins(system, args, scale):
         return out
     finally:
         m.stop()
-        m.drop_database()
+        drop_work(m)
 
 
 # --- probe: stalled half-sent requests, and /health --------------------------------------------
@@ -442,7 +452,7 @@ def probe_stall(system, args, scale):
         if held:
             held.close()
         m.stop()
-        m.drop_database()
+        drop_work(m)
 
 
 # --- report ------------------------------------------------------------------------------------
