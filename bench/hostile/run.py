@@ -92,14 +92,24 @@ def own_rss_kb(pid, field="VmRSS"):
     return None
 
 
-def log_files_bytes(dir):
-    """Bytes in the master's log files (Kiln: kiln.log* and its stdout/stderr in master.out;
-    Buildbot: twistd.log*)."""
-    total = 0
+def log_bytes(dir):
+    """(bytes of the master's captured stdout/stderr, bytes in its log files). A Kiln master
+    in the foreground writes its log to both, and its `kiln.log*` rotate away at 10 × 10 MB;
+    Buildbot writes only `twistd.log*`. So the log stream written is the larger growth of
+    the two, counted once."""
+    out = files = 0
     for f in dir.iterdir():
-        if f.is_file() and (".log" in f.name or f.name == "master.out"):
-            total += f.stat().st_size
-    return total
+        if not f.is_file():
+            continue
+        if f.name == "master.out":
+            out += f.stat().st_size
+        elif ".log" in f.name:
+            files += f.stat().st_size
+    return out, files
+
+
+def log_growth(before, after):
+    return max(after[0] - before[0], after[1] - before[1])
 
 
 class Sampler:
@@ -287,7 +297,7 @@ def probe_logins(system, args, scale):
     m = system.start("logins", 1, [])
     try:
         time.sleep(2)
-        rss0, logs0 = own_rss_kb(m.pid), log_files_bytes(m.dir)
+        rss0, logs0 = own_rss_kb(m.pid), log_bytes(m.dir)
         sampler = Sampler(m.pid, args.rss_ceiling_mb * MB // 1024, interval=0.02)
         t0 = time.monotonic()
         answers = {}
@@ -303,14 +313,14 @@ def probe_logins(system, args, scale):
         if sampler.hit_ceiling:
             raise RuntimeError(f"the master passed the {args.rss_ceiling_mb} MB RSS ceiling and was stopped")
         alive(m)
-        rss1, logs1 = own_rss_kb(m.pid), log_files_bytes(m.dir)
+        rss1, logs1 = own_rss_kb(m.pid), log_bytes(m.dir)
         accepted = answers.get("101", 0)
         if accepted:
             raise RuntimeError(f"{accepted} logins with a wrong password were accepted: {answers}")
         out = {"logins": n, "name_bytes": NAME_BYTES, "concurrency": LOGIN_CONCURRENCY, "elapsed_s": secs,
                "answers": answers, "rss_before_kb": rss0, "rss_after_kb": rss1, "peak_rss_kb": peak,
                "rss_growth_mb": (rss1 - rss0) * 1024 / MB, "peak_rss_growth_mb": (peak - rss0) * 1024 / MB,
-               "log_bytes_written": logs1 - logs0}
+               "log_bytes_written": log_growth(logs0, logs1)}
         log(f"  logins {m.system}: {n} in {secs:.1f} s, answers {answers}, RSS +{out['rss_growth_mb']:.1f} MB "
             f"(peak +{out['peak_rss_growth_mb']:.1f}), log +{out['log_bytes_written']:,} bytes")
         return out
@@ -518,6 +528,10 @@ def write_report_md(report, rows, path):
           f"Produced by `bench/run hostile --scale {report['scale']}`; raw figures in "
           f"`bench/results/hostile-{report['scale']}.json`; method in `bench/README.md`.", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if report.get("merged_with"):
+        runs = "; ".join(f"{r['date']} (commit `{(r['git_commit'] or '?')[:12]}`)" for r in report["merged_with"])
+        md[4:4] = [f"Figures not re-measured in this run (`--merge`) come from earlier runs: {runs}; each "
+                   "probe's load average is in the JSON.", ""]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
     md.append("")
     if report.get("errors"):
@@ -526,6 +540,20 @@ def write_report_md(report, rows, path):
            "stopped at the RSS ceiling). Targets are reported, not asserted.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(md))
+
+
+def merge_earlier(report, old, systems, probes):
+    """--merge: the figures (and failures) of the probes not run now come from the earlier
+    run, which `merged_with` names (date, commit, load) so the report can say so."""
+    for name, res in old.get("systems", {}).items():
+        kept = {p: v for p, v in res.items() if not (name in systems and p in probes)}
+        if kept:
+            report["systems"][name] = kept
+    report["errors"] = {k: v for k, v in old.get("errors", {}).items()
+                        if not (k.split(".")[0] in systems and k.split(".")[-1] in probes + ["buildbot", "kiln"])}
+    report["merged_with"] = old.get("merged_with", []) + [
+        {"date": old.get("date"), "git_commit": old.get("git_commit"), "load_avg_before": old.get("load_avg_before"),
+         "load_avg_after": old.get("load_avg_after")}]
 
 
 def main():
@@ -538,7 +566,9 @@ def main():
                     help="stop a master whose RSS passes this (its figure is then reported as ≥ it)")
     ap.add_argument("--request-timeout", type=float, default=600, help="seconds for the whole-log request, and for all the failed logins")
     ap.add_argument("--health-timeout", type=float, default=10, help="seconds for one /health request")
-    ap.add_argument("--keep-work", action="store_true", help="keep the masters' SQLite databases")
+    ap.add_argument("--keep-work", action="store_true", help="keep the masters' databases and big log files")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the figures of the systems/probes not run now from the existing results file")
     args = ap.parse_args()
     mb.KEEP_WORK = args.keep_work
     systems = [x.strip() for x in args.systems.split(",") if x.strip()]
@@ -577,6 +607,9 @@ def main():
         report["buildbot_version"] = r.stdout.strip() or None
     except OSError:
         report["buildbot_version"] = None
+    out = RESULTS / f"hostile-{args.scale}.json"
+    if args.merge and out.exists():
+        merge_earlier(report, json.loads(out.read_text()), systems, probes)
     impls = {}
     if "buildbot" in systems:
         if (venv / "bin" / "buildbot").exists():
@@ -599,18 +632,19 @@ def main():
                 else:
                     res["stall"] = probe_stall(impls[name], args, scale)
                 res[probe]["load_avg_1m"] = os.getloadavg()[0]
+                res[probe]["measured_at"] = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
             except Exception as e:  # noqa: BLE001 - a failed probe is reported, the others still run
                 report["errors"][f"{name}.{probe}"] = str(e)[:2000]
                 log(f"  {name} {probe} FAILED: {e}")
     report["load_avg_after"] = os.getloadavg()[0]
     rows = figures(report, scale)
     report["table"] = rows
+    measured = {(x, p) for x in SYSTEMS for p in PROBES if p in (report["systems"].get(x) or {})}
     missing = [f"{r['probe']}: {r['figure']} ({x})" for r in rows for x in systems
-               if r["probe"] in probes and r[x] is None]
+               if (r["probe"] in probes or (x, r["probe"]) in measured) and r[x] is None]
     report["missing"] = missing
     report["ok"] = not missing and not report["errors"]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"hostile-{args.scale}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print_table(rows)
     md = HERE / "REPORT.md" if args.scale == "full" else mb.WORK / f"REPORT-{args.scale}.md"
