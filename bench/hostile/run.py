@@ -486,6 +486,7 @@ def figures(report, scale):
                      "kiln_lower_bound": bool(get("kiln", probe, bound_key)),
                      "buildbot_lower_bound": bool(get("buildbot", probe, bound_key)),
                      "target": "-" if info else f"≤ {thr:g} {unit}",
+                     "target_max": None if info else thr, "unit": unit or None,
                      "met": None if info or kv is None else (kv <= thr and not get("kiln", probe, bound_key))})
 
     lk, lb = (f"{scale['log_bytes'][x] / MB:g} MB" for x in SYSTEMS)
@@ -531,7 +532,7 @@ def write_report_md(report, rows, path):
     if report.get("merged_with"):
         runs = "; ".join(f"{r['date']} (commit `{(r['git_commit'] or '?')[:12]}`)" for r in report["merged_with"])
         md[4:4] = [f"Figures not re-measured in this run (`--merge`) come from earlier runs: {runs}; each "
-                   "probe's load average is in the JSON.", ""]
+                   "probe's load average and time are in the JSON."]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
     md.append("")
     if report.get("errors"):
@@ -540,6 +541,18 @@ def write_report_md(report, rows, path):
            "stopped at the RSS ceiling). Targets are reported, not asserted.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(md))
+
+
+def report_only(scale_name, scale):
+    """--report-only: the table, the JSON's `table` and the report again from the results
+    file (after a change to how rows are shown); nothing is measured."""
+    out = RESULTS / f"hostile-{scale_name}.json"
+    report = json.loads(out.read_text())
+    report["table"] = rows = figures(report, scale)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print_table(rows)
+    write_report_md(report, rows, HERE / "REPORT.md" if scale_name == "full" else mb.WORK / f"REPORT-{scale_name}.md")
+    return 0 if report.get("ok") else 1
 
 
 def merge_earlier(report, old, systems, probes):
@@ -567,6 +580,8 @@ def main():
     ap.add_argument("--request-timeout", type=float, default=600, help="seconds for the whole-log request, and for all the failed logins")
     ap.add_argument("--health-timeout", type=float, default=10, help="seconds for one /health request")
     ap.add_argument("--keep-work", action="store_true", help="keep the masters' databases and big log files")
+    ap.add_argument("--report-only", action="store_true",
+                    help="re-render the table and the report from the existing results file")
     ap.add_argument("--merge", action="store_true",
                     help="keep the figures of the systems/probes not run now from the existing results file")
     args = ap.parse_args()
@@ -578,6 +593,8 @@ def main():
     if not probes or any(x not in PROBES for x in probes):
         ap.error(f"--probes: choose from {PROBES}")
     scale = SCALES[args.scale]
+    if args.report_only:
+        return report_only(args.scale, scale)
     venv = Path(os.environ.get("KILN_INTEROP_VENV", "/tmp/bbvenv"))
     rel = args.target_dir / "release"
     kiln_worker = rel / "kiln-worker"
