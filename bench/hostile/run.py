@@ -157,6 +157,8 @@ class HostileKiln(mb.Kiln):
         web, wport, env = super().prepare(dir, nworkers, log_sizes)
         star = (dir / "master.star").read_text()
         star = star.replace('bind = "127.0.0.1")', 'bind = "127.0.0.1", log_max_bytes = 0)', 1)
+        if "log_max_bytes" not in star:
+            raise RuntimeError("bench/master/run.py's master() line changed: cannot turn the log cap off")
         (dir / "master.star").write_text(star)
         env.pop("RUST_LOG", None)
         return web, wport, env
@@ -187,6 +189,9 @@ def probe_log(system, args, scale, kiln_worker):
         step = [s for s in steps if s["name"] == "produce"][0]
         logs = m.api(f"steps/{step['stepid']}/logs")["logs"]
         stdio = [lg for lg in logs if lg.get("slug", lg.get("name")) == "stdio"][0]
+        # 100-byte lines: a log stored short (capped) would make the figure a smaller log's.
+        if (stdio.get("num_lines") or 0) < size // 100:
+            raise RuntimeError(f"the stored log has {stdio.get('num_lines')} lines, not {size // 100}: the master cut it")
         time.sleep(2)
         out = {"log_bytes": size, "build_s": build_s, "logid": stdio["logid"], "num_lines": stdio.get("num_lines")}
         out.update(whole_log_request(m, stdio["logid"], args))
@@ -202,8 +207,8 @@ def probe_log(system, args, scale, kiln_worker):
 
 
 def drop_work(m):
-    """The master's database, and any log file over 50 MB (Kiln writes ~400 KB of log per
-    failed login today: 1.2 GB for the full probe), unless --keep-work."""
+    """The master's database, and any log file over 50 MB (Kiln logs each failed login's
+    200 KB name today: 600 MB for the full probe), unless --keep-work."""
     m.drop_database()
     if not mb.KEEP_WORK:
         for f in m.dir.rglob("*"):
