@@ -72,6 +72,9 @@ python3 bench/worker-stream/run.py --scale smoke
 cp bench/REPORT.md /tmp/kiln-bench-report.md
 bash bench/run --scale smoke
 cp /tmp/kiln-bench-report.md bench/REPORT.md
+# What a hostile client costs either master (big log, failed logins, stalled requests);
+# fails if a probe crashes or a figure is missing, never on a missed target.
+bash bench/run hostile --scale smoke --no-build
 
 step "the README's first command (kiln quickstart: demo build, then stop)"
 cargo build -p kiln -p kiln-worker
