@@ -25,7 +25,7 @@ use kiln_remote::{Roster, Workers};
 use tokio::sync::watch;
 
 pub use conn::WorkerConn;
-pub use serve::{PeerAddr, TlsListener, serve};
+pub use serve::{PeerAddr, serve, serve_with};
 
 use auth::{CredError, FailedLogins};
 use conn::{Link, LoopOpts};
