@@ -48,7 +48,6 @@ pub async fn serve_with(
         ep.close_all();
     };
     // The client behind a trusted proxy (PROXY protocol) is the one failed logins count.
-    let per_connection =
-        move |peer: Peer| app.clone().layer(Extension(ConnectInfo(peer.client)));
+    let per_connection = move |peer: Peer| app.clone().layer(Extension(ConnectInfo(peer.client)));
     kiln_listener::serve(listener, Port::WORKERS, settings, per_connection, shutdown).await
 }
