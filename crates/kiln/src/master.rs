@@ -259,6 +259,11 @@ impl Master {
         problem
     }
 
+    /// The attached workers (each with the address it connected from).
+    pub fn workers(&self) -> &kiln_remote::Workers {
+        self.farm.workers()
+    }
+
     pub fn control(&self) -> Arc<dyn Control> {
         self.farm.control()
     }
