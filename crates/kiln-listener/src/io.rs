@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::table::Slot;
 
@@ -20,6 +21,8 @@ pub(crate) struct Activity {
     /// [`IN_REQUEST`]: a request is being answered).
     head_since: AtomicU64,
     last_io: AtomicU64,
+    /// Rung when `head_since` changes, so the deadline watcher recomputes its deadline.
+    pub(crate) changed: Notify,
 }
 
 pub(crate) const IN_REQUEST: u64 = u64::MAX;
@@ -32,6 +35,7 @@ impl Activity {
             start: Instant::now(),
             head_since: AtomicU64::new(1),
             last_io: AtomicU64::new(0),
+            changed: Notify::new(),
         }
     }
 
@@ -47,9 +51,13 @@ impl Activity {
         let now = self.now_ms();
         self.last_io.store(now, Ordering::Relaxed);
         // The first byte after an idle spell starts the next request's head.
-        let _ = self
+        if self
             .head_since
-            .compare_exchange(0, now + 1, Ordering::Relaxed, Ordering::Relaxed);
+            .compare_exchange(0, now + 1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.changed.notify_one();
+        }
     }
 
     fn wrote(&self) {
@@ -58,11 +66,13 @@ impl Activity {
 
     pub(crate) fn request_started(&self) {
         self.head_since.store(IN_REQUEST, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     pub(crate) fn request_answered(&self) {
         self.last_io.store(self.now_ms(), Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     /// `(head_since, last_io)` as stored.

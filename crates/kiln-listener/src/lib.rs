@@ -351,7 +351,11 @@ async fn overdue(activity: &Activity, s: &Settings) -> &'static str {
         if head_since != IN_REQUEST && now >= due {
             return why;
         }
-        tokio::time::sleep_until((activity.start() + Duration::from_millis(due)).into()).await;
+        let at = activity.start() + Duration::from_millis(due);
+        tokio::select! {
+            () = tokio::time::sleep_until(at.into()) => {}
+            () = activity.changed.notified() => {}
+        }
     }
 }
 

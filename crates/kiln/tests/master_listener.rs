@@ -134,6 +134,25 @@ async fn connections_that_never_finish_their_headers_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_web_connection_is_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = "idle_timeout_secs = 1, header_timeout_secs = 600";
+    let dir = master_dir(tmp.path(), &config(args, &names(1)));
+    let master = start_master(&dir).await;
+    let mut s = connect_from(1, master.web_addr()).await;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: kiln\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut s, "an idle keep-alive connection").await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "the request is answered first: {text}"
+    );
+    master.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_authorization_header_is_refused_with_431() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = master_dir(tmp.path(), &config("", &names(1)));
@@ -377,11 +396,17 @@ async fn a_reconfig_serves_the_new_tls_certificate_and_keeps_it_over_a_bad_one()
     let master = start_master(&dir).await;
     let addr = master.worker_addr();
     let new = write_certificate(&dir);
-    assert_eq!(served_certificate(addr, &[&old, &new]).await, old);
+    assert!(
+        served_certificate(addr, &[&old, &new]).await == old,
+        "the first certificate is served at start"
+    );
 
     let report = master.reconfig().await.expect("reconfig");
     assert!(!report.summary.contains("TLS"), "{}", report.summary);
-    assert_eq!(served_certificate(addr, &[&old, &new]).await, new);
+    assert!(
+        served_certificate(addr, &[&old, &new]).await == new,
+        "after the reconfig the new certificate is served"
+    );
 
     std::fs::write(dir.join("key.pem"), "not a key\n").unwrap();
     let report = master.reconfig().await.expect("the config itself is fine");
@@ -390,6 +415,9 @@ async fn a_reconfig_serves_the_new_tls_certificate_and_keeps_it_over_a_bad_one()
         "the report says the TLS files were not used: {}",
         report.summary
     );
-    assert_eq!(served_certificate(addr, &[&old, &new]).await, new);
+    assert!(
+        served_certificate(addr, &[&old, &new]).await == new,
+        "a bad key file leaves the certificate in use"
+    );
     master.shutdown().await;
 }
