@@ -141,6 +141,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let table = Arc::new(Table::default());
+    let mut refusals = Refusals::default();
     let (closing, closing_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -160,9 +161,7 @@ where
         let slot = match table.admit(now.max_connections) {
             Admission::Admitted(slot) => slot,
             Admission::Full => {
-                tracing::warn!(port = port.name, %addr,
-                    "connection refused: {} connections open and none is waiting for its headers \
-                     (raise max_connections if this is normal load)", now.max_connections);
+                refusals.refused(port.name, addr, now.max_connections);
                 continue;
             }
         };
@@ -177,6 +176,35 @@ where
     }
     closing.send_replace(true);
     Ok(())
+}
+
+/// Connections refused at the total cap, logged at most once a minute (a flood of them
+/// must not become a flood of log lines).
+#[derive(Default)]
+struct Refusals {
+    since_warning: u64,
+    warned_at: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    fn refused(&mut self, port: &str, addr: SocketAddr, max: usize) {
+        self.since_warning += 1;
+        if self
+            .warned_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        tracing::warn!(
+            port,
+            last = %addr,
+            "{} connection(s) refused: {max} connections open and none is waiting for its \
+             headers (raise max_connections if this is normal load)",
+            self.since_warning
+        );
+        self.since_warning = 0;
+        self.warned_at = Some(std::time::Instant::now());
+    }
 }
 
 /// One accepted connection, before it knows its client.
@@ -246,7 +274,8 @@ impl Connection {
         // real client instead (see `Answer::call`).
         let per_request = from_proxy && self.port.client_address == ClientAddress::ForwardedFor;
         if !per_request && !slot.claim_address(peer.client.ip(), s.max_connections_per_address) {
-            tracing::info!(port = self.port.name, client = %peer.client,
+            // Debug only: a flood from one address would flood the log too.
+            tracing::debug!(port = self.port.name, client = %peer.client,
                 "connection refused: {} connections already open from this address",
                 s.max_connections_per_address);
             return Ok(());

@@ -132,15 +132,23 @@ fn raise_fd_limit(_: &MasterSettings) {}
 const SPARE_FDS: u64 = 256;
 
 fn warn_if_caps_exceed(m: &MasterSettings, fd_limit: u64) {
-    let needed = 2 * u64::from(m.max_connections) + SPARE_FDS;
-    if needed > fd_limit {
-        tracing::warn!(
-            "max_connections = {} on each port needs about {needed} open files but this process \
-             may open {fd_limit}: accepts will fail before the cap is reached; raise the hard \
-             limit (ulimit -Hn, LimitNOFILE= in a systemd unit) or lower max_connections",
-            m.max_connections
-        );
+    if let Some(warning) = fd_shortfall(m.max_connections, fd_limit) {
+        tracing::warn!("{warning}");
     }
+}
+
+/// What to tell the operator when both ports at `max_connections` would not fit in
+/// `fd_limit` open files.
+fn fd_shortfall(max_connections: u32, fd_limit: u64) -> Option<String> {
+    let needed = 2 * u64::from(max_connections) + SPARE_FDS;
+    (needed > fd_limit).then(|| {
+        format!(
+            "max_connections = {max_connections} on each port needs about {needed} open files \
+             but this process may open {fd_limit}: accepts will fail before the cap is reached; \
+             raise the hard limit (ulimit -Hn, LimitNOFILE= in a systemd unit) or lower \
+             max_connections"
+        )
+    })
 }
 
 impl Master {
@@ -286,5 +294,20 @@ impl Master {
         for t in self.tasks {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fd_limit_must_hold_both_ports_at_their_caps() {
+        assert_eq!(fd_shortfall(8192, 1 << 20), None);
+        let warning = fd_shortfall(8192, 1024).expect("8192 connections do not fit in 1024");
+        assert!(
+            warning.contains("16640") && warning.contains("1024"),
+            "{warning}"
+        );
     }
 }
