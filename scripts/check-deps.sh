@@ -26,10 +26,13 @@ must_not() {
   fi
 }
 
-master_crates=(kiln kiln-master kiln-web kiln-endpoint kiln-remote kiln-store kiln-engine kiln-config kiln-model)
+master_crates=(kiln kiln-master kiln-web kiln-endpoint kiln-listener kiln-remote kiln-store kiln-engine kiln-config kiln-model)
 must_not kiln-master links "(the core) binds no ports: no axum, no endpoint" axum hyper kiln-endpoint kiln-web
 must_not kiln-web links "talks to workers only through the core: no endpoint" kiln-endpoint
 must_not kiln-endpoint links "never touches the store, the engine or the config" kiln-store kiln-engine kiln-config sqlx starlark
+must_not kiln-listener links "accepts connections only: none of the farm's crates, no web framework or database" \
+  kiln kiln-master kiln-web kiln-endpoint kiln-remote kiln-store kiln-engine kiln-config kiln-model kiln-proto \
+  axum sqlx starlark
 must_not kiln-remote links "is a seam: no store, engine, endpoint or web" kiln-store kiln-engine kiln-endpoint axum sqlx
 must_not kiln-worker links "links none of the master's crates, no database, web server or config engine" \
   "${master_crates[@]}" sqlx axum starlark askama

@@ -29,7 +29,7 @@ use kiln_remote::{Claim, Holder, RemoteError, Reservation, Roster, Workers};
 use tokio::sync::watch;
 
 pub use conn::WorkerConn;
-pub use serve::{PeerAddr, TlsListener, serve};
+pub use serve::{PeerAddr, serve, serve_with};
 
 use auth::{CredError, FailedLogins};
 use clip::{Allow, Clipped, LineBudget};

@@ -54,6 +54,55 @@ pub struct SwarmConfig {
     pub basedir_root: String,
     /// Reported worker `version`.
     pub version: String,
+    /// Arrive as a load balancer would: a PROXY protocol header naming
+    /// [`proxied_client`]`(first + i)` as client `i`'s address, before the WebSocket
+    /// handshake (the master must trust the source address as a proxy).
+    pub proxy_protocol: Option<ProxyVersion>,
+}
+
+/// Which PROXY protocol header the swarm sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// `PROXY TCP4 src dst sport dport\r\n`.
+    V1,
+    /// The binary header (IPv4, TCP).
+    V2,
+}
+
+/// The client address a proxied swarm client number `n` (counting from `first`) claims:
+/// 198.18.x.y (the benchmarking range), port 20000 + n.
+pub fn proxied_client(n: usize) -> SocketAddr {
+    let n16 = n as u16;
+    SocketAddr::new(
+        Ipv4Addr::new(198, 18, (n16 >> 8) as u8, n16 as u8).into(),
+        20000u16.wrapping_add(n16),
+    )
+}
+
+/// The PROXY header for `client` connecting to `server`.
+pub fn proxy_header(version: ProxyVersion, client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(c), SocketAddr::V4(s)) = (client, server) else {
+        panic!("the swarm's PROXY headers are IPv4 only");
+    };
+    match version {
+        ProxyVersion::V1 => format!(
+            "PROXY TCP4 {} {} {} {}\r\n",
+            c.ip(),
+            s.ip(),
+            c.port(),
+            s.port()
+        )
+        .into_bytes(),
+        ProxyVersion::V2 => {
+            let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+            h.extend_from_slice(&[0x21, 0x11, 0, 12]); // v2 PROXY, TCP over IPv4, 12 bytes
+            h.extend_from_slice(&c.ip().octets());
+            h.extend_from_slice(&s.ip().octets());
+            h.extend_from_slice(&c.port().to_be_bytes());
+            h.extend_from_slice(&s.port().to_be_bytes());
+            h
+        }
+    }
 }
 
 impl SwarmConfig {
@@ -69,6 +118,7 @@ impl SwarmConfig {
             retries: 3,
             basedir_root: "/var/lib/kiln-swarm".into(),
             version: "4.3.0".into(),
+            proxy_protocol: None,
         }
     }
 }
@@ -279,7 +329,16 @@ async fn connect(cfg: &SwarmConfig, idx: usize, name: &str) -> Result<Ws, String
                 cfg.addr
             )
         })?;
+    let mut stream = stream;
     let _ = stream.set_nodelay(true);
+    if let Some(version) = cfg.proxy_protocol {
+        use tokio::io::AsyncWriteExt as _;
+        let header = proxy_header(version, proxied_client(cfg.first + idx), cfg.addr);
+        stream
+            .write_all(&header)
+            .await
+            .map_err(|e| format!("sending the PROXY header: {e}"))?;
+    }
     let mut req = format!("ws://{}/", cfg.addr)
         .into_client_request()
         .map_err(|e| e.to_string())?;

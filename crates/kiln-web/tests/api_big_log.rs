@@ -123,7 +123,7 @@ async fn big_log(store: &Store) -> LogId {
         .unwrap();
     let (step, _, _) = store.add_step(build, "compile").await.unwrap();
     let mut log = store
-        .add_log_writer(step, "stdio", LogType::Stdio)
+        .add_log_writer(step, "stdio", LogType::Stdio, None)
         .await
         .unwrap();
     let mut batch = String::new();

@@ -2,11 +2,14 @@
 //! port gets the msgpack endpoint (plain or TLS) and the web port the API and pages.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use kiln_config::{MasterConfig, MasterSettings};
 use kiln_endpoint::{Endpoint, EndpointOptions};
+use kiln_listener::Settings as PortSettings;
 use kiln_master::{Control, Farm, FarmOptions, ReconfigReport};
 use kiln_store::Store;
 use tokio::net::TcpListener;
@@ -46,6 +49,9 @@ pub struct Master {
     worker_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// What each port's listener reads at its next accept; reconfig sends new ones.
+    worker_settings: watch::Sender<Arc<PortSettings>>,
+    web_settings: watch::Sender<Arc<PortSettings>>,
 }
 
 /// The two listening sockets and the worker port's TLS, bound before anything is served.
@@ -69,14 +75,80 @@ async fn bind_ports(opts: &MasterOptions, farm: &Farm) -> anyhow::Result<Ports> 
     let web = TcpListener::bind((bind, web_port))
         .await
         .with_context(|| format!("cannot listen for the web on {bind}:{web_port}"))?;
-    let tls = match (&cfg.master.tls_cert, &cfg.master.tls_key) {
-        (Some(cert), Some(key)) => Some(kiln_endpoint::tls::server_config(
-            &farm.basedir().join(cert),
-            &farm.basedir().join(key),
-        )?),
-        _ => None,
-    };
+    let tls = load_tls(&cfg.master, farm.basedir())?;
     Ok(Ports { worker, web, tls })
+}
+
+/// The worker port's TLS from `master(tls_cert=..., tls_key=...)` (paths relative to the
+/// master directory); `None` when they are not set.
+fn load_tls(
+    m: &MasterSettings,
+    basedir: &Path,
+) -> Result<Option<Arc<rustls::ServerConfig>>, kiln_endpoint::tls::TlsError> {
+    match (&m.tls_cert, &m.tls_key) {
+        (Some(cert), Some(key)) => {
+            kiln_endpoint::tls::server_config(&basedir.join(cert), &basedir.join(key)).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A port's listener settings from `master(...)`.
+fn port_settings(m: &MasterSettings, tls: Option<Arc<rustls::ServerConfig>>) -> PortSettings {
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    PortSettings {
+        max_connections: m.max_connections as usize,
+        max_connections_per_address: m.max_connections_per_address as usize,
+        header_timeout: secs(m.header_timeout_secs),
+        idle_timeout: secs(m.idle_timeout_secs),
+        // A handshake is a few round trips; the header deadline bounds it too.
+        tls_handshake_timeout: secs(m.header_timeout_secs),
+        trusted_proxies: m.trusted_proxies.clone(),
+        tls,
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (each connection is a descriptor; the
+/// default soft limit of 1024 is far below the connection caps) and warns when both ports
+/// at their caps would still not fit.
+#[cfg(unix)]
+fn raise_fd_limit(m: &MasterSettings) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    warn_if_caps_exceed(m, limit);
+}
+
+#[cfg(not(unix))]
+fn raise_fd_limit(_: &MasterSettings) {}
+
+/// Descriptors kept apart from connections: the database, logs, uploads, the config child.
+const SPARE_FDS: u64 = 256;
+
+fn warn_if_caps_exceed(m: &MasterSettings, fd_limit: u64) {
+    if let Some(warning) = fd_shortfall(m.max_connections, fd_limit) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// What to tell the operator when both ports at `max_connections` would not fit in
+/// `fd_limit` open files.
+fn fd_shortfall(max_connections: u32, fd_limit: u64) -> Option<String> {
+    let needed = 2 * u64::from(max_connections) + SPARE_FDS;
+    (needed > fd_limit).then(|| {
+        format!(
+            "max_connections = {max_connections} on each port needs about {needed} open files \
+             but this process may open {fd_limit}: accepts will fail before the cap is reached; \
+             raise the hard limit (ulimit -Hn, LimitNOFILE= in a systemd unit) or lower \
+             max_connections"
+        )
+    })
 }
 
 impl Master {
@@ -95,6 +167,7 @@ impl Master {
                 return Err(e);
             }
         };
+        raise_fd_limit(&farm.config().master);
         let worker_addr = ports.worker.local_addr()?;
         let web_addr = ports.web.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -106,10 +179,16 @@ impl Master {
             EndpointOptions::default(),
             farm.workers().clone(),
         );
+        let settings = &farm.config().master;
+        let (worker_settings, worker_rx) =
+            watch::channel(Arc::new(port_settings(settings, ports.tls)));
+        let (web_settings, web_rx) = watch::channel(Arc::new(port_settings(settings, None)));
         let sd = stop(shutdown_rx.clone());
-        let (worker_listener, tls) = (ports.worker, ports.tls);
+        let worker_listener = ports.worker;
         let serve_workers = tokio::spawn(async move {
-            if let Err(e) = kiln_endpoint::serve(worker_listener, tls, endpoint, sd).await {
+            if let Err(e) =
+                kiln_endpoint::serve_with(worker_listener, worker_rx, endpoint, sd).await
+            {
                 tracing::error!("worker endpoint stopped: {e}");
             }
         });
@@ -117,13 +196,12 @@ impl Master {
             kiln_web::ApiState::new(farm.store().clone(), farm.control(), farm.metrics().clone());
         let app = kiln_web::app(state);
         let sd = stop(shutdown_rx);
-        let web_listener = axum::serve::ListenerExt::tap_io(ports.web, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        let web_listener = ports.web;
         let serve_web = tokio::spawn(async move {
-            if let Err(e) = axum::serve(web_listener, app)
-                .with_graceful_shutdown(sd)
-                .await
+            let per_connection = move |_| app.clone();
+            let web = kiln_listener::Port::WEB;
+            if let Err(e) =
+                kiln_listener::serve(web_listener, web, web_rx, per_connection, sd).await
             {
                 tracing::error!("web server stopped: {e}");
             }
@@ -134,6 +212,8 @@ impl Master {
             worker_addr,
             shutdown,
             tasks: vec![serve_workers, serve_web],
+            worker_settings,
+            web_settings,
         })
     }
 
@@ -146,9 +226,50 @@ impl Master {
     }
 
     /// Re-reads `master.star` and applies the difference. A broken file is rejected with its
-    /// error and the running config stays.
+    /// error and the running config stays. The ports' caps, timeouts and trusted proxies
+    /// apply to their next connections, and the TLS certificate and key are read again (the
+    /// next handshake serves the new certificate); a TLS file that cannot be used leaves the
+    /// old certificate in place, and the report's summary says so.
     pub async fn reconfig(&self) -> Result<ReconfigReport, kiln_config::ConfigError> {
-        self.farm.reconfig().await
+        let mut report = self.farm.reconfig().await?;
+        if let Some(problem) = self.apply_port_settings(&self.farm.config()) {
+            report.summary.push_str("; ");
+            report.summary.push_str(&problem);
+        }
+        Ok(report)
+    }
+
+    /// Sends `config`'s listener settings to both ports; what went wrong with TLS, if
+    /// anything.
+    fn apply_port_settings(&self, config: &MasterConfig) -> Option<String> {
+        let m = &config.master;
+        let (tls, problem) = match load_tls(m, self.farm.basedir()) {
+            Ok(tls) => (tls, None),
+            Err(e) => {
+                let problem = format!(
+                    "TLS NOT reloaded, the old certificate is still served: {}",
+                    kiln_master::error_chain(&e)
+                );
+                tracing::error!("reconfig: {problem}");
+                (self.worker_settings.borrow().tls.clone(), Some(problem))
+            }
+        };
+        self.worker_settings
+            .send_replace(Arc::new(port_settings(m, tls)));
+        self.web_settings
+            .send_replace(Arc::new(port_settings(m, None)));
+        #[cfg(unix)]
+        if let Ok((soft, _)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            warn_if_caps_exceed(m, soft);
+        }
+        problem
+    }
+
+    /// The attached workers (each with the address it connected from).
+    pub fn workers(&self) -> &kiln_remote::Workers {
+        self.farm.workers()
     }
 
     pub fn control(&self) -> Arc<dyn Control> {
@@ -173,5 +294,20 @@ impl Master {
         for t in self.tasks {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fd_limit_must_hold_both_ports_at_their_caps() {
+        assert_eq!(fd_shortfall(8192, 1 << 20), None);
+        let warning = fd_shortfall(8192, 1024).expect("8192 connections do not fit in 1024");
+        assert!(
+            warning.contains("16640") && warning.contains("1024"),
+            "{warning}"
+        );
     }
 }

@@ -65,8 +65,17 @@ impl Server {
         let port = listener.local_addr().unwrap().port();
         let (stop, stopped) = oneshot::channel::<()>();
         let ep = endpoint.clone();
+        // Every test client comes from 127.0.0.1: no per-address cap (the memory bench
+        // attaches thousands).
+        let (_settings, settings) =
+            tokio::sync::watch::channel(Arc::new(kiln_listener::Settings {
+                tls,
+                max_connections: 1 << 20,
+                max_connections_per_address: 1 << 20,
+                ..Default::default()
+            }));
         tokio::spawn(async move {
-            kiln_endpoint::serve(listener, tls, ep, async move {
+            kiln_endpoint::serve_with(listener, settings, ep, async move {
                 let _ = stopped.await;
             })
             .await
