@@ -17,7 +17,7 @@ mod serve;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,8 @@ pub struct Endpoint(Arc<Inner>);
 struct Inner {
     roster: Roster,
     opts: EndpointOptions,
+    /// `opts.failed_logins_per_minute`, changed in place by a reconfig.
+    failed_logins_per_minute: AtomicU32,
     workers: Workers,
     next_conn_id: AtomicU64,
     failed: FailedLogins,
@@ -94,6 +96,7 @@ impl Endpoint {
         let (shutdown, _) = watch::channel(false);
         Endpoint(Arc::new(Inner {
             roster,
+            failed_logins_per_minute: AtomicU32::new(opts.failed_logins_per_minute),
             opts,
             workers,
             next_conn_id: AtomicU64::new(1),
@@ -121,6 +124,14 @@ impl Endpoint {
     /// than a fixed bound, whatever the clients send.
     pub fn failed_logins_remembered(&self) -> usize {
         self.0.failed.entries()
+    }
+
+    /// Sets the failed logins allowed per address and worker name per minute (reconfig);
+    /// the next login attempt is checked against it.
+    pub fn set_failed_logins_per_minute(&self, limit: u32) {
+        self.0
+            .failed_logins_per_minute
+            .store(limit, Ordering::Relaxed);
     }
 
     /// Drops every connection, attached or not (master shutdown).
@@ -215,7 +226,7 @@ async fn handshake(State(ep): State<Endpoint>, req: Request) -> Response {
 
 /// 429 if `key` used up its failed logins for this minute.
 fn refuse_if_blocked(inner: &Inner, key: auth::LoginKey) -> Option<Response> {
-    let limit = inner.opts.failed_logins_per_minute;
+    let limit = inner.failed_logins_per_minute.load(Ordering::Relaxed);
     inner.failed.blocked(key, limit, Instant::now()).then(|| {
         status(
             StatusCode::TOO_MANY_REQUESTS,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kiln_config::{MasterConfig, MasterSettings};
+use kiln_config::MasterSettings;
 use kiln_endpoint::{Endpoint, EndpointOptions};
 use kiln_listener::Settings as PortSettings;
 use kiln_master::{Control, Farm, FarmOptions, ReconfigReport};
@@ -52,6 +52,10 @@ pub struct Master {
     /// What each port's listener reads at its next accept; reconfig sends new ones.
     worker_settings: watch::Sender<Arc<PortSettings>>,
     web_settings: watch::Sender<Arc<PortSettings>>,
+    endpoint: Endpoint,
+    /// A fingerprint of the TLS certificate and key files in use, so a reconfig can tell a
+    /// replaced file (a renewed certificate under the same name) from an unchanged one.
+    tls_files: std::sync::Mutex<Option<u64>>,
 }
 
 /// The two listening sockets and the worker port's TLS, bound before anything is served.
@@ -91,6 +95,29 @@ fn load_tls(
         }
         _ => Ok(None),
     }
+}
+
+/// What a reconfig did with the worker port's TLS.
+enum TlsReload {
+    /// Same files, same contents (or no TLS before and after).
+    Unchanged,
+    /// New files or new contents, loaded: the next handshake serves them.
+    Reloaded,
+    /// They could not be used (why); the old certificate is still served.
+    Failed(String),
+}
+
+/// A fingerprint of the configured TLS files' names and contents (`None` without TLS, or
+/// when a file cannot be read: then loading it fails too).
+fn tls_fingerprint(m: &MasterSettings, basedir: &Path) -> Option<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+    let (cert, key) = (m.tls_cert.as_ref()?, m.tls_key.as_ref()?);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in [cert, key] {
+        f.hash(&mut h);
+        std::fs::read(basedir.join(f)).ok()?.hash(&mut h);
+    }
+    Some(h.finish())
 }
 
 /// A port's listener settings from `master(...)`.
@@ -174,21 +201,24 @@ impl Master {
         let stop = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let settings = &farm.config().master;
         let endpoint = Endpoint::new(
             farm.roster().clone(),
-            EndpointOptions::default(),
+            EndpointOptions {
+                failed_logins_per_minute: settings.failed_logins_per_minute,
+                ..EndpointOptions::default()
+            },
             farm.workers().clone(),
         );
-        let settings = &farm.config().master;
+        let tls_files = std::sync::Mutex::new(tls_fingerprint(settings, farm.basedir()));
         let (worker_settings, worker_rx) =
             watch::channel(Arc::new(port_settings(settings, ports.tls)));
         let (web_settings, web_rx) = watch::channel(Arc::new(port_settings(settings, None)));
         let sd = stop(shutdown_rx.clone());
         let worker_listener = ports.worker;
+        let ep = endpoint.clone();
         let serve_workers = tokio::spawn(async move {
-            if let Err(e) =
-                kiln_endpoint::serve_with(worker_listener, worker_rx, endpoint, sd).await
-            {
+            if let Err(e) = kiln_endpoint::serve_with(worker_listener, worker_rx, ep, sd).await {
                 tracing::error!("worker endpoint stopped: {e}");
             }
         });
@@ -214,6 +244,8 @@ impl Master {
             tasks: vec![serve_workers, serve_web],
             worker_settings,
             web_settings,
+            endpoint,
+            tls_files,
         })
     }
 
@@ -232,28 +264,55 @@ impl Master {
     /// old certificate in place, and the report's summary says so.
     pub async fn reconfig(&self) -> Result<ReconfigReport, kiln_config::ConfigError> {
         let mut report = self.farm.reconfig().await?;
-        if let Some(problem) = self.apply_port_settings(&self.farm.config()) {
-            report.summary.push_str("; ");
-            report.summary.push_str(&problem);
+        let config = self.farm.config();
+        let m = &config.master;
+        self.endpoint
+            .set_failed_logins_per_minute(m.failed_logins_per_minute);
+        match self.apply_port_settings(m) {
+            TlsReload::Unchanged => {}
+            TlsReload::Reloaded => {
+                if !report.applied.iter().any(|n| n.starts_with("tls_")) {
+                    report.also_applied("TLS certificate and key (their files changed)");
+                }
+            }
+            TlsReload::Failed(why) => {
+                tracing::error!(
+                    "reconfig: TLS not reloaded, the old certificate is still served: {why}"
+                );
+                let named: Vec<String> = report
+                    .applied
+                    .iter()
+                    .filter(|n| n.starts_with("tls_"))
+                    .cloned()
+                    .collect();
+                if named.is_empty() {
+                    report.not_applied("TLS certificate and key files", why);
+                } else {
+                    for n in named {
+                        report.not_applied(&n, why.clone());
+                    }
+                }
+            }
         }
         Ok(report)
     }
 
-    /// Sends `config`'s listener settings to both ports; what went wrong with TLS, if
-    /// anything.
-    fn apply_port_settings(&self, config: &MasterConfig) -> Option<String> {
-        let m = &config.master;
-        let (tls, problem) = match load_tls(m, self.farm.basedir()) {
-            Ok(tls) => (tls, None),
-            Err(e) => {
-                let problem = format!(
-                    "TLS NOT reloaded, the old certificate is still served: {}",
-                    kiln_master::error_chain(&e)
-                );
-                tracing::error!("reconfig: {problem}");
-                (self.worker_settings.borrow().tls.clone(), Some(problem))
-            }
+    /// Sends `m`'s listener settings to both ports, with the TLS certificate and key read
+    /// again from their files (a file that cannot be used keeps the old ones).
+    fn apply_port_settings(&self, m: &MasterSettings) -> TlsReload {
+        let fingerprint = tls_fingerprint(m, self.farm.basedir());
+        let mut in_use = self.tls_files.lock().unwrap_or_else(|e| e.into_inner());
+        let (tls, outcome) = match load_tls(m, self.farm.basedir()) {
+            Ok(tls) if fingerprint == *in_use => (tls, TlsReload::Unchanged),
+            Ok(tls) => (tls, TlsReload::Reloaded),
+            Err(e) => (
+                self.worker_settings.borrow().tls.clone(),
+                TlsReload::Failed(kiln_master::error_chain(&e)),
+            ),
         };
+        if !matches!(outcome, TlsReload::Failed(_)) {
+            *in_use = fingerprint;
+        }
         self.worker_settings
             .send_replace(Arc::new(port_settings(m, tls)));
         self.web_settings
@@ -264,7 +323,7 @@ impl Master {
         {
             warn_if_caps_exceed(m, soft);
         }
-        problem
+        outcome
     }
 
     /// The attached workers (each with the address it connected from).

@@ -402,7 +402,12 @@ async fn a_reconfig_serves_the_new_tls_certificate_and_keeps_it_over_a_bad_one()
     );
 
     let report = master.reconfig().await.expect("reconfig");
-    assert!(!report.summary.contains("TLS"), "{}", report.summary);
+    assert_eq!(
+        report.applied,
+        ["TLS certificate and key (their files changed)"],
+        "the renewed files are reported as applied: {}",
+        report.summary
+    );
     assert!(
         served_certificate(addr, &[&old, &new]).await == new,
         "after the reconfig the new certificate is served"
@@ -410,11 +415,18 @@ async fn a_reconfig_serves_the_new_tls_certificate_and_keeps_it_over_a_bad_one()
 
     std::fs::write(dir.join("key.pem"), "not a key\n").unwrap();
     let report = master.reconfig().await.expect("the config itself is fine");
+    assert!(report.applied.is_empty(), "{}", report.summary);
     assert!(
-        report.summary.contains("TLS NOT reloaded") && report.summary.contains("key.pem"),
+        report
+            .summary
+            .contains("TLS certificate and key files NOT applied")
+            && report.summary.contains("key.pem"),
         "the report says the TLS files were not used: {}",
         report.summary
     );
+    // Unchanged files are not reported at all.
+    let report = master.reconfig().await.expect("reconfig");
+    assert!(report.applied.is_empty(), "{}", report.summary);
     assert!(
         served_certificate(addr, &[&old, &new]).await == new,
         "a bad key file leaves the certificate in use"

@@ -60,3 +60,47 @@ async fn the_report_names_what_was_applied_and_what_waits_for_a_restart() {
     assert_eq!(rep.summary, "no changes");
     master.shutdown().await;
 }
+
+/// The status line of a worker-port request with a wrong password for `w1`.
+fn wrong_login(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    // base64("w1:wrong")
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic dzE6d3Jvbmc=\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconfig_of_the_failed_login_limit_applies_to_the_next_login() {
+    let tmp = tempfile::tempdir().unwrap();
+    let star = |limit: u32| {
+        format!(
+            "MASTER = master(failed_logins_per_minute = {limit})\nWORKERS = [worker(\"w1\", password = secret(\"worker\"))]\nBUILDERS = []\n"
+        )
+    };
+    let dir = master_dir(tmp.path(), &star(50));
+    let master = start_master(&dir).await;
+    let addr = master.worker_addr();
+    for _ in 0..3 {
+        let line = tokio::task::spawn_blocking(move || wrong_login(addr))
+            .await
+            .unwrap();
+        assert!(line.contains("401"), "{line}");
+    }
+    std::fs::write(dir.join("master.star"), star(2)).unwrap();
+    let rep = master.reconfig().await.expect("reconfig");
+    assert_eq!(rep.applied, ["failed_logins_per_minute"], "{}", rep.summary);
+    let line = tokio::task::spawn_blocking(move || wrong_login(addr))
+        .await
+        .unwrap();
+    assert!(
+        line.contains("429"),
+        "the lower limit is in force at once: {line}"
+    );
+    master.shutdown().await;
+}

@@ -55,6 +55,13 @@ impl ReconfigReport {
         self.summary = self.render();
     }
 
+    /// Adds something put in force that the config diff could not see (e.g. a TLS
+    /// certificate file replaced under the same name).
+    pub fn also_applied(&mut self, what: impl Into<String>) {
+        self.applied.push(what.into());
+        self.summary = self.render();
+    }
+
     fn render(&self) -> String {
         let mut parts = Vec::new();
         if !self.applied.is_empty() {
