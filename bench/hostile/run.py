@@ -35,6 +35,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import selectors
 import socket
@@ -156,8 +157,10 @@ class HostileKiln(mb.Kiln):
     def prepare(self, dir, nworkers, log_sizes):
         web, wport, env = super().prepare(dir, nworkers, log_sizes)
         star = (dir / "master.star").read_text()
-        star = star.replace('bind = "127.0.0.1")', 'bind = "127.0.0.1", log_max_bytes = 0)', 1)
-        if "log_max_bytes" not in star:
+        # Append the setting to the one `MASTER = master(...)` line, whatever it holds.
+        star, n = re.subn(r"^(MASTER = master\(.*)\)$", r"\1, log_max_bytes = 0)", star,
+                          count=1, flags=re.M)
+        if n != 1:
             raise RuntimeError("bench/master/run.py's master() line changed: cannot turn the log cap off")
         (dir / "master.star").write_text(star)
         env.pop("RUST_LOG", None)
