@@ -11,7 +11,7 @@
 //!   build requests, buildsets, force schedulers, masters; properties and source stamps as
 //!   they show inside others): its typed answer and its handlers. `api/mod.rs` has what they
 //!   share: the `Resource` and `SqlResource` traits, the request (`ApiRequest`) and the
-//!   envelope; `api/logs.rs` the `LogRef` extractor for the three paths that name a log.
+//!   envelope; `api/logs.rs` the `LogRef` extractor for the four paths that name a log.
 //!   `query.rs` parses and applies Buildbot's query features.
 //! * `rpc.rs` — JSON-RPC `force`, `stop`, `cancel`; `change_hook.rs` — `POST
 //!   /change_hook/base`; `ops.rs` — `/health` and `/metrics`; `error.rs` — [`ApiError`].

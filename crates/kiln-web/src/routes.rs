@@ -69,12 +69,20 @@ pub(crate) fn routes() -> Router<ApiState> {
             "/api/v2/builders/{builder}/builds/{number}/steps",
             get(steps::list_builder_build_steps),
         )
+        .route(
+            "/api/v2/builders/{builder}/builds/{number}/steps/{step}",
+            get(steps::get_builder_build_step),
+        )
         // logs: each log path with its `/contents`, `/raw` and `/raw_inline` (see
         // `logs::LogRef`)
         .route("/api/v2/steps/{stepid}/logs", get(logs::list_step_logs))
         .route(
             "/api/v2/builds/{buildid}/steps/{step}/logs",
             get(logs::list_build_step_logs),
+        )
+        .route(
+            "/api/v2/builders/{builder}/builds/{number}/steps/{step}/logs",
+            get(logs::list_builder_build_step_logs),
         )
         .route("/api/v2/logs/{logid}", get(logs::get_log))
         .route("/api/v2/logs/{logid}/contents", get(logs::get_log_contents))
@@ -110,6 +118,22 @@ pub(crate) fn routes() -> Router<ApiState> {
         )
         .route(
             "/api/v2/builds/{buildid}/steps/{step}/logs/{slug}/raw_inline",
+            get(logs::get_log_raw_inline),
+        )
+        .route(
+            "/api/v2/builders/{builder}/builds/{number}/steps/{step}/logs/{slug}",
+            get(logs::get_log),
+        )
+        .route(
+            "/api/v2/builders/{builder}/builds/{number}/steps/{step}/logs/{slug}/contents",
+            get(logs::get_log_contents),
+        )
+        .route(
+            "/api/v2/builders/{builder}/builds/{number}/steps/{step}/logs/{slug}/raw",
+            get(logs::get_log_raw),
+        )
+        .route(
+            "/api/v2/builders/{builder}/builds/{number}/steps/{step}/logs/{slug}/raw_inline",
             get(logs::get_log_raw_inline),
         )
         // workers

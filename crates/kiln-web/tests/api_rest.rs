@@ -662,6 +662,8 @@ async fn log_paths(fx: &Fx) {
         "/steps/2/logs/stdio",
         "/builds/1/steps/compile/logs/stdio",
         "/builds/1/steps/1/logs/stdio",
+        "/builders/linux/builds/1/steps/compile/logs/stdio",
+        "/builders/1/builds/1/steps/1/logs/stdio",
     ];
     let bad_id = [
         ("/logs/x", "logs/x"),
@@ -678,11 +680,26 @@ async fn log_paths(fx: &Fx) {
         "/builds/1/steps/compile/logs/nosuch",
         "/builds/1/steps/nosuch/logs/stdio",
         "/builds/99/steps/1/logs/stdio",
+        "/builders/linux/builds/99/steps/1/logs/stdio",
+        "/builders/nosuch/builds/1/steps/1/logs/stdio",
+        "/builders/linux/builds/1/steps/nosuch/logs/stdio",
         // A slug that is also a tail is a slug.
         "/steps/2/logs/raw",
         "/steps/2/logs/raw_inline",
         "/steps/2/logs/contents",
     ];
+    // A step and its logs through its builder's build, as through the build.
+    assert_eq!(
+        fx.ok("/api/v2/builders/linux/builds/1/steps/compile").await,
+        fx.ok("/api/v2/builds/1/steps/compile").await
+    );
+    assert_eq!(
+        fx.ok("/api/v2/builders/1/builds/1/steps/compile/logs")
+            .await,
+        fx.ok("/api/v2/builds/1/steps/compile/logs").await
+    );
+    let a = fx.get("/api/v2/builders/linux/builds/1/steps/nosuch").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
     let row = fx.ok(&format!("/api/v2{by_id}")).await;
     let contents = fx
         .ok(&format!("/api/v2{by_id}/contents?offset=1&limit=2"))

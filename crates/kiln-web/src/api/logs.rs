@@ -1,9 +1,10 @@
 //! Logs: the logs of a step, and one log's row, its lines (`/contents`, Buildbot's
-//! `logchunks`) and its text (`/raw` to save, `/raw_inline` to show); all are streamed from the store a chunk at a
-//! time, so a reader of a big log costs the master a chunk's memory, not the log's. A log is
-//! named by any of three paths — `/logs/{logid}`, `/steps/{stepid}/logs/{slug}` and
-//! `/builds/{buildid}/steps/{step}/logs/{slug}` — which [`LogRef`] resolves, so each handler
-//! is written once.
+//! `logchunks`) and its text (`/raw` to save, `/raw_inline` to show); all are streamed from
+//! the store a chunk at a time, so a reader of a big log costs the master a chunk's memory,
+//! not the log's. A log is named by any of four paths — `/logs/{logid}`,
+//! `/steps/{stepid}/logs/{slug}`, `/builds/{buildid}/steps/{step}/logs/{slug}` and
+//! `/builders/{builder}/builds/{number}/steps/{step}/logs/{slug}` — which [`LogRef`]
+//! resolves, so each handler is written once.
 
 use std::collections::HashMap;
 
@@ -18,7 +19,7 @@ use kiln_model::{Build, Log, LogId, LogType, Step, StepId, Worker};
 use kiln_store::BuilderRow;
 use serde::Serialize;
 
-use super::steps::step_of_build;
+use super::steps::{step_of_build, step_of_builder_build};
 use super::{ApiRequest, ApiResult, Resource, path_id};
 use crate::query::FType::{self, Bool, Int, Str};
 use crate::query::Spec;
@@ -102,7 +103,7 @@ impl LogRef {
     }
 }
 
-/// The three ways a path names a log (the route's parameters).
+/// The four ways a path names a log (the route's parameters).
 enum LogPath<'a> {
     /// `/logs/{logid}`.
     Id(&'a str),
@@ -114,11 +115,27 @@ enum LogPath<'a> {
         step: &'a str,
         slug: &'a str,
     },
+    /// `/builders/{builder}/builds/{number}/steps/{step}/logs/{slug}`: the builder by id or
+    /// name, its build by number, the step by number or name.
+    BuilderBuildStepSlug {
+        builder: &'a str,
+        number: &'a str,
+        step: &'a str,
+        slug: &'a str,
+    },
 }
 
 impl<'a> LogPath<'a> {
     fn of(params: &'a HashMap<String, String>) -> Option<LogPath<'a>> {
         let param = |name: &str| params.get(name).map(String::as_str);
+        if let (Some(builder), Some(slug)) = (param("builder"), param("slug")) {
+            return Some(LogPath::BuilderBuildStepSlug {
+                builder,
+                number: param("number")?,
+                step: param("step")?,
+                slug,
+            });
+        }
         Some(match (param("logid"), param("buildid"), param("slug")) {
             (Some(id), _, _) => LogPath::Id(id),
             (None, None, Some(slug)) => LogPath::StepSlug {
@@ -153,6 +170,19 @@ impl<'a> LogPath<'a> {
                 };
                 Ok((log, format!("/builds/{build}/steps/{step}/logs/{slug}")))
             }
+            LogPath::BuilderBuildStepSlug {
+                builder,
+                number,
+                step,
+                slug,
+            } => {
+                let log = match step_of_builder_build(state, builder, number, step).await? {
+                    Some(s) => state.store.get_log_by_slug(s.stepid, slug).await?,
+                    None => None,
+                };
+                let path = format!("/builders/{builder}/builds/{number}/steps/{step}/logs/{slug}");
+                Ok((log, path))
+            }
         }
     }
 }
@@ -174,7 +204,7 @@ impl FromRequestParts<ApiState> for LogRef {
             Some(r) if r.ends_with("/raw_inline") => "/raw_inline",
             _ => "",
         };
-        // Only the log routes take a LogRef, and each names its log one of the three ways.
+        // Only the log routes take a LogRef, and each names its log one of the four ways.
         let named = LogPath::of(&params)
             .ok_or_else(|| ApiError::InvalidPath(parts.uri.path().to_string()).into_response())?;
         let (log, path) = named
@@ -217,6 +247,15 @@ pub(crate) async fn list_build_step_logs(
     Path((id, step)): Path<(String, String)>,
 ) -> ApiResult {
     let found = step_of_build(&api.state, &id, &step).await?;
+    logs_of(&api, found.map(|s| s.stepid)).await
+}
+
+/// `GET /builders/{builder}/builds/{number}/steps/{step}/logs`.
+pub(crate) async fn list_builder_build_step_logs(
+    api: ApiRequest,
+    Path((builder, number, step)): Path<(String, String, String)>,
+) -> ApiResult {
+    let found = step_of_builder_build(&api.state, &builder, &number, &step).await?;
     logs_of(&api, found.map(|s| s.stepid)).await
 }
 

@@ -129,6 +129,37 @@ pub(crate) async fn step_of_build(
     })
 }
 
+/// A step of a builder's build by number or by name
+/// (`/builders/{builder}/builds/{number}/steps/{step}`).
+pub(crate) async fn step_of_builder_build(
+    state: &ApiState,
+    builder: &str,
+    number: &str,
+    step: &str,
+) -> Result<Option<Step>, ApiError> {
+    let Some(build) = build_by_number(state, builder, number).await? else {
+        return Ok(None);
+    };
+    let steps = state.store.list_steps(build.buildid).await?;
+    Ok(match path_number(step) {
+        Some(n) => steps.into_iter().find(|x| x.number == n),
+        None => steps.into_iter().find(|x| x.name == step),
+    })
+}
+
+/// `GET /builders/{builder}/builds/{number}/steps/{step}`.
+pub(crate) async fn get_builder_build_step(
+    api: ApiRequest,
+    Path((builder, number, step)): Path<(String, String, String)>,
+) -> ApiResult {
+    let spec = api.single_query::<StepAnswer>()?;
+    let found = step_of_builder_build(&api.state, &builder, &number, &step).await?;
+    let found = found.ok_or_else(|| {
+        ApiError::NotFound(format!("/builders/{builder}/builds/{number}/steps/{step}"))
+    })?;
+    Ok(api.one(&spec, &StepAnswer::from(found)))
+}
+
 /// `GET /steps/{stepid}`.
 pub(crate) async fn get_step(api: ApiRequest, Path(id): Path<String>) -> ApiResult {
     let spec = api.single_query::<StepAnswer>()?;
