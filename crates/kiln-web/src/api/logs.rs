@@ -82,7 +82,7 @@ impl Resource for LogChunkAnswer {
         &[("logid", Int), ("firstline", Int), ("content", Str)];
 }
 
-/// A log named by the request's path, whichever of the three it is, with `/contents`, `/raw`
+/// A log named by the request's path, whichever of the four it is, with `/contents`, `/raw`
 /// or `/raw_inline` after it or not. Extracting it checks the path (`Invalid path: …` for an id that is
 /// not a number) and reads the log's row; a row that is missing is reported by
 /// [`LogRef::found`], so a handler can refuse a bad query first, as Buildbot does.
