@@ -122,6 +122,15 @@ pub(crate) async fn step_of_build(
     step: &str,
 ) -> Result<Option<Step>, ApiError> {
     let build = BuildId(path_id(id, || format!("builds/{id}/steps/{step}"))?);
+    step_named(state, build, step).await
+}
+
+/// A build's step by number or by name (a path's `{step}`).
+async fn step_named(
+    state: &ApiState,
+    build: BuildId,
+    step: &str,
+) -> Result<Option<Step>, ApiError> {
     let steps = state.store.list_steps(build).await?;
     Ok(match path_number(step) {
         Some(n) => steps.into_iter().find(|x| x.number == n),
@@ -137,14 +146,10 @@ pub(crate) async fn step_of_builder_build(
     number: &str,
     step: &str,
 ) -> Result<Option<Step>, ApiError> {
-    let Some(build) = build_by_number(state, builder, number).await? else {
-        return Ok(None);
-    };
-    let steps = state.store.list_steps(build.buildid).await?;
-    Ok(match path_number(step) {
-        Some(n) => steps.into_iter().find(|x| x.number == n),
-        None => steps.into_iter().find(|x| x.name == step),
-    })
+    match build_by_number(state, builder, number).await? {
+        Some(build) => step_named(state, build.buildid, step).await,
+        None => Ok(None),
+    }
 }
 
 /// `GET /builders/{builder}/builds/{number}/steps/{step}`.
